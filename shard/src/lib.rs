@@ -1,0 +1,19 @@
+//! meshgate's per-core state machine, free of IO and of clocks.
+//!
+//! A [`Shard`] owns everything one CPU core of the gateway serves: its sessions, its share of
+//! the client directory, the subscription and procedure indexes, its pending calls and one timer
+//! wheel for all its deadlines. The driver (the `meshgate` crate) feeds it bytes, shard messages
+//! and the time, and drains what it produces. Everything here is deterministic, so that the
+//! whole gateway can be run in a simulator.
+
+pub mod clients;
+pub mod genslab;
+pub mod ids;
+pub mod lru;
+pub mod names;
+pub mod registry;
+pub mod subs;
+pub mod wheel;
+pub mod wire;
+
+pub use ids::{NodeId, RealmId, SessionKey, SessionRef, ShardId, Time};

@@ -1,0 +1,15 @@
+//! The wire: Macula v0 framing (an 8-byte header and one MessagePack map), PROTOCOL.md
+//! sections 2 and 4.
+//!
+//! Decoding borrows from the input: a decoded [`Message`] points into the frame's bytes and
+//! allocates nothing. Encoding appends to a caller's buffer. Keys and strings are written as
+//! MessagePack bin; both bin and str are accepted on receipt.
+
+mod error;
+mod frame;
+mod message;
+pub mod msgpack;
+
+pub use error::{Reason, WireError};
+pub use frame::{FrameHeader, FrameReader, RawFrame, HEADER_LEN, VERSION};
+pub use message::*;

@@ -1,0 +1,1 @@
+//! Low-level MessagePack reading and writing over byte slices.
