@@ -136,8 +136,11 @@ pub struct Unsubscribe<'a> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Call<'a> {
     pub procedure: &'a [u8],
+    /// `nil` when the key is absent.
     pub args: Raw<'a>,
-    pub call_id: CallIdRef<'a>,
+    /// `None` when absent: the gateway answers such a CALL with `invalid_call`, so the
+    /// decoder accepts it (and a `call_id` over [`MAX_CALL_ID_LEN`]) rather than failing.
+    pub call_id: Option<CallIdRef<'a>>,
     /// Wire key `timeout`, in milliseconds.
     pub timeout_ms: Option<u64>,
 }
@@ -151,7 +154,8 @@ pub enum Outcome<'a> {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Reply<'a> {
-    pub call_id: CallIdRef<'a>,
+    /// `None` when absent (the answer to a CALL that had none).
+    pub call_id: Option<CallIdRef<'a>>,
     pub outcome: Outcome<'a>,
 }
 
