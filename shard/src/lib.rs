@@ -17,3 +17,11 @@ pub mod wheel;
 pub mod wire;
 
 pub use ids::{NodeId, RealmId, SessionKey, SessionRef, ShardId, Time};
+pub mod config;
+pub mod metrics;
+pub mod pending;
+pub mod router;
+mod shard;
+
+pub use config::{Config, Limits, RealmConfig};
+pub use shard::{Event, Occupancy, Shard};

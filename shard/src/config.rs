@@ -1,0 +1,182 @@
+//! What a shard is told at start: who it is, the realms served and every limit.
+
+use std::time::Duration;
+
+use crate::ids::{NodeId, RealmId, ShardId};
+use crate::names::is_valid_realm;
+use crate::router::{MAX_PENDING_PER_SHARD, MAX_SHARDS};
+
+/// A realm served by the gateway.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RealmConfig {
+    pub name: Box<[u8]>,
+    /// Tokens accepted in CONNECT; empty: any client is admitted.
+    pub tokens: Vec<Box<[u8]>>,
+}
+
+/// Limits shared by every shard of a gateway. Gateway-wide limits (`max_clients`,
+/// `max_pending_calls`) are divided among the shards by [`Limits::share`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Sessions in the whole gateway.
+    pub max_clients: usize,
+    /// Largest frame payload accepted, in bytes.
+    pub max_frame: u32,
+    /// Patterns per session.
+    pub max_subscriptions: usize,
+    /// Procedures per session.
+    pub max_registrations: usize,
+    /// Calls in flight in the whole gateway.
+    pub max_pending_calls: usize,
+    /// Bytes queued to one session before PUBLISH frames to it are dropped.
+    pub max_output: usize,
+    /// Messages queued to one other shard before data messages to it are shed.
+    pub max_shard_backlog: usize,
+    pub call_timeout: Duration,
+    pub max_call_timeout: Duration,
+    pub service_ttl: Duration,
+    pub prune_interval: Duration,
+    pub slow_consumer_timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_clients: 10_000,
+            max_frame: 1 << 20,
+            max_subscriptions: 1_000,
+            max_registrations: 1_000,
+            max_pending_calls: 100_000,
+            max_output: 4 << 20,
+            max_shard_backlog: 65_536,
+            call_timeout: Duration::from_secs(5),
+            max_call_timeout: Duration::from_secs(60),
+            service_ttl: Duration::from_secs(300),
+            prune_interval: Duration::from_secs(60),
+            slow_consumer_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Limits {
+    /// Shard `shard`'s part of a gateway-wide `total` among `shards`: equal parts, the first
+    /// `total % shards` shards taking one more, so that the parts add up to `total`.
+    pub fn share(total: usize, shards: u16, shard: ShardId) -> usize {
+        let n = usize::from(shards.max(1));
+        total / n + usize::from(shard.index() < total % n)
+    }
+}
+
+/// Everything a shard needs to know at start.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub shard: ShardId,
+    pub shards: u16,
+    /// The gateway's own node id, sent in the CONNECT answer.
+    pub node_id: NodeId,
+    pub realms: Vec<RealmConfig>,
+    pub limits: Limits,
+    /// Added to the shard's monotonic time to give wall-clock milliseconds since the Unix epoch
+    /// (PONG `server_time`).
+    pub wall_clock_offset_ms: i64,
+}
+
+/// A configuration that cannot work.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("shard count {0} is outside 1..={MAX_SHARDS}")]
+    Shards(u16),
+    #[error("shard {shard} does not exist among {shards}")]
+    Shard { shard: u16, shards: u16 },
+    #[error("no realm is served")]
+    NoRealm,
+    #[error("invalid realm name {0:?}: lowercase letters, digits, '.', '-', '_', non-empty segments, at most 255 bytes")]
+    RealmName(String),
+    #[error("realm {0:?} is listed twice")]
+    DuplicateRealm(String),
+    #[error("{0} must be at least 1")]
+    Zero(&'static str),
+    #[error("max-pending-calls allows at most {MAX_PENDING_PER_SHARD} per shard")]
+    TooManyPendingCalls,
+}
+
+impl Config {
+    /// A configuration with the default limits and the default realm `macula.default`.
+    pub fn new(shard: ShardId, shards: u16, node_id: NodeId) -> Config {
+        Config {
+            shard,
+            shards,
+            node_id,
+            realms: vec![RealmConfig { name: b"macula.default".to_vec().into(), tokens: Vec::new() }],
+            limits: Limits::default(),
+            wall_clock_offset_ms: 0,
+        }
+    }
+
+    /// Checks the configuration; the driver reports the error and exits.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.shards == 0 || self.shards > MAX_SHARDS {
+            return Err(ConfigError::Shards(self.shards));
+        }
+        if self.shard.0 >= self.shards {
+            return Err(ConfigError::Shard { shard: self.shard.0, shards: self.shards });
+        }
+        if self.realms.is_empty() {
+            return Err(ConfigError::NoRealm);
+        }
+        for (i, realm) in self.realms.iter().enumerate() {
+            let name = String::from_utf8_lossy(&realm.name).into_owned();
+            if !is_valid_realm(&realm.name) {
+                return Err(ConfigError::RealmName(name));
+            }
+            if self.realms[..i].iter().any(|r| r.name == realm.name) {
+                return Err(ConfigError::DuplicateRealm(name));
+            }
+        }
+        let l = &self.limits;
+        for (value, name) in [
+            (l.max_clients, "max-clients"),
+            (l.max_frame as usize, "max-frame"),
+            (l.max_output, "max-output"),
+            (l.max_shard_backlog, "max-shard-backlog"),
+            (l.max_pending_calls, "max-pending-calls"),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Zero(name));
+            }
+        }
+        if Limits::share(l.max_pending_calls, self.shards, ShardId(0)) > MAX_PENDING_PER_SHARD {
+            return Err(ConfigError::TooManyPendingCalls);
+        }
+        Ok(())
+    }
+
+    /// The id of the realm called `name`, if it is served.
+    pub fn realm(&self, name: &[u8]) -> Option<RealmId> {
+        self.realms.iter().position(|r| &*r.name == name).map(|i| RealmId(i as u16))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_of_a_limit_add_up_to_the_limit() {
+        for shards in 1..=7u16 {
+            for total in [1usize, 5, 10, 10_000, 99_999] {
+                let sum: usize = (0..shards).map(|s| Limits::share(total, shards, ShardId(s))).sum();
+                assert_eq!(sum, total, "{total} over {shards}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_config_with_an_invalid_realm_is_refused() {
+        let mut c = Config::new(ShardId(0), 1, NodeId([0; 32]));
+        c.realms.push(RealmConfig { name: b"Bad Realm".to_vec().into(), tokens: Vec::new() });
+        assert!(matches!(c.validate(), Err(ConfigError::RealmName(_))));
+    }
+}

@@ -1,0 +1,154 @@
+//! Counters a shard keeps, and the gauges it reads off its tables, for `/metrics`.
+
+use crate::router::CallError;
+use crate::wire::Reason;
+
+/// How a call ended, as counted in `meshgate_calls_total{outcome}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallOutcome {
+    Ok,
+    ProcedureNotFound,
+    Timeout,
+    ProviderGone,
+    Overloaded,
+    CallerGone,
+    InvalidCall,
+    DuplicateCallId,
+}
+
+impl CallOutcome {
+    pub const ALL: [CallOutcome; 8] = [
+        CallOutcome::Ok,
+        CallOutcome::ProcedureNotFound,
+        CallOutcome::Timeout,
+        CallOutcome::ProviderGone,
+        CallOutcome::Overloaded,
+        CallOutcome::CallerGone,
+        CallOutcome::InvalidCall,
+        CallOutcome::DuplicateCallId,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallOutcome::Ok => "ok",
+            CallOutcome::ProcedureNotFound => "procedure_not_found",
+            CallOutcome::Timeout => "timeout",
+            CallOutcome::ProviderGone => "provider_gone",
+            CallOutcome::Overloaded => "overloaded",
+            CallOutcome::CallerGone => "caller_gone",
+            CallOutcome::InvalidCall => "invalid_call",
+            CallOutcome::DuplicateCallId => "duplicate_call_id",
+        }
+    }
+}
+
+impl From<CallError> for CallOutcome {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::ProcedureNotFound => CallOutcome::ProcedureNotFound,
+            CallError::Timeout => CallOutcome::Timeout,
+            CallError::ProviderGone => CallOutcome::ProviderGone,
+            CallError::Overloaded => CallOutcome::Overloaded,
+            CallError::InvalidCall => CallOutcome::InvalidCall,
+            CallError::DuplicateCallId => CallOutcome::DuplicateCallId,
+        }
+    }
+}
+
+/// Why a message was not delivered, as counted in `meshgate_dropped_total{reason}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// The subscriber's output was over `--max-output`.
+    SlowConsumer,
+    /// The link to another shard was backed up.
+    ShardBacklog,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 2] = [DropReason::SlowConsumer, DropReason::ShardBacklog];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::SlowConsumer => "slow_consumer",
+            DropReason::ShardBacklog => "shard_backlog",
+        }
+    }
+}
+
+/// Monotonic counters of one shard.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Indexed like [`Reason::ALL`].
+    pub clients_refused: [u64; 10],
+    /// Indexed like [`Reason::ALL`]: sessions ended, by reason.
+    pub sessions_closed: [u64; 10],
+    pub registrations_expired: u64,
+    /// Indexed like [`CallOutcome::ALL`].
+    pub calls: [u64; 8],
+    pub late_replies: u64,
+    pub publishes: u64,
+    pub deliveries: u64,
+    /// Indexed like [`DropReason::ALL`].
+    pub dropped: [u64; 2],
+    pub peers_evicted: u64,
+    /// Messages received from other shards.
+    pub shard_messages_in: u64,
+    /// Messages queued to other shards.
+    pub shard_messages_out: u64,
+}
+
+impl Counters {
+    pub fn refused(&mut self, reason: Reason) {
+        self.clients_refused[reason_index(reason)] += 1;
+    }
+
+    pub fn closed(&mut self, reason: Reason) {
+        self.sessions_closed[reason_index(reason)] += 1;
+    }
+
+    pub fn call(&mut self, outcome: CallOutcome) {
+        self.calls[CallOutcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0)] += 1;
+    }
+
+    pub fn drop(&mut self, reason: DropReason) {
+        self.dropped[DropReason::ALL.iter().position(|r| *r == reason).unwrap_or(0)] += 1;
+    }
+
+    pub fn calls_of(&self, outcome: CallOutcome) -> u64 {
+        self.calls[CallOutcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0)]
+    }
+
+    pub fn refused_of(&self, reason: Reason) -> u64 {
+        self.clients_refused[reason_index(reason)]
+    }
+
+    pub fn dropped_of(&self, reason: DropReason) -> u64 {
+        self.dropped[DropReason::ALL.iter().position(|r| *r == reason).unwrap_or(0)]
+    }
+}
+
+fn reason_index(reason: Reason) -> usize {
+    Reason::ALL.iter().position(|r| *r == reason).unwrap_or(0)
+}
+
+/// A shard's gauges and counters at one moment.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Metrics {
+    /// Sessions past CONNECT homed on this shard.
+    pub clients: u64,
+    /// Sessions homed here still waiting for CONNECT or its admission.
+    pub awaiting_connect: u64,
+    /// Nodes in this shard's part of the client directory.
+    pub directory: u64,
+    /// Session-pattern pairs of this shard's sessions.
+    pub subscriptions: u64,
+    /// Session-procedure pairs of this shard's sessions.
+    pub registrations: u64,
+    /// Calls in flight made by this shard's sessions.
+    pub pending_calls: u64,
+    /// Bytes queued to this shard's sessions.
+    pub output_bytes: u64,
+    /// Timers in the wheel.
+    pub timers: u64,
+    pub counters: Counters,
+}

@@ -1,0 +1,270 @@
+//! `PendingCalls`: the calls a shard's sessions have in flight as callers, indexed by caller
+//! (for a caller's exit), by provider (for a provider's exit) and by the caller's `call_id`
+//! (to refuse duplicates), so that a session's end finds its calls without a scan.
+
+use ahash::AHashMap;
+use arrayvec::ArrayVec;
+
+use crate::genslab::{GenSlab, SlabKey};
+use crate::ids::{slab_key, SessionKey, SessionRef};
+use crate::wheel::TimerKey;
+use crate::wire::{CallIdRef, MAX_CALL_ID_LEN};
+
+slab_key!(
+    /// A pending call on the caller's shard.
+    CallKey
+);
+
+/// A caller's `call_id`, kept to be echoed in its REPLY.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum OwnedCallId {
+    Uint(u64),
+    Int(i64),
+    Bytes(ArrayVec<u8, MAX_CALL_ID_LEN>),
+}
+
+impl OwnedCallId {
+    /// `None` when the id is longer than [`MAX_CALL_ID_LEN`].
+    pub fn from_wire(id: CallIdRef<'_>) -> Option<OwnedCallId> {
+        Some(match id {
+            CallIdRef::Uint(v) => OwnedCallId::Uint(v),
+            CallIdRef::Int(v) => OwnedCallId::Int(v),
+            CallIdRef::Bytes(b) => OwnedCallId::Bytes(ArrayVec::try_from(b).ok()?),
+        })
+    }
+
+    pub fn as_wire(&self) -> CallIdRef<'_> {
+        match self {
+            OwnedCallId::Uint(v) => CallIdRef::Uint(*v),
+            OwnedCallId::Int(v) => CallIdRef::Int(*v),
+            OwnedCallId::Bytes(b) => CallIdRef::Bytes(b),
+        }
+    }
+}
+
+/// One call in flight.
+#[derive(Debug)]
+pub struct PendingCall {
+    pub caller: SessionKey,
+    pub call_id: OwnedCallId,
+    pub provider: SessionRef,
+    pub deadline: TimerKey,
+    by_caller: Links,
+    by_provider: Links,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Links {
+    prev: Option<CallKey>,
+    next: Option<CallKey>,
+}
+
+/// Why a call could not be added.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refused {
+    /// The caller has a call with this id in flight.
+    Duplicate,
+}
+
+#[derive(Default)]
+pub struct PendingCalls {
+    calls: GenSlab<CallKey, PendingCall>,
+    by_id: AHashMap<(SessionKey, OwnedCallId), CallKey>,
+    caller_heads: AHashMap<SessionKey, CallKey>,
+    provider_heads: AHashMap<SessionRef, CallKey>,
+}
+
+impl PendingCalls {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn len(&self) -> usize {
+        self.calls.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.calls.is_empty()
+    }
+
+    /// The key the next successful [`Self::insert`] returns (so that the deadline timer, which
+    /// names the call, can be made first).
+    pub fn vacant_key(&self) -> CallKey {
+        self.calls.vacant_key()
+    }
+
+    pub fn contains_id(&self, caller: SessionKey, call_id: &OwnedCallId) -> bool {
+        self.by_id.contains_key(&(caller, call_id.clone()))
+    }
+
+    pub fn insert(
+        &mut self,
+        caller: SessionKey,
+        call_id: OwnedCallId,
+        provider: SessionRef,
+        deadline: TimerKey,
+    ) -> Result<CallKey, Refused> {
+        use std::collections::hash_map::Entry;
+        let key = self.calls.vacant_key();
+        match self.by_id.entry((caller, call_id.clone())) {
+            Entry::Occupied(_) => return Err(Refused::Duplicate),
+            Entry::Vacant(v) => {
+                v.insert(key);
+            }
+        }
+        let caller_next = self.caller_heads.insert(caller, key);
+        let provider_next = self.provider_heads.insert(provider, key);
+        let inserted = self.calls.insert(PendingCall {
+            caller,
+            call_id,
+            provider,
+            deadline,
+            by_caller: Links { prev: None, next: caller_next },
+            by_provider: Links { prev: None, next: provider_next },
+        });
+        debug_assert_eq!(inserted, key, "vacant_key predicts the insert");
+        if let Some(next) = caller_next.and_then(|n| self.calls.get_mut(n)) {
+            next.by_caller.prev = Some(key);
+        }
+        if let Some(next) = provider_next.and_then(|n| self.calls.get_mut(n)) {
+            next.by_provider.prev = Some(key);
+        }
+        Ok(key)
+    }
+
+    pub fn get(&self, key: CallKey) -> Option<&PendingCall> {
+        self.calls.get(key)
+    }
+
+    /// The call of slot `index` and generation `generation`, as named by a call token.
+    pub fn find(&self, index: u32, generation: u32) -> Option<CallKey> {
+        let key = CallKey::new(index, generation);
+        self.calls.contains(key).then_some(key)
+    }
+
+    pub fn remove(&mut self, key: CallKey) -> Option<PendingCall> {
+        let call = self.calls.remove(key)?;
+        self.by_id.remove(&(call.caller, call.call_id.clone()));
+        unlink(&mut self.calls, &mut self.caller_heads, call.caller, call.by_caller, |c| &mut c.by_caller);
+        unlink(&mut self.calls, &mut self.provider_heads, call.provider, call.by_provider, |c| &mut c.by_provider);
+        Some(call)
+    }
+
+    /// Appends the keys of every call made by `caller` to `out`.
+    pub fn of_caller(&self, caller: SessionKey, out: &mut Vec<CallKey>) {
+        let mut at = self.caller_heads.get(&caller).copied();
+        while let Some(key) = at {
+            out.push(key);
+            at = self.calls.get(key).and_then(|c| c.by_caller.next);
+        }
+    }
+
+    /// Appends the keys of every call sent to `provider` to `out`.
+    pub fn of_provider(&self, provider: SessionRef, out: &mut Vec<CallKey>) {
+        let mut at = self.provider_heads.get(&provider).copied();
+        while let Some(key) = at {
+            out.push(key);
+            at = self.calls.get(key).and_then(|c| c.by_provider.next);
+        }
+    }
+
+    /// Sizes of the internal indexes (calls, ids, callers, providers), for leak checks.
+    pub fn index_sizes(&self) -> [usize; 4] {
+        [self.calls.len(), self.by_id.len(), self.caller_heads.len(), self.provider_heads.len()]
+    }
+}
+
+/// Removes a call from one of its lists, given the links it had.
+fn unlink<H: std::hash::Hash + Eq>(
+    calls: &mut GenSlab<CallKey, PendingCall>,
+    heads: &mut AHashMap<H, CallKey>,
+    head_of: H,
+    links: Links,
+    field: fn(&mut PendingCall) -> &mut Links,
+) {
+    match links.prev.and_then(|p| calls.get_mut(p)) {
+        Some(prev) => field(prev).next = links.next,
+        None => match links.next {
+            Some(next) => {
+                heads.insert(head_of, next);
+            }
+            None => {
+                heads.remove(&head_of);
+            }
+        },
+    }
+    if let Some(next) = links.next.and_then(|n| calls.get_mut(n)) {
+        field(next).prev = links.prev;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::ShardId;
+
+    fn session(i: u32) -> SessionKey {
+        SessionKey::new(i, 0)
+    }
+
+    fn provider(i: u32) -> SessionRef {
+        SessionRef { shard: ShardId(1), key: SessionKey::new(i, 0) }
+    }
+
+    fn timer() -> TimerKey {
+        TimerKey::new(0, 0)
+    }
+
+    #[test]
+    fn a_callers_calls_are_found_by_caller_and_by_provider_until_removed() {
+        let mut p = PendingCalls::new();
+        let a = p.insert(session(1), OwnedCallId::Uint(1), provider(7), timer()).unwrap();
+        let b = p.insert(session(1), OwnedCallId::Uint(2), provider(8), timer()).unwrap();
+        let c = p.insert(session(2), OwnedCallId::Uint(1), provider(7), timer()).unwrap();
+        let mut out = Vec::new();
+        p.of_caller(session(1), &mut out);
+        out.sort();
+        assert_eq!(out, {
+            let mut v = vec![a, b];
+            v.sort();
+            v
+        });
+        out.clear();
+        p.of_provider(provider(7), &mut out);
+        assert_eq!(out.len(), 2);
+        assert!(out.contains(&a) && out.contains(&c));
+        p.remove(a);
+        out.clear();
+        p.of_provider(provider(7), &mut out);
+        assert_eq!(out, vec![c]);
+        p.remove(b);
+        p.remove(c);
+        assert_eq!(p.index_sizes(), [0; 4]);
+    }
+
+    #[test]
+    fn a_call_id_in_flight_is_refused_as_duplicate_until_it_completes() {
+        let mut p = PendingCalls::new();
+        let a = p.insert(session(1), OwnedCallId::Uint(1), provider(7), timer()).unwrap();
+        assert_eq!(p.insert(session(1), OwnedCallId::Uint(1), provider(8), timer()), Err(Refused::Duplicate));
+        assert!(p.insert(session(2), OwnedCallId::Uint(1), provider(8), timer()).is_ok());
+        p.remove(a);
+        assert!(p.insert(session(1), OwnedCallId::Uint(1), provider(8), timer()).is_ok());
+    }
+
+    #[test]
+    fn removing_from_the_middle_of_a_list_keeps_the_rest_reachable() {
+        let mut p = PendingCalls::new();
+        let keys: Vec<CallKey> =
+            (0..5).map(|i| p.insert(session(1), OwnedCallId::Uint(i), provider(i as u32 % 2), timer()).unwrap()).collect();
+        p.remove(keys[2]);
+        p.remove(keys[4]);
+        let mut out = Vec::new();
+        p.of_caller(session(1), &mut out);
+        out.sort();
+        assert_eq!(out, vec![keys[0], keys[1], keys[3]]);
+        out.clear();
+        p.of_provider(provider(0), &mut out);
+        assert_eq!(out, vec![keys[0]]);
+    }
+}

@@ -1,0 +1,235 @@
+//! Cross-shard routing: which shard owns what, and the one enum of every message shards send
+//! each other.
+//!
+//! # Where each table lives
+//!
+//! - **Sessions** live on their *home* shard, the one whose socket accepted the QUIC connection.
+//!   Their output, their subscriptions and registrations (as lists for cleanup), and the calls
+//!   they make as callers live there too.
+//! - **The client directory** ([`crate::clients::ClientTable`]) is partitioned by node id: node
+//!   `n` is admitted, replaced and removed by shard [`owner_of`]`(n)`. A CONNECT costs one
+//!   round trip to the owner; no other message consults it.
+//! - **Subscriptions** are indexed twice on every shard: its own sessions' patterns, and the
+//!   patterns other shards have at least one subscriber for (replicated when a shard's count for
+//!   a pattern goes from 0 to 1 and back). A PUBLISH is matched on the publisher's shard, and
+//!   crosses only to the shards that have a matching subscriber, once per shard however many
+//!   of its sessions match.
+//! - **Registrations** are replicated to every shard, so the caller's shard picks the provider
+//!   itself: a CALL crosses at most once to the provider's shard, and its REPLY at most once
+//!   back. The provider's home shard keeps the registration's expiry and tells the others when
+//!   it goes.
+//! - **Pending calls** live on the caller's shard, which holds the deadline. The `call_id` a
+//!   provider sees is a [`CallToken`] that names that shard, so a REPLY finds it in O(1).
+//!
+//! Messages between two shards are delivered in order (the driver's channels are FIFO per
+//! pair). That is what makes PING a barrier: once every other shard has answered a
+//! [`ShardMsg::Barrier`], every replication message sent before it has been applied.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use crate::ids::{NodeId, RealmId, SessionKey, ShardId};
+use crate::wire::Reason;
+
+/// The shard that owns `node` among `shards` shards.
+///
+/// A fixed function of the id's bytes (a splitmix-style mix of its four words), the same on
+/// every build and CPU: never a per-process seed, and not ahash, whose output depends on the
+/// CPU features it is compiled for.
+pub fn owner_of(node: &NodeId, shards: u16) -> ShardId {
+    debug_assert!(shards > 0, "a gateway has at least one shard");
+    let mut h: u64 = 0x9e37_79b9_7f4a_7c15;
+    for chunk in node.0.chunks_exact(8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        h = mix(h ^ u64::from_le_bytes(word));
+    }
+    // Lemire's multiply-shift maps the hash onto 0..shards without a division.
+    ShardId(((u128::from(h) * u128::from(shards.max(1))) >> 64) as u16)
+}
+
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The `call_id` a provider receives: the caller's shard and the pending call's slot there.
+///
+/// Layout: shard (8 bits) | slot generation (32 bits) | slot index (24 bits).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CallToken(pub u64);
+
+/// The most shards a gateway can have (the width of a [`CallToken`]'s shard field).
+pub const MAX_SHARDS: u16 = 256;
+/// The most calls one shard can hold pending (the width of a [`CallToken`]'s index field).
+pub const MAX_PENDING_PER_SHARD: usize = 1 << 24;
+
+impl CallToken {
+    pub fn new(shard: ShardId, index: u32, generation: u32) -> CallToken {
+        debug_assert!(shard.0 < MAX_SHARDS && (index as usize) < MAX_PENDING_PER_SHARD);
+        CallToken((u64::from(shard.0) << 56) | (u64::from(generation) << 24) | u64::from(index & 0xff_ffff))
+    }
+
+    pub fn shard(self) -> ShardId {
+        ShardId((self.0 >> 56) as u16)
+    }
+
+    pub fn index(self) -> u32 {
+        (self.0 & 0xff_ffff) as u32
+    }
+
+    pub fn generation(self) -> u32 {
+        (self.0 >> 24) as u32
+    }
+}
+
+/// Why the gateway itself failed a call (REPLY `error.code`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallError {
+    ProcedureNotFound,
+    Timeout,
+    ProviderGone,
+    Overloaded,
+    InvalidCall,
+    DuplicateCallId,
+}
+
+impl CallError {
+    pub fn code(self) -> &'static str {
+        match self {
+            CallError::ProcedureNotFound => "procedure_not_found",
+            CallError::Timeout => "timeout",
+            CallError::ProviderGone => "provider_gone",
+            CallError::Overloaded => "overloaded",
+            CallError::InvalidCall => "invalid_call",
+            CallError::DuplicateCallId => "duplicate_call_id",
+        }
+    }
+
+    pub fn message(self) -> &'static str {
+        match self {
+            CallError::ProcedureNotFound => "no live provider of this procedure",
+            CallError::Timeout => "the call's deadline passed",
+            CallError::ProviderGone => "the provider's session ended",
+            CallError::Overloaded => "too many calls in flight, or the provider is not reading",
+            CallError::InvalidCall => "invalid procedure name or call_id",
+            CallError::DuplicateCallId => "this call_id is already in flight",
+        }
+    }
+}
+
+/// Why a provider is told to stop working on a call (CANCEL `reason`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CancelReason {
+    CallerGone,
+    Timeout,
+}
+
+impl CancelReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CancelReason::CallerGone => "caller_gone",
+            CancelReason::Timeout => "timeout",
+        }
+    }
+}
+
+/// A provider's answer, carried back to the caller's shard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OwnedOutcome {
+    /// The encoded MessagePack `result`.
+    Result(Box<[u8]>),
+    Error { code: Box<[u8]>, message: Option<Box<[u8]>> },
+}
+
+/// Every message one shard sends another. Session keys name a session on the shard the field
+/// says (`session` on the receiver unless noted).
+#[derive(Clone, Debug)]
+pub enum ShardMsg {
+    /// To the node's owner: admit `node` for the sender's session `session`.
+    Admit { realm: RealmId, node: NodeId, session: SessionKey },
+    /// From the owner: the session may go on.
+    Admitted { session: SessionKey },
+    /// From the owner: the session is refused.
+    Refused { session: SessionKey, reason: Reason },
+    /// From the owner: end the session (it was replaced).
+    Kick { session: SessionKey, reason: Reason },
+    /// To the node's owner: the sender's session `session` of `node` ended.
+    Leave { realm: RealmId, node: NodeId, session: SessionKey },
+    /// The sender now has (`add`) or no longer has subscribers of `pattern`.
+    Interest { realm: RealmId, pattern: Box<[u8]>, add: bool },
+    /// The sender's session `session` now provides (`add`) or no longer provides `procedure`.
+    Provider { realm: RealmId, procedure: Box<[u8]>, session: SessionKey, add: bool },
+    /// The sender's session `session`, a provider, ended: drop its registrations and fail the
+    /// calls sent to it.
+    ProviderGone { session: SessionKey },
+    /// Answer with [`ShardMsg::BarrierAck`]; `session` is the sender's.
+    Barrier { session: SessionKey, seq: u32 },
+    /// Every message the receiver sent before this has been applied by the sender.
+    BarrierAck { session: SessionKey, seq: u32 },
+    /// A PUBLISH to deliver to the receiver's matching sessions: the encoded frame, publisher
+    /// included, and where its topic lies in it.
+    Publish { realm: RealmId, frame: Arc<[u8]>, topic: Range<u32> },
+    /// A CALL for the receiver's session `provider`: the encoded frame, `call_id` = `token`.
+    Call { token: CallToken, provider: SessionKey, frame: Box<[u8]> },
+    /// The receiver's call `token` could not be delivered.
+    CallFailed { token: CallToken, error: CallError },
+    /// The answer to the receiver's call `token`, from the sender's session `provider`.
+    Reply { token: CallToken, provider: SessionKey, outcome: OwnedOutcome },
+    /// Tell the receiver's session `provider` to stop working on `token`.
+    Cancel { token: CallToken, provider: SessionKey, reason: CancelReason },
+}
+
+impl ShardMsg {
+    /// Data messages may be shed when the link to their shard is backed up (the work fails
+    /// with the protocol's error); all others carry state and are never dropped.
+    pub fn is_data(&self) -> bool {
+        matches!(self, ShardMsg::Publish { .. } | ShardMsg::Call { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn owner_of_is_pinned_to_known_values() {
+        let zero = NodeId([0; 32]);
+        let ones = NodeId([0xff; 32]);
+        let mut counting = [0u8; 32];
+        for (i, b) in counting.iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        let counting = NodeId(counting);
+        let got: Vec<u16> = [zero, ones, counting]
+            .iter()
+            .flat_map(|n| [owner_of(n, 2).0, owner_of(n, 16).0, owner_of(n, 256).0])
+            .collect();
+        assert_eq!(got, PINNED_OWNERS);
+    }
+
+    const PINNED_OWNERS: [u16; 9] = [0, 0, 0, 0, 0, 0, 0, 0, 0];
+
+    #[test]
+    fn owner_of_spreads_nodes_over_shards() {
+        let mut counts = [0u32; 4];
+        for i in 0u32..4000 {
+            let mut id = [0u8; 32];
+            id[..4].copy_from_slice(&i.to_le_bytes());
+            counts[owner_of(&NodeId(id), 4).index()] += 1;
+        }
+        for c in counts {
+            assert!((800..1200).contains(&c), "uneven spread: {counts:?}");
+        }
+    }
+
+    #[test]
+    fn call_token_round_trips_its_fields() {
+        let t = CallToken::new(ShardId(200), 0xab_cdef, 0xdead_beef);
+        assert_eq!(t.shard(), ShardId(200));
+        assert_eq!(t.index(), 0xab_cdef);
+        assert_eq!(t.generation(), 0xdead_beef);
+    }
+}
