@@ -1,7 +1,118 @@
-//! Criterion micro-benchmarks (filled in with the structures they measure).
+//! Criterion micro-benchmarks of the shard's tables: the call wheel, the client table and the
+//! peer LRU, each measured at a realistic size.
+use std::hint::black_box;
+
 use criterion::{criterion_group, criterion_main, Criterion};
+use meshgate_shard::clients::{Admission, ClientTable};
+use meshgate_shard::lru::{Displaced, PeerLru};
+use meshgate_shard::wheel::CallWheel;
+use meshgate_shard::{NodeId, RealmId, SessionKey, SessionRef, ShardId, Time};
 
-fn placeholder(_c: &mut Criterion) {}
+/// Pseudo-random delays, precomputed so that the generator stays out of the measurement.
+fn delays(count: usize, max_ms: u64) -> Vec<u64> {
+    let mut rng = fastrand::Rng::with_seed(42);
+    (0..count).map(|_| rng.u64(1..=max_ms)).collect()
+}
 
-criterion_group!(benches, placeholder);
+/// One insert and one cancel in a wheel holding a million timers spread over ten minutes.
+fn wheel_insert_cancel(c: &mut Criterion) {
+    const LIVE: usize = 1_000_000;
+    let now = Time::from_millis(1_000_000);
+    let mut wheel = CallWheel::with_capacity(now, LIVE + 1);
+    for (i, delay) in delays(LIVE, 600_000).into_iter().enumerate() {
+        wheel.insert(Time::from_millis(now.as_millis() + delay), i as u64);
+    }
+    let deadlines: Vec<Time> = delays(4_096, 600_000)
+        .into_iter()
+        .map(|delay| Time::from_millis(now.as_millis() + delay))
+        .collect();
+    let mut i = 0;
+    c.bench_function("wheel_insert_cancel_1M_live", |b| {
+        b.iter(|| {
+            i = (i + 1) % deadlines.len();
+            let key = wheel.insert(black_box(deadlines[i]), 7u64);
+            black_box(wheel.cancel(key));
+        })
+    });
+    assert_eq!(wheel.len(), LIVE);
+}
+
+/// Steady state of a wheel holding about ten thousand timers of up to 20 s: each iteration
+/// inserts one timer, moves the clock 2 ms and fires what came due (cascades included).
+fn wheel_insert_poll(c: &mut Criterion) {
+    let mut now = 0u64;
+    let mut wheel = CallWheel::with_capacity(Time::ZERO, 20_000);
+    let delays = delays(4_096, 20_000);
+    let mut i = 0;
+    let mut step = |wheel: &mut CallWheel<u64>| {
+        i = (i + 1) % delays.len();
+        wheel.insert(Time::from_millis(now + delays[i]), now);
+        now += 2;
+        while let Some(fired) = wheel.poll_expired(Time::from_millis(now)) {
+            black_box(fired);
+        }
+    };
+    for _ in 0..40_000 {
+        step(&mut wheel);
+    }
+    c.bench_function("wheel_insert_poll", |b| b.iter(|| step(&mut wheel)));
+}
+
+/// One admit and one remove in a client table holding ten thousand nodes.
+fn client_table_admit_remove(c: &mut Criterion) {
+    const LIVE: usize = 10_000;
+    let node = |n: u64| {
+        let mut id = [0x5a; 32];
+        id[..8].copy_from_slice(&n.to_le_bytes());
+        NodeId(id)
+    };
+    let session = |n: u64| SessionRef {
+        shard: ShardId(0),
+        key: SessionKey::from_u64(n),
+    };
+    let mut table = ClientTable::new(2 * LIVE);
+    for n in 0..LIVE as u64 {
+        table
+            .admit(RealmId(0), node(n), session(n))
+            .expect("below capacity");
+    }
+    let newcomer = node(u64::MAX);
+    c.bench_function("client_table_admit_remove", |b| {
+        b.iter(|| {
+            let admission = table.admit(RealmId(0), black_box(newcomer), session(1));
+            if let Ok(Admission::Admitted(key)) = admission {
+                black_box(table.remove(key));
+            }
+        })
+    });
+    assert_eq!(table.len(), LIVE);
+}
+
+/// One insert into a full LRU of ten thousand peers, evicting the least recently used.
+fn lru_insert_evict(c: &mut Criterion) {
+    const CAPACITY: usize = 10_000;
+    let mut lru = PeerLru::new(CAPACITY);
+    let mut next = 0u64;
+    for _ in 0..CAPACITY {
+        lru.insert(next, next);
+        next += 1;
+    }
+    c.bench_function("lru_insert_evict", |b| {
+        b.iter(|| {
+            let displaced = lru.insert(black_box(next), next);
+            debug_assert!(matches!(displaced, Displaced::Evicted(..)));
+            black_box(displaced);
+            next += 1;
+        })
+    });
+    assert_eq!(lru.len(), CAPACITY);
+}
+
+criterion_group!(
+    benches,
+    wheel_insert_cancel,
+    wheel_insert_poll,
+    client_table_admit_remove,
+    lru_insert_evict
+);
 criterion_main!(benches);
