@@ -5,7 +5,8 @@ mod sim;
 
 use std::time::Duration;
 
-use meshgate_shard::wire::{Disconnect, Message};
+use meshgate_shard::metrics::CallOutcome;
+use meshgate_shard::wire::{Disconnect, Message, Reason};
 use meshgate_shard::Occupancy;
 use sim::{node, seeds, SeedGuard, Sim, REALM};
 
@@ -17,7 +18,7 @@ fn run(seed: u64, shards: u16, ops: usize) {
     let _guard = SeedGuard(seed);
     let mut sim = Sim::with(shards, seed, |c| {
         c.limits.max_output = 4_096;
-        c.limits.max_clients = 64;
+        c.limits.max_clients = 12;
         c.limits.max_subscriptions = 6;
         c.limits.max_registrations = 3;
         c.limits.max_pending_calls = 40;
@@ -36,7 +37,7 @@ fn run(seed: u64, shards: u16, ops: usize) {
             0..=11 => {
                 let shard = rng.u16(..shards);
                 let realm = if rng.u8(..8) == 0 { "other.realm" } else { REALM };
-                let c = sim.open(shard, node(rng.u32(..48)), realm, None);
+                let c = sim.open(shard, node(rng.u32(..96)), realm, None);
                 live.push(c);
             }
             12..=14 => {
@@ -135,6 +136,11 @@ fn run(seed: u64, shards: u16, ops: usize) {
     let delivered = sim.total(|c| c.deliveries);
     let answered = sim.total(|c| c.calls.iter().sum());
     assert!(delivered > 0 && answered > 0, "the run exercised delivery ({delivered}) and calls ({answered})");
+    for outcome in [CallOutcome::Ok, CallOutcome::Timeout, CallOutcome::CallerGone, CallOutcome::ProcedureNotFound] {
+        assert!(sim.total(|c| c.calls_of(outcome)) > 0, "the run exercised {outcome:?}");
+    }
+    assert!(sim.total(|c| c.refused_of(Reason::MaxClientsReached)) > 0, "the run filled the client table");
+    assert!(sim.total(|c| c.sessions_closed[6]) > 0, "the run replaced sessions");
 }
 
 #[test]
