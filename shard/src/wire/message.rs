@@ -1,6 +1,11 @@
 //! Typed messages of PROTOCOL.md section 4, borrowed from the frame they were decoded from.
 
-use super::WireError;
+use std::ops::Range;
+
+use rmp::Marker;
+
+use super::msgpack::{self, Int, ReadError, Reader};
+use super::{FrameHeader, WireError, HEADER_LEN};
 use crate::ids::NodeId;
 
 /// The frame type byte of each message.
@@ -149,7 +154,10 @@ pub struct Call<'a> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome<'a> {
     Result(Raw<'a>),
-    Error { code: &'a [u8], message: Option<&'a [u8]> },
+    Error {
+        code: &'a [u8],
+        message: Option<&'a [u8]>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -216,15 +224,69 @@ impl<'a> Message<'a> {
     }
 
     /// Decodes the payload of a frame of type `frame_type`.
+    ///
+    /// The payload must be exactly one map. Keys and string values may be bin or str, integers
+    /// any MessagePack integer form, and keys the message does not know are skipped whatever
+    /// their value.
     pub fn decode(frame_type: u8, payload: &'a [u8]) -> Result<Message<'a>, WireError> {
-        let _ = (frame_type, payload);
-        todo!("wire codec")
+        let Some(ty) = FrameType::from_u8(frame_type) else {
+            return Err(WireError::UnknownType(frame_type));
+        };
+        let mut f = Fields::open(payload)?;
+        Ok(match ty {
+            FrameType::Connect => Message::Connect(decode_connect(&mut f)?),
+            FrameType::Disconnect => Message::Disconnect(decode_disconnect(&mut f)?),
+            FrameType::Ping => Message::Ping(decode_ping(&mut f)?),
+            FrameType::Pong => Message::Pong(decode_pong(&mut f)?),
+            FrameType::Error => Message::Error(decode_error(&mut f)?),
+            FrameType::Publish => Message::Publish(decode_publish(&mut f)?),
+            FrameType::Subscribe => Message::Subscribe(decode_subscribe(&mut f)?),
+            FrameType::Unsubscribe => Message::Unsubscribe(decode_unsubscribe(&mut f)?),
+            FrameType::Call => Message::Call(decode_call(&mut f)?),
+            FrameType::Reply => Message::Reply(decode_reply(&mut f)?),
+            FrameType::Register => Message::Register(decode_register(&mut f)?),
+            FrameType::Unregister => Message::Unregister(decode_unregister(&mut f)?),
+            FrameType::Cancel => Message::Cancel(decode_cancel(&mut f)?),
+        })
     }
 
     /// Appends the whole frame (header and payload) to `out`.
+    ///
+    /// Keys and strings are written as bin, integers in their smallest form, and an optional
+    /// field that is `None` is left out. [`Raw`] values are copied as they are, so they must
+    /// hold one well-formed MessagePack value.
     pub fn encode(&self, out: &mut Vec<u8>) {
-        let _ = out;
-        todo!("wire codec")
+        let start = begin_frame(out, self.frame_type());
+        match self {
+            Message::Connect(m) => encode_connect(m, out),
+            Message::Disconnect(m) => encode_disconnect(m, out),
+            Message::Ping(m) => encode_ping(m, out),
+            Message::Pong(m) => encode_pong(m, out),
+            Message::Error(m) => encode_error(m, out),
+            Message::Publish(m) => {
+                encode_publish(m, out);
+            }
+            Message::Subscribe(m) => encode_subscribe(m, out),
+            Message::Unsubscribe(m) => encode_unsubscribe(m, out),
+            Message::Call(m) => encode_call(m, out),
+            Message::Reply(m) => encode_reply(m, out),
+            Message::Register(m) => encode_register(m, out),
+            Message::Unregister(m) => encode_unregister(m, out),
+            Message::Cancel(m) => encode_cancel(m, out),
+        }
+        end_frame(out, start);
+    }
+}
+
+impl Publish<'_> {
+    /// Appends the whole frame, as [`Message::encode`] does, and returns where the topic's
+    /// bytes lie in `out`: a shard that forwards the encoded frame can read the topic from it
+    /// without decoding.
+    pub fn encode_locating_topic(&self, out: &mut Vec<u8>) -> Range<usize> {
+        let start = begin_frame(out, FrameType::Publish);
+        let topic = encode_publish(self, out);
+        end_frame(out, start);
+        topic
     }
 }
 
@@ -241,11 +303,18 @@ impl<'a> Strings<'a> {
     }
 
     /// The strings, in order.
+    ///
+    /// For [`Strings::Encoded`], at most `len` strings; the iteration stops early at anything
+    /// in `raw` that is not bin or str (which a decoded value never holds).
     pub fn iter(&self) -> impl Iterator<Item = &'a [u8]> + 'a {
-        let _ = self;
-        todo!("wire codec");
-        #[allow(unreachable_code)]
-        std::iter::empty()
+        match *self {
+            Strings::List(list) => StringsIter::List(list.iter()),
+            Strings::Encoded { raw, len } => {
+                let mut r = Reader::new(raw);
+                let left = r.read_array_len().map_or(0, |n| n.min(len));
+                StringsIter::Encoded { r, left }
+            }
+        }
     }
 }
 
@@ -255,3 +324,614 @@ impl PartialEq for Strings<'_> {
     }
 }
 impl Eq for Strings<'_> {}
+
+enum StringsIter<'a> {
+    List(std::slice::Iter<'a, &'a [u8]>),
+    Encoded { r: Reader<'a>, left: u32 },
+}
+
+impl<'a> Iterator for StringsIter<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        match self {
+            StringsIter::List(list) => list.next().copied(),
+            StringsIter::Encoded { r, left } => {
+                *left = left.checked_sub(1)?;
+                let s = r.read_bytes().ok();
+                if s.is_none() {
+                    *left = 0;
+                }
+                s
+            }
+        }
+    }
+}
+
+/// The encoding of `nil`: CALL `args` when the key is absent.
+const NIL: &[u8] = &[0xc0];
+
+/// The entries of a payload's map, read one key at a time.
+struct Fields<'a> {
+    r: Reader<'a>,
+    left: u32,
+}
+
+impl<'a> Fields<'a> {
+    /// Opens the map that must make up the whole of `payload`.
+    fn open(payload: &'a [u8]) -> Result<Fields<'a>, WireError> {
+        let mut r = Reader::new(payload);
+        match r.read_map_len() {
+            Ok(left) => Ok(Fields { r, left }),
+            Err(ReadError::WrongType) => {
+                let mut whole = Reader::new(payload);
+                whole.skip().map_err(malformed)?;
+                if whole.is_empty() {
+                    Err(WireError::NotAMap)
+                } else {
+                    Err(WireError::Malformed("bytes after the payload's value"))
+                }
+            }
+            Err(e) => Err(malformed(e)),
+        }
+    }
+
+    /// The next key, or `None` after the last entry, once it is checked that nothing follows
+    /// the map. A key that is neither bin nor str is skipped and reads as empty, which names no
+    /// field.
+    fn next_key(&mut self) -> Result<Option<&'a [u8]>, WireError> {
+        let Some(left) = self.left.checked_sub(1) else {
+            if !self.r.is_empty() {
+                return Err(WireError::Malformed("bytes after the payload's map"));
+            }
+            return Ok(None);
+        };
+        self.left = left;
+        match self.r.read_bytes() {
+            Ok(key) => Ok(Some(key)),
+            Err(ReadError::WrongType) => {
+                self.r.skip().map_err(malformed)?;
+                Ok(Some(&[]))
+            }
+            Err(e) => Err(malformed(e)),
+        }
+    }
+
+    /// Skips the value of a key the message does not know.
+    fn skip(&mut self) -> Result<(), WireError> {
+        self.r.skip().map(drop).map_err(malformed)
+    }
+
+    fn value<T>(
+        &mut self,
+        name: &'static str,
+        read: impl FnOnce(&mut Reader<'a>) -> Result<T, ReadError>,
+    ) -> Result<T, WireError> {
+        read(&mut self.r).map_err(|e| match e {
+            ReadError::WrongType => WireError::BadField(name),
+            e => malformed(e),
+        })
+    }
+
+    fn bytes(&mut self, name: &'static str) -> Result<&'a [u8], WireError> {
+        self.value(name, Reader::read_bytes)
+    }
+
+    fn uint(&mut self, name: &'static str) -> Result<u64, WireError> {
+        self.value(name, Reader::read_uint)
+    }
+
+    fn bool(&mut self, name: &'static str) -> Result<bool, WireError> {
+        self.value(name, Reader::read_bool)
+    }
+
+    fn raw(&mut self) -> Result<Raw<'a>, WireError> {
+        self.r.skip().map(Raw).map_err(malformed)
+    }
+
+    /// Bytes of exactly `N` bytes.
+    fn fixed<const N: usize>(&mut self, name: &'static str) -> Result<&'a [u8; N], WireError> {
+        let bytes = self.bytes(name)?;
+        bytes.try_into().map_err(|_| WireError::BadField(name))
+    }
+
+    fn node_id(&mut self, name: &'static str) -> Result<NodeId, WireError> {
+        self.fixed::<32>(name).map(|id| NodeId(*id))
+    }
+
+    /// A `call_id`: an integer, or bin/str of any length.
+    fn call_id(&mut self, name: &'static str) -> Result<CallIdRef<'a>, WireError> {
+        match self.r.peek_marker().map_err(malformed)? {
+            Marker::Bin8
+            | Marker::Bin16
+            | Marker::Bin32
+            | Marker::FixStr(_)
+            | Marker::Str8
+            | Marker::Str16
+            | Marker::Str32 => self.bytes(name).map(CallIdRef::Bytes),
+            _ => self.value(name, Reader::read_int).map(|n| match n {
+                Int::Uint(n) => CallIdRef::Uint(n),
+                Int::Neg(n) => CallIdRef::Int(n),
+            }),
+        }
+    }
+
+    /// An array of bin/str, each checked, kept encoded.
+    fn strings(&mut self, name: &'static str) -> Result<Strings<'a>, WireError> {
+        let start = self.r.rest();
+        let len = self.value(name, Reader::read_array_len)?;
+        for _ in 0..len {
+            self.bytes(name)?;
+        }
+        let raw = &start[..start.len() - self.r.rest().len()];
+        Ok(Strings::Encoded { raw, len })
+    }
+
+    /// REPLY `error`: a map with `code` and an optional `message`.
+    fn reply_error(&mut self) -> Result<Outcome<'a>, WireError> {
+        let raw = self.raw()?;
+        let mut f = Fields::open(raw.0).map_err(|_| WireError::BadField("error"))?;
+        let (mut code, mut message) = (None, None);
+        while let Some(key) = f.next_key()? {
+            match key {
+                b"code" => code = Some(f.bytes("code")?),
+                b"message" => message = Some(f.bytes("message")?),
+                _ => f.skip()?,
+            }
+        }
+        Ok(Outcome::Error {
+            code: required(code, "code")?,
+            message,
+        })
+    }
+}
+
+fn malformed(e: ReadError) -> WireError {
+    WireError::Malformed(match e {
+        ReadError::Truncated => "truncated value",
+        ReadError::WrongType => "value of an unexpected type",
+        ReadError::Reserved => "reserved marker 0xc1",
+        ReadError::TooDeep => "values nested too deep",
+    })
+}
+
+fn required<T>(value: Option<T>, name: &'static str) -> Result<T, WireError> {
+    value.ok_or(WireError::MissingField(name))
+}
+
+fn decode_connect<'a>(f: &mut Fields<'a>) -> Result<Connect<'a>, WireError> {
+    let (mut version, mut node_id, mut realm, mut capabilities, mut token) =
+        (None, None, None, None, None);
+    while let Some(key) = f.next_key()? {
+        match key {
+            b"version" => version = Some(f.bytes("version")?),
+            b"node_id" => node_id = Some(f.node_id("node_id")?),
+            b"realm_id" => realm = Some(f.bytes("realm_id")?),
+            b"capabilities" => capabilities = Some(f.raw()?),
+            b"token" => token = Some(f.bytes("token")?),
+            _ => f.skip()?,
+        }
+    }
+    Ok(Connect {
+        version: required(version, "version")?,
+        node_id: required(node_id, "node_id")?,
+        realm: required(realm, "realm_id")?,
+        capabilities,
+        token,
+    })
+}
+
+fn decode_disconnect<'a>(f: &mut Fields<'a>) -> Result<Disconnect<'a>, WireError> {
+    let (mut reason, mut message) = (None, None);
+    while let Some(key) = f.next_key()? {
+        match key {
+            b"reason" => reason = Some(f.bytes("reason")?),
+            b"message" => message = Some(f.bytes("message")?),
+            _ => f.skip()?,
+        }
+    }
+    Ok(Disconnect {
+        reason: required(reason, "reason")?,
+        message,
+    })
+}
+
+fn decode_ping(f: &mut Fields<'_>) -> Result<Ping, WireError> {
+    let mut timestamp = None;
+    while let Some(key) = f.next_key()? {
+        match key {
+            b"timestamp" => timestamp = Some(f.uint("timestamp")?),
+            _ => f.skip()?,
+        }
+    }
+    Ok(Ping {
+        timestamp: required(timestamp, "timestamp")?,
+    })
+}
+
+fn decode_pong(f: &mut Fields<'_>) -> Result<Pong, WireError> {
+    let (mut timestamp, mut server_time, mut node_id) = (None, None, None);
+    while let Some(key) = f.next_key()? {
+        match key {
+            b"timestamp" => timestamp = Some(f.uint("timestamp")?),
+            b"server_time" => server_time = Some(f.uint("server_time")?),
+            b"node_id" => node_id = Some(f.node_id("node_id")?),
+            _ => f.skip()?,
+        }
+    }
+    Ok(Pong {
+        timestamp: required(timestamp, "timestamp")?,
+        server_time: required(server_time, "server_time")?,
+        node_id,
+    })
+}
+
+fn decode_error<'a>(f: &mut Fields<'a>) -> Result<ErrorMsg<'a>, WireError> {
+    let (mut code, mut message, mut frame_type, mut topic, mut procedure) =
+        (None, None, None, None, None);
+    while let Some(key) = f.next_key()? {
+        match key {
+            b"code" => code = Some(f.bytes("code")?),
+            b"message" => message = Some(f.bytes("message")?),
+            b"type" => frame_type = Some(f.uint("type")?),
+            b"topic" => topic = Some(f.bytes("topic")?),
+            b"procedure" => procedure = Some(f.bytes("procedure")?),
+            _ => f.skip()?,
+        }
+    }
+    Ok(ErrorMsg {
+        code: required(code, "code")?,
+        message: required(message, "message")?,
+        frame_type: required(frame_type, "type")?,
+        topic,
+        procedure,
+    })
+}
+
+fn decode_publish<'a>(f: &mut Fields<'a>) -> Result<Publish<'a>, WireError> {
+    let (mut topic, mut payload, mut qos, mut retain, mut message_id, mut publisher) =
+        (None, None, None, None, None, None);
+    while let Some(key) = f.next_key()? {
+        match key {
+            b"topic" => topic = Some(f.bytes("topic")?),
+            b"payload" => payload = Some(f.bytes("payload")?),
+            b"qos" => qos = Some(f.uint("qos")?),
+            b"retain" => retain = Some(f.bool("retain")?),
+            b"message_id" => message_id = Some(&f.fixed::<16>("message_id")?[..]),
+            b"publisher" => publisher = Some(f.node_id("publisher")?),
+            _ => f.skip()?,
+        }
+    }
+    Ok(Publish {
+        topic: required(topic, "topic")?,
+        payload: required(payload, "payload")?,
+        qos,
+        retain,
+        message_id,
+        publisher,
+    })
+}
+
+fn decode_subscribe<'a>(f: &mut Fields<'a>) -> Result<Subscribe<'a>, WireError> {
+    let (mut topics, mut qos) = (None, None);
+    while let Some(key) = f.next_key()? {
+        match key {
+            b"topics" => topics = Some(f.strings("topics")?),
+            b"qos" => qos = Some(f.uint("qos")?),
+            _ => f.skip()?,
+        }
+    }
+    Ok(Subscribe {
+        topics: required(topics, "topics")?,
+        qos,
+    })
+}
+
+fn decode_unsubscribe<'a>(f: &mut Fields<'a>) -> Result<Unsubscribe<'a>, WireError> {
+    let mut topics = None;
+    while let Some(key) = f.next_key()? {
+        match key {
+            b"topics" => topics = Some(f.strings("topics")?),
+            _ => f.skip()?,
+        }
+    }
+    Ok(Unsubscribe {
+        topics: required(topics, "topics")?,
+    })
+}
+
+fn decode_call<'a>(f: &mut Fields<'a>) -> Result<Call<'a>, WireError> {
+    let (mut procedure, mut args, mut call_id, mut timeout_ms) = (None, None, None, None);
+    while let Some(key) = f.next_key()? {
+        match key {
+            b"procedure" => procedure = Some(f.bytes("procedure")?),
+            b"args" => args = Some(f.raw()?),
+            b"call_id" => call_id = Some(f.call_id("call_id")?),
+            b"timeout" => timeout_ms = Some(f.uint("timeout")?),
+            _ => f.skip()?,
+        }
+    }
+    Ok(Call {
+        procedure: required(procedure, "procedure")?,
+        args: args.unwrap_or(Raw(NIL)),
+        call_id,
+        timeout_ms,
+    })
+}
+
+fn decode_reply<'a>(f: &mut Fields<'a>) -> Result<Reply<'a>, WireError> {
+    let (mut call_id, mut result, mut error) = (None, None, None);
+    while let Some(key) = f.next_key()? {
+        match key {
+            b"call_id" => call_id = Some(f.call_id("call_id")?),
+            b"result" => result = Some(f.raw()?),
+            b"error" => error = Some(f.reply_error()?),
+            _ => f.skip()?,
+        }
+    }
+    let outcome = match (result, error) {
+        (Some(result), None) => Outcome::Result(result),
+        (None, Some(error)) => error,
+        _ => return Err(WireError::BadField("result")),
+    };
+    Ok(Reply { call_id, outcome })
+}
+
+fn decode_register<'a>(f: &mut Fields<'a>) -> Result<Register<'a>, WireError> {
+    let (mut procedure, mut ttl_s) = (None, None);
+    while let Some(key) = f.next_key()? {
+        match key {
+            b"procedure" => procedure = Some(f.bytes("procedure")?),
+            b"ttl" => ttl_s = Some(f.uint("ttl")?),
+            _ => f.skip()?,
+        }
+    }
+    Ok(Register {
+        procedure: required(procedure, "procedure")?,
+        ttl_s,
+    })
+}
+
+fn decode_unregister<'a>(f: &mut Fields<'a>) -> Result<Unregister<'a>, WireError> {
+    let mut procedure = None;
+    while let Some(key) = f.next_key()? {
+        match key {
+            b"procedure" => procedure = Some(f.bytes("procedure")?),
+            _ => f.skip()?,
+        }
+    }
+    Ok(Unregister {
+        procedure: required(procedure, "procedure")?,
+    })
+}
+
+fn decode_cancel<'a>(f: &mut Fields<'a>) -> Result<Cancel<'a>, WireError> {
+    let (mut call_id, mut reason) = (None, None);
+    while let Some(key) = f.next_key()? {
+        match key {
+            b"call_id" => call_id = Some(f.call_id("call_id")?),
+            b"reason" => reason = Some(f.bytes("reason")?),
+            _ => f.skip()?,
+        }
+    }
+    Ok(Cancel {
+        call_id: required(call_id, "call_id")?,
+        reason: required(reason, "reason")?,
+    })
+}
+
+/// Appends a header with a zero length and returns where the frame starts.
+fn begin_frame(out: &mut Vec<u8>, ty: FrameType) -> usize {
+    let start = out.len();
+    out.extend_from_slice(
+        &FrameHeader {
+            frame_type: ty as u8,
+            payload_len: 0,
+        }
+        .to_bytes(),
+    );
+    start
+}
+
+/// Writes the length of the payload appended since `begin_frame` into its header.
+fn end_frame(out: &mut [u8], start: usize) {
+    let payload_len = out.len() - start - HEADER_LEN;
+    // Frames are built from fields held in memory and capped far below 4 GiB by `--max-frame`
+    // on the way in; a larger one is a caller's error.
+    debug_assert!(
+        u32::try_from(payload_len).is_ok(),
+        "frame payload over u32::MAX"
+    );
+    let len = u32::try_from(payload_len).unwrap_or(u32::MAX);
+    out[start + 4..start + HEADER_LEN].copy_from_slice(&len.to_be_bytes());
+}
+
+/// The number of optional fields present, for a map header.
+fn present(fields: &[bool]) -> u32 {
+    fields.iter().map(|&p| u32::from(p)).sum()
+}
+
+fn key(out: &mut Vec<u8>, name: &str) {
+    msgpack::write_bin(out, name.as_bytes());
+}
+
+fn put_bytes(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    key(out, name);
+    msgpack::write_bin(out, value);
+}
+
+fn put_uint(out: &mut Vec<u8>, name: &str, value: u64) {
+    key(out, name);
+    msgpack::write_uint(out, value);
+}
+
+fn put_raw(out: &mut Vec<u8>, name: &str, value: Raw<'_>) {
+    key(out, name);
+    out.extend_from_slice(value.0);
+}
+
+fn put_call_id(out: &mut Vec<u8>, name: &str, value: CallIdRef<'_>) {
+    key(out, name);
+    match value {
+        CallIdRef::Uint(n) => msgpack::write_uint(out, n),
+        CallIdRef::Int(n) => msgpack::write_sint(out, n),
+        CallIdRef::Bytes(b) => msgpack::write_bin(out, b),
+    }
+}
+
+fn put_strings(out: &mut Vec<u8>, name: &str, value: Strings<'_>) {
+    key(out, name);
+    let len = value.iter().count();
+    debug_assert!(u32::try_from(len).is_ok(), "more than u32::MAX strings");
+    msgpack::write_array_len(out, u32::try_from(len).unwrap_or(u32::MAX));
+    for s in value.iter() {
+        msgpack::write_bin(out, s);
+    }
+}
+
+fn encode_connect(m: &Connect<'_>, out: &mut Vec<u8>) {
+    msgpack::write_map_len(
+        out,
+        3 + present(&[m.capabilities.is_some(), m.token.is_some()]),
+    );
+    put_bytes(out, "version", m.version);
+    put_bytes(out, "node_id", &m.node_id.0);
+    put_bytes(out, "realm_id", m.realm);
+    if let Some(capabilities) = m.capabilities {
+        put_raw(out, "capabilities", capabilities);
+    }
+    if let Some(token) = m.token {
+        put_bytes(out, "token", token);
+    }
+}
+
+fn encode_disconnect(m: &Disconnect<'_>, out: &mut Vec<u8>) {
+    msgpack::write_map_len(out, 1 + present(&[m.message.is_some()]));
+    put_bytes(out, "reason", m.reason);
+    if let Some(message) = m.message {
+        put_bytes(out, "message", message);
+    }
+}
+
+fn encode_ping(m: &Ping, out: &mut Vec<u8>) {
+    msgpack::write_map_len(out, 1);
+    put_uint(out, "timestamp", m.timestamp);
+}
+
+fn encode_pong(m: &Pong, out: &mut Vec<u8>) {
+    msgpack::write_map_len(out, 2 + present(&[m.node_id.is_some()]));
+    put_uint(out, "timestamp", m.timestamp);
+    put_uint(out, "server_time", m.server_time);
+    if let Some(node_id) = m.node_id {
+        put_bytes(out, "node_id", &node_id.0);
+    }
+}
+
+fn encode_error(m: &ErrorMsg<'_>, out: &mut Vec<u8>) {
+    msgpack::write_map_len(
+        out,
+        3 + present(&[m.topic.is_some(), m.procedure.is_some()]),
+    );
+    put_bytes(out, "code", m.code);
+    put_bytes(out, "message", m.message);
+    put_uint(out, "type", m.frame_type);
+    if let Some(topic) = m.topic {
+        put_bytes(out, "topic", topic);
+    }
+    if let Some(procedure) = m.procedure {
+        put_bytes(out, "procedure", procedure);
+    }
+}
+
+/// Appends a PUBLISH payload and returns where the topic's bytes lie in `out`.
+fn encode_publish(m: &Publish<'_>, out: &mut Vec<u8>) -> Range<usize> {
+    let optional = [
+        m.qos.is_some(),
+        m.retain.is_some(),
+        m.message_id.is_some(),
+        m.publisher.is_some(),
+    ];
+    msgpack::write_map_len(out, 2 + present(&optional));
+    put_bytes(out, "topic", m.topic);
+    let topic = out.len() - m.topic.len()..out.len();
+    put_bytes(out, "payload", m.payload);
+    if let Some(qos) = m.qos {
+        put_uint(out, "qos", qos);
+    }
+    if let Some(retain) = m.retain {
+        key(out, "retain");
+        msgpack::write_bool(out, retain);
+    }
+    if let Some(message_id) = m.message_id {
+        put_bytes(out, "message_id", message_id);
+    }
+    if let Some(publisher) = m.publisher {
+        put_bytes(out, "publisher", &publisher.0);
+    }
+    topic
+}
+
+fn encode_subscribe(m: &Subscribe<'_>, out: &mut Vec<u8>) {
+    msgpack::write_map_len(out, 1 + present(&[m.qos.is_some()]));
+    if let Some(qos) = m.qos {
+        put_uint(out, "qos", qos);
+    }
+    put_strings(out, "topics", m.topics);
+}
+
+fn encode_unsubscribe(m: &Unsubscribe<'_>, out: &mut Vec<u8>) {
+    msgpack::write_map_len(out, 1);
+    put_strings(out, "topics", m.topics);
+}
+
+fn encode_call(m: &Call<'_>, out: &mut Vec<u8>) {
+    msgpack::write_map_len(
+        out,
+        2 + present(&[m.call_id.is_some(), m.timeout_ms.is_some()]),
+    );
+    put_bytes(out, "procedure", m.procedure);
+    put_raw(out, "args", m.args);
+    if let Some(call_id) = m.call_id {
+        put_call_id(out, "call_id", call_id);
+    }
+    if let Some(timeout_ms) = m.timeout_ms {
+        put_uint(out, "timeout", timeout_ms);
+    }
+}
+
+fn encode_reply(m: &Reply<'_>, out: &mut Vec<u8>) {
+    msgpack::write_map_len(out, 1 + present(&[m.call_id.is_some()]));
+    if let Some(call_id) = m.call_id {
+        put_call_id(out, "call_id", call_id);
+    }
+    match m.outcome {
+        Outcome::Result(result) => put_raw(out, "result", result),
+        Outcome::Error { code, message } => {
+            key(out, "error");
+            msgpack::write_map_len(out, 1 + present(&[message.is_some()]));
+            put_bytes(out, "code", code);
+            if let Some(message) = message {
+                put_bytes(out, "message", message);
+            }
+        }
+    }
+}
+
+fn encode_register(m: &Register<'_>, out: &mut Vec<u8>) {
+    msgpack::write_map_len(out, 1 + present(&[m.ttl_s.is_some()]));
+    put_bytes(out, "procedure", m.procedure);
+    if let Some(ttl_s) = m.ttl_s {
+        put_uint(out, "ttl", ttl_s);
+    }
+}
+
+fn encode_unregister(m: &Unregister<'_>, out: &mut Vec<u8>) {
+    msgpack::write_map_len(out, 1);
+    put_bytes(out, "procedure", m.procedure);
+}
+
+fn encode_cancel(m: &Cancel<'_>, out: &mut Vec<u8>) {
+    msgpack::write_map_len(out, 2);
+    put_call_id(out, "call_id", m.call_id);
+    put_bytes(out, "reason", m.reason);
+}
