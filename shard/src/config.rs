@@ -109,7 +109,10 @@ impl Config {
             shard,
             shards,
             node_id,
-            realms: vec![RealmConfig { name: b"macula.default".to_vec().into(), tokens: Vec::new() }],
+            realms: vec![RealmConfig {
+                name: b"macula.default".to_vec().into(),
+                tokens: Vec::new(),
+            }],
             limits: Limits::default(),
             wall_clock_offset_ms: 0,
         }
@@ -121,7 +124,10 @@ impl Config {
             return Err(ConfigError::Shards(self.shards));
         }
         if self.shard.0 >= self.shards {
-            return Err(ConfigError::Shard { shard: self.shard.0, shards: self.shards });
+            return Err(ConfigError::Shard {
+                shard: self.shard.0,
+                shards: self.shards,
+            });
         }
         if self.realms.is_empty() {
             return Err(ConfigError::NoRealm);
@@ -155,7 +161,10 @@ impl Config {
 
     /// The id of the realm called `name`, if it is served.
     pub fn realm(&self, name: &[u8]) -> Option<RealmId> {
-        self.realms.iter().position(|r| &*r.name == name).map(|i| RealmId(i as u16))
+        self.realms
+            .iter()
+            .position(|r| &*r.name == name)
+            .map(|i| RealmId(i as u16))
     }
 }
 
@@ -167,7 +176,9 @@ mod tests {
     fn shares_of_a_limit_add_up_to_the_limit() {
         for shards in 1..=7u16 {
             for total in [1usize, 5, 10, 10_000, 99_999] {
-                let sum: usize = (0..shards).map(|s| Limits::share(total, shards, ShardId(s))).sum();
+                let sum: usize = (0..shards)
+                    .map(|s| Limits::share(total, shards, ShardId(s)))
+                    .sum();
                 assert_eq!(sum, total, "{total} over {shards}");
             }
         }
@@ -176,7 +187,10 @@ mod tests {
     #[test]
     fn a_config_with_an_invalid_realm_is_refused() {
         let mut c = Config::new(ShardId(0), 1, NodeId([0; 32]));
-        c.realms.push(RealmConfig { name: b"Bad Realm".to_vec().into(), tokens: Vec::new() });
+        c.realms.push(RealmConfig {
+            name: b"Bad Realm".to_vec().into(),
+            tokens: Vec::new(),
+        });
         assert!(matches!(c.validate(), Err(ConfigError::RealmName(_))));
     }
 }

@@ -27,7 +27,11 @@ impl<K: SlabKey, T> Default for GenSlab<K, T> {
 
 impl<K: SlabKey, T> GenSlab<K, T> {
     pub fn new() -> Self {
-        GenSlab { entries: Slab::new(), generations: Vec::new(), _key: std::marker::PhantomData }
+        GenSlab {
+            entries: Slab::new(),
+            generations: Vec::new(),
+            _key: std::marker::PhantomData,
+        }
     }
 
     pub fn with_capacity(capacity: usize) -> Self {
@@ -93,7 +97,9 @@ impl<K: SlabKey, T> GenSlab<K, T> {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (K, &T)> {
-        self.entries.iter().map(|(index, (generation, value))| (K::new(index as u32, *generation), value))
+        self.entries
+            .iter()
+            .map(|(index, (generation, value))| (K::new(index as u32, *generation), value))
     }
 
     pub fn iter_mut(&mut self) -> impl Iterator<Item = (K, &mut T)> {

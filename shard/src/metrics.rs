@@ -107,15 +107,24 @@ impl Counters {
     }
 
     pub fn call(&mut self, outcome: CallOutcome) {
-        self.calls[CallOutcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0)] += 1;
+        self.calls[CallOutcome::ALL
+            .iter()
+            .position(|o| *o == outcome)
+            .unwrap_or(0)] += 1;
     }
 
     pub fn drop(&mut self, reason: DropReason) {
-        self.dropped[DropReason::ALL.iter().position(|r| *r == reason).unwrap_or(0)] += 1;
+        self.dropped[DropReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0)] += 1;
     }
 
     pub fn calls_of(&self, outcome: CallOutcome) -> u64 {
-        self.calls[CallOutcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0)]
+        self.calls[CallOutcome::ALL
+            .iter()
+            .position(|o| *o == outcome)
+            .unwrap_or(0)]
     }
 
     pub fn refused_of(&self, reason: Reason) -> u64 {
@@ -123,7 +132,10 @@ impl Counters {
     }
 
     pub fn dropped_of(&self, reason: DropReason) -> u64 {
-        self.dropped[DropReason::ALL.iter().position(|r| *r == reason).unwrap_or(0)]
+        self.dropped[DropReason::ALL
+            .iter()
+            .position(|r| *r == reason)
+            .unwrap_or(0)]
     }
 }
 

@@ -119,8 +119,14 @@ impl PendingCalls {
             call_id,
             provider,
             deadline,
-            by_caller: Links { prev: None, next: caller_next },
-            by_provider: Links { prev: None, next: provider_next },
+            by_caller: Links {
+                prev: None,
+                next: caller_next,
+            },
+            by_provider: Links {
+                prev: None,
+                next: provider_next,
+            },
         });
         debug_assert_eq!(inserted, key, "vacant_key predicts the insert");
         if let Some(next) = caller_next.and_then(|n| self.calls.get_mut(n)) {
@@ -145,8 +151,20 @@ impl PendingCalls {
     pub fn remove(&mut self, key: CallKey) -> Option<PendingCall> {
         let call = self.calls.remove(key)?;
         self.by_id.remove(&(call.caller, call.call_id.clone()));
-        unlink(&mut self.calls, &mut self.caller_heads, call.caller, call.by_caller, |c| &mut c.by_caller);
-        unlink(&mut self.calls, &mut self.provider_heads, call.provider, call.by_provider, |c| &mut c.by_provider);
+        unlink(
+            &mut self.calls,
+            &mut self.caller_heads,
+            call.caller,
+            call.by_caller,
+            |c| &mut c.by_caller,
+        );
+        unlink(
+            &mut self.calls,
+            &mut self.provider_heads,
+            call.provider,
+            call.by_provider,
+            |c| &mut c.by_provider,
+        );
         Some(call)
     }
 
@@ -170,7 +188,12 @@ impl PendingCalls {
 
     /// Sizes of the internal indexes (calls, ids, callers, providers), for leak checks.
     pub fn index_sizes(&self) -> [usize; 4] {
-        [self.calls.len(), self.by_id.len(), self.caller_heads.len(), self.provider_heads.len()]
+        [
+            self.calls.len(),
+            self.by_id.len(),
+            self.caller_heads.len(),
+            self.provider_heads.len(),
+        ]
     }
 }
 
@@ -208,7 +231,10 @@ mod tests {
     }
 
     fn provider(i: u32) -> SessionRef {
-        SessionRef { shard: ShardId(1), key: SessionKey::new(i, 0) }
+        SessionRef {
+            shard: ShardId(1),
+            key: SessionKey::new(i, 0),
+        }
     }
 
     fn timer() -> TimerKey {
@@ -218,9 +244,15 @@ mod tests {
     #[test]
     fn a_callers_calls_are_found_by_caller_and_by_provider_until_removed() {
         let mut p = PendingCalls::new();
-        let a = p.insert(session(1), OwnedCallId::Uint(1), provider(7), timer()).unwrap();
-        let b = p.insert(session(1), OwnedCallId::Uint(2), provider(8), timer()).unwrap();
-        let c = p.insert(session(2), OwnedCallId::Uint(1), provider(7), timer()).unwrap();
+        let a = p
+            .insert(session(1), OwnedCallId::Uint(1), provider(7), timer())
+            .unwrap();
+        let b = p
+            .insert(session(1), OwnedCallId::Uint(2), provider(8), timer())
+            .unwrap();
+        let c = p
+            .insert(session(2), OwnedCallId::Uint(1), provider(7), timer())
+            .unwrap();
         let mut out = Vec::new();
         p.of_caller(session(1), &mut out);
         out.sort();
@@ -245,18 +277,36 @@ mod tests {
     #[test]
     fn a_call_id_in_flight_is_refused_as_duplicate_until_it_completes() {
         let mut p = PendingCalls::new();
-        let a = p.insert(session(1), OwnedCallId::Uint(1), provider(7), timer()).unwrap();
-        assert_eq!(p.insert(session(1), OwnedCallId::Uint(1), provider(8), timer()), Err(Refused::Duplicate));
-        assert!(p.insert(session(2), OwnedCallId::Uint(1), provider(8), timer()).is_ok());
+        let a = p
+            .insert(session(1), OwnedCallId::Uint(1), provider(7), timer())
+            .unwrap();
+        assert_eq!(
+            p.insert(session(1), OwnedCallId::Uint(1), provider(8), timer()),
+            Err(Refused::Duplicate)
+        );
+        assert!(p
+            .insert(session(2), OwnedCallId::Uint(1), provider(8), timer())
+            .is_ok());
         p.remove(a);
-        assert!(p.insert(session(1), OwnedCallId::Uint(1), provider(8), timer()).is_ok());
+        assert!(p
+            .insert(session(1), OwnedCallId::Uint(1), provider(8), timer())
+            .is_ok());
     }
 
     #[test]
     fn removing_from_the_middle_of_a_list_keeps_the_rest_reachable() {
         let mut p = PendingCalls::new();
-        let keys: Vec<CallKey> =
-            (0..5).map(|i| p.insert(session(1), OwnedCallId::Uint(i), provider(i as u32 % 2), timer()).unwrap()).collect();
+        let keys: Vec<CallKey> = (0..5)
+            .map(|i| {
+                p.insert(
+                    session(1),
+                    OwnedCallId::Uint(i),
+                    provider(i as u32 % 2),
+                    timer(),
+                )
+                .unwrap()
+            })
+            .collect();
         p.remove(keys[2]);
         p.remove(keys[4]);
         let mut out = Vec::new();

@@ -69,7 +69,11 @@ pub const MAX_PENDING_PER_SHARD: usize = 1 << 24;
 impl CallToken {
     pub fn new(shard: ShardId, index: u32, generation: u32) -> CallToken {
         debug_assert!(shard.0 < MAX_SHARDS && (index as usize) < MAX_PENDING_PER_SHARD);
-        CallToken((u64::from(shard.0) << 56) | (u64::from(generation) << 24) | u64::from(index & 0xff_ffff))
+        CallToken(
+            (u64::from(shard.0) << 56)
+                | (u64::from(generation) << 24)
+                | u64::from(index & 0xff_ffff),
+        )
     }
 
     pub fn shard(self) -> ShardId {
@@ -141,7 +145,10 @@ impl CancelReason {
 pub enum OwnedOutcome {
     /// The encoded MessagePack `result`.
     Result(Box<[u8]>),
-    Error { code: Box<[u8]>, message: Option<Box<[u8]>> },
+    Error {
+        code: Box<[u8]>,
+        message: Option<Box<[u8]>>,
+    },
 }
 
 /// Every message one shard sends another. Session keys name a session on the shard the field
@@ -149,7 +156,11 @@ pub enum OwnedOutcome {
 #[derive(Clone, Debug)]
 pub enum ShardMsg {
     /// To the node's owner: admit `node` for the sender's session `session`.
-    Admit { realm: RealmId, node: NodeId, session: SessionKey },
+    Admit {
+        realm: RealmId,
+        node: NodeId,
+        session: SessionKey,
+    },
     /// From the owner: the session may go on.
     Admitted { session: SessionKey },
     /// From the owner: the session is refused.
@@ -157,11 +168,24 @@ pub enum ShardMsg {
     /// From the owner: end the session (it was replaced).
     Kick { session: SessionKey, reason: Reason },
     /// To the node's owner: the sender's session `session` of `node` ended.
-    Leave { realm: RealmId, node: NodeId, session: SessionKey },
+    Leave {
+        realm: RealmId,
+        node: NodeId,
+        session: SessionKey,
+    },
     /// The sender now has (`add`) or no longer has subscribers of `pattern`.
-    Interest { realm: RealmId, pattern: Box<[u8]>, add: bool },
+    Interest {
+        realm: RealmId,
+        pattern: Box<[u8]>,
+        add: bool,
+    },
     /// The sender's session `session` now provides (`add`) or no longer provides `procedure`.
-    Provider { realm: RealmId, procedure: Box<[u8]>, session: SessionKey, add: bool },
+    Provider {
+        realm: RealmId,
+        procedure: Box<[u8]>,
+        session: SessionKey,
+        add: bool,
+    },
     /// The sender's session `session`, a provider, ended: drop its registrations and fail the
     /// calls sent to it.
     ProviderGone { session: SessionKey },
@@ -171,15 +195,31 @@ pub enum ShardMsg {
     BarrierAck { session: SessionKey, seq: u32 },
     /// A PUBLISH to deliver to the receiver's matching sessions: the encoded frame, publisher
     /// included, and where its topic lies in it.
-    Publish { realm: RealmId, frame: Arc<[u8]>, topic: Range<u32> },
+    Publish {
+        realm: RealmId,
+        frame: Arc<[u8]>,
+        topic: Range<u32>,
+    },
     /// A CALL for the receiver's session `provider`: the encoded frame, `call_id` = `token`.
-    Call { token: CallToken, provider: SessionKey, frame: Box<[u8]> },
+    Call {
+        token: CallToken,
+        provider: SessionKey,
+        frame: Box<[u8]>,
+    },
     /// The receiver's call `token` could not be delivered.
     CallFailed { token: CallToken, error: CallError },
     /// The answer to the receiver's call `token`, from the sender's session `provider`.
-    Reply { token: CallToken, provider: SessionKey, outcome: OwnedOutcome },
+    Reply {
+        token: CallToken,
+        provider: SessionKey,
+        outcome: OwnedOutcome,
+    },
     /// Tell the receiver's session `provider` to stop working on `token`.
-    Cancel { token: CallToken, provider: SessionKey, reason: CancelReason },
+    Cancel {
+        token: CallToken,
+        provider: SessionKey,
+        reason: CancelReason,
+    },
 }
 
 impl ShardMsg {
@@ -207,7 +247,10 @@ mod tests {
             .iter()
             .flat_map(|n| [owner_of(n, 2).0, owner_of(n, 16).0, owner_of(n, 256).0])
             .collect();
-        assert_eq!(got, PINNED_OWNERS, "owner_of changed: nodes would move between shards");
+        assert_eq!(
+            got, PINNED_OWNERS,
+            "owner_of changed: nodes would move between shards"
+        );
     }
 
     const PINNED_OWNERS: [u16; 9] = [1, 12, 199, 1, 11, 186, 1, 15, 249];

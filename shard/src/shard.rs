@@ -16,8 +16,8 @@ use crate::router::{owner_of, CallError, CallToken, CancelReason, OwnedOutcome, 
 use crate::subs::SubscriptionIndex;
 use crate::wheel::{CallWheel, TimerKey};
 use crate::wire::{
-    Call, CallIdRef, Cancel, Disconnect, ErrorMsg, FrameReader, FrameType, Message, Outcome, Ping, Pong, Publish,
-    Raw, Reason, Register, Reply, Strings,
+    Call, CallIdRef, Cancel, Disconnect, ErrorMsg, FrameReader, FrameType, Message, Outcome, Ping,
+    Pong, Publish, Raw, Reason, Register, Reply, Strings,
 };
 
 /// One core's share of the gateway: its sessions, its part of the client directory, the
@@ -203,7 +203,8 @@ impl Shard {
     pub fn new(config: Config, now: Time) -> Shard {
         let shards = config.shards.max(1);
         let max_clients = Limits::share(config.limits.max_clients, shards, config.shard);
-        let max_pending = Limits::share(config.limits.max_pending_calls, shards, config.shard).max(1);
+        let max_pending =
+            Limits::share(config.limits.max_pending_calls, shards, config.shard).max(1);
         let mut wheel = CallWheel::new(now);
         wheel.insert(now + config.limits.prune_interval, Timer::Prune);
         Shard {
@@ -246,7 +247,10 @@ impl Shard {
     pub fn handle_session_open(&mut self, now: Time) -> SessionKey {
         self.now = self.now.max(now);
         let key = self.sessions.vacant_key();
-        let timer = self.wheel.insert(now + self.config.limits.connect_timeout, Timer::Connect(key));
+        let timer = self.wheel.insert(
+            now + self.config.limits.connect_timeout,
+            Timer::Connect(key),
+        );
         let inserted = self.sessions.insert(Session {
             state: State::AwaitingConnect,
             realm: RealmId(0),
@@ -269,7 +273,9 @@ impl Shard {
     /// Bytes read from a session's control stream.
     pub fn handle_stream_data(&mut self, now: Time, key: SessionKey, data: &[u8]) {
         self.now = self.now.max(now);
-        let Some(s) = self.sessions.get_mut(key) else { return };
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
         if s.state == State::Closing {
             return;
         }
@@ -297,7 +303,11 @@ impl Shard {
         self.now = self.now.max(now);
         self.counters.shard_messages_in += 1;
         match msg {
-            ShardMsg::Admit { realm, node, session } => self.admit(now, from, realm, node, session),
+            ShardMsg::Admit {
+                realm,
+                node,
+                session,
+            } => self.admit(now, from, realm, node, session),
             ShardMsg::Admitted { session } => self.on_admitted(now, session),
             ShardMsg::Refused { session, reason } => {
                 if let Some(s) = self.sessions.get_mut(session) {
@@ -310,21 +320,49 @@ impl Shard {
             ShardMsg::Kick { session, reason } => {
                 if let Some(s) = self.sessions.get_mut(session) {
                     s.in_directory = false;
-                    self.close(now, session, reason, "another session connected with this node id");
+                    self.close(
+                        now,
+                        session,
+                        reason,
+                        "another session connected with this node id",
+                    );
                 }
             }
-            ShardMsg::Leave { realm, node, session } => {
-                self.clients.leave(realm, node, SessionRef { shard: from, key: session });
+            ShardMsg::Leave {
+                realm,
+                node,
+                session,
+            } => {
+                self.clients.leave(
+                    realm,
+                    node,
+                    SessionRef {
+                        shard: from,
+                        key: session,
+                    },
+                );
             }
-            ShardMsg::Interest { realm, pattern, add } => {
+            ShardMsg::Interest {
+                realm,
+                pattern,
+                add,
+            } => {
                 if add {
                     self.remote_subs.insert(realm, &pattern, from);
                 } else {
                     self.remote_subs.remove(realm, &pattern, from);
                 }
             }
-            ShardMsg::Provider { realm, procedure, session, add } => {
-                let provider = SessionRef { shard: from, key: session };
+            ShardMsg::Provider {
+                realm,
+                procedure,
+                session,
+                add,
+            } => {
+                let provider = SessionRef {
+                    shard: from,
+                    key: session,
+                };
                 if add {
                     self.registry.register(realm, &procedure, provider, None);
                 } else {
@@ -332,19 +370,33 @@ impl Shard {
                 }
             }
             ShardMsg::ProviderGone { session } => {
-                self.provider_gone(now, SessionRef { shard: from, key: session });
+                self.provider_gone(
+                    now,
+                    SessionRef {
+                        shard: from,
+                        key: session,
+                    },
+                );
             }
             ShardMsg::Barrier { session, seq } => {
                 self.send(now, from, ShardMsg::BarrierAck { session, seq });
             }
             ShardMsg::BarrierAck { session, seq } => self.on_barrier_ack(now, session, seq),
-            ShardMsg::Publish { realm, frame, topic } => {
+            ShardMsg::Publish {
+                realm,
+                frame,
+                topic,
+            } => {
                 let range = topic.start as usize..topic.end as usize;
                 if let Some(topic) = frame.get(range) {
                     self.deliver(realm, topic, &frame, None);
                 }
             }
-            ShardMsg::Call { token, provider, frame } => {
+            ShardMsg::Call {
+                token,
+                provider,
+                frame,
+            } => {
                 let error = match self.sessions.get_mut(provider) {
                     Some(s) if s.state == State::Active => {
                         if s.out.len() >= self.config.limits.max_output {
@@ -366,14 +418,32 @@ impl Shard {
                     self.fail_call(call, error);
                 }
             }
-            ShardMsg::Reply { token, provider, outcome } => {
+            ShardMsg::Reply {
+                token,
+                provider,
+                outcome,
+            } => {
                 let outcome = match &outcome {
                     OwnedOutcome::Result(raw) => Outcome::Result(Raw(raw)),
-                    OwnedOutcome::Error { code, message } => Outcome::Error { code, message: message.as_deref() },
+                    OwnedOutcome::Error { code, message } => Outcome::Error {
+                        code,
+                        message: message.as_deref(),
+                    },
                 };
-                self.complete_call(token, SessionRef { shard: from, key: provider }, outcome);
+                self.complete_call(
+                    token,
+                    SessionRef {
+                        shard: from,
+                        key: provider,
+                    },
+                    outcome,
+                );
             }
-            ShardMsg::Cancel { token, provider, reason } => self.cancel_at_provider(provider, token, reason),
+            ShardMsg::Cancel {
+                token,
+                provider,
+                reason,
+            } => self.cancel_at_provider(provider, token, reason),
         }
     }
 
@@ -393,8 +463,14 @@ impl Shard {
                 Timer::SlowConsumer(key) => {
                     if let Some(s) = self.sessions.get_mut(key) {
                         s.timer = None;
-                        if s.state == State::Active && s.out.len() >= self.config.limits.max_output {
-                            self.close(now, key, Reason::SlowConsumer, "output over its bound for too long");
+                        if s.state == State::Active && s.out.len() >= self.config.limits.max_output
+                        {
+                            self.close(
+                                now,
+                                key,
+                                Reason::SlowConsumer,
+                                "output over its bound for too long",
+                            );
                         }
                     }
                 }
@@ -408,7 +484,8 @@ impl Shard {
                 }
                 Timer::Prune => {
                     self.prune(now);
-                    self.wheel.insert(now + self.config.limits.prune_interval, Timer::Prune);
+                    self.wheel
+                        .insert(now + self.config.limits.prune_interval, Timer::Prune);
                 }
                 Timer::Driver(token) => self.driver_timers.push_back(token),
             }
@@ -463,7 +540,9 @@ impl Shard {
     /// `n` bytes of [`Shard::output`] were handed to the session's stream.
     pub fn consume_output(&mut self, key: SessionKey, n: usize) {
         let max_output = self.config.limits.max_output;
-        let Some(s) = self.sessions.get_mut(key) else { return };
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
         s.out.consume(n);
         if s.state == State::Active && s.out.len() < max_output {
             if let Some(timer) = s.timer.take() {
@@ -505,7 +584,11 @@ impl Shard {
             awaiting_connect: self.connecting as u64,
             directory: self.clients.len() as u64,
             subscriptions: self.local_subs.len() as u64,
-            registrations: self.sessions.iter().map(|(_, s)| s.procedures.len() as u64).sum(),
+            registrations: self
+                .sessions
+                .iter()
+                .map(|(_, s)| s.procedures.len() as u64)
+                .sum(),
             pending_calls: self.pending.len() as u64,
             output_bytes: self.sessions.iter().map(|(_, s)| s.out.len() as u64).sum(),
             timers: self.wheel.len() as u64,
@@ -541,13 +624,13 @@ impl Shard {
     /// Decodes and handles the frames buffered for a session, while it is in a state to take
     /// them (an admitting session keeps them until it is admitted).
     fn process_frames(&mut self, now: Time, key: SessionKey) {
-        let Some(s) = self.sessions.get_mut(key) else { return };
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
         let mut reader = std::mem::take(&mut s.reader);
-        loop {
-            match self.sessions.get(key).map(|s| s.state) {
-                Some(State::AwaitingConnect | State::Active) => {}
-                _ => break,
-            }
+        while let Some(State::AwaitingConnect | State::Active) =
+            self.sessions.get(key).map(|s| s.state)
+        {
             let frame = match reader.next_frame() {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
@@ -572,11 +655,18 @@ impl Shard {
     }
 
     fn handle_message(&mut self, now: Time, key: SessionKey, msg: Message<'_>) {
-        let Some(state) = self.sessions.get(key).map(|s| s.state) else { return };
+        let Some(state) = self.sessions.get(key).map(|s| s.state) else {
+            return;
+        };
         if state == State::AwaitingConnect {
             match msg {
                 Message::Connect(c) => self.on_connect(now, key, c.realm, c.node_id, c.token),
-                _ => self.close(now, key, Reason::ProtocolError, "the first frame must be CONNECT"),
+                _ => self.close(
+                    now,
+                    key,
+                    Reason::ProtocolError,
+                    "the first frame must be CONNECT",
+                ),
             }
             return;
         }
@@ -591,47 +681,97 @@ impl Shard {
             Message::Unregister(u) => self.on_unregister(now, key, u.procedure),
             Message::Call(c) => self.on_call(now, key, c),
             Message::Reply(r) => self.on_reply(now, key, r),
-            Message::Connect(_) => self.close(now, key, Reason::ProtocolError, "CONNECT sent twice"),
-            Message::Error(_) | Message::Cancel(_) => {
-                self.close(now, key, Reason::ProtocolError, "ERROR and CANCEL travel from server to client only")
+            Message::Connect(_) => {
+                self.close(now, key, Reason::ProtocolError, "CONNECT sent twice")
             }
+            Message::Error(_) | Message::Cancel(_) => self.close(
+                now,
+                key,
+                Reason::ProtocolError,
+                "ERROR and CANCEL travel from server to client only",
+            ),
         }
     }
 
-    fn on_connect(&mut self, now: Time, key: SessionKey, realm: &[u8], node: NodeId, token: Option<&[u8]>) {
+    fn on_connect(
+        &mut self,
+        now: Time,
+        key: SessionKey,
+        realm: &[u8],
+        node: NodeId,
+        token: Option<&[u8]>,
+    ) {
         let Some(realm_id) = self.config.realm(realm) else {
             self.refuse(now, key, Reason::RealmMismatch);
             return;
         };
         let tokens = &self.config.realms[usize::from(realm_id.0)].tokens;
-        if !tokens.is_empty() && !token.is_some_and(|t| tokens.iter().any(|accepted| constant_time_eq(accepted, t))) {
+        if !tokens.is_empty()
+            && !token.is_some_and(|t| tokens.iter().any(|accepted| constant_time_eq(accepted, t)))
+        {
             self.refuse(now, key, Reason::Unauthorized);
             return;
         }
-        let Some(s) = self.sessions.get_mut(key) else { return };
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
         s.state = State::Admitting;
         s.realm = realm_id;
         s.node = node;
         s.in_directory = true;
         let owner = owner_of(&node, self.config.shards);
-        self.send(now, owner, ShardMsg::Admit { realm: realm_id, node, session: key });
+        self.send(
+            now,
+            owner,
+            ShardMsg::Admit {
+                realm: realm_id,
+                node,
+                session: key,
+            },
+        );
     }
 
     /// On the node's owner: admits, replaces or refuses.
-    fn admit(&mut self, now: Time, from: ShardId, realm: RealmId, node: NodeId, session: SessionKey) {
-        let reply = match self.clients.admit(realm, node, SessionRef { shard: from, key: session }) {
+    fn admit(
+        &mut self,
+        now: Time,
+        from: ShardId,
+        realm: RealmId,
+        node: NodeId,
+        session: SessionKey,
+    ) {
+        let reply = match self.clients.admit(
+            realm,
+            node,
+            SessionRef {
+                shard: from,
+                key: session,
+            },
+        ) {
             Ok(Admission::Admitted(_)) => ShardMsg::Admitted { session },
             Ok(Admission::Replaced { old, .. }) => {
-                self.send(now, old.shard, ShardMsg::Kick { session: old.key, reason: Reason::Replaced });
+                self.send(
+                    now,
+                    old.shard,
+                    ShardMsg::Kick {
+                        session: old.key,
+                        reason: Reason::Replaced,
+                    },
+                );
                 ShardMsg::Admitted { session }
             }
-            Err(_) => ShardMsg::Refused { session, reason: Reason::MaxClientsReached },
+            Err(_) => ShardMsg::Refused {
+                session,
+                reason: Reason::MaxClientsReached,
+            },
         };
         self.send(now, from, reply);
     }
 
     fn on_admitted(&mut self, now: Time, key: SessionKey) {
-        let Some(s) = self.sessions.get_mut(key) else { return };
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
         if s.state != State::Admitting {
             return;
         }
@@ -641,7 +781,11 @@ impl Shard {
         }
         self.connecting -= 1;
         self.active += 1;
-        let pong = Pong { timestamp: 0, server_time: self.wall_clock(now), node_id: Some(self.config.node_id) };
+        let pong = Pong {
+            timestamp: 0,
+            server_time: self.wall_clock(now),
+            node_id: Some(self.config.node_id),
+        };
         self.write(key, &Message::Pong(pong));
         self.process_frames(now, key);
     }
@@ -666,7 +810,10 @@ impl Shard {
             _ => return,
         }
         if reason != Reason::Normal {
-            let frame = Disconnect { reason: reason.as_str().as_bytes(), message: Some(message.as_bytes()) };
+            let frame = Disconnect {
+                reason: reason.as_str().as_bytes(),
+                message: Some(message.as_bytes()),
+            };
             self.write(key, &Message::Disconnect(frame));
         }
         self.end(now, key, reason);
@@ -679,7 +826,9 @@ impl Shard {
     /// closes the connection.
     fn end(&mut self, now: Time, key: SessionKey, reason: Reason) {
         let me = self.id();
-        let Some(s) = self.sessions.get_mut(key) else { return };
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
         let prior = std::mem::replace(&mut s.state, State::Closing);
         let realm = s.realm;
         let node = s.node;
@@ -702,7 +851,11 @@ impl Shard {
         for pattern in patterns {
             self.local_subs.remove(realm, &pattern, key);
             if self.local_subs.subscribers_of(realm, &pattern) == 0 {
-                self.broadcast(ShardMsg::Interest { realm, pattern, add: false });
+                self.broadcast(ShardMsg::Interest {
+                    realm,
+                    pattern,
+                    add: false,
+                });
             }
         }
         drop(procedures);
@@ -727,7 +880,15 @@ impl Shard {
 
         if in_directory {
             let owner = owner_of(&node, self.config.shards);
-            self.send(now, owner, ShardMsg::Leave { realm, node, session: key });
+            self.send(
+                now,
+                owner,
+                ShardMsg::Leave {
+                    realm,
+                    node,
+                    session: key,
+                },
+            );
         }
     }
 
@@ -754,10 +915,16 @@ impl Shard {
 
     fn on_ping(&mut self, now: Time, key: SessionKey, timestamp: u64) {
         let others = self.config.shards.saturating_sub(1);
-        let Some(s) = self.sessions.get_mut(key) else { return };
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
         let b = &mut s.barrier;
         if !b.dirty && b.pongs.is_empty() {
-            let pong = Pong { timestamp, server_time: self.wall_clock(now), node_id: None };
+            let pong = Pong {
+                timestamp,
+                server_time: self.wall_clock(now),
+                node_id: None,
+            };
             self.write(key, &Message::Pong(pong));
             return;
         }
@@ -775,7 +942,9 @@ impl Shard {
 
     fn on_barrier_ack(&mut self, now: Time, key: SessionKey, seq: u32) {
         let server_time = self.wall_clock(now);
-        let Some(s) = self.sessions.get_mut(key) else { return };
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
         if s.state != State::Active {
             return;
         }
@@ -794,7 +963,12 @@ impl Shard {
                 break;
             }
             b.pongs.pop_front();
-            Message::Pong(Pong { timestamp, server_time, node_id: None }).encode(&mut s.out.buf);
+            Message::Pong(Pong {
+                timestamp,
+                server_time,
+                node_id: None,
+            })
+            .encode(&mut s.out.buf);
         }
         self.mark_ready(key);
     }
@@ -804,17 +978,29 @@ impl Shard {
     // ---------------------------------------------------------------------------------------
 
     fn on_publish(&mut self, key: SessionKey, p: Publish<'_>) {
-        let Some(s) = self.sessions.get(key) else { return };
+        let Some(s) = self.sessions.get(key) else {
+            return;
+        };
         let (realm, node) = (s.realm, s.node);
         if !is_valid_topic(p.topic) {
-            self.send_error(key, "invalid_topic", "not a valid topic", FrameType::Publish, Some(p.topic), None);
+            self.send_error(
+                key,
+                "invalid_topic",
+                "not a valid topic",
+                FrameType::Publish,
+                Some(p.topic),
+                None,
+            );
             return;
         }
         self.counters.publishes += 1;
         let mut frame = std::mem::take(&mut self.scratch.frame);
         frame.clear();
-        Message::Publish(Publish { publisher: Some(node), ..p }).encode(&mut frame);
-        let topic_range = locate_topic(&frame, p.topic);
+        let topic_range = Publish {
+            publisher: Some(node),
+            ..p
+        }
+        .encode_locating_topic(&mut frame);
         self.deliver(realm, p.topic, &frame, Some(key));
 
         let mut shards = std::mem::take(&mut self.scratch.shards);
@@ -824,7 +1010,11 @@ impl Shard {
             let shared: Arc<[u8]> = Arc::from(&frame[..]);
             let topic = topic_range.start as u32..topic_range.end as u32;
             for &to in &shards {
-                let msg = ShardMsg::Publish { realm, frame: shared.clone(), topic: topic.clone() };
+                let msg = ShardMsg::Publish {
+                    realm,
+                    frame: shared.clone(),
+                    topic: topic.clone(),
+                };
                 if !self.send_data(to, msg) {
                     self.counters.drop(DropReason::ShardBacklog);
                 }
@@ -836,7 +1026,13 @@ impl Shard {
 
     /// Delivers an encoded PUBLISH to this shard's sessions that match `topic`, each once,
     /// except `publisher`.
-    fn deliver(&mut self, realm: RealmId, topic: &[u8], frame: &[u8], publisher: Option<SessionKey>) {
+    fn deliver(
+        &mut self,
+        realm: RealmId,
+        topic: &[u8],
+        frame: &[u8],
+        publisher: Option<SessionKey>,
+    ) {
         let mut targets = std::mem::take(&mut self.scratch.sessions);
         targets.clear();
         self.local_subs.matches(realm, topic, &mut targets);
@@ -845,7 +1041,9 @@ impl Shard {
             if Some(target) == publisher {
                 continue;
             }
-            let Some(s) = self.sessions.get_mut(target) else { continue };
+            let Some(s) = self.sessions.get_mut(target) else {
+                continue;
+            };
             if s.out.len() >= limits.max_output {
                 self.counters.drop(DropReason::SlowConsumer);
                 continue;
@@ -867,10 +1065,19 @@ impl Shard {
     fn on_subscribe(&mut self, _now: Time, key: SessionKey, topics: Strings<'_>) {
         let max = self.config.limits.max_subscriptions;
         for pattern in topics.iter() {
-            let Some(s) = self.sessions.get_mut(key) else { return };
+            let Some(s) = self.sessions.get_mut(key) else {
+                return;
+            };
             let realm = s.realm;
             if !is_valid_pattern(pattern) {
-                self.send_error(key, "invalid_pattern", "not a valid pattern", FrameType::Subscribe, Some(pattern), None);
+                self.send_error(
+                    key,
+                    "invalid_pattern",
+                    "not a valid pattern",
+                    FrameType::Subscribe,
+                    Some(pattern),
+                    None,
+                );
                 continue;
             }
             if s.patterns.len() >= max {
@@ -892,17 +1099,30 @@ impl Shard {
             s.patterns.push(pattern.into());
             if self.local_subs.subscribers_of(realm, pattern) == 1 && self.config.shards > 1 {
                 s.barrier.dirty = true;
-                self.broadcast(ShardMsg::Interest { realm, pattern: pattern.into(), add: true });
+                self.broadcast(ShardMsg::Interest {
+                    realm,
+                    pattern: pattern.into(),
+                    add: true,
+                });
             }
         }
     }
 
     fn on_unsubscribe(&mut self, _now: Time, key: SessionKey, topics: Strings<'_>) {
         for pattern in topics.iter() {
-            let Some(s) = self.sessions.get_mut(key) else { return };
+            let Some(s) = self.sessions.get_mut(key) else {
+                return;
+            };
             let realm = s.realm;
             if !is_valid_pattern(pattern) {
-                self.send_error(key, "invalid_pattern", "not a valid pattern", FrameType::Unsubscribe, Some(pattern), None);
+                self.send_error(
+                    key,
+                    "invalid_pattern",
+                    "not a valid pattern",
+                    FrameType::Unsubscribe,
+                    Some(pattern),
+                    None,
+                );
                 continue;
             }
             if !self.local_subs.remove(realm, pattern, key) {
@@ -913,7 +1133,11 @@ impl Shard {
             }
             if self.local_subs.subscribers_of(realm, pattern) == 0 && self.config.shards > 1 {
                 s.barrier.dirty = true;
-                self.broadcast(ShardMsg::Interest { realm, pattern: pattern.into(), add: false });
+                self.broadcast(ShardMsg::Interest {
+                    realm,
+                    pattern: pattern.into(),
+                    add: false,
+                });
             }
         }
     }
@@ -925,9 +1149,18 @@ impl Shard {
     fn on_register(&mut self, now: Time, key: SessionKey, r: Register<'_>) {
         let me = self.id();
         let limits = &self.config.limits;
-        let Some(s) = self.sessions.get_mut(key) else { return };
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
         if !is_valid_topic(r.procedure) {
-            self.send_error(key, "invalid_procedure", "not a valid procedure name", FrameType::Register, None, Some(r.procedure));
+            self.send_error(
+                key,
+                "invalid_procedure",
+                "not a valid procedure name",
+                FrameType::Register,
+                None,
+                Some(r.procedure),
+            );
             return;
         }
         let known = s.procedures.iter().any(|p| **p == *r.procedure);
@@ -948,25 +1181,46 @@ impl Shard {
         };
         let realm = s.realm;
         let this = SessionRef { shard: me, key };
-        if self.registry.register(realm, r.procedure, this, Some(now + ttl)) == Registered::New {
+        if self
+            .registry
+            .register(realm, r.procedure, this, Some(now + ttl))
+            == Registered::New
+        {
             s.procedures.push(r.procedure.into());
             s.provider = true;
             if self.config.shards > 1 {
                 s.barrier.dirty = true;
-                self.broadcast(ShardMsg::Provider { realm, procedure: r.procedure.into(), session: key, add: true });
+                self.broadcast(ShardMsg::Provider {
+                    realm,
+                    procedure: r.procedure.into(),
+                    session: key,
+                    add: true,
+                });
             }
         }
     }
 
     fn on_unregister(&mut self, _now: Time, key: SessionKey, procedure: &[u8]) {
         let me = self.id();
-        let Some(s) = self.sessions.get_mut(key) else { return };
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
         if !is_valid_topic(procedure) {
-            self.send_error(key, "invalid_procedure", "not a valid procedure name", FrameType::Unregister, None, Some(procedure));
+            self.send_error(
+                key,
+                "invalid_procedure",
+                "not a valid procedure name",
+                FrameType::Unregister,
+                None,
+                Some(procedure),
+            );
             return;
         }
         let realm = s.realm;
-        if !self.registry.unregister(realm, procedure, SessionRef { shard: me, key }) {
+        if !self
+            .registry
+            .unregister(realm, procedure, SessionRef { shard: me, key })
+        {
             return;
         }
         if let Some(i) = s.procedures.iter().position(|p| **p == *procedure) {
@@ -974,7 +1228,12 @@ impl Shard {
         }
         if self.config.shards > 1 {
             s.barrier.dirty = true;
-            self.broadcast(ShardMsg::Provider { realm, procedure: procedure.into(), session: key, add: false });
+            self.broadcast(ShardMsg::Provider {
+                realm,
+                procedure: procedure.into(),
+                session: key,
+                add: false,
+            });
         }
     }
 
@@ -984,7 +1243,9 @@ impl Shard {
         removed.clear();
         self.registry.prune(now, &mut removed);
         if !removed.is_empty() {
-            self.events.push_back(Event::Pruned { removed: removed.len() });
+            self.events.push_back(Event::Pruned {
+                removed: removed.len(),
+            });
         }
         for r in removed.drain(..) {
             self.counters.registrations_expired += 1;
@@ -993,7 +1254,12 @@ impl Shard {
                     s.procedures.swap_remove(i);
                 }
             }
-            self.broadcast(ShardMsg::Provider { realm: r.realm, procedure: r.procedure, session: r.provider.key, add: false });
+            self.broadcast(ShardMsg::Provider {
+                realm: r.realm,
+                procedure: r.procedure,
+                session: r.provider.key,
+                add: false,
+            });
         }
         self.scratch.removed = removed;
     }
@@ -1004,9 +1270,15 @@ impl Shard {
 
     fn on_call(&mut self, now: Time, key: SessionKey, c: Call<'_>) {
         let me = self.id();
-        let Some(s) = self.sessions.get(key) else { return };
+        let Some(s) = self.sessions.get(key) else {
+            return;
+        };
         let realm = s.realm;
-        let Some(call_id) = c.call_id.and_then(OwnedCallId::from_wire).filter(|_| is_valid_topic(c.procedure)) else {
+        let Some(call_id) = c
+            .call_id
+            .and_then(OwnedCallId::from_wire)
+            .filter(|_| is_valid_topic(c.procedure))
+        else {
             self.counters.call(CallOutcome::InvalidCall);
             self.reply_error(key, c.call_id, CallError::InvalidCall);
             return;
@@ -1030,7 +1302,9 @@ impl Shard {
         };
         let max_output = self.config.limits.max_output;
         let busy = if provider.shard == me {
-            self.sessions.get(provider.key).is_none_or(|p| p.state != State::Active || p.out.len() >= max_output)
+            self.sessions
+                .get(provider.key)
+                .is_none_or(|p| p.state != State::Active || p.out.len() >= max_output)
         } else {
             self.outbox[provider.shard.index()].len() >= self.config.limits.max_shard_backlog
         };
@@ -1040,12 +1314,18 @@ impl Shard {
             return;
         }
         let timeout = match c.timeout_ms {
-            Some(ms) if ms > 0 => Duration::from_millis(ms).min(self.config.limits.max_call_timeout),
+            Some(ms) if ms > 0 => {
+                Duration::from_millis(ms).min(self.config.limits.max_call_timeout)
+            }
             _ => self.config.limits.call_timeout,
         };
         let call = self.pending.vacant_key();
         let deadline = self.wheel.insert(now + timeout, Timer::Call(call));
-        if self.pending.insert(key, call_id, provider, deadline).is_err() {
+        if self
+            .pending
+            .insert(key, call_id, provider, deadline)
+            .is_err()
+        {
             // The duplicate check above ran on the same table an instant ago.
             debug_assert!(false, "duplicate call id after the check");
             self.wheel.cancel(deadline);
@@ -1067,7 +1347,11 @@ impl Shard {
                 self.mark_ready(provider.key);
             }
         } else {
-            let msg = ShardMsg::Call { token, provider: provider.key, frame: frame.as_slice().into() };
+            let msg = ShardMsg::Call {
+                token,
+                provider: provider.key,
+                frame: frame.as_slice().into(),
+            };
             self.outbox[provider.shard.index()].push_back(msg);
             self.counters.shard_messages_out += 1;
         }
@@ -1092,45 +1376,86 @@ impl Shard {
         }
         let outcome = match r.outcome {
             Outcome::Result(raw) => OwnedOutcome::Result(raw.0.into()),
-            Outcome::Error { code, message } => OwnedOutcome::Error { code: code.into(), message: message.map(Into::into) },
+            Outcome::Error { code, message } => OwnedOutcome::Error {
+                code: code.into(),
+                message: message.map(Into::into),
+            },
         };
-        self.send(now, caller_shard, ShardMsg::Reply { token, provider: key, outcome });
+        self.send(
+            now,
+            caller_shard,
+            ShardMsg::Reply {
+                token,
+                provider: key,
+                outcome,
+            },
+        );
     }
 
     /// On the caller's shard: the provider answered.
     fn complete_call(&mut self, token: CallToken, provider: SessionRef, outcome: Outcome<'_>) {
         let call = self.pending.find(token.index(), token.generation());
-        let Some(call) = call.filter(|&k| self.pending.get(k).is_some_and(|c| c.provider == provider)) else {
+        let Some(call) =
+            call.filter(|&k| self.pending.get(k).is_some_and(|c| c.provider == provider))
+        else {
             self.counters.late_replies += 1;
             return;
         };
-        let Some(c) = self.pending.remove(call) else { return };
+        let Some(c) = self.pending.remove(call) else {
+            return;
+        };
         self.wheel.cancel(c.deadline);
         self.counters.call(CallOutcome::Ok);
-        let reply = Reply { call_id: Some(c.call_id.as_wire()), outcome };
+        let reply = Reply {
+            call_id: Some(c.call_id.as_wire()),
+            outcome,
+        };
         self.write(c.caller, &Message::Reply(reply));
     }
 
     /// On the caller's shard: the gateway fails a pending call.
     fn fail_call(&mut self, call: CallKey, error: CallError) {
-        let Some(c) = self.pending.remove(call) else { return };
+        let Some(c) = self.pending.remove(call) else {
+            return;
+        };
         self.wheel.cancel(c.deadline);
         self.counters.call(error.into());
         self.reply_error(c.caller, Some(c.call_id.as_wire()), error);
     }
 
     /// Tells a provider, here or on its shard, to stop working on a call.
-    fn cancel_provider(&mut self, now: Time, provider: SessionRef, token: CallToken, reason: CancelReason) {
+    fn cancel_provider(
+        &mut self,
+        now: Time,
+        provider: SessionRef,
+        token: CallToken,
+        reason: CancelReason,
+    ) {
         if provider.shard == self.id() {
             self.cancel_at_provider(provider.key, token, reason);
         } else {
-            self.send(now, provider.shard, ShardMsg::Cancel { token, provider: provider.key, reason });
+            self.send(
+                now,
+                provider.shard,
+                ShardMsg::Cancel {
+                    token,
+                    provider: provider.key,
+                    reason,
+                },
+            );
         }
     }
 
     fn cancel_at_provider(&mut self, provider: SessionKey, token: CallToken, reason: CancelReason) {
-        if self.sessions.get(provider).is_some_and(|s| s.state == State::Active) {
-            let cancel = Cancel { call_id: CallIdRef::Uint(token.0), reason: reason.as_str().as_bytes() };
+        if self
+            .sessions
+            .get(provider)
+            .is_some_and(|s| s.state == State::Active)
+        {
+            let cancel = Cancel {
+                call_id: CallIdRef::Uint(token.0),
+                reason: reason.as_str().as_bytes(),
+            };
             self.write(provider, &Message::Cancel(cancel));
         }
     }
@@ -1146,7 +1471,9 @@ impl Shard {
     /// Appends a frame to a session's output. Used for frames that are never dropped (replies,
     /// errors, PONG, DISCONNECT, CANCEL).
     fn write(&mut self, key: SessionKey, msg: &Message<'_>) {
-        let Some(s) = self.sessions.get_mut(key) else { return };
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
         msg.encode(&mut s.out.buf);
         self.mark_ready(key);
     }
@@ -1155,7 +1482,9 @@ impl Shard {
     /// if the output just went over its bound.
     fn mark_ready(&mut self, key: SessionKey) {
         let limits = &self.config.limits;
-        let Some(s) = self.sessions.get_mut(key) else { return };
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
         if !s.queued {
             s.queued = true;
             self.ready.push_back(key);
@@ -1186,7 +1515,10 @@ impl Shard {
     }
 
     fn reply_error(&mut self, key: SessionKey, call_id: Option<CallIdRef<'_>>, error: CallError) {
-        let outcome = Outcome::Error { code: error.code().as_bytes(), message: Some(error.message().as_bytes()) };
+        let outcome = Outcome::Error {
+            code: error.code().as_bytes(),
+            message: Some(error.message().as_bytes()),
+        };
         self.write(key, &Message::Reply(Reply { call_id, outcome }));
     }
 
@@ -1227,22 +1559,10 @@ impl Shard {
     }
 
     fn wall_clock(&self, now: Time) -> u64 {
-        (now.as_millis() as i64).saturating_add(self.config.wall_clock_offset_ms).max(0) as u64
+        (now.as_millis() as i64)
+            .saturating_add(self.config.wall_clock_offset_ms)
+            .max(0) as u64
     }
-}
-
-/// Where the topic of an encoded PUBLISH lies: the encoder writes `topic` first, as bin.
-fn locate_topic(frame: &[u8], topic: &[u8]) -> std::ops::Range<usize> {
-    // header, map marker, the key `topic` (c4 05 + 5 bytes), then the topic's bin header.
-    let bin_header = match topic.len() {
-        0..=0xff => 2,
-        0x100..=0xffff => 3,
-        _ => 5,
-    };
-    let start = 8 + 1 + 7 + bin_header;
-    let range = start..start + topic.len();
-    debug_assert_eq!(frame.get(range.clone()), Some(topic), "PUBLISH is encoded with its topic first");
-    range
 }
 
 /// Compares two secrets in time that depends on their lengths only.

@@ -32,11 +32,17 @@ fn run(seed: u64, shards: u16, ops: usize) {
     let mut live: Vec<usize> = Vec::new();
     for _ in 0..ops {
         live.retain(|&c| sim.clients[c].closed.is_none());
-        let pick = |rng: &mut fastrand::Rng, live: &[usize]| (!live.is_empty()).then(|| live[rng.usize(..live.len())]);
+        let pick = |rng: &mut fastrand::Rng, live: &[usize]| {
+            (!live.is_empty()).then(|| live[rng.usize(..live.len())])
+        };
         match rng.u32(..100) {
             0..=11 => {
                 let shard = rng.u16(..shards);
-                let realm = if rng.u8(..8) == 0 { "other.realm" } else { REALM };
+                let realm = if rng.u8(..8) == 0 {
+                    "other.realm"
+                } else {
+                    REALM
+                };
                 let c = sim.open(shard, node(rng.u32(..96)), realm, None);
                 live.push(c);
             }
@@ -48,7 +54,9 @@ fn run(seed: u64, shards: u16, ops: usize) {
             15..=26 => {
                 if let Some(c) = pick(&mut rng, &live) {
                     let n = rng.usize(1..3);
-                    let patterns: Vec<&str> = (0..n).map(|_| PATTERNS[rng.usize(..PATTERNS.len())]).collect();
+                    let patterns: Vec<&str> = (0..n)
+                        .map(|_| PATTERNS[rng.usize(..PATTERNS.len())])
+                        .collect();
                     sim.subscribe(c, &patterns);
                 }
             }
@@ -59,7 +67,11 @@ fn run(seed: u64, shards: u16, ops: usize) {
             }
             32..=39 => {
                 if let Some(c) = pick(&mut rng, &live) {
-                    let ttl = if rng.bool() { Some(rng.u64(1..5)) } else { None };
+                    let ttl = if rng.bool() {
+                        Some(rng.u64(1..5))
+                    } else {
+                        None
+                    };
                     sim.register(c, PROCEDURES[rng.usize(..PROCEDURES.len())], ttl);
                 }
             }
@@ -70,8 +82,17 @@ fn run(seed: u64, shards: u16, ops: usize) {
             }
             43..=57 => {
                 if let Some(c) = pick(&mut rng, &live) {
-                    let timeout = if rng.bool() { Some(rng.u64(1..500)) } else { None };
-                    sim.call(c, PROCEDURES[rng.usize(..PROCEDURES.len())], rng.u64(..16), timeout);
+                    let timeout = if rng.bool() {
+                        Some(rng.u64(1..500))
+                    } else {
+                        None
+                    };
+                    sim.call(
+                        c,
+                        PROCEDURES[rng.usize(..PROCEDURES.len())],
+                        rng.u64(..16),
+                        timeout,
+                    );
                 }
             }
             58..=67 => {
@@ -92,7 +113,13 @@ fn run(seed: u64, shards: u16, ops: usize) {
             }
             78..=81 => {
                 if let Some(c) = pick(&mut rng, &live) {
-                    sim.send(c, &Message::Disconnect(Disconnect { reason: b"normal", message: None }));
+                    sim.send(
+                        c,
+                        &Message::Disconnect(Disconnect {
+                            reason: b"normal",
+                            message: None,
+                        }),
+                    );
                 }
             }
             82..=85 => {
@@ -129,18 +156,48 @@ fn run(seed: u64, shards: u16, ops: usize) {
     }
     sim.advance(Duration::from_secs(120));
     for (i, shard) in sim.shards.iter().enumerate() {
-        assert_eq!(shard.occupancy(), Occupancy::default(), "shard {i} holds state after every client left");
+        assert_eq!(
+            shard.occupancy(),
+            Occupancy::default(),
+            "shard {i} holds state after every client left"
+        );
         let m = shard.metrics();
-        assert_eq!((m.clients, m.awaiting_connect, m.pending_calls, m.subscriptions, m.registrations), (0, 0, 0, 0, 0));
+        assert_eq!(
+            (
+                m.clients,
+                m.awaiting_connect,
+                m.pending_calls,
+                m.subscriptions,
+                m.registrations
+            ),
+            (0, 0, 0, 0, 0)
+        );
     }
     let delivered = sim.total(|c| c.deliveries);
     let answered = sim.total(|c| c.calls.iter().sum());
-    assert!(delivered > 0 && answered > 0, "the run exercised delivery ({delivered}) and calls ({answered})");
-    for outcome in [CallOutcome::Ok, CallOutcome::Timeout, CallOutcome::CallerGone, CallOutcome::ProcedureNotFound] {
-        assert!(sim.total(|c| c.calls_of(outcome)) > 0, "the run exercised {outcome:?}");
+    assert!(
+        delivered > 0 && answered > 0,
+        "the run exercised delivery ({delivered}) and calls ({answered})"
+    );
+    for outcome in [
+        CallOutcome::Ok,
+        CallOutcome::Timeout,
+        CallOutcome::CallerGone,
+        CallOutcome::ProcedureNotFound,
+    ] {
+        assert!(
+            sim.total(|c| c.calls_of(outcome)) > 0,
+            "the run exercised {outcome:?}"
+        );
     }
-    assert!(sim.total(|c| c.refused_of(Reason::MaxClientsReached)) > 0, "the run filled the client table");
-    assert!(sim.total(|c| c.sessions_closed[6]) > 0, "the run replaced sessions");
+    assert!(
+        sim.total(|c| c.refused_of(Reason::MaxClientsReached)) > 0,
+        "the run filled the client table"
+    );
+    assert!(
+        sim.total(|c| c.sessions_closed[6]) > 0,
+        "the run replaced sessions"
+    );
 }
 
 #[test]

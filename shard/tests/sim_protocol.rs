@@ -62,7 +62,11 @@ fn a_realm_not_served_is_refused_with_realm_mismatch() {
     for realm in ["not.served", "Invalid Realm", ""] {
         let c = sim.open(0, node(1), realm, None);
         sim.drive();
-        assert_eq!(sim.clients[c].closed, Some(Reason::RealmMismatch), "{realm:?}");
+        assert_eq!(
+            sim.clients[c].closed,
+            Some(Reason::RealmMismatch),
+            "{realm:?}"
+        );
         assert_eq!(sim.disconnect_reason(c).as_deref(), Some("realm_mismatch"));
     }
     assert_eq!(sim.total(|c| c.refused_of(Reason::RealmMismatch)), 3);
@@ -95,7 +99,10 @@ fn an_oversize_frame_is_refused_with_frame_too_large() {
 fn a_client_disconnect_ends_the_session_with_code_normal() {
     let mut sim = Sim::new(2, 0);
     let c = sim.connect(0, node(1));
-    let d = meshgate_shard::wire::Disconnect { reason: b"normal", message: None };
+    let d = meshgate_shard::wire::Disconnect {
+        reason: b"normal",
+        message: None,
+    };
     sim.send(c, &Message::Disconnect(d));
     sim.drive();
     assert_eq!(sim.clients[c].closed, Some(Reason::Normal));
@@ -130,7 +137,10 @@ fn clients_beyond_max_clients_are_refused_and_others_are_undisturbed() {
         let extra = sim.open(1, node_owned_by(0, 2, 1000), REALM, None);
         sim.drive();
         assert_eq!(sim.clients[extra].closed, Some(Reason::MaxClientsReached));
-        assert_eq!(sim.disconnect_reason(extra).as_deref(), Some("max_clients_reached"));
+        assert_eq!(
+            sim.disconnect_reason(extra).as_deref(),
+            Some("max_clients_reached")
+        );
         assert_eq!(sim.total(|c| c.refused_of(Reason::MaxClientsReached)), 1);
         sim.sync(a);
         sim.sync(b);
@@ -163,7 +173,13 @@ fn a_replacing_connect_is_admitted_when_full_and_the_old_session_is_replaced() {
         sim.drive();
         let again = sim.connect(0, n);
         assert_eq!(sim.clients[again].closed, None);
-        assert_eq!(sim.shards.iter().map(|s| s.metrics().directory).sum::<u64>(), 2);
+        assert_eq!(
+            sim.shards
+                .iter()
+                .map(|s| s.metrics().directory)
+                .sum::<u64>(),
+            2
+        );
     });
 }
 
@@ -198,7 +214,10 @@ fn a_publish_reaches_each_matching_subscriber_once_across_shards_with_overlappin
             assert_eq!(got[0].2, Some(node(20)));
         }
         assert!(sim.publishes(s3).is_empty());
-        assert!(sim.publishes(publisher).is_empty(), "the publisher is not served its own message");
+        assert!(
+            sim.publishes(publisher).is_empty(),
+            "the publisher is not served its own message"
+        );
         assert_eq!(sim.total(|c| c.deliveries), 4);
         assert_eq!(sim.total(|c| c.publishes), 1);
     });
@@ -211,11 +230,19 @@ fn a_publish_crosses_only_to_shards_with_a_matching_subscriber() {
     let publisher = sim.connect(0, node(2));
     sim.subscribe(sub, &["only.here"]);
     sim.sync(sub);
-    let before: Vec<u64> = sim.shards.iter().map(|s| s.counters().shard_messages_in).collect();
+    let before: Vec<u64> = sim
+        .shards
+        .iter()
+        .map(|s| s.counters().shard_messages_in)
+        .collect();
     sim.publish(publisher, "only.here", b"1");
     sim.publish(publisher, "nobody.listens", b"2");
     sim.drive();
-    let after: Vec<u64> = sim.shards.iter().map(|s| s.counters().shard_messages_in).collect();
+    let after: Vec<u64> = sim
+        .shards
+        .iter()
+        .map(|s| s.counters().shard_messages_in)
+        .collect();
     let delta: Vec<u64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
     assert_eq!(delta, vec![0, 0, 1, 0]);
     assert_eq!(sim.publishes(sub).len(), 1);
@@ -242,8 +269,11 @@ fn messages_of_one_publisher_arrive_in_order() {
         }
         sim.drive();
         for c in [near, far] {
-            let got: Vec<u32> =
-                sim.publishes(c).iter().map(|(_, p, _)| u32::from_be_bytes(p[..4].try_into().unwrap())).collect();
+            let got: Vec<u32> = sim
+                .publishes(c)
+                .iter()
+                .map(|(_, p, _)| u32::from_be_bytes(p[..4].try_into().unwrap()))
+                .collect();
             assert_eq!(got, (0..200).collect::<Vec<_>>());
         }
     });
@@ -264,7 +294,10 @@ fn realms_are_isolated() {
         sim.drive();
         assert!(sim.publishes(other).is_empty());
         assert!(sim.calls(other).is_empty());
-        assert_eq!(sim.replies(default), vec![(1, Err("procedure_not_found".into()))]);
+        assert_eq!(
+            sim.replies(default),
+            vec![(1, Err("procedure_not_found".into()))]
+        );
         // The same node id may be connected in two realms at once.
         let twin = sim.open(0, node(1), REALM, None);
         sim.drive();
@@ -278,12 +311,17 @@ fn ping_answers_only_once_subscriptions_are_in_effect_on_every_shard() {
     each_seed(32, |seed| {
         let mut sim = Sim::new(4, seed);
         let sub = sim.connect(0, node(1));
-        let publishers: Vec<usize> = (1..4).map(|s| sim.connect(s, node(10 + u32::from(s)))).collect();
+        let publishers: Vec<usize> = (1..4)
+            .map(|s| sim.connect(s, node(10 + u32::from(s))))
+            .collect();
         sim.subscribe(sub, &["fast.path"]);
         sim.ping(sub, 99);
         // Step only until the PONG is out, then publish from every other shard at once.
         while !sim.pong_timestamps(sub).contains(&99) {
-            assert!(sim.step() || !sim.pong_timestamps(sub).is_empty(), "PONG never came");
+            assert!(
+                sim.step() || !sim.pong_timestamps(sub).is_empty(),
+                "PONG never came"
+            );
         }
         for &p in &publishers {
             sim.publish(p, "fast.path", b"!");
@@ -342,7 +380,10 @@ fn subscriptions_beyond_the_limit_get_too_many_subscriptions() {
     let c = sim.connect(0, node(1));
     sim.subscribe(c, &["a", "b", "c", "d", "a"]);
     sim.drive();
-    assert_eq!(sim.errors(c), vec![("too_many_subscriptions".into(), "d".into())]);
+    assert_eq!(
+        sim.errors(c),
+        vec![("too_many_subscriptions".into(), "d".into())]
+    );
     assert_eq!(sim.shards[0].metrics().subscriptions, 3);
     sim.unsubscribe(c, &["a"]);
     sim.subscribe(c, &["d"]);
@@ -369,7 +410,11 @@ fn a_slow_consumer_loses_publishes_over_its_bound_and_is_disconnected_after_the_
         sim.publish(publisher, "feed", &[0u8; 100]);
     }
     sim.drive();
-    assert_eq!(sim.publishes(fine).len(), 100, "other subscribers lose nothing");
+    assert_eq!(
+        sim.publishes(fine).len(),
+        100,
+        "other subscribers lose nothing"
+    );
     let dropped = sim.total(|c| c.dropped_of(DropReason::SlowConsumer));
     assert!(dropped > 50, "dropped {dropped}");
     let queued = sim.shards[1].metrics().output_bytes as usize;
@@ -407,8 +452,11 @@ fn a_consumer_that_catches_up_before_the_timeout_stays() {
 /// A caller and providers on given shards, all synced.
 fn rpc(sim: &mut Sim, caller_shard: u16, provider_shards: &[u16]) -> (usize, Vec<usize>) {
     let caller = sim.connect(caller_shard, node(100));
-    let providers: Vec<usize> =
-        provider_shards.iter().enumerate().map(|(i, &s)| sim.connect(s, node(200 + i as u32))).collect();
+    let providers: Vec<usize> = provider_shards
+        .iter()
+        .enumerate()
+        .map(|(i, &s)| sim.connect(s, node(200 + i as u32)))
+        .collect();
     for &p in &providers {
         sim.register(p, "svc.echo", None);
         sim.sync(p);
@@ -456,7 +504,10 @@ fn a_call_without_a_provider_fails_with_procedure_not_found() {
     let caller = sim.connect(0, node(1));
     sim.call(caller, "nobody.home", 1, None);
     sim.drive();
-    assert_eq!(sim.replies(caller), vec![(1, Err("procedure_not_found".into()))]);
+    assert_eq!(
+        sim.replies(caller),
+        vec![(1, Err("procedure_not_found".into()))]
+    );
 }
 
 #[test]
@@ -471,7 +522,10 @@ fn a_call_past_its_deadline_fails_with_timeout_and_the_provider_gets_cancel() {
         sim.advance(Duration::from_millis(2));
         assert_eq!(sim.replies(caller), vec![(9, Err("timeout".into()))]);
         let gateway_id = sim.calls(providers[0])[0].1;
-        assert_eq!(sim.cancels(providers[0]), vec![(gateway_id, "timeout".into())]);
+        assert_eq!(
+            sim.cancels(providers[0]),
+            vec![(gateway_id, "timeout".into())]
+        );
         // A REPLY after the deadline is discarded and counted.
         sim.reply(providers[0], gateway_id, &[0xc0]);
         sim.drive();
@@ -510,7 +564,10 @@ fn a_call_fails_with_provider_gone_when_the_provider_disconnects() {
         assert_eq!(sim.replies(caller), vec![(5, Err("provider_gone".into()))]);
         sim.call(caller, "svc.echo", 6, None);
         sim.drive();
-        assert_eq!(sim.replies(caller)[1], (6, Err("procedure_not_found".into())));
+        assert_eq!(
+            sim.replies(caller)[1],
+            (6, Err("procedure_not_found".into()))
+        );
     });
 }
 
@@ -536,7 +593,11 @@ fn a_call_to_a_provider_that_does_not_read_fails_fast_with_overloaded() {
             sim.call(caller, "svc.echo", i, None);
             sim.drive();
         }
-        let overloaded = sim.replies(caller).iter().filter(|(_, r)| *r == Err("overloaded".to_string())).count();
+        let overloaded = sim
+            .replies(caller)
+            .iter()
+            .filter(|(_, r)| *r == Err("overloaded".to_string()))
+            .count();
         assert!(overloaded > 20, "{overloaded} overloaded");
     });
 }
@@ -548,13 +609,20 @@ fn a_call_id_in_flight_fails_with_duplicate_call_id() {
     sim.call(caller, "svc.echo", 7, None);
     sim.call(caller, "svc.echo", 7, None);
     sim.drive();
-    assert_eq!(sim.replies(caller), vec![(7, Err("duplicate_call_id".into()))]);
+    assert_eq!(
+        sim.replies(caller),
+        vec![(7, Err("duplicate_call_id".into()))]
+    );
     let id = sim.calls(providers[0])[0].1;
     sim.reply(providers[0], id, &[0x01]);
     sim.drive();
     sim.call(caller, "svc.echo", 7, None);
     sim.drive();
-    assert_eq!(sim.calls(providers[0]).len(), 2, "the id is free again once answered");
+    assert_eq!(
+        sim.calls(providers[0]).len(),
+        2,
+        "the id is free again once answered"
+    );
 }
 
 #[test]
@@ -564,9 +632,19 @@ fn a_call_with_an_invalid_procedure_or_call_id_fails_with_invalid_call() {
     let caller = sim.connect(0, node(1));
     sim.call(caller, "bad..name", 1, None);
     let long = [7u8; 65];
-    let too_long = Call { procedure: b"svc.x", args: Raw(&[0xc0]), call_id: Some(CallIdRef::Bytes(&long)), timeout_ms: None };
+    let too_long = Call {
+        procedure: b"svc.x",
+        args: Raw(&[0xc0]),
+        call_id: Some(CallIdRef::Bytes(&long)),
+        timeout_ms: None,
+    };
     sim.send(caller, &Message::Call(too_long));
-    let missing = Call { procedure: b"svc.x", args: Raw(&[0xc0]), call_id: None, timeout_ms: None };
+    let missing = Call {
+        procedure: b"svc.x",
+        args: Raw(&[0xc0]),
+        call_id: None,
+        timeout_ms: None,
+    };
     sim.send(caller, &Message::Call(missing));
     sim.drive();
     let codes: Vec<String> = sim
@@ -574,7 +652,9 @@ fn a_call_with_an_invalid_procedure_or_call_id_fails_with_invalid_call() {
         .iter()
         .filter_map(|m| match m {
             Message::Reply(r) => match r.outcome {
-                meshgate_shard::wire::Outcome::Error { code, .. } => Some(String::from_utf8_lossy(code).into_owned()),
+                meshgate_shard::wire::Outcome::Error { code, .. } => {
+                    Some(String::from_utf8_lossy(code).into_owned())
+                }
                 _ => None,
             },
             _ => None,
@@ -595,7 +675,11 @@ fn a_callers_exit_drops_its_calls_and_cancels_them_at_the_provider() {
         sim.drive();
         assert_eq!(sim.shards[0].metrics().pending_calls, 3);
         sim.drop_connection(caller);
-        assert_eq!(sim.shards[0].metrics().pending_calls, 0, "dropped at once, not at the deadline");
+        assert_eq!(
+            sim.shards[0].metrics().pending_calls,
+            0,
+            "dropped at once, not at the deadline"
+        );
         sim.drive();
         let cancels = sim.cancels(providers[0]);
         assert_eq!(cancels.len(), 3);
@@ -624,7 +708,9 @@ fn a_reply_for_an_unknown_call_id_is_discarded_and_counted() {
 #[test]
 fn a_registration_expires_after_its_ttl_unless_refreshed() {
     each_seed(4, |seed| {
-        let mut sim = Sim::with(2, seed, |c| c.limits.prune_interval = Duration::from_secs(60));
+        let mut sim = Sim::with(2, seed, |c| {
+            c.limits.prune_interval = Duration::from_secs(60)
+        });
         let caller = sim.connect(0, node(1));
         let p = sim.connect(1, node(2));
         sim.register(p, "svc.ttl", Some(10));
@@ -635,12 +721,18 @@ fn a_registration_expires_after_its_ttl_unless_refreshed() {
         sim.advance(Duration::from_secs(9));
         sim.call(caller, "svc.ttl", 1, Some(50));
         sim.drive();
-        assert_eq!(sim.calls(p).len(), 1, "refreshed: still live 14 s after the first register");
+        assert_eq!(
+            sim.calls(p).len(),
+            1,
+            "refreshed: still live 14 s after the first register"
+        );
         // Expired at 15 s, removed by the next prune, at most a prune interval later.
         sim.advance(Duration::from_secs(62));
         sim.call(caller, "svc.ttl", 2, None);
         sim.drive();
-        assert!(sim.replies(caller).contains(&(2, Err("procedure_not_found".into()))));
+        assert!(sim
+            .replies(caller)
+            .contains(&(2, Err("procedure_not_found".into()))));
         assert_eq!(sim.total(|c| c.registrations_expired), 1);
         assert!(sim.shards.iter().all(|s| s.occupancy().registrations == 0));
     });
@@ -668,7 +760,10 @@ fn unregister_removes_the_provider_at_once_on_every_shard() {
         sim.sync(providers[0]);
         sim.call(caller, "svc.echo", 1, None);
         sim.drive();
-        assert_eq!(sim.replies(caller), vec![(1, Err("procedure_not_found".into()))]);
+        assert_eq!(
+            sim.replies(caller),
+            vec![(1, Err("procedure_not_found".into()))]
+        );
         assert!(sim.shards.iter().all(|s| s.occupancy().registrations == 0));
     });
 }
@@ -685,7 +780,10 @@ fn registrations_beyond_the_limit_get_too_many_registrations() {
     sim.drive();
     assert_eq!(
         sim.errors(p),
-        vec![("too_many_registrations".into(), "c".into()), ("invalid_procedure".into(), "bad..name".into())]
+        vec![
+            ("too_many_registrations".into(), "c".into()),
+            ("invalid_procedure".into(), "bad..name".into())
+        ]
     );
     assert_eq!(sim.shards[0].metrics().registrations, 2);
 }

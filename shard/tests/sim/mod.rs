@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use meshgate_shard::router::ShardMsg;
 use meshgate_shard::wire::{
-    CallIdRef, Connect, FrameReader, Message, Outcome, Ping, Publish, Raw, Reason, Register, Reply, Strings,
-    Subscribe, Unregister, Unsubscribe,
+    CallIdRef, Connect, FrameReader, Message, Outcome, Ping, Publish, Raw, Reason, Register, Reply,
+    Strings, Subscribe, Unregister, Unsubscribe,
 };
 use meshgate_shard::{Config, Limits, NodeId, RealmConfig, SessionKey, Shard, ShardId, Time};
 
@@ -50,14 +50,20 @@ pub struct SeedGuard(pub u64);
 impl Drop for SeedGuard {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("simulation failed with seed {} (replay with MESHGATE_SEED={})", self.0, self.0);
+            eprintln!(
+                "simulation failed with seed {} (replay with MESHGATE_SEED={})",
+                self.0, self.0
+            );
         }
     }
 }
 
 /// The seeds a test runs with: `MESHGATE_SEED` alone if set, else `count` seeds from `base`.
 pub fn seeds(base: u64, count: u64) -> Vec<u64> {
-    match std::env::var("MESHGATE_SEED").ok().and_then(|s| s.parse().ok()) {
+    match std::env::var("MESHGATE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
         Some(seed) => vec![seed],
         None => (base..base + count).collect(),
     }
@@ -72,7 +78,10 @@ pub fn node(i: u32) -> NodeId {
 
 /// A node id whose owner (by `owner_of`) is `shard` among `shards`.
 pub fn node_owned_by(shard: u16, shards: u16, from: u32) -> NodeId {
-    (from..).map(node).find(|n| meshgate_shard::router::owner_of(n, shards).0 == shard).unwrap()
+    (from..)
+        .map(node)
+        .find(|n| meshgate_shard::router::owner_of(n, shards).0 == shard)
+        .unwrap()
 }
 
 pub const REALM: &str = "macula.default";
@@ -88,8 +97,14 @@ impl Sim {
         let shard_list = (0..shards)
             .map(|i| {
                 let mut config = Config::new(ShardId(i), shards, NodeId([0xee; 32]));
-                config.realms.push(RealmConfig { name: b"other.realm".to_vec().into(), tokens: vec![] });
-                config.realms.push(RealmConfig { name: b"secure".to_vec().into(), tokens: vec![b"s3cret".to_vec().into()] });
+                config.realms.push(RealmConfig {
+                    name: b"other.realm".to_vec().into(),
+                    tokens: vec![],
+                });
+                config.realms.push(RealmConfig {
+                    name: b"secure".to_vec().into(),
+                    tokens: vec![b"s3cret".to_vec().into()],
+                });
                 tune(&mut config);
                 config.validate().expect("valid config");
                 Shard::new(config, now)
@@ -97,7 +112,9 @@ impl Sim {
             .collect();
         Sim {
             shards: shard_list,
-            links: (0..shards).map(|_| (0..shards).map(|_| VecDeque::new()).collect()).collect(),
+            links: (0..shards)
+                .map(|_| (0..shards).map(|_| VecDeque::new()).collect())
+                .collect(),
             link_capacity: 1024,
             now,
             rng: fastrand::Rng::with_seed(seed),
@@ -149,7 +166,11 @@ impl Sim {
     pub fn connect(&mut self, shard: u16, node: NodeId) -> ClientId {
         let id = self.open(shard, node, REALM, None);
         self.drive();
-        assert!(self.clients[id].closed.is_none(), "client {id} refused: {:?}", self.clients[id].closed);
+        assert!(
+            self.clients[id].closed.is_none(),
+            "client {id} refused: {:?}",
+            self.clients[id].closed
+        );
         assert!(self.pongs(id) >= 1, "client {id} not admitted");
         id
     }
@@ -169,7 +190,11 @@ impl Sim {
         let (shard, session) = (c.shard.index(), c.session);
         let mut rest = bytes;
         while !rest.is_empty() {
-            let n = if self.split_sends { self.rng.usize(1..=rest.len()) } else { rest.len() };
+            let n = if self.split_sends {
+                self.rng.usize(1..=rest.len())
+            } else {
+                rest.len()
+            };
             self.shards[shard].handle_stream_data(self.now, session, &rest[..n]);
             rest = &rest[n..];
         }
@@ -188,25 +213,54 @@ impl Sim {
 
     pub fn subscribe(&mut self, id: ClientId, patterns: &[&str]) {
         let list: Vec<&[u8]> = patterns.iter().map(|p| p.as_bytes()).collect();
-        self.send(id, &Message::Subscribe(Subscribe { topics: Strings::List(&list), qos: None }));
+        self.send(
+            id,
+            &Message::Subscribe(Subscribe {
+                topics: Strings::List(&list),
+                qos: None,
+            }),
+        );
     }
 
     pub fn unsubscribe(&mut self, id: ClientId, patterns: &[&str]) {
         let list: Vec<&[u8]> = patterns.iter().map(|p| p.as_bytes()).collect();
-        self.send(id, &Message::Unsubscribe(Unsubscribe { topics: Strings::List(&list) }));
+        self.send(
+            id,
+            &Message::Unsubscribe(Unsubscribe {
+                topics: Strings::List(&list),
+            }),
+        );
     }
 
     pub fn publish(&mut self, id: ClientId, topic: &str, payload: &[u8]) {
-        let p = Publish { topic: topic.as_bytes(), payload, qos: None, retain: None, message_id: None, publisher: None };
+        let p = Publish {
+            topic: topic.as_bytes(),
+            payload,
+            qos: None,
+            retain: None,
+            message_id: None,
+            publisher: None,
+        };
         self.send(id, &Message::Publish(p));
     }
 
     pub fn register(&mut self, id: ClientId, procedure: &str, ttl_s: Option<u64>) {
-        self.send(id, &Message::Register(Register { procedure: procedure.as_bytes(), ttl_s }));
+        self.send(
+            id,
+            &Message::Register(Register {
+                procedure: procedure.as_bytes(),
+                ttl_s,
+            }),
+        );
     }
 
     pub fn unregister(&mut self, id: ClientId, procedure: &str) {
-        self.send(id, &Message::Unregister(Unregister { procedure: procedure.as_bytes() }));
+        self.send(
+            id,
+            &Message::Unregister(Unregister {
+                procedure: procedure.as_bytes(),
+            }),
+        );
     }
 
     pub fn call(&mut self, id: ClientId, procedure: &str, call_id: u64, timeout_ms: Option<u64>) {
@@ -222,7 +276,10 @@ impl Sim {
     /// The provider answers a CALL it received (by the gateway's call id) with `result` bytes
     /// (MessagePack of one value).
     pub fn reply(&mut self, id: ClientId, gateway_call_id: u64, result: &[u8]) {
-        let reply = Reply { call_id: Some(CallIdRef::Uint(gateway_call_id)), outcome: Outcome::Result(Raw(result)) };
+        let reply = Reply {
+            call_id: Some(CallIdRef::Uint(gateway_call_id)),
+            outcome: Outcome::Result(Raw(result)),
+        };
         self.send(id, &Message::Reply(reply));
     }
 
@@ -236,7 +293,10 @@ impl Sim {
         let stamp = 0x5eed_0000 + self.rng.u64(..1 << 20);
         self.ping(id, stamp);
         self.drive();
-        assert!(self.pong_timestamps(id).contains(&stamp), "no PONG for a PING of client {id}");
+        assert!(
+            self.pong_timestamps(id).contains(&stamp),
+            "no PONG for a PING of client {id}"
+        );
     }
 
     // ------------------------------------------------------------------ driving
@@ -272,7 +332,9 @@ impl Sim {
 
     fn quiet(&self) -> bool {
         self.links.iter().flatten().all(VecDeque::is_empty)
-            && self.shards.iter().all(|s| s.occupancy().outbox == 0 && s.occupancy().ready == 0 && s.occupancy().closes == 0)
+            && self.shards.iter().all(|s| {
+                s.occupancy().outbox == 0 && s.occupancy().ready == 0 && s.occupancy().closes == 0
+            })
     }
 
     /// Moves time forward by `d`, firing timers on the way, and drives.
@@ -319,16 +381,25 @@ impl Sim {
         for shard in 0..self.shards.len() {
             while let Some(key) = self.shards[shard].poll_ready() {
                 moved = true;
-                let Some(id) = self.client_of(shard, key) else { continue };
+                let Some(id) = self.client_of(shard, key) else {
+                    continue;
+                };
                 if !self.clients[id].reading {
                     continue;
                 }
                 let bytes = self.shards[shard].output(key).to_vec();
                 self.shards[shard].consume_output(key, bytes.len());
                 let c = &mut self.clients[id];
-                c.reader.push(&bytes).expect("the gateway sends valid frames");
-                while let Some(frame) = c.reader.next_frame().expect("the gateway sends valid frames") {
-                    Message::decode(frame.frame_type, frame.payload).expect("the gateway sends decodable frames");
+                c.reader
+                    .push(&bytes)
+                    .expect("the gateway sends valid frames");
+                while let Some(frame) = c
+                    .reader
+                    .next_frame()
+                    .expect("the gateway sends valid frames")
+                {
+                    Message::decode(frame.frame_type, frame.payload)
+                        .expect("the gateway sends decodable frames");
                     c.frames.push((frame.frame_type, frame.payload.to_vec()));
                 }
             }
@@ -360,11 +431,18 @@ impl Sim {
     // ------------------------------------------------------------------ what clients saw
 
     pub fn messages(&self, id: ClientId) -> Vec<Message<'_>> {
-        self.clients[id].frames.iter().map(|(t, p)| Message::decode(*t, p).expect("decodable")).collect()
+        self.clients[id]
+            .frames
+            .iter()
+            .map(|(t, p)| Message::decode(*t, p).expect("decodable"))
+            .collect()
     }
 
     pub fn pongs(&self, id: ClientId) -> usize {
-        self.messages(id).iter().filter(|m| matches!(m, Message::Pong(_))).count()
+        self.messages(id)
+            .iter()
+            .filter(|m| matches!(m, Message::Pong(_)))
+            .count()
     }
 
     pub fn pong_timestamps(&self, id: ClientId) -> Vec<u64> {
@@ -382,9 +460,11 @@ impl Sim {
         self.messages(id)
             .iter()
             .filter_map(|m| match m {
-                Message::Publish(p) => {
-                    Some((String::from_utf8_lossy(p.topic).into_owned(), p.payload.to_vec(), p.publisher))
-                }
+                Message::Publish(p) => Some((
+                    String::from_utf8_lossy(p.topic).into_owned(),
+                    p.payload.to_vec(),
+                    p.publisher,
+                )),
                 _ => None,
             })
             .collect()
@@ -396,7 +476,11 @@ impl Sim {
             .iter()
             .filter_map(|m| match m {
                 Message::Call(c) => match c.call_id {
-                    Some(CallIdRef::Uint(t)) => Some((String::from_utf8_lossy(c.procedure).into_owned(), t, c.timeout_ms)),
+                    Some(CallIdRef::Uint(t)) => Some((
+                        String::from_utf8_lossy(c.procedure).into_owned(),
+                        t,
+                        c.timeout_ms,
+                    )),
                     _ => panic!("the gateway sends integer call ids"),
                 },
                 _ => None,
@@ -416,7 +500,9 @@ impl Sim {
                     };
                     let outcome = match r.outcome {
                         Outcome::Result(raw) => Ok(raw.0.to_vec()),
-                        Outcome::Error { code, .. } => Err(String::from_utf8_lossy(code).into_owned()),
+                        Outcome::Error { code, .. } => {
+                            Err(String::from_utf8_lossy(code).into_owned())
+                        }
                     };
                     Some((call_id, outcome))
                 }
