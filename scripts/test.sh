@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs meshgate's whole test suite: set-up, lints, then every test of the workspace.
+# Runs meshgate's whole test suite: set-up, lints, then every test of the workspace, and closes
+# with one line that sums them up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,4 +10,8 @@ cargo fmt --all -- --check
 echo "== cargo clippy" >&2
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test" >&2
-cargo test --workspace --locked
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+cargo test --workspace --locked 2>&1 | tee "$log"
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1); if ($(i) ~ /^ignored;?$/) s += $(i-1) } }
+     END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
