@@ -1,0 +1,187 @@
+//! The command line: `meshgate serve` and its flags, each with its default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "meshgate",
+    version,
+    about = "A thread-per-core gateway for a QUIC service mesh"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Runs the gateway.
+    Serve(ServeArgs),
+}
+
+/// A realm to serve, `NAME` or `NAME:TOKEN_FILE` (one accepted token a line).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RealmArg {
+    pub name: String,
+    pub token_file: Option<PathBuf>,
+}
+
+impl std::str::FromStr for RealmArg {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, file) = match s.split_once(':') {
+            Some((name, file)) if !file.is_empty() => (name, Some(PathBuf::from(file))),
+            Some(_) => return Err(format!("realm {s:?}: empty token file after ':'")),
+            None => (s, None),
+        };
+        if !meshgate_shard::names::is_valid_realm(name.as_bytes()) {
+            return Err(format!(
+                "invalid realm name {name:?}: lowercase letters, digits, '.', '-', '_', non-empty segments, at most 255 bytes"
+            ));
+        }
+        Ok(RealmArg {
+            name: name.to_owned(),
+            token_file: file,
+        })
+    }
+}
+
+/// Parses `250ms`, `5s`, `2m`, `1h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration like 250ms, 5s or 2m: {e}"))
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// UDP address to serve QUIC on.
+    #[arg(long, default_value = "127.0.0.1:9443")]
+    pub listen: SocketAddr,
+    /// Shards (cores) to run, one pinned thread each [default: all available CPUs].
+    #[arg(long)]
+    pub shards: Option<u16>,
+    /// Certificate chain (PEM). Without --cert/--key a self-signed certificate is made at start.
+    #[arg(long, requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Private key (PEM) of --cert.
+    #[arg(long, requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// A realm to serve, NAME or NAME:TOKEN_FILE; repeatable [default: macula.default].
+    #[arg(long = "realm", value_name = "NAME[:TOKEN_FILE]")]
+    pub realms: Vec<RealmArg>,
+    /// TCP address of the health and metrics endpoint.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub health_listen: SocketAddr,
+    /// Sessions in the whole gateway.
+    #[arg(long, default_value_t = 10_000)]
+    pub max_clients: usize,
+    /// Connections in the handshake or waiting for CONNECT, beyond which new ones are refused.
+    #[arg(long, default_value_t = 1_000)]
+    pub max_handshakes: usize,
+    /// Largest frame payload accepted, in bytes.
+    #[arg(long, default_value_t = 1_048_576)]
+    pub max_frame: u32,
+    /// Patterns per session.
+    #[arg(long, default_value_t = 1_000)]
+    pub max_subscriptions: usize,
+    /// Procedures per session.
+    #[arg(long, default_value_t = 1_000)]
+    pub max_registrations: usize,
+    /// Calls in flight in the whole gateway.
+    #[arg(long, default_value_t = 100_000)]
+    pub max_pending_calls: usize,
+    /// Bytes queued to one session before PUBLISH frames to it are dropped.
+    #[arg(long, default_value_t = 4_194_304)]
+    pub max_output: usize,
+    /// Messages queued from one shard to another before data messages are shed.
+    #[arg(long, default_value_t = 65_536)]
+    pub max_shard_backlog: usize,
+    /// Deadline of a CALL that gives none.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub call_timeout: Duration,
+    /// Cap on the deadline a CALL asks for.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub max_call_timeout: Duration,
+    /// Lifetime of a registration after its last REGISTER_PROCEDURE (cap on its `ttl`).
+    #[arg(long, default_value = "300s", value_parser = parse_duration)]
+    pub service_ttl: Duration,
+    /// How often expired registrations are removed.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub prune_interval: Duration,
+    /// How long a session may stay over --max-output before it is disconnected.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub slow_consumer_timeout: Duration,
+    /// How long a connection may wait before sending CONNECT.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub connect_timeout: Duration,
+    /// QUIC idle timeout.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_serve_flag_has_its_documented_default() {
+        let cli = Cli::try_parse_from(["meshgate", "serve"]).unwrap();
+        let Command::Serve(a) = cli.command;
+        assert_eq!(a.listen, "127.0.0.1:9443".parse().unwrap());
+        assert_eq!(a.health_listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(
+            (a.max_clients, a.max_handshakes, a.max_frame),
+            (10_000, 1_000, 1_048_576)
+        );
+        assert_eq!(
+            (
+                a.max_subscriptions,
+                a.max_registrations,
+                a.max_pending_calls
+            ),
+            (1_000, 1_000, 100_000)
+        );
+        assert_eq!(a.max_output, 4_194_304);
+        assert_eq!(a.call_timeout, Duration::from_secs(5));
+        assert_eq!(a.max_call_timeout, Duration::from_secs(60));
+        assert_eq!(a.service_ttl, Duration::from_secs(300));
+        assert_eq!(a.prune_interval, Duration::from_secs(60));
+        assert_eq!(a.slow_consumer_timeout, Duration::from_secs(10));
+        assert_eq!(a.idle_timeout, Duration::from_secs(60));
+        assert!(a.realms.is_empty() && a.cert.is_none() && a.shards.is_none());
+    }
+
+    #[test]
+    fn durations_take_milliseconds_seconds_and_minutes() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn realms_take_an_optional_token_file_and_refuse_bad_names() {
+        assert_eq!(
+            "a.b".parse::<RealmArg>(),
+            Ok(RealmArg {
+                name: "a.b".into(),
+                token_file: None
+            })
+        );
+        let r: RealmArg = "secure:/etc/tokens".parse().unwrap();
+        assert_eq!(r.token_file, Some(PathBuf::from("/etc/tokens")));
+        assert!("Bad Realm".parse::<RealmArg>().is_err());
+        assert!("a:".parse::<RealmArg>().is_err());
+    }
+
+    #[test]
+    fn a_bad_flag_value_is_an_error_not_a_panic() {
+        assert!(Cli::try_parse_from(["meshgate", "serve", "--call-timeout", "soon"]).is_err());
+        assert!(Cli::try_parse_from(["meshgate", "serve", "--listen", "nowhere"]).is_err());
+        assert!(Cli::try_parse_from(["meshgate", "serve", "--cert", "a.pem"]).is_err());
+    }
+}

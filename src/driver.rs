@@ -1,0 +1,726 @@
+//! One shard's thread: a glommio executor pinned to its core, running a loop that owns the
+//! core's UDP socket, its quiche connections and its [`Shard`].
+//!
+//! # One turn
+//!
+//! Read the clock once; receive a budget of datagram batches (`recvmmsg`) and feed them to
+//! quiche, and the control stream's bytes to the shard; drain a budget of the inbox (messages
+//! from other shards, datagrams forwarded to this shard, requests from the main thread); fire
+//! the due timers of the shard's wheel, QUIC timers included; hand the shard's output to the
+//! streams; send every packet quiche has ready (`sendmmsg`, many per call); move the shard's
+//! outbox to the other shards' channels; then sleep.
+//!
+//! # Sleeping and waking
+//!
+//! A shard sleeps until the earliest of: its socket becomes readable (a one-byte `MSG_PEEK`
+//! through glommio's io_uring), the next deadline of its wheel (a glommio timer), or its
+//! doorbell. The doorbell is an [`AtomicWaker`] per shard: before sleeping a shard registers
+//! its waker and checks its inbox once more; a sender pushes to the bounded crossbeam channel
+//! and then wakes the doorbell, which crosses threads through glommio's foreign-wake path.
+//! A busy shard has no waker registered, so waking it costs the sender nothing. An idle
+//! gateway therefore uses no CPU, and a message to an idle shard is handled at once.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::sync::atomic::{fence, Ordering};
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use ahash::AHashMap;
+use atomic_waker::AtomicWaker;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use futures_lite::future::poll_fn;
+use glommio::net::UdpSocket;
+use glommio::timer::Timer;
+use meshgate_shard::router::ShardMsg;
+use meshgate_shard::wheel::TimerKey;
+use meshgate_shard::wire::Reason;
+use meshgate_shard::{Event, SessionKey, Shard, ShardId, Time};
+use slab::Slab;
+
+use crate::health::ShardReport;
+use crate::net::{BatchRx, BatchTx, BATCH};
+
+/// Length of the connection IDs the gateway chooses; byte 0 is the owning shard.
+pub const CID_LEN: usize = 16;
+type Cid = [u8; CID_LEN];
+
+/// The one bidirectional stream a client opens.
+const CONTROL_STREAM: u64 = 0;
+/// Datagram batches received per turn before other work gets its turn.
+const RX_BATCHES_PER_TURN: usize = 8;
+/// Inbox messages handled per turn.
+const INBOX_PER_TURN: usize = 1024;
+/// How long a stopping shard waits for its connections to close.
+const STOP_GRACE: Duration = Duration::from_millis(1500);
+
+/// What travels on a shard's inbox.
+pub struct Envelope {
+    pub from: ShardId,
+    pub body: Body,
+}
+
+pub enum Body {
+    /// A message of the shard protocol.
+    Shard(ShardMsg),
+    /// A datagram that reached another shard's socket but belongs to a connection here.
+    Datagram { data: Box<[u8]>, from: SocketAddr },
+    /// A request for this shard's metrics.
+    Report(std::sync::mpsc::SyncSender<ShardReport>),
+    /// End every session and stop.
+    Shutdown,
+}
+
+/// The channels and doorbells of every shard, shared by all threads.
+pub struct Shared {
+    inboxes: Vec<Sender<Envelope>>,
+    bells: Vec<AtomicWaker>,
+}
+
+impl Shared {
+    /// Bounded inboxes of `capacity` messages, one per shard.
+    pub fn new(shards: usize, capacity: usize) -> (Arc<Shared>, Vec<Receiver<Envelope>>) {
+        let (inboxes, receivers) = (0..shards)
+            .map(|_| crossbeam_channel::bounded(capacity))
+            .unzip();
+        let bells = (0..shards).map(|_| AtomicWaker::new()).collect();
+        (Arc::new(Shared { inboxes, bells }), receivers)
+    }
+
+    /// Queues an envelope for shard `to` and wakes it; gives the envelope back when the inbox
+    /// is full.
+    pub fn post(&self, to: ShardId, envelope: Envelope) -> Result<(), Envelope> {
+        self.try_push(to, envelope)?;
+        self.wake(to);
+        Ok(())
+    }
+
+    fn try_push(&self, to: ShardId, envelope: Envelope) -> Result<(), Envelope> {
+        match self.inboxes[to.index()].try_send(envelope) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(e) | TrySendError::Disconnected(e)) => Err(e),
+        }
+    }
+
+    fn wake(&self, to: ShardId) {
+        // Pairs with the fence between registering the waker and the last inbox check.
+        fence(Ordering::SeqCst);
+        self.bells[to.index()].wake();
+    }
+}
+
+/// Everything a shard's thread starts with.
+pub struct ShardStart {
+    pub shard: Shard,
+    pub socket: socket2::Socket,
+    pub quic: quiche::Config,
+    pub inbox: Receiver<Envelope>,
+    pub shared: Arc<Shared>,
+    /// This shard's share of `--max-handshakes`.
+    pub max_handshakes: usize,
+    /// The clock origin the shard's `Time` counts from.
+    pub origin: Instant,
+    /// Told once the loop runs.
+    pub ready: std::sync::mpsc::Sender<ShardId>,
+}
+
+struct Conn {
+    q: quiche::Connection,
+    scid: Cid,
+    /// The connection ID the client chose for its first packets.
+    odcid: Vec<u8>,
+    session: Option<SessionKey>,
+    timer: Option<TimerKey>,
+    /// The shard ended the session: close once its last output is sent.
+    close_after_flush: Option<Reason>,
+    /// In the `dirty` list.
+    dirty: bool,
+    /// Output is waiting for stream capacity.
+    blocked: bool,
+}
+
+struct Driver {
+    id: ShardId,
+    shards: u16,
+    shard: Shard,
+    quic: quiche::Config,
+    local: SocketAddr,
+    conns: Slab<Conn>,
+    by_cid: AHashMap<Cid, usize>,
+    by_odcid: AHashMap<Vec<u8>, usize>,
+    /// The connection of each session, indexed by `SessionKey::index`.
+    by_session: Vec<Option<usize>>,
+    handshakes: usize,
+    max_handshakes: usize,
+    dirty: Vec<usize>,
+    blocked: Vec<usize>,
+    shared: Arc<Shared>,
+    origin: Instant,
+    scratch: Box<[u8]>,
+    stop_by: Option<Instant>,
+    refused_handshakes: u64,
+}
+
+/// Runs a shard until it is told to stop and its connections are closed.
+pub async fn run(start: ShardStart) {
+    // SAFETY: the descriptor comes from a socket this function owns from now on.
+    let socket = Rc::new(unsafe { UdpSocket::from_raw_fd(start.socket.into_raw_fd()) });
+    let fd = socket.as_raw_fd();
+    let local = match socket.local_addr() {
+        Ok(a) => a,
+        Err(e) => {
+            log::error!("shard {}: socket has no address: {e}", start.shard.id().0);
+            return;
+        }
+    };
+    let id = start.shard.id();
+    let mut d = Driver {
+        id,
+        shards: start.shard.config().shards,
+        shard: start.shard,
+        quic: start.quic,
+        local,
+        conns: Slab::new(),
+        by_cid: AHashMap::new(),
+        by_odcid: AHashMap::new(),
+        by_session: Vec::new(),
+        handshakes: 0,
+        max_handshakes: start.max_handshakes,
+        dirty: Vec::new(),
+        blocked: Vec::new(),
+        shared: start.shared,
+        origin: start.origin,
+        scratch: vec![0u8; 64 * 1024].into_boxed_slice(),
+        stop_by: None,
+        refused_handshakes: 0,
+    };
+    let inbox = start.inbox;
+    let _ = start.ready.send(id);
+
+    let mut rx = BatchRx::new();
+    let mut tx = BatchTx::new();
+    let mut readable: Option<Pin<Box<dyn Future<Output = ()>>>> = None;
+
+    loop {
+        let now_instant = Instant::now();
+        let now = d.time(now_instant);
+        let mut more = false;
+
+        // Datagrams.
+        for turn in 0..RX_BATCHES_PER_TURN {
+            let n = match rx.recv(fd) {
+                Ok(n) => n,
+                Err(e) => {
+                    log::warn!("shard {}: recvmmsg: {e}", id.0);
+                    0
+                }
+            };
+            for i in 0..n {
+                let (buf, from) = rx.get(i);
+                if let Some(from) = from {
+                    d.on_datagram(now, buf, from, false, &mut tx);
+                }
+            }
+            if n < BATCH {
+                break;
+            }
+            more |= turn + 1 == RX_BATCHES_PER_TURN;
+        }
+
+        // Inbox.
+        for _ in 0..INBOX_PER_TURN {
+            match inbox.try_recv() {
+                Ok(envelope) => d.on_envelope(now, now_instant, envelope, &mut tx),
+                Err(_) => break,
+            }
+        }
+        more |= !inbox.is_empty();
+
+        // Timers, then everything they and the input produced.
+        d.shard.handle_timeout(now);
+        while let Some(token) = d.shard.poll_driver_timer() {
+            if let Some(c) = d.conns.get_mut(token as usize) {
+                c.timer = None;
+                c.q.on_timeout();
+                d.mark_dirty(token as usize);
+            }
+        }
+        d.pump_output(now);
+        d.flush_connections(now, &socket, &mut tx).await;
+        flush(&mut tx, &socket).await;
+        d.flush_outbox();
+        d.log_events();
+
+        if let Some(stop_by) = d.stop_by {
+            if d.conns.is_empty() || now_instant >= stop_by {
+                break;
+            }
+        }
+        if more {
+            glommio::yield_if_needed().await;
+            continue;
+        }
+
+        // Sleep until a datagram, a message or the next deadline.
+        let deadline = d
+            .shard
+            .next_deadline()
+            .map(|t| d.origin + Duration::from_millis(t.as_millis()));
+        let deadline = match (deadline, d.stop_by) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let mut timer = deadline.map(|at| Timer::new(at.saturating_duration_since(Instant::now())));
+        if readable.is_none() {
+            let s = socket.clone();
+            readable = Some(Box::pin(async move {
+                let mut b = [0u8; 1];
+                let _ = s.peek_from(&mut b).await;
+            }));
+        }
+        let bell = &d.shared.bells[id.index()];
+        poll_fn(|cx| {
+            if let Some(r) = readable.as_mut() {
+                if r.as_mut().poll(cx).is_ready() {
+                    readable = None;
+                    return Poll::Ready(());
+                }
+            }
+            bell.register(cx.waker());
+            fence(Ordering::SeqCst);
+            if !inbox.is_empty() {
+                return Poll::Ready(());
+            }
+            if let Some(t) = timer.as_mut() {
+                if Pin::new(t).poll(cx).is_ready() {
+                    return Poll::Ready(());
+                }
+            }
+            Poll::Pending
+        })
+        .await;
+        bell.take();
+    }
+    log::debug!("shard {} stopped", id.0);
+}
+
+/// Sends every queued datagram; when the socket is full, waits for room by sending one through
+/// glommio (which parks until the socket is writable).
+async fn flush(tx: &mut BatchTx, socket: &UdpSocket) {
+    loop {
+        match tx.flush(socket.as_raw_fd()) {
+            Ok(true) => return,
+            Ok(false) => {
+                let Some((packet, to)) = tx.first() else {
+                    return;
+                };
+                let packet = packet.to_vec();
+                let _ = socket.send_to(&packet, to).await;
+                tx.drop_front(1);
+            }
+            Err(e) => {
+                log::warn!("sendmmsg: {e}");
+                return;
+            }
+        }
+    }
+}
+
+impl Driver {
+    /// The shard's time of an instant: milliseconds since the origin, rounded up so that a
+    /// timer never fires early.
+    fn time(&self, at: Instant) -> Time {
+        time_since(self.origin, at)
+    }
+
+    fn mark_dirty(&mut self, idx: usize) {
+        if let Some(c) = self.conns.get_mut(idx) {
+            if !c.dirty {
+                c.dirty = true;
+                self.dirty.push(idx);
+            }
+        }
+    }
+
+    fn on_envelope(
+        &mut self,
+        now: Time,
+        now_instant: Instant,
+        envelope: Envelope,
+        tx: &mut BatchTx,
+    ) {
+        match envelope.body {
+            Body::Shard(msg) => self.shard.handle_shard_message(now, envelope.from, msg),
+            Body::Datagram { mut data, from } => self.on_datagram(now, &mut data, from, true, tx),
+            Body::Report(reply) => {
+                let metrics = self.shard.metrics();
+                let report = ShardReport {
+                    shard: self.id.0,
+                    handshakes: self.handshakes as u64 + metrics.awaiting_connect,
+                    peers: 0,
+                    refused_handshakes: self.refused_handshakes,
+                    metrics,
+                };
+                let _ = reply.try_send(report);
+            }
+            Body::Shutdown => {
+                if self.stop_by.is_none() {
+                    self.stop_by = Some(now_instant + STOP_GRACE);
+                    self.shard.shutdown(now);
+                    let idle: Vec<usize> = self
+                        .conns
+                        .iter()
+                        .filter(|(_, c)| c.session.is_none())
+                        .map(|(i, _)| i)
+                        .collect();
+                    for idx in idle {
+                        if let Some(c) = self.conns.get_mut(idx) {
+                            let _ = c.q.close(false, 0x0, b"shutting down");
+                        }
+                        self.mark_dirty(idx);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_datagram(
+        &mut self,
+        now: Time,
+        buf: &mut [u8],
+        from: SocketAddr,
+        forwarded: bool,
+        tx: &mut BatchTx,
+    ) {
+        let Ok(hdr) = quiche::Header::from_slice(buf, CID_LEN) else {
+            return;
+        };
+        let dcid: &[u8] = &hdr.dcid;
+        let known = <&Cid>::try_from(dcid)
+            .ok()
+            .and_then(|c| self.by_cid.get(c))
+            .or_else(|| self.by_odcid.get(dcid));
+        let idx = match known {
+            Some(&idx) => idx,
+            None => {
+                if hdr.ty != quiche::Type::Initial {
+                    // A connection ID the gateway chose names its shard in byte 0.
+                    if dcid.len() == CID_LEN && !forwarded {
+                        let owner = ShardId(u16::from(dcid[0]));
+                        if owner != self.id && owner.0 < self.shards {
+                            let body = Body::Datagram {
+                                data: buf.into(),
+                                from,
+                            };
+                            let _ = self.shared.post(
+                                owner,
+                                Envelope {
+                                    from: self.id,
+                                    body,
+                                },
+                            );
+                        }
+                    }
+                    return;
+                }
+                match self.accept(&hdr, from, tx) {
+                    Some(idx) => idx,
+                    None => return,
+                }
+            }
+        };
+        let local = self.local;
+        let Some(c) = self.conns.get_mut(idx) else {
+            return;
+        };
+        if c.q.recv(buf, quiche::RecvInfo { from, to: local }).is_err() {
+            // Undecryptable or stray packets are dropped; a fatal error closes the connection,
+            // which the flush that follows notices.
+        }
+        if c.session.is_none() && c.q.is_established() {
+            let key = self.shard.handle_session_open(now);
+            self.handshakes = self.handshakes.saturating_sub(1);
+            c.session = Some(key);
+            if self.by_session.len() <= key.index() {
+                self.by_session.resize(key.index() + 1, None);
+            }
+            self.by_session[key.index()] = Some(idx);
+        }
+        if let Some(key) = c.session {
+            for stream in c.q.readable() {
+                if stream != CONTROL_STREAM {
+                    let _ = c.q.stream_shutdown(stream, quiche::Shutdown::Read, 0);
+                    continue;
+                }
+                while let Ok((n, _fin)) = c.q.stream_recv(stream, &mut self.scratch) {
+                    self.shard.handle_stream_data(now, key, &self.scratch[..n]);
+                }
+            }
+        }
+        self.mark_dirty(idx);
+    }
+
+    /// A new connection, unless the shard is stopping or has too many handshakes.
+    fn accept(
+        &mut self,
+        hdr: &quiche::Header<'_>,
+        from: SocketAddr,
+        tx: &mut BatchTx,
+    ) -> Option<usize> {
+        if self.stop_by.is_some() {
+            return None;
+        }
+        if !quiche::version_is_supported(hdr.version) {
+            if !tx.is_full() {
+                if let Ok(len) = quiche::negotiate_version(&hdr.scid, &hdr.dcid, tx.next_slot()) {
+                    tx.commit(len, from);
+                }
+            }
+            return None;
+        }
+        if self.handshakes >= self.max_handshakes {
+            self.refused_handshakes += 1;
+            if let Some(len) = crate::refuse::connection_refused(hdr, tx.next_slot()) {
+                tx.commit(len, from);
+            }
+            return None;
+        }
+        let mut scid: Cid = [0; CID_LEN];
+        if getrandom::getrandom(&mut scid).is_err() {
+            return None;
+        }
+        scid[0] = self.id.0 as u8;
+        let q = match quiche::accept(
+            &quiche::ConnectionId::from_ref(&scid),
+            None,
+            self.local,
+            from,
+            &mut self.quic,
+        ) {
+            Ok(q) => q,
+            Err(e) => {
+                log::debug!("shard {}: accept failed: {e}", self.id.0);
+                return None;
+            }
+        };
+        let idx = self.conns.insert(Conn {
+            q,
+            scid,
+            odcid: hdr.dcid.to_vec(),
+            session: None,
+            timer: None,
+            close_after_flush: None,
+            dirty: false,
+            blocked: false,
+        });
+        self.by_cid.insert(scid, idx);
+        self.by_odcid.insert(hdr.dcid.to_vec(), idx);
+        self.handshakes += 1;
+        Some(idx)
+    }
+
+    /// Hands the shard's output to the streams, and notes the sessions it ended.
+    fn pump_output(&mut self, now: Time) {
+        let blocked = std::mem::take(&mut self.blocked);
+        for idx in blocked {
+            if let Some(key) = self.conns.get_mut(idx).and_then(|c| {
+                c.blocked = false;
+                c.session
+            }) {
+                self.write_output(key);
+            }
+        }
+        while let Some(key) = self.shard.poll_ready() {
+            self.write_output(key);
+        }
+        while let Some((key, reason)) = self.shard.poll_close() {
+            match self.conn_of(key) {
+                Some(idx) => {
+                    self.conns[idx].close_after_flush = Some(reason);
+                    self.mark_dirty(idx);
+                }
+                None => self.shard.handle_session_closed(now, key),
+            }
+        }
+    }
+
+    fn conn_of(&self, key: SessionKey) -> Option<usize> {
+        let idx = (*self.by_session.get(key.index())?)?;
+        (self.conns.get(idx)?.session == Some(key)).then_some(idx)
+    }
+
+    fn write_output(&mut self, key: SessionKey) {
+        let Some(idx) = self.conn_of(key) else { return };
+        let c = &mut self.conns[idx];
+        let out = self.shard.output(key);
+        if out.is_empty() {
+            return;
+        }
+        let len = out.len();
+        match c.q.stream_send(CONTROL_STREAM, out, false) {
+            Ok(n) => {
+                self.shard.consume_output(key, n);
+                if n < len && !c.blocked {
+                    c.blocked = true;
+                    self.blocked.push(idx);
+                }
+            }
+            Err(quiche::Error::Done) => {
+                if !c.blocked {
+                    c.blocked = true;
+                    self.blocked.push(idx);
+                }
+            }
+            Err(e) => {
+                log::debug!("shard {}: stream_send: {e}", self.id.0);
+                let _ = c.q.close(false, 0x1, b"stream error");
+            }
+        }
+        self.mark_dirty(idx);
+    }
+
+    /// Sends what every touched connection has ready, re-arms its timer, and removes the ones
+    /// that closed.
+    async fn flush_connections(&mut self, now: Time, socket: &UdpSocket, tx: &mut BatchTx) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for &idx in &dirty {
+            let Some(c) = self.conns.get_mut(idx) else {
+                continue;
+            };
+            c.dirty = false;
+            send_ready(&mut c.q, tx, socket).await;
+            if let Some(reason) = c.close_after_flush {
+                let drained = c
+                    .session
+                    .is_none_or(|key| self.shard.output(key).is_empty());
+                let c = &mut self.conns[idx];
+                if (drained || self.stop_by.is_some_and(|s| Instant::now() >= s))
+                    && !c.q.is_closed()
+                {
+                    let _ =
+                        c.q.close(true, reason.close_code(), reason.as_str().as_bytes());
+                    c.close_after_flush = None;
+                    send_ready(&mut c.q, tx, socket).await;
+                }
+            }
+            let c = &mut self.conns[idx];
+            if c.q.is_closed() {
+                self.remove(now, idx);
+                continue;
+            }
+            match c.q.timeout_instant() {
+                Some(at) => {
+                    let at = time_since(self.origin, at);
+                    match c.timer {
+                        Some(key) if self.shard.reschedule(key, at) => {}
+                        _ => c.timer = Some(self.shard.schedule(at, idx as u64)),
+                    }
+                }
+                None => {
+                    if let Some(key) = c.timer.take() {
+                        self.shard.unschedule(key);
+                    }
+                }
+            }
+        }
+        // Keep the list's allocation for the next turn.
+        let mut dirty = dirty;
+        dirty.clear();
+        if self.dirty.is_empty() {
+            self.dirty = dirty;
+        }
+    }
+
+    fn remove(&mut self, now: Time, idx: usize) {
+        let c = self.conns.remove(idx);
+        self.by_cid.remove(&c.scid);
+        self.by_odcid.remove(&c.odcid);
+        if let Some(key) = c.timer {
+            self.shard.unschedule(key);
+        }
+        match c.session {
+            Some(key) => {
+                if let Some(slot) = self.by_session.get_mut(key.index()) {
+                    *slot = None;
+                }
+                self.shard.handle_session_closed(now, key);
+            }
+            None => self.handshakes = self.handshakes.saturating_sub(1),
+        }
+    }
+
+    /// Moves the shard's outbox to the other shards' inboxes, in order, leaving what does not
+    /// fit for the next turn; wakes each shard that got something.
+    fn flush_outbox(&mut self) {
+        for to in 0..self.shards {
+            let to = ShardId(to);
+            if to == self.id {
+                continue;
+            }
+            let mut sent = false;
+            let outbox = self.shard.outbox(to);
+            while let Some(msg) = outbox.pop_front() {
+                match self.shared.try_push(
+                    to,
+                    Envelope {
+                        from: self.id,
+                        body: Body::Shard(msg),
+                    },
+                ) {
+                    Ok(()) => sent = true,
+                    Err(Envelope {
+                        body: Body::Shard(msg),
+                        ..
+                    }) => {
+                        outbox.push_front(msg);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            if sent {
+                self.shared.wake(to);
+            }
+        }
+    }
+
+    fn log_events(&mut self) {
+        while let Some(event) = self.shard.poll_event() {
+            match event {
+                Event::Pruned { removed } => log::info!(
+                    "shard {}: removed {removed} expired registrations",
+                    self.id.0
+                ),
+                Event::Refused { reason } => crate::ratelog::refused(self.id, reason),
+            }
+        }
+    }
+}
+
+/// Milliseconds from `origin` to `at`, rounded up so that a timer never fires early.
+fn time_since(origin: Instant, at: Instant) -> Time {
+    let d = at.saturating_duration_since(origin);
+    Time::from_millis(d.as_millis() as u64 + u64::from(!d.subsec_nanos().is_multiple_of(1_000_000)))
+}
+
+/// Writes every packet a connection has ready into the batch, sending full batches.
+async fn send_ready(q: &mut quiche::Connection, tx: &mut BatchTx, socket: &UdpSocket) {
+    loop {
+        if tx.is_full() {
+            flush(tx, socket).await;
+        }
+        match q.send(tx.next_slot()) {
+            Ok((len, info)) => tx.commit(len, info.to),
+            Err(quiche::Error::Done) => return,
+            Err(e) => {
+                log::debug!("quiche send: {e}");
+                let _ = q.close(false, 0x1, b"internal error");
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,421 @@
+//! `meshgate serve`: checks the machine, binds the sockets, starts one pinned executor per
+//! shard and the health endpoint, and stops them all in order on SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use glommio::{LocalExecutorBuilder, Placement};
+use meshgate_shard::{Config, Limits, NodeId, RealmConfig, Shard, ShardId, Time};
+
+use crate::cli::ServeArgs;
+use crate::driver::{Body, Envelope, ShardStart, Shared};
+use crate::health::{HealthSource, ShardReport};
+use crate::tls::Identity;
+
+/// io_uring registered-buffer memory per executor. The gateway does no file IO, and glommio's
+/// socket operations fall back to the heap when this pool is exhausted, so a small pool does.
+const IO_MEMORY: usize = 256 << 10;
+/// io_uring submission queue entries per ring.
+const RING_DEPTH: usize = 128;
+/// Locked memory one executor needs: its rings and its registered buffers, with headroom.
+const MEMLOCK_PER_SHARD: u64 = 1 << 20;
+/// Messages an inbox holds before senders keep them in their outboxes.
+const INBOX_CAPACITY: usize = 65_536;
+
+/// Why the gateway could not start: one line for the operator, with the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(String),
+    #[error("certificate: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error(
+        "io_uring is not available ({0}); meshgate's executors need it: use Linux 5.8 or later, and inside a container allow the io_uring_setup/io_uring_enter/io_uring_register syscalls (seccomp profile) or run with --security-opt seccomp=unconfined"
+    )]
+    IoUring(std::io::Error),
+    #[error(
+        "the locked-memory limit is {have} KiB, but {shards} shards need about {need} KiB: raise it (ulimit -l {need}, or LimitMEMLOCK= in a systemd unit) or run fewer --shards"
+    )]
+    MemLock { have: u64, need: u64, shards: u16 },
+    #[error("cannot bind UDP {addr}: {source}")]
+    BindUdp {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot bind the health endpoint on TCP {addr}: {source}")]
+    BindHealth {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("shard {shard} failed to start: {message}")]
+    Shard { shard: u16, message: String },
+}
+
+/// Runs the gateway until a signal stops it.
+pub fn serve(args: ServeArgs) -> Result<(), StartError> {
+    // The cores this process may run on (respecting taskset and cgroup cpusets); shard i is
+    // pinned to the i-th of them.
+    let cores: Vec<usize> = core_affinity::get_core_ids()
+        .map(|ids| ids.into_iter().map(|c| c.id).collect())
+        .filter(|ids: &Vec<usize>| !ids.is_empty())
+        .unwrap_or_else(|| {
+            (0..std::thread::available_parallelism().map_or(1, |n| n.get())).collect()
+        });
+    let shards = args.shards.unwrap_or(
+        u16::try_from(cores.len())
+            .unwrap_or(u16::MAX)
+            .min(meshgate_shard::router::MAX_SHARDS),
+    );
+    let realms = realms(&args)?;
+    let limits = Limits {
+        max_clients: args.max_clients,
+        max_frame: args.max_frame,
+        max_subscriptions: args.max_subscriptions,
+        max_registrations: args.max_registrations,
+        max_pending_calls: args.max_pending_calls,
+        max_output: args.max_output,
+        max_shard_backlog: args.max_shard_backlog,
+        call_timeout: args.call_timeout,
+        max_call_timeout: args.max_call_timeout,
+        service_ttl: args.service_ttl,
+        prune_interval: args.prune_interval,
+        slow_consumer_timeout: args.slow_consumer_timeout,
+        connect_timeout: args.connect_timeout,
+    };
+    let mut node = [0u8; 32];
+    getrandom::getrandom(&mut node)
+        .map_err(|e| StartError::Config(format!("no randomness: {e}")))?;
+    let configs: Vec<Config> = (0..shards)
+        .map(|i| Config {
+            shard: ShardId(i),
+            shards,
+            node_id: NodeId(node),
+            realms: realms.clone(),
+            limits: limits.clone(),
+            wall_clock_offset_ms: 0,
+        })
+        .collect();
+    if let Some(c) = configs.first() {
+        c.validate()
+            .map_err(|e| StartError::Config(e.to_string()))?;
+    } else {
+        return Err(StartError::Config("--shards must be at least 1".into()));
+    }
+    if args.max_handshakes == 0 {
+        return Err(StartError::Config(
+            "--max-handshakes must be at least 1".into(),
+        ));
+    }
+
+    check_io_uring()?;
+    let need = MEMLOCK_PER_SHARD * u64::from(shards);
+    let have = crate::net::memlock_limit();
+    if have < need {
+        return Err(StartError::MemLock {
+            have: have / 1024,
+            need: need / 1024,
+            shards,
+        });
+    }
+
+    let identity = match (&args.cert, &args.key) {
+        (Some(cert), Some(key)) => crate::tls::load(cert, key)?,
+        _ => crate::tls::self_signed()?,
+    };
+
+    // Every socket is bound before any executor runs, so the SO_REUSEPORT group is complete.
+    let mut sockets = Vec::with_capacity(usize::from(shards));
+    let first = crate::net::reuseport_udp(args.listen).map_err(|source| StartError::BindUdp {
+        addr: args.listen,
+        source,
+    })?;
+    let addr = first
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .unwrap_or(args.listen);
+    sockets.push(first);
+    for _ in 1..shards {
+        sockets.push(
+            crate::net::reuseport_udp(addr)
+                .map_err(|source| StartError::BindUdp { addr, source })?,
+        );
+    }
+    let health =
+        crate::health::bind(args.health_listen).map_err(|source| StartError::BindHealth {
+            addr: args.health_listen,
+            source,
+        })?;
+    let health_addr = health.local_addr().unwrap_or(args.health_listen);
+
+    let signals = block_stop_signals();
+    let origin = Instant::now();
+    let wall_offset = wall_clock_ms() as i64;
+    let (shared, inboxes) = Shared::new(usize::from(shards), INBOX_CAPACITY);
+    let mut handles = Vec::new();
+    let mut readies = Vec::new();
+    for ((mut config, socket), inbox) in configs.into_iter().zip(sockets).zip(inboxes) {
+        let id = config.shard;
+        config.wall_clock_offset_ms = wall_offset;
+        let quic = quic_config(&identity, &args)?;
+        let shard = Shard::new(config, Time::ZERO);
+        let (ready, ready_rx) = std::sync::mpsc::channel();
+        readies.push(ready_rx);
+        let start = ShardStart {
+            shard,
+            socket,
+            quic,
+            inbox,
+            shared: shared.clone(),
+            max_handshakes: Limits::share(args.max_handshakes, shards, id).max(1),
+            origin,
+            ready,
+        };
+        let cpu = cores[usize::from(id.0) % cores.len()];
+        let handle = LocalExecutorBuilder::new(Placement::Fixed(cpu))
+            .name(&format!("meshgate-shard-{}", id.0))
+            .io_memory(IO_MEMORY)
+            .ring_depth(RING_DEPTH)
+            .spawn(move || crate::driver::run(start))
+            .map_err(|e| StartError::Shard {
+                shard: id.0,
+                message: e.to_string(),
+            })?;
+        handles.push(handle);
+    }
+    for (i, ready) in readies.iter().enumerate() {
+        if ready.recv_timeout(Duration::from_secs(10)).is_err() {
+            let message = match handles.remove(i).join() {
+                Err(e) => e.to_string(),
+                Ok(()) => "stopped before serving".into(),
+            };
+            return Err(StartError::Shard {
+                shard: i as u16,
+                message,
+            });
+        }
+    }
+
+    let ready = Arc::new(AtomicBool::new(true));
+    let stop_health = Arc::new(AtomicBool::new(false));
+    let source = Arc::new(Reports {
+        shared: shared.clone(),
+        shards,
+        ready: ready.clone(),
+    });
+    let health_thread = {
+        let stop = stop_health.clone();
+        std::thread::Builder::new()
+            .name("meshgate-health".into())
+            .spawn(move || crate::health::serve(health, source, stop))
+            .map_err(|e| StartError::Config(format!("cannot start the health thread: {e}")))?
+    };
+
+    let realm_names: Vec<String> = realms
+        .iter()
+        .map(|r| {
+            let name = String::from_utf8_lossy(&r.name).into_owned();
+            if r.tokens.is_empty() {
+                name
+            } else {
+                format!("{name} (token)")
+            }
+        })
+        .collect();
+    log::info!(
+        "meshgate listening on quic://{addr} (ALPN macula), {shards} shards, realms [{}], health http://{health_addr}, certificate sha256 {}{}",
+        realm_names.join(", "),
+        identity.fingerprint,
+        if identity.self_signed { " (self-signed)" } else { "" }
+    );
+
+    let signal = wait_stop_signal(&signals);
+    log::info!("signal {signal}: stopping");
+    ready.store(false, Ordering::Relaxed);
+    for i in 0..shards {
+        let mut envelope = Envelope {
+            from: ShardId(i),
+            body: Body::Shutdown,
+        };
+        let deadline = Instant::now() + Duration::from_millis(200);
+        while let Err(back) = shared.post(ShardId(i), envelope) {
+            if Instant::now() >= deadline {
+                break;
+            }
+            envelope = back;
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    for handle in handles {
+        let _ = handle.join();
+    }
+    stop_health.store(true, Ordering::Relaxed);
+    let _ = health_thread.join();
+    drop(identity);
+    log::info!("stopped");
+    Ok(())
+}
+
+fn realms(args: &ServeArgs) -> Result<Vec<RealmConfig>, StartError> {
+    if args.realms.is_empty() {
+        return Ok(vec![RealmConfig {
+            name: b"macula.default".to_vec().into(),
+            tokens: Vec::new(),
+        }]);
+    }
+    args.realms
+        .iter()
+        .map(|r| {
+            let tokens = match &r.token_file {
+                None => Vec::new(),
+                Some(path) => {
+                    let text = std::fs::read_to_string(path).map_err(|e| {
+                        StartError::Config(format!(
+                            "realm {}: cannot read token file {}: {e}",
+                            r.name,
+                            path.display()
+                        ))
+                    })?;
+                    let tokens: Vec<Box<[u8]>> = text
+                        .lines()
+                        .map(str::trim)
+                        .filter(|l| !l.is_empty())
+                        .map(|l| l.as_bytes().to_vec().into_boxed_slice())
+                        .collect();
+                    if tokens.is_empty() {
+                        return Err(StartError::Config(format!(
+                            "realm {}: token file {} holds no token",
+                            r.name,
+                            path.display()
+                        )));
+                    }
+                    tokens
+                }
+            };
+            Ok(RealmConfig {
+                name: r.name.as_bytes().to_vec().into(),
+                tokens,
+            })
+        })
+        .collect()
+}
+
+/// quiche's configuration for one shard.
+fn quic_config(identity: &Identity, args: &ServeArgs) -> Result<quiche::Config, StartError> {
+    let bad = |e: quiche::Error| StartError::Config(format!("QUIC configuration: {e}"));
+    let mut c = quiche::Config::new(quiche::PROTOCOL_VERSION).map_err(bad)?;
+    let cert = identity
+        .cert
+        .to_str()
+        .ok_or_else(|| StartError::Config("certificate path is not UTF-8".into()))?;
+    let key = identity
+        .key
+        .to_str()
+        .ok_or_else(|| StartError::Config("key path is not UTF-8".into()))?;
+    c.load_cert_chain_from_pem_file(cert).map_err(|e| {
+        StartError::Config(format!(
+            "certificate {cert}: not a valid PEM certificate chain ({e})"
+        ))
+    })?;
+    c.load_priv_key_from_pem_file(key)
+        .map_err(|e| StartError::Config(format!("key {key}: not a valid PEM private key ({e})")))?;
+    c.set_application_protos(&[b"macula"]).map_err(bad)?;
+    c.set_max_idle_timeout(u64::try_from(args.idle_timeout.as_millis()).unwrap_or(u64::MAX));
+    c.set_max_recv_udp_payload_size(1350);
+    c.set_max_send_udp_payload_size(1350);
+    c.set_initial_max_data(8 << 20);
+    c.set_initial_max_stream_data_bidi_remote(4 << 20);
+    c.set_initial_max_stream_data_bidi_local(4 << 20);
+    c.set_initial_max_stream_data_uni(0);
+    c.set_initial_max_streams_bidi(4);
+    c.set_initial_max_streams_uni(0);
+    c.set_disable_active_migration(false);
+    Ok(c)
+}
+
+/// Whether the kernel lets this process make an io_uring.
+fn check_io_uring() -> Result<(), StartError> {
+    // SAFETY: io_uring_params is plain data; the syscall only reads and writes it.
+    let mut params: [u8; 120] = [0; 120];
+    // SAFETY: a valid pointer to a zeroed io_uring_params-sized buffer.
+    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 1u32, params.as_mut_ptr()) };
+    if fd < 0 {
+        return Err(StartError::IoUring(std::io::Error::last_os_error()));
+    }
+    // SAFETY: fd is a descriptor the syscall just returned.
+    unsafe { libc::close(fd as i32) };
+    Ok(())
+}
+
+fn wall_clock_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Blocks SIGINT and SIGTERM in this thread and the executors it starts, so that only the main
+/// thread takes them, with `sigwait`.
+fn block_stop_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data initialised by sigemptyset; the calls take valid pointers.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        set
+    }
+}
+
+fn wait_stop_signal(set: &libc::sigset_t) -> i32 {
+    loop {
+        let mut sig: libc::c_int = 0;
+        // SAFETY: valid pointers to a signal set and an int.
+        if unsafe { libc::sigwait(set, &mut sig) } == 0 {
+            return sig;
+        }
+    }
+}
+
+/// The health endpoint's view of the shards: it asks each for a report.
+struct Reports {
+    shared: Arc<Shared>,
+    shards: u16,
+    ready: Arc<AtomicBool>,
+}
+
+impl HealthSource for Reports {
+    fn ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed)
+    }
+
+    fn shards(&self) -> usize {
+        usize::from(self.shards)
+    }
+
+    fn reports(&self) -> Vec<ShardReport> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(usize::from(self.shards));
+        let mut asked = 0;
+        for i in 0..self.shards {
+            let envelope = Envelope {
+                from: ShardId(i),
+                body: Body::Report(tx.clone()),
+            };
+            if self.shared.post(ShardId(i), envelope).is_ok() {
+                asked += 1;
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(1);
+        let mut reports = Vec::with_capacity(asked);
+        while reports.len() < asked {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(r) => reports.push(r),
+                Err(_) => break,
+            }
+        }
+        reports.sort_by_key(|r| r.shard);
+        reports
+    }
+}

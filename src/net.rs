@@ -1,0 +1,229 @@
+//! UDP for the shards: one SO_REUSEPORT socket per core, and batched `recvmmsg`/`sendmmsg` on
+//! its descriptor, so that one wake-up moves many datagrams.
+
+use std::io;
+use std::mem::{size_of, zeroed};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::RawFd;
+
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+/// Bytes per datagram slot: above the largest UDP payload quiche is configured to take.
+pub const SLOT: usize = 1500;
+/// Datagrams per `recvmmsg`/`sendmmsg` call.
+pub const BATCH: usize = 32;
+
+/// A non-blocking UDP socket bound to `addr` with SO_REUSEPORT, so that every shard binds the
+/// same address and the kernel spreads flows among them.
+pub fn reuseport_udp(addr: SocketAddr) -> io::Result<Socket> {
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    // Larger kernel buffers absorb bursts; the kernel caps them at its own maximum.
+    let _ = s.set_recv_buffer_size(4 << 20);
+    let _ = s.set_send_buffer_size(4 << 20);
+    s.bind(&addr.into())?;
+    Ok(s)
+}
+
+fn sockaddr_to_std(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match i32::from(ss.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in.
+            let a = unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6.
+            let a = unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(a.sin6_addr.s6_addr),
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// Receives up to [`BATCH`] datagrams per call into fixed slots.
+pub struct BatchRx {
+    buf: Box<[u8]>,
+    addrs: Box<[libc::sockaddr_storage]>,
+    iov: Box<[libc::iovec]>,
+    hdrs: Box<[libc::mmsghdr]>,
+}
+
+impl BatchRx {
+    pub fn new() -> Self {
+        BatchRx {
+            buf: vec![0u8; SLOT * BATCH].into_boxed_slice(),
+            // SAFETY: these C structs are plain data, valid when zeroed.
+            addrs: (0..BATCH).map(|_| unsafe { zeroed() }).collect(),
+            iov: (0..BATCH).map(|_| unsafe { zeroed() }).collect(),
+            hdrs: (0..BATCH).map(|_| unsafe { zeroed() }).collect(),
+        }
+    }
+
+    /// Datagrams received, 0 when none is waiting.
+    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        for i in 0..BATCH {
+            self.iov[i] = libc::iovec {
+                iov_base: self.buf[i * SLOT..].as_mut_ptr().cast(),
+                iov_len: SLOT,
+            };
+            let h = &mut self.hdrs[i];
+            // SAFETY: msghdr is plain data.
+            h.msg_hdr = unsafe { zeroed() };
+            h.msg_hdr.msg_name = (&mut self.addrs[i] as *mut libc::sockaddr_storage).cast();
+            h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as u32;
+            h.msg_hdr.msg_iov = &mut self.iov[i];
+            h.msg_hdr.msg_iovlen = 1;
+            h.msg_len = 0;
+        }
+        // SAFETY: every header points into buffers owned by self that outlive the call.
+        let n = unsafe {
+            libc::recvmmsg(
+                fd,
+                self.hdrs.as_mut_ptr(),
+                BATCH as u32,
+                libc::MSG_DONTWAIT,
+                std::ptr::null_mut(),
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::WouldBlock {
+                Ok(0)
+            } else {
+                Err(e)
+            };
+        }
+        Ok(n as usize)
+    }
+
+    /// Datagram `i` of the last batch and its sender.
+    pub fn get(&mut self, i: usize) -> (&mut [u8], Option<SocketAddr>) {
+        let len = (self.hdrs[i].msg_len as usize).min(SLOT);
+        let from = sockaddr_to_std(&self.addrs[i]);
+        (&mut self.buf[i * SLOT..i * SLOT + len], from)
+    }
+}
+
+/// Collects outgoing datagrams in fixed slots and sends them with `sendmmsg`.
+pub struct BatchTx {
+    buf: Box<[u8]>,
+    lens: Vec<usize>,
+    dst: Vec<SockAddr>,
+    iov: Box<[libc::iovec]>,
+    hdrs: Box<[libc::mmsghdr]>,
+}
+
+impl BatchTx {
+    pub fn new() -> Self {
+        BatchTx {
+            buf: vec![0u8; SLOT * BATCH].into_boxed_slice(),
+            lens: Vec::with_capacity(BATCH),
+            dst: Vec::with_capacity(BATCH),
+            // SAFETY: these C structs are plain data, valid when zeroed.
+            iov: (0..BATCH).map(|_| unsafe { zeroed() }).collect(),
+            hdrs: (0..BATCH).map(|_| unsafe { zeroed() }).collect(),
+        }
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.lens.len() == BATCH
+    }
+
+    /// The free slot the next datagram is written into.
+    pub fn next_slot(&mut self) -> &mut [u8] {
+        let i = self.lens.len();
+        &mut self.buf[i * SLOT..(i + 1) * SLOT]
+    }
+
+    /// Queues the `len` bytes written into [`Self::next_slot`] for `to`.
+    pub fn commit(&mut self, len: usize, to: SocketAddr) {
+        self.lens.push(len.min(SLOT));
+        self.dst.push(SockAddr::from(to));
+    }
+
+    /// The first queued datagram.
+    pub fn first(&self) -> Option<(&[u8], SocketAddr)> {
+        let to = self.dst.first()?.as_socket()?;
+        Some((&self.buf[..self.lens[0]], to))
+    }
+
+    /// Sends what the kernel takes: `Ok(true)` when the queue is empty, `Ok(false)` when the
+    /// socket is full and datagrams are left.
+    pub fn flush(&mut self, fd: RawFd) -> io::Result<bool> {
+        let mut off = 0;
+        while off < self.lens.len() {
+            let cnt = self.lens.len() - off;
+            for j in 0..cnt {
+                let i = off + j;
+                self.iov[j] = libc::iovec {
+                    iov_base: self.buf[i * SLOT..].as_mut_ptr().cast(),
+                    iov_len: self.lens[i],
+                };
+                let h = &mut self.hdrs[j];
+                // SAFETY: msghdr is plain data.
+                h.msg_hdr = unsafe { zeroed() };
+                h.msg_hdr.msg_name = self.dst[i].as_ptr() as *mut libc::c_void;
+                h.msg_hdr.msg_namelen = self.dst[i].len();
+                h.msg_hdr.msg_iov = &mut self.iov[j];
+                h.msg_hdr.msg_iovlen = 1;
+            }
+            // SAFETY: every header points into buffers owned by self that outlive the call.
+            let n = unsafe {
+                libc::sendmmsg(fd, self.hdrs.as_mut_ptr(), cnt as u32, libc::MSG_DONTWAIT)
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    self.drop_front(off);
+                    return Ok(false);
+                }
+                // An error for one destination (an ICMP unreachable, say): drop that datagram.
+                off += 1;
+                continue;
+            }
+            off += n as usize;
+        }
+        self.lens.clear();
+        self.dst.clear();
+        Ok(true)
+    }
+
+    /// Forgets the first `k` queued datagrams.
+    pub fn drop_front(&mut self, k: usize) {
+        let k = k.min(self.lens.len());
+        if k == 0 {
+            return;
+        }
+        for j in 0..self.lens.len() - k {
+            let (src, dst, len) = ((k + j) * SLOT, j * SLOT, self.lens[k + j]);
+            self.buf.copy_within(src..src + len, dst);
+        }
+        self.lens.drain(..k);
+        self.dst.drain(..k);
+    }
+}
+
+/// The locked-memory limit (soft), in bytes; `u64::MAX` when unlimited.
+pub fn memlock_limit() -> u64 {
+    // SAFETY: rlimit is plain data and getrlimit only writes it.
+    let mut r: libc::rlimit = unsafe { zeroed() };
+    // SAFETY: a valid resource and a valid pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) } != 0 {
+        return 0;
+    }
+    if r.rlim_cur == libc::RLIM_INFINITY {
+        u64::MAX
+    } else {
+        r.rlim_cur
+    }
+}
