@@ -257,9 +257,11 @@ impl Client {
 
 /// The messages published to a subscription's patterns, in the order the gateway sent them.
 ///
-/// Read them with [`Subscription::next`] or as a [`futures_core::Stream`]. Dropping the
-/// subscription (or [`Subscription::unsubscribe`]) releases its patterns: UNSUBSCRIBE is sent
-/// for those that no other subscription of the client holds.
+/// Read them with [`Subscription::next`] or as a [`futures_core::Stream`]. Deliveries wait in
+/// a buffer of [`subscription_capacity`](ClientConfig::subscription_capacity);
+/// [`subscription_overflow`](ClientConfig::subscription_overflow) says what happens when it is
+/// full. Dropping the subscription (or [`Subscription::unsubscribe`]) releases its patterns:
+/// UNSUBSCRIBE is sent for those that no other subscription of the client holds.
 pub struct Subscription {
     shared: Arc<Shared>,
     /// `None` once released.
@@ -295,7 +297,8 @@ impl Subscription {
     }
 
     /// Deliveries dropped because this subscription's buffer
-    /// ([`subscription_capacity`](ClientConfig::subscription_capacity)) was full.
+    /// ([`subscription_capacity`](ClientConfig::subscription_capacity)) was full, under
+    /// [`Overflow::Drop`](crate::Overflow::Drop).
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
     }

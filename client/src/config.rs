@@ -48,9 +48,10 @@ pub struct ClientConfig {
     /// The lifetime asked for each registration (sent as `ttl`, capped by the gateway's
     /// `--service-ttl`); registrations are refreshed every third of it. Default 60 s.
     pub registration_ttl: Duration,
-    /// Deliveries buffered per [`Subscription`](crate::Subscription); a delivery that finds
-    /// the buffer full is dropped and counted. Default 65,536.
+    /// Deliveries buffered per [`Subscription`](crate::Subscription). Default 65,536.
     pub subscription_capacity: usize,
+    /// What happens to a delivery that finds its subscription's buffer full.
+    pub subscription_overflow: Overflow,
     /// The largest frame payload the gateway accepts (its `--max-frame`). Default 1 MiB.
     pub max_frame: u32,
     /// Bytes queued for sending beyond which [`publish`](crate::Client::publish) and
@@ -76,6 +77,7 @@ impl Default for ClientConfig {
             backoff: Backoff::default(),
             registration_ttl: Duration::from_secs(60),
             subscription_capacity: 65_536,
+            subscription_overflow: Overflow::Drop,
             max_frame: 1 << 20,
             max_queued_bytes: 8 << 20,
         }
@@ -109,6 +111,21 @@ impl Default for Tls {
     fn default() -> Self {
         Tls::Roots(Arc::new(rustls::RootCertStore::empty()))
     }
+}
+
+/// What the client does with a delivery for a subscription whose buffer is full.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Overflow {
+    /// Drop it and count it in [`Subscription::dropped`](crate::Subscription::dropped); the
+    /// rest of the session is not held up. The default.
+    #[default]
+    Drop,
+    /// Stop reading from the gateway until the subscription has room: nothing is lost, and a
+    /// reader too slow for the traffic becomes a slow consumer at the gateway, which then
+    /// drops and counts. Everything else the gateway sends (replies, incoming calls) waits
+    /// too, so a task that reads the subscription must not wait for a call's reply before
+    /// reading on.
+    Wait,
 }
 
 /// Exponential backoff between reconnection attempts: the first waits about `initial`, each

@@ -57,7 +57,7 @@ mod session;
 mod tls;
 
 pub use client::{Client, ServerErrors, Subscription};
-pub use config::{random_node_id, Backoff, ClientConfig, Tls};
+pub use config::{random_node_id, Backoff, ClientConfig, Overflow, Tls};
 pub use error::{CallError, ClientError, ProcedureError, ServerError};
 pub use meshgate_shard::wire::Reason;
 pub use meshgate_shard::NodeId;

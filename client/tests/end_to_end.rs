@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meshgate_client::{
-    CallError, Client, ClientConfig, ClientError, ConnectionState, Delivery, ProcedureError,
-    Reason, Tls,
+    CallError, Client, ClientConfig, ClientError, ConnectionState, Delivery, Overflow,
+    ProcedureError, Reason, Tls,
 };
 use support::{TestGateway, GATEWAY_ID};
 
@@ -208,33 +208,30 @@ async fn a_publish_reaches_wildcard_subscribers_but_not_its_publisher() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_pattern_held_by_another_subscription_survives_dropping_one_of_them() {
+async fn a_pattern_is_unsubscribed_once_no_subscription_of_the_client_holds_it() {
     within(async {
         let gateway = TestGateway::start().await;
         let publisher = connect(&gateway).await;
         let subscriber = connect(&gateway).await;
-        let first = subscriber.subscribe(["news.**"]).await.expect("subscribed");
+        let first = subscriber
+            .subscribe(["news.**", "weather"])
+            .await
+            .expect("subscribed");
         let mut second = subscriber.subscribe(["news.**"]).await.expect("subscribed");
+        assert_eq!(gateway.occupancy().await.local_subscriptions, 2);
+
         drop(first);
         subscriber.flush().await.expect("a PONG");
+        assert_eq!(
+            gateway.occupancy().await.local_subscriptions,
+            1,
+            "weather is released, news.** is still held"
+        );
         publisher.publish("news.today", b"1").await.expect("queued");
         assert_eq!(next(&mut second).await.payload, b"1");
 
         second.unsubscribe().await.expect("unsubscribed");
-        let mut probe = connect(&gateway)
-            .await
-            .subscribe(["news.**"])
-            .await
-            .expect("subscribed");
-        publisher.publish("news.today", b"2").await.expect("queued");
-        assert_eq!(next(&mut probe).await.payload, b"2");
-        let mut other = subscriber.subscribe(["other"]).await.expect("subscribed");
-        publisher.publish("other", b"3").await.expect("queued");
-        assert_eq!(
-            next(&mut other).await.payload,
-            b"3",
-            "news.today went to nobody before it"
-        );
+        assert_eq!(gateway.occupancy().await.local_subscriptions, 0);
     })
     .await;
 }
@@ -568,6 +565,122 @@ async fn after_close_operations_fail_with_closed_normal() {
             matches!(err, CallError::Client(ClientError::Closed { .. })),
             "{err:?}"
         );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_pings_hold_an_idle_connection_open_past_the_idle_timeout() {
+    within(async {
+        let gateway = TestGateway::start().await;
+        let config = ClientConfig {
+            idle_timeout: Duration::from_millis(400),
+            keep_alive: Duration::from_millis(100),
+            ..gateway.client_config()
+        };
+        let client = Client::connect(config).await.expect("connected");
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        assert!(matches!(
+            client.state(),
+            ConnectionState::Connected { session: 1, .. }
+        ));
+        client.ping().await.expect("still connected");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_are_refreshed_before_their_ttl_runs_out() {
+    within(async {
+        let gateway =
+            TestGateway::start_with(|c| c.limits.prune_interval = Duration::from_millis(100)).await;
+        let config = ClientConfig {
+            registration_ttl: Duration::from_secs(1),
+            ..gateway.client_config()
+        };
+        let provider = Client::connect(config).await.expect("connected");
+        let caller = connect(&gateway).await;
+        provider
+            .register("svc.lasting", |args| async move { Ok(args) })
+            .await
+            .expect("registered");
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        assert_eq!(gateway.occupancy().await.registrations, 1);
+        caller
+            .call("svc.lasting", &[0xc0])
+            .await
+            .expect("the registration outlived its ttl");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_over_the_frame_limit_is_refused_locally_and_the_session_goes_on() {
+    within(async {
+        let gateway = TestGateway::start().await;
+        let client = connect(&gateway).await;
+        let big = vec![0u8; 2 << 20];
+        match client.publish("big", &big).await {
+            Err(ClientError::FrameTooLarge { max, .. }) => assert_eq!(max, 1 << 20),
+            other => panic!("expected FrameTooLarge, got {other:?}"),
+        }
+        client.ping().await.expect("the session goes on");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_subscription_buffer_drops_and_counts_deliveries_by_default() {
+    within(async {
+        let gateway = TestGateway::start().await;
+        let publisher = connect(&gateway).await;
+        let config = ClientConfig {
+            subscription_capacity: 4,
+            ..gateway.client_config()
+        };
+        let subscriber = Client::connect(config).await.expect("connected");
+        let mut sub = subscriber.subscribe(["burst"]).await.expect("subscribed");
+        for i in 0..100u8 {
+            publisher.publish("burst", &[i]).await.expect("queued");
+        }
+        publisher.flush().await.expect("a PONG");
+        // The gateway sent every delivery before this PONG.
+        subscriber.flush().await.expect("a PONG");
+        let mut received = Vec::new();
+        while let Some(d) = sub.try_next() {
+            received.push(d.payload[0]);
+        }
+        assert_eq!(received, [0, 1, 2, 3]);
+        assert_eq!(sub.dropped(), 96);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_overflow_wait_a_slow_subscription_loses_nothing() {
+    within(async {
+        let gateway = TestGateway::start().await;
+        let publisher = connect(&gateway).await;
+        let config = ClientConfig {
+            subscription_capacity: 4,
+            subscription_overflow: Overflow::Wait,
+            ..gateway.client_config()
+        };
+        let subscriber = Client::connect(config).await.expect("connected");
+        let mut sub = subscriber.subscribe(["burst"]).await.expect("subscribed");
+        for i in 0..1_000u16 {
+            publisher
+                .publish("burst", &i.to_be_bytes())
+                .await
+                .expect("queued");
+        }
+        for i in 0..1_000u16 {
+            if i % 100 == 0 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(next(&mut sub).await.payload, i.to_be_bytes());
+        }
+        assert_eq!(sub.dropped(), 0);
     })
     .await;
 }

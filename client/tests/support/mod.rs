@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use meshgate_client::{ClientConfig, Tls};
 use meshgate_shard::wire::Reason;
-use meshgate_shard::{Config, NodeId, RealmConfig, SessionKey, Shard, ShardId, Time};
+use meshgate_shard::{Config, NodeId, Occupancy, RealmConfig, SessionKey, Shard, ShardId, Time};
 use quinn::crypto::rustls::QuicServerConfig;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -32,6 +32,7 @@ enum Input {
     Data(SessionKey, bytes::Bytes),
     Closed(SessionKey),
     Shutdown(oneshot::Sender<()>),
+    Inspect(Box<dyn FnOnce(&Shard) + Send>),
 }
 
 /// What a session's writer task is told.
@@ -101,6 +102,24 @@ impl TestGateway {
         let _ = self.inputs.send(Input::Shutdown(done));
         let _ = wait.await;
     }
+
+    /// What the shard's tables hold now.
+    pub async fn occupancy(&self) -> Occupancy {
+        self.inspect(Shard::occupancy).await
+    }
+
+    /// Runs `f` on the shard between two of its turns.
+    pub async fn inspect<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Shard) -> T + Send + 'static,
+    ) -> T {
+        let (answer, wait) = oneshot::channel();
+        let f = move |shard: &Shard| {
+            let _ = answer.send(f(shard));
+        };
+        let _ = self.inputs.send(Input::Inspect(Box::new(f)));
+        wait.await.expect("the gateway runs")
+    }
 }
 
 impl Drop for TestGateway {
@@ -161,6 +180,7 @@ async fn drive(
                 shard.shutdown(now);
                 let _ = done.send(());
             }
+            Some(Input::Inspect(f)) => f(&shard),
             None => {}
         }
         shard.handle_timeout(now);
