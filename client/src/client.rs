@@ -125,6 +125,7 @@ impl Client {
             .collect();
         let (tx, rx) = mpsc::channel(self.shared().config.subscription_capacity.max(1));
         let dropped = Arc::new(AtomicU64::new(0));
+        let pong = self.shared().expect_pong(true);
         let id = self
             .shared()
             .add_subscription(texts.clone(), tx, dropped.clone())?;
@@ -135,7 +136,7 @@ impl Client {
             rx,
             dropped,
         };
-        let errors = self.shared().barrier(true).await?;
+        let errors = self.shared().await_pong(pong).await?;
         let refused: Vec<ServerError> = errors
             .into_iter()
             .filter(|e| {
@@ -169,8 +170,9 @@ impl Client {
         Fut: Future<Output = Result<Vec<u8>, ProcedureError>> + Send + 'static,
     {
         let handler: Handler = Arc::new(move |args| Box::pin(handler(args)));
+        let pong = self.shared().expect_pong(true);
         self.shared().add_procedure(procedure, handler)?;
-        let errors = self.shared().barrier(true).await?;
+        let errors = self.shared().await_pong(pong).await?;
         let refusal = errors.into_iter().find(|e| {
             e.frame_type == FrameType::Register as u8 && e.subject.as_deref() == Some(procedure)
         });
@@ -198,8 +200,10 @@ impl Client {
         self.call_with_timeout(procedure, args, timeout).await
     }
 
-    /// Calls `procedure` with `args`, waiting at most `timeout` for the reply; the gateway is
-    /// given the same deadline (it caps it at its `--max-call-timeout`).
+    /// Calls `procedure` with `args`, waiting at most `timeout` for the reply. The gateway is
+    /// given a deadline a little later (a tenth more, at least 50 ms more; it caps it at its
+    /// `--max-call-timeout`), so that a call without a reply in time ends here as
+    /// [`CallError::Timeout`], and the gateway cancels the provider's work soon after.
     ///
     /// Any number of calls may be in flight at once. Fails with [`CallError::Remote`] for an
     /// error from the gateway or the provider, [`CallError::Timeout`] when no reply came in
@@ -217,7 +221,7 @@ impl Client {
     /// [`request_timeout`](ClientConfig::request_timeout).
     pub async fn ping(&self) -> Result<Duration, ClientError> {
         let start = Instant::now();
-        self.shared().barrier(false).await?;
+        self.shared().barrier().await?;
         Ok(start.elapsed())
     }
 
@@ -225,7 +229,7 @@ impl Client {
     /// subscribe, unsubscribe, register and unregister is then in effect on the whole gateway.
     /// The same round trip as [`Client::ping`].
     pub async fn flush(&self) -> Result<(), ClientError> {
-        self.shared().barrier(false).await.map(drop)
+        self.shared().barrier().await
     }
 
     /// A receiver of the ERROR frames the gateway sends from now on, such as `invalid_topic`
@@ -306,7 +310,7 @@ impl Subscription {
     /// Releases the patterns and waits until the gateway stopped routing them to this client.
     pub async fn unsubscribe(mut self) -> Result<(), ClientError> {
         self.release(&[]);
-        self.shared.barrier(false).await.map(drop)
+        self.shared.barrier().await
     }
 
     fn release(&mut self, refused: &[ServerError]) {

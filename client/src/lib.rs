@@ -49,6 +49,8 @@
 //!
 //! A runnable version is `examples/quickstart.rs`.
 
+#![warn(missing_docs)]
+
 mod client;
 mod config;
 mod error;

@@ -73,6 +73,10 @@ pub struct Delivery {
     pub publisher: NodeId,
 }
 
+/// The least the gateway's deadline for a call exceeds the caller's own, so that a call
+/// without a reply in time fails here with [`CallError::Timeout`] rather than racing the
+/// gateway's `timeout` error.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(50);
 /// Patterns per SUBSCRIBE frame when subscriptions are replayed.
 const REPLAY_CHUNK: usize = 256;
 /// ERROR frames kept for `errors()` receivers that fall behind.
@@ -163,11 +167,8 @@ struct PingWaiter {
     errors: Option<Vec<ServerError>>,
 }
 
-/// A request to enter in `pending` in the same critical section that queues its frame.
-enum Track {
-    Call(u64, oneshot::Sender<Result<Vec<u8>, CallError>>),
-    Ping(u64, PingWaiter),
-}
+/// A call to enter in `pending` in the same critical section that queues its frame.
+struct Track(u64, oneshot::Sender<Result<Vec<u8>, CallError>>);
 
 #[derive(Default)]
 struct Subs {
@@ -329,14 +330,8 @@ impl Shared {
             return Ok(false);
         }
         out.push(msg, self.config.max_frame)?;
-        match (pending.as_mut(), track.take()) {
-            (Some(p), Some(Track::Call(id, tx))) => {
-                p.calls.insert(id, tx);
-            }
-            (Some(p), Some(Track::Ping(id, waiter))) => {
-                p.pings.insert(id, waiter);
-            }
-            _ => {}
+        if let (Some(p), Some(Track(id, tx))) = (pending.as_mut(), track.take()) {
+            p.calls.insert(id, tx);
         }
         drop(out);
         drop(pending);
@@ -378,9 +373,8 @@ impl Shared {
             id,
             call: true,
         };
-        let timeout_ms = u64::try_from(timeout.as_millis())
-            .unwrap_or(u64::MAX)
-            .max(1);
+        let gateway_deadline = timeout.saturating_add((timeout / 10).max(DEADLINE_MARGIN));
+        let timeout_ms = u64::try_from(gateway_deadline.as_millis()).unwrap_or(u64::MAX);
         let msg = Message::Call(Call {
             procedure: procedure.as_bytes(),
             args: Raw(args),
@@ -388,7 +382,7 @@ impl Shared {
             timeout_ms: Some(timeout_ms),
         });
         let work = async {
-            self.enqueue(&msg, Some(Track::Call(id, tx))).await?;
+            self.enqueue(&msg, Some(Track(id, tx))).await?;
             rx.await.unwrap_or(Err(CallError::Disconnected))
         };
         tokio::time::timeout(timeout, work)
@@ -397,23 +391,43 @@ impl Shared {
     }
 
     /// Sends PING and waits for its PONG: then everything sent before is in effect at the
-    /// gateway. With `collect`, returns the ERROR frames that arrived meanwhile.
-    pub(crate) async fn barrier(&self, collect: bool) -> Result<Vec<ServerError>, ClientError> {
+    /// gateway.
+    pub(crate) async fn barrier(&self) -> Result<(), ClientError> {
+        let pong = self.expect_pong(false);
+        self.await_pong(pong).await.map(drop)
+    }
+
+    /// Enters a PONG waiter ahead of the frames it follows; with `collect`, it gathers the
+    /// ERROR frames received from now on, including those answering these frames.
+    pub(crate) fn expect_pong(&self, collect: bool) -> PongWait<'_> {
         let id = self.next_id();
         let (tx, rx) = oneshot::channel();
-        let _forget = Forget {
-            shared: self,
-            id,
-            call: false,
-        };
         let waiter = PingWaiter {
             tx,
             errors: collect.then(Vec::new),
         };
+        lock(&self.pending).pings.insert(id, waiter);
+        PongWait {
+            rx,
+            forget: Forget {
+                shared: self,
+                id,
+                call: false,
+            },
+        }
+    }
+
+    /// Sends the PING of `pong` and waits for its PONG; returns the ERROR frames collected.
+    pub(crate) async fn await_pong(
+        &self,
+        pong: PongWait<'_>,
+    ) -> Result<Vec<ServerError>, ClientError> {
         let work = async {
-            let ping = Message::Ping(Ping { timestamp: id });
-            self.enqueue(&ping, Some(Track::Ping(id, waiter))).await?;
-            rx.await.unwrap_or(Err(ClientError::Disconnected))
+            let ping = Message::Ping(Ping {
+                timestamp: pong.forget.id,
+            });
+            self.send(&ping).await?;
+            pong.rx.await.unwrap_or(Err(ClientError::Disconnected))
         };
         tokio::time::timeout(self.config.request_timeout, work)
             .await
@@ -820,6 +834,12 @@ impl Shared {
             task.abort();
         }
     }
+}
+
+/// A PONG waiter entered by [`Shared::expect_pong`].
+pub(crate) struct PongWait<'a> {
+    rx: oneshot::Receiver<Result<Vec<ServerError>, ClientError>>,
+    forget: Forget<'a>,
 }
 
 /// Removes a request from `pending` when its caller stops waiting (timeout, or the future

@@ -574,12 +574,12 @@ async fn keep_alive_pings_hold_an_idle_connection_open_past_the_idle_timeout() {
     within(async {
         let gateway = TestGateway::start().await;
         let config = ClientConfig {
-            idle_timeout: Duration::from_millis(400),
+            idle_timeout: Duration::from_millis(600),
             keep_alive: Duration::from_millis(100),
             ..gateway.client_config()
         };
         let client = Client::connect(config).await.expect("connected");
-        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        tokio::time::sleep(Duration::from_millis(1_200)).await;
         assert!(matches!(
             client.state(),
             ConnectionState::Connected { session: 1, .. }

@@ -27,8 +27,6 @@ pub(crate) struct Established {
     pub(super) server: NodeId,
 }
 
-// -----------------------------------------------------------------------------------------
-
 /// The QUIC handshake, the control stream, CONNECT, and the gateway's answer.
 pub(super) async fn establish(
     config: &ClientConfig,
