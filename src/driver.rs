@@ -482,7 +482,7 @@ impl Driver {
             }
             return None;
         }
-        if self.handshakes >= self.max_handshakes {
+        if self.handshakes + self.shard.connecting() >= self.max_handshakes {
             self.refused_handshakes += 1;
             if let Some(len) = crate::refuse::connection_refused(hdr, tx.next_slot()) {
                 tx.commit(len, from);

@@ -57,15 +57,26 @@ pub fn serve(listener: TcpListener, source: Arc<dyn HealthSource>, stop: Arc<Ato
                     log::debug!("health endpoint: {e}");
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(20))
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => wait_readable(&listener, 250),
             Err(e) => {
                 log::warn!("health endpoint: accept failed: {e}");
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
     }
+}
+
+/// Waits up to `timeout_ms` for a connection, so that the stop flag is checked a few times a
+/// second without spinning.
+fn wait_readable(listener: &TcpListener, timeout_ms: i32) {
+    use std::os::fd::AsRawFd;
+    let mut fds = libc::pollfd {
+        fd: listener.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the duration of the call.
+    unsafe { libc::poll(&mut fds, 1, timeout_ms) };
 }
 
 fn answer(

@@ -596,6 +596,11 @@ impl Shard {
         }
     }
 
+    /// Sessions waiting for CONNECT or for its admission (they count as handshakes).
+    pub fn connecting(&self) -> usize {
+        self.connecting
+    }
+
     pub fn counters(&self) -> &Counters {
         &self.counters
     }
