@@ -256,7 +256,12 @@ pub async fn run(start: ShardStart) {
         d.log_events();
 
         if let Some(stop_by) = d.stop_by {
-            if d.conns.is_empty() || now_instant >= stop_by {
+            // Every connection has sent its CONNECTION_CLOSE: nothing is left to say.
+            let all_closed = d
+                .conns
+                .iter()
+                .all(|(_, c)| c.q.local_error().is_some() || c.q.is_closed());
+            if all_closed || now_instant >= stop_by {
                 break;
             }
         }
