@@ -1287,3 +1287,19 @@ proptest! {
         prop_assert_eq!(reader.buffered(), HEADER_LEN);
     }
 }
+
+#[test]
+fn nil_in_an_optional_field_counts_as_absent() {
+    // CONNECT {version: "1.0", node_id: <32 bytes>, realm_id: "r", token: nil}
+    let mut payload = vec![0x84];
+    for (k, v) in [(&b"version"[..], &b"1.0"[..]), (b"node_id", &[7u8; 32]), (b"realm_id", b"r")] {
+        rmp::encode::write_bin(&mut payload, k).unwrap();
+        rmp::encode::write_bin(&mut payload, v).unwrap();
+    }
+    rmp::encode::write_bin(&mut payload, b"token").unwrap();
+    payload.push(0xc0);
+    match Message::decode(0x01, &payload).unwrap() {
+        Message::Connect(c) => assert_eq!(c.token, None),
+        other => panic!("{other:?}"),
+    }
+}

@@ -397,6 +397,19 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// An optional field's value: `nil` counts as absent, as some Macula v0 peers send it for
+    /// an unset field.
+    fn optional<T>(
+        &mut self,
+        read: impl FnOnce(&mut Self) -> Result<T, WireError>,
+    ) -> Result<Option<T>, WireError> {
+        if self.r.peek_marker().map_err(malformed)? == Marker::Null {
+            self.skip()?;
+            return Ok(None);
+        }
+        read(self).map(Some)
+    }
+
     /// Skips the value of a key the message does not know.
     fn skip(&mut self) -> Result<(), WireError> {
         self.r.skip().map(drop).map_err(malformed)
@@ -475,7 +488,7 @@ impl<'a> Fields<'a> {
         while let Some(key) = f.next_key()? {
             match key {
                 b"code" => code = Some(f.bytes("code")?),
-                b"message" => message = Some(f.bytes("message")?),
+                b"message" => message = f.optional(|f| f.bytes("message"))?,
                 _ => f.skip()?,
             }
         }
@@ -508,7 +521,7 @@ fn decode_connect<'a>(f: &mut Fields<'a>) -> Result<Connect<'a>, WireError> {
             b"node_id" => node_id = Some(f.node_id("node_id")?),
             b"realm_id" => realm = Some(f.bytes("realm_id")?),
             b"capabilities" => capabilities = Some(f.raw()?),
-            b"token" => token = Some(f.bytes("token")?),
+            b"token" => token = f.optional(|f| f.bytes("token"))?,
             _ => f.skip()?,
         }
     }
@@ -526,7 +539,7 @@ fn decode_disconnect<'a>(f: &mut Fields<'a>) -> Result<Disconnect<'a>, WireError
     while let Some(key) = f.next_key()? {
         match key {
             b"reason" => reason = Some(f.bytes("reason")?),
-            b"message" => message = Some(f.bytes("message")?),
+            b"message" => message = f.optional(|f| f.bytes("message"))?,
             _ => f.skip()?,
         }
     }
@@ -555,7 +568,7 @@ fn decode_pong(f: &mut Fields<'_>) -> Result<Pong, WireError> {
         match key {
             b"timestamp" => timestamp = Some(f.uint("timestamp")?),
             b"server_time" => server_time = Some(f.uint("server_time")?),
-            b"node_id" => node_id = Some(f.node_id("node_id")?),
+            b"node_id" => node_id = f.optional(|f| f.node_id("node_id"))?,
             _ => f.skip()?,
         }
     }
@@ -574,8 +587,8 @@ fn decode_error<'a>(f: &mut Fields<'a>) -> Result<ErrorMsg<'a>, WireError> {
             b"code" => code = Some(f.bytes("code")?),
             b"message" => message = Some(f.bytes("message")?),
             b"type" => frame_type = Some(f.uint("type")?),
-            b"topic" => topic = Some(f.bytes("topic")?),
-            b"procedure" => procedure = Some(f.bytes("procedure")?),
+            b"topic" => topic = f.optional(|f| f.bytes("topic"))?,
+            b"procedure" => procedure = f.optional(|f| f.bytes("procedure"))?,
             _ => f.skip()?,
         }
     }
@@ -595,10 +608,14 @@ fn decode_publish<'a>(f: &mut Fields<'a>) -> Result<Publish<'a>, WireError> {
         match key {
             b"topic" => topic = Some(f.bytes("topic")?),
             b"payload" => payload = Some(f.bytes("payload")?),
-            b"qos" => qos = Some(f.uint("qos")?),
-            b"retain" => retain = Some(f.bool("retain")?),
-            b"message_id" => message_id = Some(&f.fixed::<16>("message_id")?[..]),
-            b"publisher" => publisher = Some(f.node_id("publisher")?),
+            b"qos" => qos = f.optional(|f| f.uint("qos"))?,
+            b"retain" => retain = f.optional(|f| f.bool("retain"))?,
+            b"message_id" => {
+                message_id = f
+                    .optional(|f| f.fixed::<16>("message_id"))?
+                    .map(|id| &id[..])
+            }
+            b"publisher" => publisher = f.optional(|f| f.node_id("publisher"))?,
             _ => f.skip()?,
         }
     }
@@ -617,7 +634,7 @@ fn decode_subscribe<'a>(f: &mut Fields<'a>) -> Result<Subscribe<'a>, WireError> 
     while let Some(key) = f.next_key()? {
         match key {
             b"topics" => topics = Some(f.strings("topics")?),
-            b"qos" => qos = Some(f.uint("qos")?),
+            b"qos" => qos = f.optional(|f| f.uint("qos"))?,
             _ => f.skip()?,
         }
     }
@@ -647,7 +664,7 @@ fn decode_call<'a>(f: &mut Fields<'a>) -> Result<Call<'a>, WireError> {
             b"procedure" => procedure = Some(f.bytes("procedure")?),
             b"args" => args = Some(f.raw()?),
             b"call_id" => call_id = Some(f.call_id("call_id")?),
-            b"timeout" => timeout_ms = Some(f.uint("timeout")?),
+            b"timeout" => timeout_ms = f.optional(|f| f.uint("timeout"))?,
             _ => f.skip()?,
         }
     }
@@ -682,7 +699,7 @@ fn decode_register<'a>(f: &mut Fields<'a>) -> Result<Register<'a>, WireError> {
     while let Some(key) = f.next_key()? {
         match key {
             b"procedure" => procedure = Some(f.bytes("procedure")?),
-            b"ttl" => ttl_s = Some(f.uint("ttl")?),
+            b"ttl" => ttl_s = f.optional(|f| f.uint("ttl"))?,
             _ => f.skip()?,
         }
     }
