@@ -580,6 +580,12 @@ impl Driver {
                     self.blocked.push(idx);
                 }
             }
+            Err(quiche::Error::InvalidStreamState(_)) => {
+                // The client has not opened its control stream (it wrote nothing), so the
+                // output, the DISCONNECT of a session ended before CONNECT, cannot be sent:
+                // drop it, and the close that follows carries the reason's code.
+                self.shard.consume_output(key, len);
+            }
             Err(e) => {
                 log::debug!("shard {}: stream_send: {e}", self.id.0);
                 let _ = c.q.close(false, 0x1, b"stream error");

@@ -1,0 +1,973 @@
+//! Helpers of the end-to-end tests: a real `meshgate` process per test ([`Gateway`]), its
+//! health endpoint and metrics over a plain TCP HTTP GET, clients of the client library, and a
+//! raw QUIC client ([`Raw`]) that writes arbitrary bytes on the control stream and reads frames.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use meshgate_client::{Client, ClientConfig, Tls};
+use meshgate_shard::wire::{
+    Call, CallIdRef, Connect, FrameReader, FrameType, Message, Outcome, Ping, Publish,
+    Raw as RawValue, Reason, Register, Reply, Strings, Subscribe, Unregister, Unsubscribe,
+};
+use meshgate_shard::NodeId;
+use quinn::crypto::rustls::QuicClientConfig;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+
+/// Shards of every gateway the tests start.
+pub const SHARDS: u16 = 2;
+/// The realm a gateway serves when given no `--realm`.
+pub const REALM: &str = "macula.default";
+/// How long a test waits for something the gateway should do promptly.
+pub const PATIENCE: Duration = Duration::from_secs(5);
+
+// -----------------------------------------------------------------------------------------
+// The gateway process
+// -----------------------------------------------------------------------------------------
+
+/// A `meshgate serve --shards 2` process on loopback. It listens on ports the kernel picks
+/// (`127.0.0.1:0`, read back from its start-up line), so tests run in parallel without port
+/// clashes. Killed when dropped; its log (stderr) is kept and printed if the test fails.
+pub struct Gateway {
+    child: Option<Child>,
+    /// The QUIC (UDP) address.
+    pub addr: SocketAddr,
+    /// The health endpoint (TCP) address.
+    pub health: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+/// How a gateway process that had to stop on its own ended.
+pub struct Exited {
+    pub status: ExitStatus,
+    pub stderr: String,
+}
+
+/// Runs `meshgate` with `args` to its end (at most 10 s): for start-up errors.
+pub fn run_to_exit(args: &[&str]) -> Exited {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meshgate"))
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("meshgate starts");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("meshgate {args:?} was still running after 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .expect("piped")
+        .read_to_string(&mut stderr)
+        .expect("stderr is UTF-8");
+    Exited { status, stderr }
+}
+
+impl Gateway {
+    /// Starts a gateway with 2 shards and `flags`, and waits until `/ready` answers 200.
+    pub fn start(flags: &[&str]) -> Gateway {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_meshgate"))
+            .args(["serve", "--shards", "2", "--listen", "127.0.0.1:0"])
+            .args(["--health-listen", "127.0.0.1:0"])
+            .args(flags)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("meshgate starts");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let stderr = child.stderr.take().expect("piped");
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if let Some(addrs) = listening_addresses(&line) {
+                        let _ = tx.send(addrs);
+                    }
+                    let mut log = log.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            });
+        }
+        let (addr, health) = match rx.recv_timeout(Duration::from_secs(15)) {
+            Ok(addrs) => addrs,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                std::thread::sleep(Duration::from_millis(50));
+                panic!(
+                    "the gateway did not log its addresses; its log:\n{}",
+                    log.lock().unwrap()
+                );
+            }
+        };
+        let gateway = Gateway {
+            child: Some(child),
+            addr,
+            health,
+            log,
+        };
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            match http_get(health, "/ready") {
+                Ok((200, _)) => break,
+                _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                other => panic!("/ready did not answer 200: {other:?}"),
+            }
+        }
+        gateway
+    }
+
+    /// What the gateway logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until the log holds `needle`.
+    pub async fn wait_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the log never held {needle:?}:\n{log}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Sends a signal to the process.
+    pub fn signal(&self, signal: i32) {
+        let pid = self.child.as_ref().expect("running").id();
+        // SAFETY: kill has no memory preconditions; the pid is our own child's, not yet reaped.
+        let rc = unsafe { libc::kill(pid as libc::pid_t, signal) };
+        assert_eq!(rc, 0, "kill({pid}, {signal})");
+    }
+
+    /// Waits at most `limit` for the process to exit.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        let child = self.child.as_mut().expect("running");
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// `GET path` on the health endpoint: the status code and the body.
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let (addr, path) = (self.health, path.to_owned());
+        tokio::task::spawn_blocking(move || http_get(addr, &path))
+            .await
+            .expect("the GET task")
+            .expect("the health endpoint answers")
+    }
+
+    /// `/metrics`, parsed.
+    pub async fn metrics(&self) -> Metrics {
+        let (status, body) = self.get("/metrics").await;
+        assert_eq!(status, 200, "/metrics: {body}");
+        Metrics::parse(&body)
+    }
+
+    /// One series of `/metrics` now, e.g. `meshgate_clients{shard="0"}`.
+    pub async fn metric(&self, series: &str) -> u64 {
+        self.metrics().await.get(series)
+    }
+
+    /// Polls `series` until `done` holds for its value, and returns it.
+    pub async fn wait_metric(&self, series: &str, done: impl Fn(u64) -> bool) -> u64 {
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let value = self.metric(series).await;
+            if done(value) {
+                return value;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{series} is still {value} after {PATIENCE:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The sessions each shard holds.
+    pub async fn clients_per_shard(&self) -> [u64; 2] {
+        let m = self.metrics().await;
+        [
+            m.get("meshgate_clients{shard=\"0\"}"),
+            m.get("meshgate_clients{shard=\"1\"}"),
+        ]
+    }
+
+    /// A client-library config for this gateway: any certificate, no reconnection.
+    pub fn client_config(&self) -> ClientConfig {
+        ClientConfig {
+            tls: Tls::Insecure,
+            reconnect: false,
+            ..ClientConfig::new(self.addr)
+        }
+    }
+
+    /// A connected client of the client library, with a random node id.
+    pub async fn client(&self) -> Client {
+        Client::connect(self.client_config())
+            .await
+            .expect("the client connects")
+    }
+
+    /// A connected client whose session lives on shard `shard` (the kernel spreads connections
+    /// over the shards' sockets by their addresses, so clients are opened until one lands
+    /// there). The test must not open or close other sessions meanwhile.
+    pub async fn client_on_shard(&self, shard: u16) -> Client {
+        for _ in 0..64 {
+            let before = self.clients_per_shard().await;
+            let client = self.client().await;
+            let after = self.clients_per_shard().await;
+            if let Some(landed) = landed(before, after) {
+                if landed == shard {
+                    return client;
+                }
+                client.close().await.expect("close");
+                self.wait_clients(before).await;
+            }
+        }
+        panic!("no client landed on shard {shard} in 64 tries");
+    }
+
+    /// A raw session (CONNECT answered) in the default realm with a random node id.
+    pub async fn raw(&self) -> Raw {
+        Raw::connect(self.addr, REALM, random_node()).await
+    }
+
+    /// A raw session on shard `shard`; see [`Gateway::client_on_shard`].
+    pub async fn raw_on_shard(&self, shard: u16) -> Raw {
+        for _ in 0..64 {
+            let before = self.clients_per_shard().await;
+            let mut raw = self.raw().await;
+            let after = self.clients_per_shard().await;
+            if let Some(landed) = landed(before, after) {
+                if landed == shard {
+                    return raw;
+                }
+                raw.leave().await;
+                self.wait_clients(before).await;
+            }
+        }
+        panic!("no raw session landed on shard {shard} in 64 tries");
+    }
+
+    async fn wait_clients(&self, want: [u64; 2]) {
+        let deadline = Instant::now() + PATIENCE;
+        while self.clients_per_shard().await != want {
+            assert!(
+                Instant::now() < deadline,
+                "sessions did not go back to {want:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// The shard whose session count rose by one, the other staying.
+fn landed(before: [u64; 2], after: [u64; 2]) -> Option<u16> {
+    match (
+        after[0].checked_sub(before[0]),
+        after[1].checked_sub(before[1]),
+    ) {
+        (Some(1), Some(0)) => Some(0),
+        (Some(0), Some(1)) => Some(1),
+        _ => None,
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- gateway log ----\n{}---- end ----", self.log());
+        }
+    }
+}
+
+/// The QUIC and health addresses of the start-up line: `... quic://A (ALPN ..., health http://B, ...`.
+fn listening_addresses(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+    let quic = line.split("quic://").nth(1)?.split_whitespace().next()?;
+    let health = line.split("health http://").nth(1)?.split(',').next()?;
+    Some((quic.parse().ok()?, health.trim().parse().ok()?))
+}
+
+/// A plain HTTP/1.1 GET over TCP: the status code and the body.
+pub fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(PATIENCE))?;
+    stream.set_write_timeout(Some(PATIENCE))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("no header end in {response:?}")))?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("no status in {head:?}")))?;
+    Ok((status, body.to_owned()))
+}
+
+/// A `/metrics` page: each series (name and labels, as rendered) and its value.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    pub text: String,
+    pub series: BTreeMap<String, u64>,
+}
+
+impl Metrics {
+    pub fn parse(text: &str) -> Metrics {
+        let series = text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+            .filter_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                Some((name.to_owned(), value.parse().ok()?))
+            })
+            .collect();
+        Metrics {
+            text: text.to_owned(),
+            series,
+        }
+    }
+
+    /// The value of a series; panics if the page lacks it.
+    pub fn get(&self, series: &str) -> u64 {
+        match self.series.get(series) {
+            Some(&v) => v,
+            None => panic!("/metrics has no series {series}:\n{}", self.text),
+        }
+    }
+}
+
+// -----------------------------------------------------------------------------------------
+// Node ids
+// -----------------------------------------------------------------------------------------
+
+/// A random node id.
+pub fn random_node() -> NodeId {
+    meshgate_client::random_node_id()
+}
+
+/// The `i`th of a family of node ids, the family chosen at random per call of
+/// [`node_family`] so that tests do not share ids.
+fn node(family: u64, i: u32) -> NodeId {
+    let mut id = [0u8; 32];
+    id[..4].copy_from_slice(&i.to_le_bytes());
+    id[8..16].copy_from_slice(&family.to_le_bytes());
+    id[31] = 0x5a;
+    NodeId(id)
+}
+
+/// `count` distinct node ids whose owner shard (`meshgate_shard::router::owner_of`) is `shard`.
+pub fn nodes_owned_by(shard: u16, count: usize) -> Vec<NodeId> {
+    let family = u64::from_le_bytes(random_node().0[..8].try_into().unwrap());
+    (0..)
+        .map(|i| node(family, i))
+        .filter(|n| meshgate_shard::router::owner_of(n, SHARDS).0 == shard)
+        .take(count)
+        .collect()
+}
+
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+// -----------------------------------------------------------------------------------------
+// The raw client
+// -----------------------------------------------------------------------------------------
+
+/// A frame received, owned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    pub ty: u8,
+    pub payload: Vec<u8>,
+}
+
+impl Frame {
+    /// The decoded message; panics if the gateway sent something undecodable.
+    pub fn msg(&self) -> Message<'_> {
+        Message::decode(self.ty, &self.payload)
+            .unwrap_or_else(|e| panic!("the gateway sent an undecodable frame {self:?}: {e}"))
+    }
+}
+
+/// One QUIC connection (ALPN `macula`, any certificate accepted) with its control stream,
+/// writing whatever bytes a test gives and reading frames with the shard crate's
+/// [`FrameReader`].
+pub struct Raw {
+    pub endpoint: quinn::Endpoint,
+    pub conn: quinn::Connection,
+    pub send: quinn::SendStream,
+    pub recv: quinn::RecvStream,
+    reader: FrameReader,
+    /// The node id sent in CONNECT, if any.
+    pub node_id: NodeId,
+    next_ping: u64,
+}
+
+/// The QUIC client configuration of raw connections: `transport` tunes flow control.
+pub fn raw_quic_config(transport: quinn::TransportConfig) -> quinn::ClientConfig {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut crypto = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_no_client_auth();
+    crypto.alpn_protocols = vec![b"macula".to_vec()];
+    let crypto = QuicClientConfig::try_from(crypto).expect("a QUIC TLS config");
+    let mut quic = quinn::ClientConfig::new(Arc::new(crypto));
+    quic.transport_config(Arc::new(transport));
+    quic
+}
+
+/// A CONNECT frame.
+pub fn connect_frame(realm: &str, node: NodeId, token: Option<&str>) -> Vec<u8> {
+    encode(&Message::Connect(Connect {
+        version: b"1.0",
+        node_id: node,
+        realm: realm.as_bytes(),
+        capabilities: None,
+        token: token.map(str::as_bytes),
+    }))
+}
+
+/// A message's whole frame.
+pub fn encode(msg: &Message<'_>) -> Vec<u8> {
+    let mut out = Vec::new();
+    msg.encode(&mut out);
+    out
+}
+
+/// A frame with any header bytes and payload.
+pub fn frame_bytes(version: u8, ty: u8, flags: u8, reserved: u8, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![version, ty, flags, reserved];
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+impl Raw {
+    /// The QUIC handshake and the control stream opened; nothing written yet (the gateway
+    /// sees the stream with its first byte).
+    pub async fn open(addr: SocketAddr) -> Result<Raw, quinn::ConnectionError> {
+        Raw::open_with(addr, quinn::TransportConfig::default()).await
+    }
+
+    pub async fn open_with(
+        addr: SocketAddr,
+        transport: quinn::TransportConfig,
+    ) -> Result<Raw, quinn::ConnectionError> {
+        let endpoint =
+            quinn::Endpoint::client(([127, 0, 0, 1], 0).into()).expect("a client UDP socket");
+        let connecting = endpoint
+            .connect_with(raw_quic_config(transport), addr, "localhost")
+            .expect("a connection starts");
+        let conn = tokio::time::timeout(PATIENCE, connecting)
+            .await
+            .expect("the handshake ends in time")?;
+        let (send, recv) = conn.open_bi().await?;
+        Ok(Raw {
+            endpoint,
+            conn,
+            send,
+            recv,
+            reader: FrameReader::new(64 << 20),
+            node_id: NodeId([0; 32]),
+            next_ping: 1,
+        })
+    }
+
+    /// Opens, sends CONNECT and checks that PONG answers it.
+    pub async fn connect(addr: SocketAddr, realm: &str, node: NodeId) -> Raw {
+        Raw::connect_with(addr, realm, node, None, quinn::TransportConfig::default()).await
+    }
+
+    pub async fn connect_with(
+        addr: SocketAddr,
+        realm: &str,
+        node: NodeId,
+        token: Option<&str>,
+        transport: quinn::TransportConfig,
+    ) -> Raw {
+        let mut raw = Raw::open_with(addr, transport)
+            .await
+            .expect("QUIC handshake");
+        raw.node_id = node;
+        raw.write(&connect_frame(realm, node, token)).await;
+        let answer = raw.next().await.expect("an answer to CONNECT");
+        match answer.msg() {
+            Message::Pong(p) => assert!(p.node_id.is_some(), "PONG without node_id"),
+            other => panic!("CONNECT was answered with {other:?}"),
+        }
+        raw
+    }
+
+    /// Writes bytes to the control stream.
+    pub async fn write(&mut self, bytes: &[u8]) {
+        self.send.write_all(bytes).await.expect("write");
+    }
+
+    /// Writes one message.
+    pub async fn send_msg(&mut self, msg: &Message<'_>) {
+        let bytes = encode(msg);
+        self.write(&bytes).await;
+    }
+
+    /// The next frame, `None` once the stream or the connection ended; panics after
+    /// [`PATIENCE`] without one.
+    pub async fn next(&mut self) -> Option<Frame> {
+        match self.next_within(PATIENCE).await {
+            Ok(frame) => frame,
+            Err(_) => panic!("no frame within {PATIENCE:?}"),
+        }
+    }
+
+    /// The next frame within `limit`: `Err` if none came in time, `Ok(None)` once the stream
+    /// or the connection ended.
+    pub async fn next_within(
+        &mut self,
+        limit: Duration,
+    ) -> Result<Option<Frame>, tokio::time::error::Elapsed> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if let Some(f) = self
+                .reader
+                .next_frame()
+                .expect("the gateway's frames are valid")
+            {
+                return Ok(Some(Frame {
+                    ty: f.frame_type,
+                    payload: f.payload.to_vec(),
+                }));
+            }
+            match tokio::time::timeout_at(deadline, self.recv.read_chunk(usize::MAX, true)).await? {
+                Ok(Some(chunk)) => self
+                    .reader
+                    .push(&chunk.bytes)
+                    .expect("the gateway's frame headers are valid"),
+                Ok(None) | Err(_) => return Ok(None),
+            }
+        }
+    }
+
+    /// Sends PING and reads up to its PONG; returns the frames that came before it.
+    pub async fn ping(&mut self) -> Vec<Frame> {
+        let ts = self.next_ping;
+        self.next_ping += 1;
+        self.send_msg(&Message::Ping(Ping { timestamp: ts })).await;
+        let mut before = Vec::new();
+        loop {
+            let frame = self.next().await.expect("PONG before the stream ends");
+            if let Message::Pong(p) = frame.msg() {
+                if p.timestamp == ts {
+                    return before;
+                }
+            }
+            before.push(frame);
+        }
+    }
+
+    /// Reads frames up to DISCONNECT, checks its reason, then checks that the connection is
+    /// closed with the reason's application code. Returns the frames before DISCONNECT.
+    pub async fn expect_disconnect(&mut self, reason: Reason) -> Vec<Frame> {
+        let mut before = Vec::new();
+        loop {
+            let Some(frame) = self.next().await else {
+                panic!(
+                    "the stream ended without DISCONNECT {} (close: {:?}; frames: {before:?})",
+                    reason.as_str(),
+                    self.conn.close_reason()
+                );
+            };
+            if let Message::Disconnect(d) = frame.msg() {
+                assert_eq!(
+                    String::from_utf8_lossy(d.reason),
+                    reason.as_str(),
+                    "DISCONNECT reason (message {:?})",
+                    d.message.map(String::from_utf8_lossy)
+                );
+                break;
+            }
+            before.push(frame);
+        }
+        self.expect_closed(reason).await;
+        before
+    }
+
+    /// Waits for the connection to close and checks that the gateway closed it with the
+    /// application error code of `reason`.
+    pub async fn expect_closed(&self, reason: Reason) {
+        let error = tokio::time::timeout(PATIENCE, self.conn.closed())
+            .await
+            .unwrap_or_else(|_| panic!("the connection is still open ({})", reason.as_str()));
+        match error {
+            quinn::ConnectionError::ApplicationClosed(close) => assert_eq!(
+                close.error_code.into_inner(),
+                reason.close_code(),
+                "close code (reason phrase {:?})",
+                String::from_utf8_lossy(&close.reason)
+            ),
+            other => panic!(
+                "expected application close {:#x} ({}), got {other:?}",
+                reason.close_code(),
+                reason.as_str()
+            ),
+        }
+    }
+
+    /// Leaves: DISCONNECT `normal`, then waits for the gateway to close the connection.
+    pub async fn leave(&mut self) {
+        let bye = encode(&Message::Disconnect(meshgate_shard::wire::Disconnect {
+            reason: b"normal",
+            message: None,
+        }));
+        self.write(&bye).await;
+        let _ = tokio::time::timeout(PATIENCE, self.conn.closed()).await;
+    }
+
+    /// Moves the connection to a new local UDP socket (a new port), as a NAT rebinding does.
+    pub fn rebind(&self) -> SocketAddr {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").expect("a new UDP socket");
+        let addr = socket.local_addr().expect("bound");
+        self.endpoint.rebind(socket).expect("rebind");
+        addr
+    }
+}
+
+/// Accepts any server certificate, checking only that the handshake is signed with its key.
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+// -----------------------------------------------------------------------------------------
+// Frames and what they carry, owned
+// -----------------------------------------------------------------------------------------
+
+/// A `call_id`, owned.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Id {
+    U(u64),
+    I(i64),
+    B(Vec<u8>),
+}
+
+impl Id {
+    pub fn of(id: CallIdRef<'_>) -> Id {
+        match id {
+            CallIdRef::Uint(n) => Id::U(n),
+            CallIdRef::Int(n) => Id::I(n),
+            CallIdRef::Bytes(b) => Id::B(b.to_vec()),
+        }
+    }
+
+    pub fn wire(&self) -> CallIdRef<'_> {
+        match self {
+            Id::U(n) => CallIdRef::Uint(*n),
+            Id::I(n) => CallIdRef::Int(*n),
+            Id::B(b) => CallIdRef::Bytes(b),
+        }
+    }
+}
+
+pub fn publish_frame(topic: &str, payload: &[u8]) -> Vec<u8> {
+    encode(&Message::Publish(Publish {
+        topic: topic.as_bytes(),
+        payload,
+        qos: None,
+        retain: None,
+        message_id: None,
+        publisher: None,
+    }))
+}
+
+pub fn subscribe_frame(patterns: &[&str]) -> Vec<u8> {
+    let list: Vec<&[u8]> = patterns.iter().map(|p| p.as_bytes()).collect();
+    encode(&Message::Subscribe(Subscribe {
+        topics: Strings::List(&list),
+        qos: None,
+    }))
+}
+
+pub fn unsubscribe_frame(patterns: &[&str]) -> Vec<u8> {
+    let list: Vec<&[u8]> = patterns.iter().map(|p| p.as_bytes()).collect();
+    encode(&Message::Unsubscribe(Unsubscribe {
+        topics: Strings::List(&list),
+    }))
+}
+
+pub fn register_frame(procedure: &str, ttl_s: Option<u64>) -> Vec<u8> {
+    encode(&Message::Register(Register {
+        procedure: procedure.as_bytes(),
+        ttl_s,
+    }))
+}
+
+pub fn unregister_frame(procedure: &str) -> Vec<u8> {
+    encode(&Message::Unregister(Unregister {
+        procedure: procedure.as_bytes(),
+    }))
+}
+
+pub fn call_frame(
+    procedure: &str,
+    args: &[u8],
+    call_id: Option<&Id>,
+    timeout_ms: Option<u64>,
+) -> Vec<u8> {
+    encode(&Message::Call(Call {
+        procedure: procedure.as_bytes(),
+        args: RawValue(args),
+        call_id: call_id.map(Id::wire),
+        timeout_ms,
+    }))
+}
+
+pub fn reply_frame(call_id: &Id, result: &[u8]) -> Vec<u8> {
+    encode(&Message::Reply(Reply {
+        call_id: Some(call_id.wire()),
+        outcome: Outcome::Result(RawValue(result)),
+    }))
+}
+
+pub fn reply_error_frame(call_id: &Id, code: &str, message: &str) -> Vec<u8> {
+    encode(&Message::Reply(Reply {
+        call_id: Some(call_id.wire()),
+        outcome: Outcome::Error {
+            code: code.as_bytes(),
+            message: Some(message.as_bytes()),
+        },
+    }))
+}
+
+/// A PUBLISH received.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivered {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub publisher: Option<NodeId>,
+}
+
+/// A CALL received by a provider.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Called {
+    pub procedure: String,
+    pub args: Vec<u8>,
+    pub call_id: Option<Id>,
+    pub timeout_ms: Option<u64>,
+}
+
+/// A REPLY received by a caller: the result, or the error code.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Replied {
+    pub call_id: Option<Id>,
+    pub outcome: Result<Vec<u8>, String>,
+}
+
+/// A CANCEL received by a provider.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cancelled {
+    pub call_id: Id,
+    pub reason: String,
+}
+
+/// An ERROR received.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Refused {
+    pub code: String,
+    pub frame_type: u64,
+    pub subject: Option<String>,
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+impl Frame {
+    pub fn publish(&self) -> Delivered {
+        match self.msg() {
+            Message::Publish(p) => Delivered {
+                topic: text(p.topic),
+                payload: p.payload.to_vec(),
+                publisher: p.publisher,
+            },
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+
+    pub fn call(&self) -> Called {
+        match self.msg() {
+            Message::Call(c) => Called {
+                procedure: text(c.procedure),
+                args: c.args.0.to_vec(),
+                call_id: c.call_id.map(Id::of),
+                timeout_ms: c.timeout_ms,
+            },
+            other => panic!("expected CALL, got {other:?}"),
+        }
+    }
+
+    pub fn reply(&self) -> Replied {
+        match self.msg() {
+            Message::Reply(r) => Replied {
+                call_id: r.call_id.map(Id::of),
+                outcome: match r.outcome {
+                    Outcome::Result(raw) => Ok(raw.0.to_vec()),
+                    Outcome::Error { code, .. } => Err(text(code)),
+                },
+            },
+            other => panic!("expected REPLY, got {other:?}"),
+        }
+    }
+
+    pub fn cancel(&self) -> Cancelled {
+        match self.msg() {
+            Message::Cancel(c) => Cancelled {
+                call_id: Id::of(c.call_id),
+                reason: text(c.reason),
+            },
+            other => panic!("expected CANCEL, got {other:?}"),
+        }
+    }
+
+    pub fn error(&self) -> Refused {
+        match self.msg() {
+            Message::Error(e) => Refused {
+                code: text(e.code),
+                frame_type: e.frame_type,
+                subject: e.topic.or(e.procedure).map(text),
+            },
+            other => panic!("expected ERROR, got {other:?}"),
+        }
+    }
+}
+
+impl Raw {
+    /// SUBSCRIBE, then PING: returns once the patterns are in effect on every shard, with the
+    /// frames (ERROR) that came meanwhile.
+    pub async fn subscribe(&mut self, patterns: &[&str]) -> Vec<Frame> {
+        self.write(&subscribe_frame(patterns)).await;
+        self.ping().await
+    }
+
+    /// REGISTER_PROCEDURE, then PING.
+    pub async fn register(&mut self, procedure: &str) -> Vec<Frame> {
+        self.write(&register_frame(procedure, None)).await;
+        self.ping().await
+    }
+
+    pub async fn publish(&mut self, topic: &str, payload: &[u8]) {
+        self.write(&publish_frame(topic, payload)).await;
+    }
+
+    /// Sends CALL with `call_id` and no timeout.
+    pub async fn call(&mut self, procedure: &str, args: &[u8], call_id: &Id) {
+        self.write(&call_frame(procedure, args, Some(call_id), None))
+            .await;
+    }
+
+    /// The next frame, which must be of type `ty`.
+    pub async fn expect(&mut self, ty: FrameType) -> Frame {
+        let frame = self
+            .next()
+            .await
+            .unwrap_or_else(|| panic!("the stream ended before a {ty:?} frame"));
+        assert_eq!(frame.ty, ty as u8, "expected {ty:?}, got {:?}", frame.msg());
+        frame
+    }
+}
