@@ -225,6 +225,7 @@ async fn a_token_realm_admits_each_of_its_tokens_and_a_realm_without_tokens_admi
         "--realm",
         "open",
     ]);
+    let mut admitted = Vec::new();
     for token in ["first-token", "second-token"] {
         let mut raw = Raw::connect_with(
             gw.addr,
@@ -235,6 +236,7 @@ async fn a_token_realm_admits_each_of_its_tokens_and_a_realm_without_tokens_admi
         )
         .await;
         assert!(raw.ping().await.is_empty());
+        admitted.push(raw);
     }
     let mut open = Raw::connect_with(
         gw.addr,
@@ -549,4 +551,766 @@ async fn many_calls_pipelined_on_one_connection_are_all_answered() {
         assert_eq!(answered[&format!("call-{i}")], Ok(args));
     }
     assert_eq!(gw.metric("meshgate_calls_total{outcome=\"ok\"}").await, 300);
+}
+
+// =========================================================================================
+// 5.1 and 5.2 Publish and subscribe
+// =========================================================================================
+
+/// Reads PUBLISH frames up to the first on `end`, which is not returned.
+async fn deliveries_until(raw: &mut Raw, end: &str) -> Vec<Delivered> {
+    let mut got = Vec::new();
+    loop {
+        let d = raw.expect(FrameType::Publish).await.publish();
+        if d.topic == end {
+            return got;
+        }
+        got.push(d);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_reaches_every_matching_session_on_both_shards_exactly_once_but_not_its_publisher(
+) {
+    let gw = Gateway::start(&[]);
+    let mut subs = vec![
+        gw.raw_on_shard(0).await,
+        gw.raw_on_shard(0).await,
+        gw.raw_on_shard(1).await,
+        gw.raw_on_shard(1).await,
+    ];
+    let mut publisher = gw.raw_on_shard(0).await;
+    assert_eq!(gw.clients_per_shard().await, [3, 2]);
+    for sub in &mut subs {
+        // Four patterns that all match: still one delivery each.
+        let errors = sub
+            .subscribe(&["news.today", "news.*", "news.**", "**"])
+            .await;
+        assert!(errors.is_empty(), "{errors:?}");
+    }
+    publisher.subscribe(&["news.**"]).await;
+    for i in 0..20u8 {
+        publisher.publish("news.today", &[i]).await;
+    }
+    publisher.publish("news.end", b"").await;
+    for sub in &mut subs {
+        let got = deliveries_until(sub, "news.end").await;
+        let payloads: Vec<Vec<u8>> = got.iter().map(|d| d.payload.clone()).collect();
+        assert_eq!(payloads, (0..20u8).map(|i| vec![i]).collect::<Vec<_>>());
+        assert!(got
+            .iter()
+            .all(|d| d.topic == "news.today" && d.publisher == Some(publisher.node_id)));
+    }
+    // The publisher's first delivery is another session's publish, sent after its own.
+    subs[2].publish("news.marker", b"m").await;
+    let first = publisher.expect(FrameType::Publish).await.publish();
+    assert_eq!(
+        first.topic, "news.marker",
+        "the publisher got its own {first:?}"
+    );
+    assert_eq!(first.publisher, Some(subs[2].node_id));
+    for (i, sub) in subs.iter_mut().enumerate() {
+        if i != 2 {
+            assert_eq!(
+                sub.expect(FrameType::Publish).await.publish().topic,
+                "news.marker"
+            );
+        }
+    }
+    // Exactly once, counted: 21 publishes to 4 sessions, and the marker to 4.
+    let m = gw.metrics().await;
+    assert_eq!(m.get("meshgate_publishes_total"), 22);
+    assert_eq!(m.get("meshgate_deliveries_total"), 21 * 4 + 4);
+}
+
+/// Subscribes one session per pattern (on shard 1), publishes `topics` from shard 0, and
+/// returns the topics each pattern got.
+async fn topics_matched(patterns: &[&str], topics: &[&str]) -> Vec<Vec<String>> {
+    let gw = Gateway::start(&[]);
+    let mut subs = Vec::new();
+    for pattern in patterns {
+        let mut sub = gw.raw_on_shard(1).await;
+        let errors = sub.subscribe(&[pattern, "zz.end"]).await;
+        assert!(errors.is_empty(), "{pattern}: {errors:?}");
+        subs.push(sub);
+    }
+    let mut publisher = gw.raw_on_shard(0).await;
+    for topic in topics {
+        publisher.publish(topic, b"").await;
+    }
+    publisher.publish("zz.end", b"").await;
+    let mut matched = Vec::new();
+    for sub in &mut subs {
+        let got = deliveries_until(sub, "zz.end").await;
+        matched.push(got.into_iter().map(|d| d.topic).collect());
+    }
+    matched
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_star_segment_matches_exactly_one_segment() {
+    let topics = [
+        "sensor.temp.room1",
+        "sensor.room1",
+        "sensor.a.b.room1",
+        "sensor.temp.room2",
+        "sensor.hum.room1",
+        "other.temp.room1",
+    ];
+    let matched = topics_matched(&["sensor.*.room1", "*"], &topics).await;
+    assert_eq!(matched[0], ["sensor.temp.room1", "sensor.hum.room1"]);
+    assert!(matched[1].is_empty(), "`*` matches one-segment topics only");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_double_star_segment_matches_zero_or_more_segments_anywhere() {
+    let topics = [
+        "sensor",
+        "sensor.temp",
+        "sensor.temp.room1",
+        "sensors.temp",
+        "room1",
+        "a.room1",
+        "a.b.room1",
+        "a.room2",
+        "a.z",
+        "a.b.z",
+        "a.b.c.z",
+        "a.b",
+    ];
+    let matched = topics_matched(&["sensor.**", "**.room1", "a.**.z"], &topics).await;
+    assert_eq!(matched[0], ["sensor", "sensor.temp", "sensor.temp.room1"]);
+    assert_eq!(
+        matched[1],
+        ["sensor.temp.room1", "room1", "a.room1", "a.b.room1"]
+    );
+    assert_eq!(matched[2], ["a.z", "a.b.z", "a.b.c.z"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_per_publisher_is_kept_for_a_thousand_messages_across_shards() {
+    let gw = Gateway::start(&[]);
+    let subscribers = [gw.client_on_shard(0).await, gw.client_on_shard(1).await];
+    let publishers = [gw.client_on_shard(0).await, gw.client_on_shard(1).await];
+    let mut subscriptions = Vec::new();
+    for s in &subscribers {
+        subscriptions.push(s.subscribe(["order.*"]).await.expect("subscribe"));
+    }
+    const N: u32 = 1000;
+    let sends = publishers.iter().map(|p| {
+        let p = p.clone();
+        tokio::spawn(async move {
+            for i in 0..N {
+                p.publish("order.seq", &i.to_be_bytes())
+                    .await
+                    .expect("publish");
+            }
+        })
+    });
+    for send in sends.collect::<Vec<_>>() {
+        send.await.expect("publisher task");
+    }
+    for subscription in &mut subscriptions {
+        let mut next: BTreeMap<NodeId, u32> = BTreeMap::new();
+        for _ in 0..2 * N {
+            let d = tokio::time::timeout(PATIENCE, subscription.next())
+                .await
+                .expect("a delivery in time")
+                .expect("the subscription is open");
+            let seq = u32::from_be_bytes(d.payload[..].try_into().unwrap());
+            let expected = next.entry(d.publisher).or_insert(0);
+            assert_eq!(seq, *expected, "out of order from {:?}", d.publisher);
+            *expected += 1;
+        }
+        assert_eq!(next.len(), 2, "both publishers delivered");
+        assert!(next.values().all(|&n| n == N));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn realms_are_isolated() {
+    let gw = Gateway::start(&["--realm", "alpha", "--realm", "beta"]);
+    let mut alpha_sub = Raw::connect(gw.addr, "alpha", random_node()).await;
+    let mut beta_sub = Raw::connect(gw.addr, "beta", random_node()).await;
+    let mut alpha_pub = Raw::connect(gw.addr, "alpha", random_node()).await;
+    let mut beta_pub = Raw::connect(gw.addr, "beta", random_node()).await;
+    alpha_sub.subscribe(&["x.**"]).await;
+    beta_sub.subscribe(&["x.**"]).await;
+    beta_pub.register("realm.proc").await;
+
+    alpha_pub.publish("x.from.alpha", b"a").await;
+    assert_eq!(
+        alpha_sub.expect(FrameType::Publish).await.publish().topic,
+        "x.from.alpha"
+    );
+    beta_pub.publish("x.from.beta", b"b").await;
+    let first = beta_sub.expect(FrameType::Publish).await.publish();
+    assert_eq!(first.topic, "x.from.beta", "beta got alpha's {first:?}");
+
+    // A procedure of beta is not found from alpha.
+    alpha_pub.call("realm.proc", &[0xc0], &Id::U(1)).await;
+    assert_eq!(
+        alpha_pub.expect(FrameType::Reply).await.reply().outcome,
+        Err("procedure_not_found".into())
+    );
+    let mut beta_caller = Raw::connect(gw.addr, "beta", random_node()).await;
+    beta_caller.call("realm.proc", &[0xc0], &Id::U(1)).await;
+    let called = beta_pub.expect(FrameType::Call).await.call();
+    assert_eq!(called.procedure, "realm.proc");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribing_twice_is_a_no_op_and_unsubscribing_an_unknown_pattern_too() {
+    let gw = Gateway::start(&[]);
+    let mut sub = gw.raw_on_shard(1).await;
+    let mut publisher = gw.raw_on_shard(0).await;
+    assert!(sub.subscribe(&["twice.x", "twice.x"]).await.is_empty());
+    assert!(sub.subscribe(&["twice.x", "stop"]).await.is_empty());
+    assert_eq!(gw.metric("meshgate_subscriptions").await, 2);
+    sub.write(&unsubscribe_frame(&["never.subscribed"])).await;
+    assert!(sub.ping().await.is_empty());
+    assert_eq!(gw.metric("meshgate_subscriptions").await, 2);
+    publisher.publish("twice.x", b"1").await;
+    publisher.publish("stop", b"").await;
+    let got = deliveries_until(&mut sub, "stop").await;
+    assert_eq!(got.len(), 1, "{got:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsubscribe_stops_deliveries_once_ping_is_answered() {
+    let gw = Gateway::start(&[]);
+    let mut sub = gw.raw_on_shard(1).await;
+    let mut publisher = gw.raw_on_shard(0).await;
+    sub.subscribe(&["gone.x", "stop"]).await;
+    sub.write(&unsubscribe_frame(&["gone.x"])).await;
+    assert!(sub.ping().await.is_empty());
+    publisher.publish("gone.x", b"1").await;
+    publisher.publish("stop", b"").await;
+    assert!(deliveries_until(&mut sub, "stop").await.is_empty());
+    assert_eq!(gw.metric("meshgate_subscriptions").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_is_a_barrier_for_subscribe_and_register_on_every_shard() {
+    let gw = Gateway::start(&[]);
+    let mut far = gw.raw_on_shard(1).await;
+    let mut near = gw.raw_on_shard(0).await;
+    for i in 0..20 {
+        let topic = format!("barrier.{i}");
+        assert!(far.subscribe(&[&topic]).await.is_empty());
+        // At once, from the other shard.
+        near.publish(&topic, b"").await;
+        assert_eq!(far.expect(FrameType::Publish).await.publish().topic, topic);
+
+        let procedure = format!("barrier.proc{i}");
+        assert!(far.register(&procedure).await.is_empty());
+        near.call(&procedure, &[0xc0], &Id::U(i)).await;
+        assert_eq!(
+            far.expect(FrameType::Call).await.call().procedure,
+            procedure
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_topic_or_pattern_gets_an_error_and_the_session_goes_on() {
+    let gw = Gateway::start(&[]);
+    let mut raw = gw.raw().await;
+    for topic in ["a..b", "", "a.*", "**", ".a", "a."] {
+        raw.publish(topic, b"x").await;
+        let error = raw.expect(FrameType::Error).await.error();
+        assert_eq!(
+            error,
+            Refused {
+                code: "invalid_topic".into(),
+                frame_type: 0x10,
+                subject: Some(topic.into()),
+            }
+        );
+    }
+    let long = "a".repeat(1025);
+    raw.publish(&long, b"x").await;
+    assert_eq!(
+        raw.expect(FrameType::Error).await.error().code,
+        "invalid_topic"
+    );
+    for pattern in ["a..b", "", ".x"] {
+        let errors = raw.subscribe(&[pattern]).await;
+        assert_eq!(errors.len(), 1, "{pattern:?}: {errors:?}");
+        assert_eq!(
+            errors[0].error(),
+            Refused {
+                code: "invalid_pattern".into(),
+                frame_type: 0x11,
+                subject: Some(pattern.into()),
+            }
+        );
+    }
+    assert!(raw.ping().await.is_empty(), "the session goes on");
+    assert_eq!(gw.metric("meshgate_subscriptions").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_beyond_max_subscriptions_get_too_many_subscriptions() {
+    let gw = Gateway::start(&["--max-subscriptions", "2"]);
+    let mut raw = gw.raw().await;
+    let errors = raw.subscribe(&["one", "two", "three"]).await;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(
+        errors[0].error(),
+        Refused {
+            code: "too_many_subscriptions".into(),
+            frame_type: 0x11,
+            subject: Some("three".into()),
+        }
+    );
+    // A pattern already held is no new subscription.
+    assert!(raw.subscribe(&["two"]).await.is_empty());
+    assert_eq!(gw.metric("meshgate_subscriptions").await, 2);
+}
+
+// =========================================================================================
+// 5.3 and 5.4 Calls
+// =========================================================================================
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_across_shards_is_answered_with_the_callers_call_id() {
+    let gw = Gateway::start(&[]);
+    let mut provider = gw.raw_on_shard(1).await;
+    provider.register("math.echo").await;
+    let mut caller = gw.raw_on_shard(0).await;
+    let ids = [
+        Id::B(b"req-1".to_vec()),
+        Id::U(7),
+        Id::U(u64::MAX),
+        Id::I(-3),
+        Id::B(vec![0xff; 64]),
+    ];
+    let args = [0x92, 0x01, 0xa1, b'x']; // [1, "x"]
+    let mut tokens = Vec::new();
+    for id in &ids {
+        caller
+            .write(&call_frame("math.echo", &args, Some(id), Some(5000)))
+            .await;
+        let called = provider.expect(FrameType::Call).await.call();
+        assert_eq!(called.procedure, "math.echo");
+        assert_eq!(called.args, args);
+        assert_eq!(called.timeout_ms, Some(5000));
+        let Some(token @ Id::U(_)) = called.call_id else {
+            panic!("the provider gets a server-assigned integer call_id: {called:?}")
+        };
+        tokens.push(token.clone());
+        provider
+            .write(&reply_frame(&token, &[0xa2, b'o', b'k']))
+            .await;
+        let reply = caller.expect(FrameType::Reply).await.reply();
+        assert_eq!(
+            reply.call_id.as_ref(),
+            Some(id),
+            "the caller's call_id is echoed"
+        );
+        assert_eq!(reply.outcome, Ok(vec![0xa2, b'o', b'k']));
+    }
+    tokens.sort_by_key(|t| format!("{t:?}"));
+    tokens.dedup();
+    assert_eq!(tokens.len(), ids.len(), "one server call_id per call");
+    // The client library's calls take the same way.
+    let client = gw.client_on_shard(0).await;
+    let mut reply = Box::pin(client.call("math.echo", &[0x2a]));
+    let called = tokio::select! {
+        frame = provider.expect(FrameType::Call) => frame.call(),
+        r = &mut reply => panic!("answered before the provider saw it: {r:?}"),
+    };
+    provider
+        .write(&reply_frame(called.call_id.as_ref().unwrap(), &called.args))
+        .await;
+    assert_eq!(reply.await.expect("result"), [0x2a]);
+    assert_eq!(gw.metric("meshgate_calls_total{outcome=\"ok\"}").await, 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_error_reaches_the_caller() {
+    let gw = Gateway::start(&[]);
+    let provider = gw.client_on_shard(1).await;
+    provider
+        .register("fails.always", |_| async {
+            Err::<Vec<u8>, _>(ProcedureError::new("bad_input", "no way"))
+        })
+        .await
+        .expect("register");
+    let caller = gw.client_on_shard(0).await;
+    match caller.call("fails.always", &[0xc0]).await {
+        Err(CallError::Remote { code, message }) => {
+            assert_eq!((code.as_str(), message.as_str()), ("bad_input", "no way"))
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_go_round_robin_over_the_live_providers() {
+    let gw = Gateway::start(&[]);
+    let mut providers = Vec::new();
+    for (shard, tag) in [(0, 0x10u8), (1, 0x11u8)] {
+        let p = gw.client_on_shard(shard).await;
+        p.register("rr.who", move |_| async move {
+            Ok::<_, ProcedureError>(vec![tag])
+        })
+        .await
+        .expect("register");
+        providers.push(p);
+    }
+    for caller_shard in [0, 1] {
+        let caller = gw.client_on_shard(caller_shard).await;
+        let mut answers = Vec::new();
+        for _ in 0..10 {
+            answers.push(caller.call("rr.who", &[0xc0]).await.expect("result")[0]);
+        }
+        assert!(
+            answers.windows(2).all(|w| w[0] != w[1]),
+            "not round-robin from shard {caller_shard}: {answers:02x?}"
+        );
+    }
+    assert_eq!(gw.metric("meshgate_calls_total{outcome=\"ok\"}").await, 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_without_a_provider_gets_procedure_not_found() {
+    let gw = Gateway::start(&[]);
+    let caller = gw.client().await;
+    let error = caller
+        .call("nobody.home", &[0xc0])
+        .await
+        .expect_err("no provider");
+    assert_eq!(error.code(), Some("procedure_not_found"), "{error:?}");
+    let mut raw = gw.raw().await;
+    raw.call("nobody.home", &[0xc0], &Id::B(b"x1".to_vec()))
+        .await;
+    let reply = raw.expect(FrameType::Reply).await.reply();
+    assert_eq!(reply.call_id, Some(Id::B(b"x1".to_vec())));
+    assert_eq!(reply.outcome, Err("procedure_not_found".into()));
+    assert_eq!(
+        gw.metric("meshgate_calls_total{outcome=\"procedure_not_found\"}")
+            .await,
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unregister_stops_calls_at_once() {
+    let gw = Gateway::start(&[]);
+    let mut provider = gw.raw_on_shard(1).await;
+    let mut caller = gw.raw_on_shard(0).await;
+    provider.register("brief.proc").await;
+    assert_eq!(gw.metric("meshgate_registrations").await, 1);
+    provider.write(&unregister_frame("brief.proc")).await;
+    assert!(provider.ping().await.is_empty());
+    caller.call("brief.proc", &[0xc0], &Id::U(1)).await;
+    assert_eq!(
+        caller.expect(FrameType::Reply).await.reply().outcome,
+        Err("procedure_not_found".into())
+    );
+    assert_eq!(gw.metric("meshgate_registrations").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_past_its_deadline_gets_timeout_and_its_provider_cancel_timeout() {
+    let gw = Gateway::start(&[]);
+    let mut provider = gw.raw_on_shard(1).await;
+    provider.register("slow.op").await;
+    let mut caller = gw.raw_on_shard(0).await;
+    let id = Id::B(b"t-1".to_vec());
+    caller
+        .write(&call_frame("slow.op", &[0xc0], Some(&id), Some(300)))
+        .await;
+    let called = provider.expect(FrameType::Call).await.call();
+    assert_eq!(called.timeout_ms, Some(300));
+    let token = called.call_id.expect("call_id");
+    let reply = caller.expect(FrameType::Reply).await.reply();
+    assert_eq!(
+        reply,
+        Replied {
+            call_id: Some(id),
+            outcome: Err("timeout".into())
+        }
+    );
+    let cancel = provider.expect(FrameType::Cancel).await.cancel();
+    assert_eq!(
+        cancel,
+        Cancelled {
+            call_id: token.clone(),
+            reason: "timeout".into()
+        }
+    );
+    // A REPLY after the deadline is discarded, and counted.
+    provider.write(&reply_frame(&token, &[0x01])).await;
+    gw.wait_metric("meshgate_late_replies_total", |n| n == 1)
+        .await;
+    assert!(
+        caller.ping().await.is_empty(),
+        "the late REPLY reached the caller"
+    );
+    let m = gw.metrics().await;
+    assert_eq!(m.get("meshgate_calls_total{outcome=\"timeout\"}"), 1);
+    assert_eq!(m.get("meshgate_pending_calls"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_deadline_defaults_to_call_timeout_and_is_capped_at_max_call_timeout() {
+    let gw = Gateway::start(&["--call-timeout", "200ms", "--max-call-timeout", "400ms"]);
+    let mut provider = gw.raw_on_shard(1).await;
+    provider.register("slow.op").await;
+    let mut caller = gw.raw_on_shard(0).await;
+    let cases = [
+        (None, 200),
+        (Some(0), 200),
+        (Some(100), 100),
+        (Some(60_000), 400),
+    ];
+    for (i, (asked, _)) in cases.iter().enumerate() {
+        caller
+            .write(&call_frame(
+                "slow.op",
+                &[0xc0],
+                Some(&Id::U(i as u64)),
+                *asked,
+            ))
+            .await;
+    }
+    let mut deadlines = Vec::new();
+    for _ in cases {
+        deadlines.push(provider.expect(FrameType::Call).await.call().timeout_ms);
+    }
+    let expected: Vec<Option<u64>> = cases.iter().map(|&(_, d)| Some(d)).collect();
+    assert_eq!(
+        deadlines, expected,
+        "the deadlines forwarded to the provider"
+    );
+    let mut timed_out = Vec::new();
+    for _ in cases {
+        let reply = caller.expect(FrameType::Reply).await.reply();
+        assert_eq!(reply.outcome, Err("timeout".into()));
+        timed_out.push(reply.call_id.expect("call_id"));
+    }
+    // Shortest deadline first.
+    assert_eq!(timed_out, [Id::U(2), Id::U(0), Id::U(1), Id::U(3)]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_whose_provider_leaves_gets_provider_gone() {
+    let gw = Gateway::start(&[]);
+    let mut provider = gw.raw_on_shard(1).await;
+    provider.register("leaving.op").await;
+    let mut caller = gw.raw_on_shard(0).await;
+    let id = Id::B(b"pg".to_vec());
+    caller.call("leaving.op", &[0xc0], &id).await;
+    provider.expect(FrameType::Call).await;
+    // The provider's connection goes without a word.
+    provider.conn.close(0u32.into(), b"");
+    let reply = caller.expect(FrameType::Reply).await.reply();
+    assert_eq!(
+        reply,
+        Replied {
+            call_id: Some(id),
+            outcome: Err("provider_gone".into())
+        }
+    );
+    let m = gw.metrics().await;
+    assert_eq!(m.get("meshgate_calls_total{outcome=\"provider_gone\"}"), 1);
+    assert_eq!(m.get("meshgate_pending_calls"), 0);
+    // And its registration went with it.
+    caller.call("leaving.op", &[0xc0], &Id::U(2)).await;
+    assert_eq!(
+        caller.expect(FrameType::Reply).await.reply().outcome,
+        Err("procedure_not_found".into())
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_id_still_in_flight_gets_duplicate_call_id() {
+    let gw = Gateway::start(&[]);
+    let mut provider = gw.raw_on_shard(1).await;
+    provider.register("dup.op").await;
+    let mut caller = gw.raw_on_shard(0).await;
+    let id = Id::B(b"same".to_vec());
+    caller.call("dup.op", &[0x01], &id).await;
+    let first = provider.expect(FrameType::Call).await.call();
+    caller.call("dup.op", &[0x02], &id).await;
+    let reply = caller.expect(FrameType::Reply).await.reply();
+    assert_eq!(
+        reply,
+        Replied {
+            call_id: Some(id.clone()),
+            outcome: Err("duplicate_call_id".into())
+        }
+    );
+    // The first call is still served.
+    provider
+        .write(&reply_frame(first.call_id.as_ref().unwrap(), &[0x0a]))
+        .await;
+    assert_eq!(
+        caller.expect(FrameType::Reply).await.reply(),
+        Replied {
+            call_id: Some(id.clone()),
+            outcome: Ok(vec![0x0a])
+        }
+    );
+    // Once answered, the id may be used again.
+    caller.call("dup.op", &[0x03], &id).await;
+    assert_eq!(provider.expect(FrameType::Call).await.call().args, [0x03]);
+    // The same id from another caller is another call.
+    let mut other = gw.raw_on_shard(0).await;
+    other.call("dup.op", &[0x04], &id).await;
+    assert_eq!(provider.expect(FrameType::Call).await.call().args, [0x04]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_leaves_with_a_call_in_flight_gets_it_cancelled_with_caller_gone() {
+    let gw = Gateway::start(&[]);
+    let mut provider = gw.raw_on_shard(1).await;
+    provider.register("long.op").await;
+    let mut caller = gw.raw_on_shard(0).await;
+    caller.call("long.op", &[0xc0], &Id::U(9)).await;
+    let token = provider
+        .expect(FrameType::Call)
+        .await
+        .call()
+        .call_id
+        .unwrap();
+    assert_eq!(gw.metric("meshgate_pending_calls").await, 1);
+    caller.conn.close(0u32.into(), b"gone");
+    let cancel = provider.expect(FrameType::Cancel).await.cancel();
+    assert_eq!(
+        cancel,
+        Cancelled {
+            call_id: token.clone(),
+            reason: "caller_gone".into()
+        }
+    );
+    // Dropped at once: no deadline waited for.
+    let m = gw.metrics().await;
+    assert_eq!(m.get("meshgate_pending_calls"), 0);
+    assert_eq!(m.get("meshgate_calls_total{outcome=\"caller_gone\"}"), 1);
+    provider.write(&reply_frame(&token, &[0x01])).await;
+    gw.wait_metric("meshgate_late_replies_total", |n| n == 1)
+        .await;
+    assert!(provider.ping().await.is_empty(), "the session goes on");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_for_an_unknown_call_id_is_discarded_and_counted() {
+    let gw = Gateway::start(&[]);
+    let mut provider = gw.raw().await;
+    for id in [
+        Id::U(123_456_789),
+        Id::U(u64::MAX),
+        Id::B(b"nope".to_vec()),
+        Id::I(-1),
+    ] {
+        provider.write(&reply_frame(&id, &[0xc0])).await;
+    }
+    assert!(
+        provider.ping().await.is_empty(),
+        "no error, the session goes on"
+    );
+    assert_eq!(gw.metric("meshgate_late_replies_total").await, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_procedure_or_call_id_gets_invalid_call() {
+    let gw = Gateway::start(&[]);
+    let mut provider = gw.raw().await;
+    provider.register("ok.proc").await;
+    let mut caller = gw.raw().await;
+    let long_id = Id::B(vec![7; 65]);
+    let cases = [
+        call_frame("a..b", &[0xc0], Some(&Id::U(1)), None),
+        call_frame("a.*", &[0xc0], Some(&Id::U(2)), None),
+        call_frame("ok.proc", &[0xc0], Some(&long_id), None),
+    ];
+    for (case, expected_id) in cases.iter().zip([Id::U(1), Id::U(2), long_id.clone()]) {
+        caller.write(case).await;
+        let reply = caller.expect(FrameType::Reply).await.reply();
+        assert_eq!(
+            reply,
+            Replied {
+                call_id: Some(expected_id),
+                outcome: Err("invalid_call".into())
+            }
+        );
+    }
+    caller
+        .write(&call_frame("ok.proc", &[0xc0], None, None))
+        .await;
+    let reply = caller.expect(FrameType::Reply).await.reply();
+    assert_eq!(
+        reply,
+        Replied {
+            call_id: None,
+            outcome: Err("invalid_call".into())
+        }
+    );
+    assert!(caller.ping().await.is_empty());
+    assert!(
+        provider.ping().await.is_empty(),
+        "nothing reached the provider"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_beyond_max_pending_calls_get_overloaded() {
+    // One call in flight per shard.
+    let gw = Gateway::start(&["--max-pending-calls", "2"]);
+    let mut provider = gw.raw_on_shard(1).await;
+    provider.register("held.op").await;
+    let mut caller = gw.raw_on_shard(0).await;
+    caller.call("held.op", &[0xc0], &Id::U(1)).await;
+    let held = provider.expect(FrameType::Call).await.call();
+    caller.call("held.op", &[0xc0], &Id::U(2)).await;
+    assert_eq!(
+        caller.expect(FrameType::Reply).await.reply(),
+        Replied {
+            call_id: Some(Id::U(2)),
+            outcome: Err("overloaded".into())
+        }
+    );
+    provider
+        .write(&reply_frame(held.call_id.as_ref().unwrap(), &[0x01]))
+        .await;
+    assert_eq!(
+        caller.expect(FrameType::Reply).await.reply().outcome,
+        Ok(vec![0x01])
+    );
+    assert_eq!(
+        gw.metric("meshgate_calls_total{outcome=\"overloaded\"}")
+            .await,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registrations_beyond_max_registrations_or_invalid_names_get_an_error() {
+    let gw = Gateway::start(&["--max-registrations", "1"]);
+    let mut provider = gw.raw().await;
+    assert!(provider.register("first.proc").await.is_empty());
+    assert!(
+        provider.register("first.proc").await.is_empty(),
+        "a refresh"
+    );
+    let errors = provider.register("second.proc").await;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(
+        errors[0].error(),
+        Refused {
+            code: "too_many_registrations".into(),
+            frame_type: 0x26,
+            subject: Some("second.proc".into()),
+        }
+    );
+    for name in ["a..b", "a.*", "**", ""] {
+        let errors = provider.register(name).await;
+        assert_eq!(errors.len(), 1, "{name:?}: {errors:?}");
+        assert_eq!(errors[0].error().code, "invalid_procedure");
+    }
+    assert_eq!(gw.metric("meshgate_registrations").await, 1);
 }
