@@ -57,6 +57,9 @@ const RX_BATCHES_PER_TURN: usize = 8;
 const INBOX_PER_TURN: usize = 1024;
 /// How long a stopping shard waits for its connections to close.
 const STOP_GRACE: Duration = Duration::from_millis(1500);
+/// How long a session the shard ended may take to send its last output (its DISCONNECT)
+/// before its connection is closed anyway: a client that reads nothing is closed all the same.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// What travels on a shard's inbox.
 pub struct Envelope {
@@ -135,8 +138,9 @@ struct Conn {
     odcid: Vec<u8>,
     session: Option<SessionKey>,
     timer: Option<TimerKey>,
-    /// The shard ended the session: close once its last output is sent.
-    close_after_flush: Option<Reason>,
+    /// The shard ended the session: close once its last output is sent, or at the instant
+    /// given, whichever comes first.
+    close_after_flush: Option<(Reason, Instant)>,
     /// In the `dirty` list.
     dirty: bool,
     /// Output is waiting for stream capacity.
@@ -545,7 +549,8 @@ impl Driver {
         while let Some((key, reason)) = self.shard.poll_close() {
             match self.conn_of(key) {
                 Some(idx) => {
-                    self.conns[idx].close_after_flush = Some(reason);
+                    self.conns[idx].close_after_flush =
+                        Some((reason, Instant::now() + CLOSE_GRACE));
                     self.mark_dirty(idx);
                 }
                 None => self.shard.handle_session_closed(now, key),
@@ -604,12 +609,13 @@ impl Driver {
             };
             c.dirty = false;
             send_ready(&mut c.q, tx, socket).await;
-            if let Some(reason) = c.close_after_flush {
+            if let Some((reason, close_by)) = c.close_after_flush {
                 let drained = c
                     .session
                     .is_none_or(|key| self.shard.output(key).is_empty());
                 let c = &mut self.conns[idx];
-                if (drained || self.stop_by.is_some_and(|s| Instant::now() >= s))
+                let late = Instant::now() >= close_by;
+                if (drained || late || self.stop_by.is_some_and(|s| Instant::now() >= s))
                     && !c.q.is_closed()
                 {
                     let _ =
@@ -623,7 +629,12 @@ impl Driver {
                 self.remove(now, idx);
                 continue;
             }
-            match c.q.timeout_instant() {
+            let close_by = c.close_after_flush.map(|(_, at)| at);
+            let wake = match (c.q.timeout_instant(), close_by) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            match wake {
                 Some(at) => {
                     let at = time_since(self.origin, at);
                     match c.timer {

@@ -1314,3 +1314,238 @@ async fn registrations_beyond_max_registrations_or_invalid_names_get_an_error() 
     }
     assert_eq!(gw.metric("meshgate_registrations").await, 1);
 }
+
+// =========================================================================================
+// 5.5 Limits and load
+// =========================================================================================
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_client_beyond_max_clients_gets_max_clients_reached_and_the_others_go_on() {
+    // The table is split among the shards by the owner of the node id: two each.
+    let gw = Gateway::start(&["--max-clients", "4"]);
+    let [zero, one] = [nodes_owned_by(0, 3), nodes_owned_by(1, 3)];
+    let mut admitted = Vec::new();
+    for node in [zero[0], zero[1], one[0], one[1]] {
+        admitted.push(Raw::connect(gw.addr, REALM, node).await);
+    }
+    for node in [zero[2], one[2]] {
+        let mut raw = Raw::open(gw.addr).await.expect("handshake");
+        raw.write(&connect_frame(REALM, node, None)).await;
+        raw.expect_disconnect(Reason::MaxClientsReached).await;
+    }
+    let refused = Client::connect(ClientConfig {
+        node_id: zero[2],
+        ..gw.client_config()
+    })
+    .await
+    .expect_err("the table is full");
+    assert!(
+        matches!(
+            refused,
+            ClientError::Refused {
+                reason: Reason::MaxClientsReached,
+                ..
+            }
+        ),
+        "{refused:?}"
+    );
+    for raw in &mut admitted {
+        assert!(
+            raw.ping().await.is_empty(),
+            "an admitted session is disturbed"
+        );
+    }
+    let m = gw.metrics().await;
+    assert_eq!(m.get("meshgate_clients"), 4);
+    assert_eq!(
+        m.get("meshgate_clients_refused_total{reason=\"max_clients_reached\"}"),
+        3
+    );
+    // A place freed is taken again.
+    admitted.remove(0).leave().await;
+    gw.wait_metric("meshgate_clients", |n| n == 3).await;
+    Raw::connect(gw.addr, REALM, zero[2]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replacing_connect_is_admitted_when_the_client_table_is_full() {
+    let gw = Gateway::start(&["--max-clients", "2"]);
+    let (zero, one) = (nodes_owned_by(0, 1)[0], nodes_owned_by(1, 1)[0]);
+    let mut old = Raw::connect(gw.addr, REALM, zero).await;
+    let mut other = Raw::connect(gw.addr, REALM, one).await;
+    let mut new = Raw::connect(gw.addr, REALM, zero).await;
+    old.expect_disconnect(Reason::Replaced).await;
+    assert!(new.ping().await.is_empty());
+    assert!(other.ping().await.is_empty());
+    gw.wait_metric("meshgate_clients", |n| n == 2).await;
+    assert_eq!(
+        gw.metric("meshgate_clients_refused_total{reason=\"max_clients_reached\"}")
+            .await,
+        0
+    );
+}
+
+/// Whether a connection attempt was refused at the QUIC level with CONNECTION_REFUSED.
+fn refused_at_quic_level(error: &quinn::ConnectionError) -> bool {
+    matches!(
+        error,
+        quinn::ConnectionError::ConnectionClosed(close)
+            if close.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_max_handshakes_are_refused_with_connection_refused() {
+    // Two per shard; connections count until they send CONNECT. The kernel spreads new
+    // connections over the shards, so attempts go on until both shards are full.
+    let gw = Gateway::start(&["--max-handshakes", "4"]);
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..100 {
+        if held.len() == 4 {
+            break;
+        }
+        match Raw::open(gw.addr).await {
+            Ok(raw) => held.push(raw),
+            Err(e) => {
+                assert!(refused_at_quic_level(&e), "{e:?}");
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!(held.len(), 4, "4 handshakes held");
+    assert_eq!(gw.metric("meshgate_handshakes").await, 4);
+    for _ in 0..6 {
+        let e = Raw::open(gw.addr).await.err().expect("a fifth is refused");
+        assert!(refused_at_quic_level(&e), "{e:?}");
+        refused += 1;
+    }
+    assert_eq!(
+        gw.metric("meshgate_handshakes_refused_total").await,
+        refused
+    );
+    // CONNECT turns one into a session and frees its place.
+    let mut session = held.remove(0);
+    session
+        .write(&connect_frame(REALM, random_node(), None))
+        .await;
+    session.expect(FrameType::Pong).await;
+    assert_eq!(gw.metric("meshgate_handshakes").await, 3);
+    let mut admitted = None;
+    for _ in 0..100 {
+        match Raw::open(gw.addr).await {
+            Ok(raw) => {
+                admitted = Some(raw);
+                break;
+            }
+            Err(e) => assert!(refused_at_quic_level(&e), "{e:?}"),
+        }
+    }
+    assert!(admitted.is_some(), "no connection admitted after a CONNECT");
+    assert_eq!(gw.metric("meshgate_handshakes").await, 4);
+    assert!(session.ping().await.is_empty());
+}
+
+/// A QUIC transport whose stream window is small, so that a reader that stops reading
+/// stops the gateway's sending soon.
+fn small_window() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.stream_receive_window(quinn::VarInt::from_u32(16 * 1024))
+        .receive_window(quinn::VarInt::from_u32(32 * 1024));
+    t
+}
+
+/// Publishes `count` PUBLISHes of 1 KiB on `flood.x`, numbered.
+async fn flood(publisher: &mut Raw, count: u32) {
+    let mut bytes = Vec::new();
+    for i in 0..count {
+        let mut payload = vec![0u8; 1024];
+        payload[..4].copy_from_slice(&i.to_be_bytes());
+        bytes.extend(publish_frame("flood.x", &payload));
+    }
+    publisher.write(&bytes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_stops_reading_is_disconnected_as_a_slow_consumer() {
+    let gw = Gateway::start(&["--max-output", "65536", "--slow-consumer-timeout", "300ms"]);
+    let mut slow = Raw::connect_with(gw.addr, REALM, random_node(), None, small_window()).await;
+    slow.subscribe(&["flood.*"]).await;
+    let mut publisher = gw.raw().await;
+    // The subscriber reads nothing from now on.
+    flood(&mut publisher, 400).await;
+    gw.wait_metric("meshgate_dropped_total{reason=\"slow_consumer\"}", |n| {
+        n > 0
+    })
+    .await;
+    gw.wait_metric(
+        "meshgate_sessions_closed_total{reason=\"slow_consumer\"}",
+        |n| n == 1,
+    )
+    .await;
+    // Reading again, it finds what was queued before the drops, then DISCONNECT.
+    let before = slow.expect_disconnect(Reason::SlowConsumer).await;
+    let seqs: Vec<u32> = before
+        .iter()
+        .map(|f| u32::from_be_bytes(f.publish().payload[..4].try_into().unwrap()))
+        .collect();
+    assert!(
+        !seqs.is_empty() && seqs.len() < 400,
+        "{} delivered",
+        seqs.len()
+    );
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order: {seqs:?}");
+    assert!(publisher.ping().await.is_empty(), "the publisher goes on");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_never_reads_again_is_closed_with_slow_consumer() {
+    let gw = Gateway::start(&["--max-output", "65536", "--slow-consumer-timeout", "300ms"]);
+    let mut slow = Raw::connect_with(gw.addr, REALM, random_node(), None, small_window()).await;
+    slow.subscribe(&["flood.*"]).await;
+    let mut publisher = gw.raw().await;
+    flood(&mut publisher, 400).await;
+    slow.expect_closed(Reason::SlowConsumer).await;
+    gw.wait_metric("meshgate_clients", |n| n == 1).await;
+    assert!(
+        gw.metric("meshgate_dropped_total{reason=\"slow_consumer\"}")
+            .await
+            > 0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_to_a_provider_over_its_output_bound_fails_fast_with_overloaded() {
+    let gw = Gateway::start(&["--max-output", "65536"]);
+    let mut provider = Raw::connect_with(gw.addr, REALM, random_node(), None, small_window()).await;
+    provider.subscribe(&["flood.*"]).await;
+    provider.register("stuck.op").await;
+    let mut publisher = gw.raw().await;
+    flood(&mut publisher, 400).await;
+    gw.wait_metric("meshgate_dropped_total{reason=\"slow_consumer\"}", |n| {
+        n > 0
+    })
+    .await;
+    let mut caller = gw.raw().await;
+    caller
+        .write(&call_frame(
+            "stuck.op",
+            &[0xc0],
+            Some(&Id::U(5)),
+            Some(30_000),
+        ))
+        .await;
+    let reply = caller.expect(FrameType::Reply).await.reply();
+    assert_eq!(
+        reply,
+        Replied {
+            call_id: Some(Id::U(5)),
+            outcome: Err("overloaded".into())
+        }
+    );
+    assert_eq!(
+        gw.metric("meshgate_calls_total{outcome=\"overloaded\"}")
+            .await,
+        1
+    );
+}
