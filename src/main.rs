@@ -1,6 +1,8 @@
 //! The `meshgate` command.
 
+mod bench;
 mod cli;
+mod commands;
 mod driver;
 mod gateway;
 mod health;
@@ -9,13 +11,41 @@ mod ratelog;
 mod refuse;
 mod tls;
 
+use clap::error::ErrorKind;
 use clap::Parser;
 
 fn main() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let cli = cli::Cli::parse();
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version (stdout, status 0), and the help for a bare `meshgate`.
+        Err(e)
+            if !e.use_stderr()
+                || e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand =>
+        {
+            e.exit()
+        }
+        // One line on stderr, as for every start-up error (clap's own rendering adds a
+        // blank line, a tip and the usage).
+        Err(e) => {
+            let text = e.to_string();
+            let first: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .take_while(|l| !l.is_empty())
+                .collect();
+            let line = first.join(" ");
+            eprintln!(
+                "meshgate: {}",
+                line.strip_prefix("error: ").unwrap_or(&line)
+            );
+            std::process::exit(2);
+        }
+    };
     let result = match cli.command {
-        cli::Command::Serve(args) => gateway::serve(args),
+        cli::Command::Serve(args) => gateway::serve(args).map_err(|e| e.to_string()),
+        cli::Command::Bench(args) => bench::run(args),
+        command => commands::run(command),
     };
     if let Err(e) = result {
         eprintln!("meshgate: {e}");
