@@ -1549,3 +1549,441 @@ async fn a_call_to_a_provider_over_its_output_bound_fails_fast_with_overloaded()
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_expires_after_the_service_ttl_and_is_logged() {
+    let gw = Gateway::start(&["--service-ttl", "1s", "--prune-interval", "500ms"]);
+    // Caller and provider share a shard, so the prune is in effect for the caller as soon
+    // as the shard counts it.
+    let mut provider = gw.raw_on_shard(0).await;
+    let mut caller = gw.raw_on_shard(0).await;
+    provider.register("ttl.op").await;
+    caller.call("ttl.op", &[0xc0], &Id::U(1)).await;
+    let called = provider.expect(FrameType::Call).await.call();
+    provider
+        .write(&reply_frame(called.call_id.as_ref().unwrap(), &[0x01]))
+        .await;
+    assert_eq!(
+        caller.expect(FrameType::Reply).await.reply().outcome,
+        Ok(vec![0x01])
+    );
+    assert_eq!(gw.metric("meshgate_registrations").await, 1);
+
+    gw.wait_metric("meshgate_registrations_expired_total", |n| n == 1)
+        .await;
+    caller.call("ttl.op", &[0xc0], &Id::U(2)).await;
+    assert_eq!(
+        caller.expect(FrameType::Reply).await.reply().outcome,
+        Err("procedure_not_found".into())
+    );
+    assert_eq!(gw.metric("meshgate_registrations").await, 0);
+    gw.wait_log("removed 1 expired registrations").await;
+    assert!(
+        provider.ping().await.is_empty(),
+        "the provider's session goes on"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_lives_its_ttl_capped_at_the_service_ttl() {
+    // `ttl` 1 s under a 300 s --service-ttl, and `ttl` 3600 s under a 1 s one: both expire.
+    for (flags, ttl) in [
+        (&["--prune-interval", "200ms"][..], 1),
+        (
+            &["--service-ttl", "1s", "--prune-interval", "200ms"][..],
+            3600,
+        ),
+    ] {
+        let gw = Gateway::start(flags);
+        let mut provider = gw.raw().await;
+        provider.write(&register_frame("short.op", Some(ttl))).await;
+        assert!(provider.ping().await.is_empty());
+        assert_eq!(gw.metric("meshgate_registrations").await, 1);
+        gw.wait_metric("meshgate_registrations_expired_total", |n| n == 1)
+            .await;
+        assert_eq!(gw.metric("meshgate_registrations").await, 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_refreshed_within_its_ttl_does_not_expire() {
+    let gw = Gateway::start(&["--service-ttl", "1s", "--prune-interval", "100ms"]);
+    let mut provider = gw.raw_on_shard(0).await;
+    let mut caller = gw.raw_on_shard(0).await;
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(1600) {
+        provider.register("kept.op").await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(gw.metric("meshgate_registrations_expired_total").await, 0);
+    caller.call("kept.op", &[0xc0], &Id::U(1)).await;
+    provider.expect(FrameType::Call).await;
+}
+
+// =========================================================================================
+// Shutdown
+// =========================================================================================
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_disconnects_every_session_with_shutting_down_and_exits_0() {
+    let mut gw = Gateway::start(&[]);
+    let mut sessions = vec![gw.raw_on_shard(0).await, gw.raw_on_shard(1).await];
+    sessions[0].subscribe(&["a.b"]).await;
+    sessions[1].register("some.op").await;
+    let client = gw.client().await;
+    let mut state = client.watch_state();
+    // A connection still waiting to send CONNECT is closed too.
+    let waiting = Raw::open(gw.addr).await.expect("handshake");
+    let waiting_with_stream = {
+        let mut raw = Raw::open(gw.addr).await.expect("handshake");
+        raw.write(&[1]).await;
+        raw
+    };
+    let mut waiting_with_stream = waiting_with_stream;
+    gw.wait_metric("meshgate_handshakes", |n| n == 2).await;
+    gw.signal(libc::SIGTERM);
+    for raw in &mut sessions {
+        raw.expect_disconnect(Reason::ShuttingDown).await;
+    }
+    waiting_with_stream
+        .expect_disconnect(Reason::ShuttingDown)
+        .await;
+    waiting.expect_closed(Reason::ShuttingDown).await;
+    let ended = tokio::time::timeout(
+        PATIENCE,
+        state.wait_for(|s| matches!(s, meshgate_client::ConnectionState::Closed { .. })),
+    )
+    .await
+    .expect("the client saw the end")
+    .expect("state")
+    .clone();
+    assert_eq!(
+        ended,
+        meshgate_client::ConnectionState::Closed {
+            reason: Some(Reason::ShuttingDown)
+        }
+    );
+    let status = gw
+        .wait_exit(Duration::from_secs(2))
+        .await
+        .expect("the gateway exits within 2 s");
+    assert!(status.success(), "exit status {status:?}");
+    let log = gw.log();
+    assert!(
+        log.contains("signal 15: stopping") && log.contains("stopped"),
+        "{log}"
+    );
+    assert!(!log.contains("panicked"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_stops_an_idle_gateway_with_status_0() {
+    let mut gw = Gateway::start(&[]);
+    gw.signal(libc::SIGINT);
+    let status = gw
+        .wait_exit(Duration::from_secs(2))
+        .await
+        .expect("the gateway exits within 2 s");
+    assert!(status.success(), "exit status {status:?}");
+}
+
+// =========================================================================================
+// 8. Health and metrics
+// =========================================================================================
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_endpoint_answers_health_ready_live_and_404() {
+    let gw = Gateway::start(&[]);
+    let (status, body) = gw.get("/health").await;
+    assert_eq!(status, 200);
+    let body = body.trim();
+    assert!(body.starts_with('{') && body.ends_with('}'), "{body}");
+    let fields: BTreeMap<&str, &str> = body[1..body.len() - 1]
+        .split(',')
+        .filter_map(|kv| kv.split_once(':'))
+        .map(|(k, v)| (k.trim().trim_matches('"'), v.trim()))
+        .collect();
+    assert_eq!(fields.get("status"), Some(&"\"healthy\""), "{body}");
+    assert_eq!(fields.get("ready"), Some(&"true"), "{body}");
+    assert_eq!(fields.get("shards"), Some(&"2"), "{body}");
+    let uptime: u64 = fields
+        .get("uptime")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("uptime in {body}"));
+    assert!(uptime < 60);
+    assert_eq!(gw.get("/ready").await, (200, "Ready".into()));
+    assert_eq!(gw.get("/live").await, (200, "Live".into()));
+    assert_eq!(gw.get("/nothing/here").await.0, 404);
+    assert_eq!(gw.get("/").await.0, 404);
+}
+
+/// The metrics PROTOCOL.md section 8 lists.
+const METRICS: [&str; 15] = [
+    "meshgate_clients",
+    "meshgate_clients_refused_total",
+    "meshgate_handshakes",
+    "meshgate_subscriptions",
+    "meshgate_registrations",
+    "meshgate_registrations_expired_total",
+    "meshgate_pending_calls",
+    "meshgate_calls_total",
+    "meshgate_late_replies_total",
+    "meshgate_publishes_total",
+    "meshgate_deliveries_total",
+    "meshgate_dropped_total",
+    "meshgate_peers",
+    "meshgate_peers_evicted_total",
+    "meshgate_resident_memory_bytes",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_has_every_metric_of_the_protocol_gateway_wide_and_per_shard() {
+    let gw = Gateway::start(&[]);
+    let m = gw.metrics().await;
+    for name in METRICS {
+        assert!(
+            m.text.contains(&format!("# TYPE {name} ")),
+            "no TYPE line for {name}"
+        );
+    }
+    let gauges = [
+        "meshgate_clients",
+        "meshgate_handshakes",
+        "meshgate_subscriptions",
+        "meshgate_registrations",
+        "meshgate_pending_calls",
+        "meshgate_peers",
+    ];
+    let counters = [
+        "meshgate_registrations_expired_total",
+        "meshgate_late_replies_total",
+        "meshgate_publishes_total",
+        "meshgate_deliveries_total",
+        "meshgate_peers_evicted_total",
+    ];
+    for name in gauges.iter().chain(&counters) {
+        m.get(name);
+        m.get(&format!("{name}{{shard=\"0\"}}"));
+        m.get(&format!("{name}{{shard=\"1\"}}"));
+    }
+    for name in gauges {
+        assert!(m.text.contains(&format!("# TYPE {name} gauge")), "{name}");
+    }
+    for name in counters {
+        assert!(m.text.contains(&format!("# TYPE {name} counter")), "{name}");
+    }
+    let labelled = [
+        (
+            "meshgate_calls_total",
+            "outcome",
+            &[
+                "ok",
+                "procedure_not_found",
+                "timeout",
+                "provider_gone",
+                "overloaded",
+                "caller_gone",
+            ][..],
+        ),
+        (
+            "meshgate_clients_refused_total",
+            "reason",
+            &["realm_mismatch", "unauthorized", "max_clients_reached"][..],
+        ),
+        ("meshgate_dropped_total", "reason", &["slow_consumer"][..]),
+    ];
+    for (name, label, values) in labelled {
+        for value in values {
+            m.get(&format!("{name}{{{label}=\"{value}\"}}"));
+            for shard in 0..2 {
+                m.get(&format!("{name}{{{label}=\"{value}\",shard=\"{shard}\"}}"));
+            }
+        }
+    }
+    assert!(m.get("meshgate_resident_memory_bytes") > 1 << 20);
+}
+
+/// The gauges that must be back to 0 once every client left.
+const GAUGES: [&str; 5] = [
+    "meshgate_clients",
+    "meshgate_subscriptions",
+    "meshgate_registrations",
+    "meshgate_pending_calls",
+    "meshgate_handshakes",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_gauge_returns_to_zero_after_every_client_leaves() {
+    let gw = Gateway::start(&[]);
+    let client = gw.client_on_shard(0).await;
+    let _subscription = client
+        .subscribe(["g.one", "g.two.*"])
+        .await
+        .expect("subscribe");
+    client
+        .register("g.echo", |a| async move { Ok::<_, ProcedureError>(a) })
+        .await
+        .expect("register");
+    let mut provider = gw.raw_on_shard(1).await;
+    provider.subscribe(&["g.**"]).await;
+    provider.register("g.held").await;
+    let mut caller = gw.raw_on_shard(0).await;
+    caller.call("g.held", &[0xc0], &Id::U(1)).await;
+    provider.expect(FrameType::Call).await;
+    let handshake = Raw::open(gw.addr).await.expect("handshake");
+    let m = gw.metrics().await;
+    let busy: Vec<u64> = GAUGES.iter().map(|g| m.get(g)).collect();
+    assert_eq!(busy, [3, 3, 2, 1, 1], "{GAUGES:?}");
+    // Per shard, adding up.
+    for g in GAUGES {
+        assert_eq!(
+            m.get(&format!("{g}{{shard=\"0\"}}")) + m.get(&format!("{g}{{shard=\"1\"}}")),
+            m.get(g),
+            "{g}"
+        );
+    }
+
+    client.close().await.expect("close");
+    provider.leave().await;
+    caller.conn.close(0u32.into(), b"");
+    handshake.conn.close(0u32.into(), b"");
+    for g in GAUGES {
+        for series in [
+            g.to_string(),
+            format!("{g}{{shard=\"0\"}}"),
+            format!("{g}{{shard=\"1\"}}"),
+        ] {
+            gw.wait_metric(&series, |n| n == 0).await;
+        }
+    }
+}
+
+// =========================================================================================
+// Start-up errors
+// =========================================================================================
+
+/// Checks that a gateway that could not start exited non-zero with one clear line on
+/// stderr, holding `needle`, and no panic.
+fn assert_one_line_failure(exited: &Exited, needle: &str) {
+    assert!(!exited.status.success(), "status {:?}", exited.status);
+    let lines: Vec<&str> = exited.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "stderr: {:?}", exited.stderr);
+    assert!(lines[0].contains(needle), "{:?} lacks {needle:?}", lines[0]);
+    assert!(!exited.stderr.contains("panicked"), "{}", exited.stderr);
+}
+
+const LOOPBACK_ANY_PORT: [&str; 4] = ["--listen", "127.0.0.1:0", "--health-listen", "127.0.0.1:0"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_flag_value_is_one_line_on_stderr_and_a_failure_status() {
+    for (args, needle) in [
+        (&["--call-timeout", "soon"][..], "--call-timeout"),
+        (&["--max-clients", "many"][..], "--max-clients"),
+        (&["--listen", "nowhere"][..], "--listen"),
+        (&["--realm", "Bad Realm"][..], "Bad Realm"),
+        (&["--cert", "cert.pem"][..], "--key"),
+        (&["--no-such-flag"][..], "--no-such-flag"),
+    ] {
+        let mut all = vec!["serve"];
+        all.extend(args);
+        let exited = run_to_exit(&all);
+        assert_one_line_failure(&exited, needle);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_cert_file_is_one_line_on_stderr_and_a_failure_status() {
+    let mut args = vec!["serve", "--shards", "2"];
+    args.extend(LOOPBACK_ANY_PORT);
+    args.extend([
+        "--cert",
+        "/nonexistent/meshgate/cert.pem",
+        "--key",
+        "/nonexistent/meshgate/key.pem",
+    ]);
+    let exited = run_to_exit(&args);
+    assert_one_line_failure(&exited, "/nonexistent/meshgate/cert.pem");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_udp_port_in_use_is_one_line_on_stderr_and_a_failure_status() {
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").expect("a UDP socket");
+    let addr = taken.local_addr().unwrap().to_string();
+    let exited = run_to_exit(&[
+        "serve",
+        "--shards",
+        "2",
+        "--listen",
+        &addr,
+        "--health-listen",
+        "127.0.0.1:0",
+    ]);
+    assert_one_line_failure(&exited, &addr);
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("a TCP socket");
+    let addr = taken.local_addr().unwrap().to_string();
+    let exited = run_to_exit(&[
+        "serve",
+        "--shards",
+        "2",
+        "--listen",
+        "127.0.0.1:0",
+        "--health-listen",
+        &addr,
+    ]);
+    assert_one_line_failure(&exited, &addr);
+}
+
+// =========================================================================================
+// Connection migration
+// =========================================================================================
+
+/// Moves `mover` to a new UDP port and checks that its session works both ways with `peer`.
+async fn move_and_check(mover: &mut Raw, peer: &mut Raw, round: u8) {
+    let addr = mover.rebind();
+    assert!(
+        mover.ping().await.is_empty(),
+        "PING after the move to {addr}"
+    );
+    mover.publish("to.peer", &[round]).await;
+    let got = peer.expect(FrameType::Publish).await.publish();
+    assert_eq!(
+        (got.payload, got.publisher),
+        (vec![round], Some(mover.node_id))
+    );
+    peer.publish("to.mover", &[round]).await;
+    let got = mover.expect(FrameType::Publish).await.publish();
+    assert_eq!(got.payload, [round], "a delivery to the new address");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_survives_a_move_of_its_client_to_a_new_udp_port() {
+    // After a move the kernel may hand the client's packets to the other shard's socket,
+    // which forwards them to their connection's shard by its connection id. Ten sessions
+    // each move once: all ten miss that path with probability 2^-10.
+    let gw = Gateway::start(&[]);
+    let mut peer = gw.raw().await;
+    peer.subscribe(&["to.peer"]).await;
+    for round in 0..10u8 {
+        let mut mover = gw.raw().await;
+        mover.subscribe(&["to.mover"]).await;
+        move_and_check(&mut mover, &mut peer, round).await;
+        mover.leave().await;
+    }
+    gw.wait_metric("meshgate_clients", |n| n == 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "gateway bug: only the first move of a client survives. quiche keeps every path a \
+            client migrated away from (its path table holds active_conn_id_limit paths, 2 by \
+            default) and the driver never frees them, so a second move's packets are dropped"]
+async fn a_session_survives_repeated_moves_of_its_client_to_new_udp_ports() {
+    let gw = Gateway::start(&[]);
+    let mut mover = gw.raw().await;
+    let mut peer = gw.raw().await;
+    mover.subscribe(&["to.mover"]).await;
+    peer.subscribe(&["to.peer"]).await;
+    for round in 0..5u8 {
+        move_and_check(&mut mover, &mut peer, round).await;
+    }
+    assert_eq!(gw.metric("meshgate_clients").await, 2, "no new session");
+}

@@ -91,7 +91,12 @@ impl Gateway {
             .args(["serve", "--shards", "2", "--listen", "127.0.0.1:0"])
             .args(["--health-listen", "127.0.0.1:0"])
             .args(flags)
-            .env("RUST_LOG", "info")
+            // The start-up line (which holds the addresses) is logged at info level;
+            // MESHGATE_TEST_LOG asks for more, e.g. `debug`.
+            .env(
+                "RUST_LOG",
+                std::env::var("MESHGATE_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
