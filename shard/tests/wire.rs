@@ -1292,7 +1292,11 @@ proptest! {
 fn nil_in_an_optional_field_counts_as_absent() {
     // CONNECT {version: "1.0", node_id: <32 bytes>, realm_id: "r", token: nil}
     let mut payload = vec![0x84];
-    for (k, v) in [(&b"version"[..], &b"1.0"[..]), (b"node_id", &[7u8; 32]), (b"realm_id", b"r")] {
+    for (k, v) in [
+        (&b"version"[..], &b"1.0"[..]),
+        (b"node_id", &[7u8; 32]),
+        (b"realm_id", b"r"),
+    ] {
         rmp::encode::write_bin(&mut payload, k).unwrap();
         rmp::encode::write_bin(&mut payload, v).unwrap();
     }
