@@ -718,6 +718,7 @@ impl Driver {
                     self.id.0
                 ),
                 Event::Refused { reason } => crate::ratelog::refused(self.id, reason),
+                Event::SlowConsumerEvicted => crate::ratelog::evicted(self.id),
             }
         }
     }

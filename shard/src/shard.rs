@@ -77,6 +77,8 @@ pub enum Event {
     Refused { reason: Reason },
     /// The periodic prune removed expired registrations.
     Pruned { removed: usize },
+    /// A session was ended for staying over its output bound.
+    SlowConsumerEvicted,
 }
 
 /// Buffers reused by every turn, so that the hot paths allocate nothing.
@@ -820,6 +822,9 @@ impl Shard {
                 message: Some(message.as_bytes()),
             };
             self.write(key, &Message::Disconnect(frame));
+        }
+        if reason == Reason::SlowConsumer {
+            self.events.push_back(Event::SlowConsumerEvicted);
         }
         self.end(now, key, reason);
         self.closes.push_back((key, reason));
