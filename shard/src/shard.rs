@@ -1107,13 +1107,8 @@ impl Shard {
                 continue;
             }
             s.patterns.push(pattern.into());
-            if self.local_subs.subscribers_of(realm, pattern) == 1 && self.config.shards > 1 {
-                s.barrier.dirty = true;
-                self.broadcast(ShardMsg::Interest {
-                    realm,
-                    pattern: pattern.into(),
-                    add: true,
-                });
+            if self.local_subs.subscribers_of(realm, pattern) == 1 {
+                self.announce_interest(key, realm, pattern, true);
             }
         }
     }
@@ -1141,15 +1136,26 @@ impl Shard {
             if let Some(i) = s.patterns.iter().position(|p| **p == *pattern) {
                 s.patterns.swap_remove(i);
             }
-            if self.local_subs.subscribers_of(realm, pattern) == 0 && self.config.shards > 1 {
-                s.barrier.dirty = true;
-                self.broadcast(ShardMsg::Interest {
-                    realm,
-                    pattern: pattern.into(),
-                    add: false,
-                });
+            if self.local_subs.subscribers_of(realm, pattern) == 0 {
+                self.announce_interest(key, realm, pattern, false);
             }
         }
+    }
+
+    /// Tells the other shards that this one now has (or no longer has) subscribers of
+    /// `pattern`; the session's next PING waits until they have applied it.
+    fn announce_interest(&mut self, key: SessionKey, realm: RealmId, pattern: &[u8], add: bool) {
+        if self.config.shards < 2 {
+            return;
+        }
+        if let Some(s) = self.sessions.get_mut(key) {
+            s.barrier.dirty = true;
+        }
+        self.broadcast(ShardMsg::Interest {
+            realm,
+            pattern: pattern.into(),
+            add,
+        });
     }
 
     // ---------------------------------------------------------------------------------------
