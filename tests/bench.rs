@@ -1,0 +1,348 @@
+//! The load scenarios of `meshgate bench`, each run as a process against a real gateway
+//! (`meshgate serve --shards 2` on ports the kernel picks), with its `--json` summary checked.
+//! What is asserted is behaviour (no errors, no losses, gauges back to 0, refusals counted),
+//! never a rate or a latency.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// How long a gateway may take to start, and a scenario to run.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// A `meshgate serve --shards 2` process on loopback, killed when dropped.
+struct Gateway {
+    child: Child,
+    addr: SocketAddr,
+    health: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl Gateway {
+    fn start(flags: &[&str]) -> Gateway {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_meshgate"))
+            .args(["serve", "--shards", "2", "--listen", "127.0.0.1:0"])
+            .args(["--health-listen", "127.0.0.1:0"])
+            .args(flags)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("meshgate serve starts");
+        let stderr = child.stderr.take().expect("piped");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines() {
+                    let Ok(line) = line else { break };
+                    if let Some(addrs) = listening_addresses(&line) {
+                        let _ = tx.send(addrs);
+                    }
+                    let mut log = log.lock().unwrap();
+                    log.push_str(&line);
+                    log.push('\n');
+                }
+            });
+        }
+        let Ok((addr, health)) = rx.recv_timeout(PATIENCE) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the gateway never logged its addresses:\n{}",
+                log.lock().unwrap()
+            );
+        };
+        let gateway = Gateway {
+            child,
+            addr,
+            health,
+            log,
+        };
+        let deadline = Instant::now() + PATIENCE;
+        while http_status(health, "/ready") != Some(200) {
+            assert!(Instant::now() < deadline, "/ready never answered 200");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        gateway
+    }
+
+    /// Runs `meshgate bench SCENARIO ARGS --json` against this gateway; its JSON summary.
+    fn bench(&self, scenario: &str, args: &[&str]) -> Value {
+        let metrics = format!("http://{}/metrics", self.health);
+        let mut child = Command::new(env!("CARGO_BIN_EXE_meshgate"))
+            .args(["bench", scenario])
+            .args(args)
+            .args(["--server", &self.addr.to_string(), "--metrics", &metrics])
+            .arg("--json")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("meshgate bench starts");
+        let mut stdout = child.stdout.take().expect("piped");
+        let mut stderr = child.stderr.take().expect("piped");
+        let out = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stdout.read_to_string(&mut s);
+            s
+        });
+        let err = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = stderr.read_to_string(&mut s);
+            s
+        });
+        let deadline = Instant::now() + PATIENCE;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "bench {scenario} ran past {PATIENCE:?}; its stderr:\n{}",
+                    err.join().unwrap()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
+        assert!(
+            status.success(),
+            "bench {scenario} failed ({status}):\n{stderr}\ngateway log:\n{}",
+            self.log.lock().unwrap()
+        );
+        eprintln!("bench {scenario}: {stdout}");
+        serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+            panic!("bench {scenario} printed no JSON summary ({e}): {stdout:?}\n{stderr}")
+        })
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The QUIC and health addresses from the gateway's start-up line.
+fn listening_addresses(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+    let quic = line.split("quic://").nth(1)?.split_whitespace().next()?;
+    let health = line.split("health http://").nth(1)?.split(',').next()?;
+    Some((quic.parse().ok()?, health.trim().parse().ok()?))
+}
+
+/// The status of a plain HTTP GET, if one came back.
+fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    response.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn u(v: &Value, path: &str) -> u64 {
+    let mut at = v;
+    for key in path.split('/') {
+        at = &at[key];
+    }
+    at.as_u64()
+        .unwrap_or_else(|| panic!("{path} is not a count in {v}"))
+}
+
+#[test]
+fn rpc_makes_calls_without_errors() {
+    let gateway = Gateway::start(&[]);
+    let s = gateway.bench(
+        "rpc",
+        &[
+            "--duration",
+            "2s",
+            "--warmup",
+            "300ms",
+            "--callers",
+            "2",
+            "--in-flight",
+            "4",
+            "--providers",
+            "2",
+        ],
+    );
+    assert!(u(&s, "calls") > 0, "{s}");
+    assert_eq!(u(&s, "errors"), 0, "{s}");
+    assert_eq!(u(&s, "latency_us/count"), u(&s, "calls"), "{s}");
+    assert!(s["latency_us"]["p99"].as_f64().is_some(), "{s}");
+}
+
+#[test]
+fn pubsub_delivers_every_message_to_every_subscriber_below_the_slow_consumer_bound() {
+    let gateway = Gateway::start(&[]);
+    for pattern in ["exact", "wildcard"] {
+        let s = gateway.bench(
+            "pubsub",
+            &[
+                "--duration",
+                "1s",
+                "--warmup",
+                "200ms",
+                "--publishers",
+                "2",
+                "--subscribers",
+                "3",
+                "--rate",
+                "2000",
+                "--pattern",
+                pattern,
+            ],
+        );
+        assert!(u(&s, "published") > 0, "{s}");
+        assert_eq!(u(&s, "losses"), 0, "{s}");
+        assert_eq!(u(&s, "out_of_order"), 0, "{s}");
+        assert_eq!(
+            u(&s, "received_deliveries"),
+            3 * u(&s, "published_total"),
+            "{s}"
+        );
+        assert!(u(&s, "latency_us/count") > 0, "{s}");
+    }
+}
+
+#[test]
+fn churn_leaves_the_gauges_at_zero_and_draws_its_chart() {
+    let gateway = Gateway::start(&[]);
+    let dir = std::env::temp_dir().join(format!("meshgate-bench-churn-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (svg, csv) = (dir.join("churn.svg"), dir.join("churn.csv"));
+    let s = gateway.bench(
+        "churn",
+        &[
+            "--cycles",
+            "50",
+            "--rate",
+            "100",
+            "--sample-every",
+            "200ms",
+            "--svg",
+            svg.to_str().unwrap(),
+            "--csv",
+            csv.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(u(&s, "cycles"), 50, "{s}");
+    assert_eq!(u(&s, "errors"), 0, "{s}");
+    assert_eq!(s["gauges_zero"], true, "{s}");
+    for gauge in ["clients", "subscriptions", "registrations", "pending_calls"] {
+        assert_eq!(u(&s, &format!("end_gauges/{gauge}")), 0, "{s}");
+    }
+    for figure in ["start", "after_10pct", "peak", "end"] {
+        assert!(u(&s, &format!("memory_bytes/{figure}")) > 0, "{s}");
+    }
+    let chart = std::fs::read_to_string(&svg).expect("the SVG file is written");
+    assert!(chart.starts_with("<svg"), "{chart}");
+    assert!(chart.contains("<polyline"), "{chart}");
+    let samples = std::fs::read_to_string(&csv).expect("the CSV file is written");
+    assert!(samples.starts_with("t_s,resident_bytes,clients,cycles\n"));
+    assert_eq!(samples.lines().count() as u64, u(&s, "samples") + 1);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn caller_death_brings_pending_calls_back_at_once() {
+    let gateway = Gateway::start(&[]);
+    let s = gateway.bench(
+        "caller-death",
+        &["--callers", "2", "--calls", "100", "--call-timeout", "30s"],
+    );
+    assert_eq!(u(&s, "calls_in_flight"), 200, "{s}");
+    assert_eq!(u(&s, "pending_calls/before"), 200, "{s}");
+    assert_eq!(u(&s, "pending_calls/after"), 0, "{s}");
+    assert_eq!(s["back_before_timeout"], true, "{s}");
+    assert_eq!(u(&s, "caller_gone"), 200, "{s}");
+    assert_eq!(u(&s, "provider_cancelled"), 200, "{s}");
+}
+
+#[test]
+fn flood_counts_the_sessions_refused_past_max_clients() {
+    let gateway = Gateway::start(&["--max-clients", "10"]);
+    let s = gateway.bench(
+        "flood",
+        &[
+            "--clients",
+            "40",
+            "--probes",
+            "2",
+            "--concurrency",
+            "8",
+            "--warmup",
+            "300ms",
+        ],
+    );
+    assert_eq!(u(&s, "attempts"), 40, "{s}");
+    assert_eq!(u(&s, "admitted"), 8, "{s}");
+    assert_eq!(u(&s, "refused_max_clients"), 32, "{s}");
+    assert_eq!(u(&s, "gateway_refused_max_clients"), 32, "{s}");
+    assert_eq!(u(&s, "probe_ping_errors"), 0, "{s}");
+    assert!(u(&s, "probe_ping_us/before_flood/count") > 0, "{s}");
+}
+
+#[test]
+fn handshake_holding_sessions_stops_at_the_full_client_table() {
+    let gateway = Gateway::start(&["--max-clients", "20"]);
+    let s = gateway.bench(
+        "handshake",
+        &["--hold", "--concurrency", "4", "--duration", "10s"],
+    );
+    // Each shard admits its share of the table, and the run stops when the first one is
+    // full: at most 20 sessions, and usually all of them.
+    let connections = u(&s, "connections");
+    assert!(connections > 0 && connections <= 20, "{s}");
+    assert_eq!(u(&s, "held"), connections, "{s}");
+    assert!(u(&s, "refusals_by_kind/max_clients_reached") > 0, "{s}");
+}
+
+#[test]
+fn slow_consumer_is_disconnected_and_its_messages_dropped() {
+    let gateway = Gateway::start(&["--max-output", "65536", "--slow-consumer-timeout", "500ms"]);
+    let s = gateway.bench(
+        "slow-consumer",
+        &[
+            "--duration",
+            "4s",
+            "--rate",
+            "5000",
+            "--payload",
+            "4096",
+            "--max-output",
+            "65536",
+            "--sample-every",
+            "200ms",
+        ],
+    );
+    assert_eq!(s["disconnected"], true, "{s}");
+    assert!(u(&s, "dropped_slow_consumer") > 0, "{s}");
+    // Whether the readers keep up depends on the machine's speed: not asserted.
+    assert!(u(&s, "read_by_readers") > 0, "{s}");
+}
+
+#[test]
+fn idle_sessions_are_counted_by_the_gateway() {
+    let gateway = Gateway::start(&[]);
+    let s = gateway.bench("idle", &["--clients", "50", "--settle", "300ms"]);
+    assert_eq!(u(&s, "connected"), 50, "{s}");
+    assert_eq!(u(&s, "gateway_clients/with_sessions"), 50, "{s}");
+    assert!(s["bytes_per_idle_session"].as_f64().is_some(), "{s}");
+}
