@@ -19,7 +19,8 @@ use crate::tls::Identity;
 const IO_MEMORY: usize = 256 << 10;
 /// io_uring submission queue entries per ring.
 const RING_DEPTH: usize = 128;
-/// Locked memory one executor needs: its rings and its registered buffers, with headroom.
+/// Locked memory one executor needs: glommio registers its buffer pool with each of its three
+/// rings (3 × `IO_MEMORY` = 768 KiB), plus the rings themselves, with headroom.
 const MEMLOCK_PER_SHARD: u64 = 1 << 20;
 /// Messages an inbox holds before senders keep them in their outboxes.
 const INBOX_CAPACITY: usize = 65_536;
