@@ -165,7 +165,7 @@ fn u(v: &Value, path: &str) -> u64 {
 }
 
 #[test]
-fn rpc_makes_calls_without_errors() {
+fn rpc_makes_calls_without_errors_unpaced_and_paced() {
     let gateway = Gateway::start(&[]);
     let s = gateway.bench(
         "rpc",
@@ -186,6 +186,23 @@ fn rpc_makes_calls_without_errors() {
     assert_eq!(u(&s, "errors"), 0, "{s}");
     assert_eq!(u(&s, "latency_us/count"), u(&s, "calls"), "{s}");
     assert!(s["latency_us"]["p99"].as_f64().is_some(), "{s}");
+
+    let s = gateway.bench(
+        "rpc",
+        &[
+            "--duration",
+            "1s",
+            "--warmup",
+            "200ms",
+            "--callers",
+            "2",
+            "--rate",
+            "1000",
+        ],
+    );
+    assert!(u(&s, "calls") > 0, "{s}");
+    assert_eq!(u(&s, "errors"), 0, "{s}");
+    assert_eq!(s["rate_target"], 1000.0, "{s}");
 }
 
 #[test]

@@ -1,17 +1,22 @@
 //! `bench rpc`: callers keep calls in flight to echo providers.
 //!
-//! Each caller session runs `--in-flight` slots; a slot calls, waits for the reply, and calls
-//! again at once, or, with `--rate`, at its next turn of a fixed schedule (the total rate
-//! shared evenly among the slots). Under `--rate` a call's latency is counted from the time
-//! it was due, not from when it went out, so that a gateway that falls behind shows in the
-//! latency instead of lowering the rate unseen.
+//! Without `--rate`, each caller session runs `--in-flight` slots; a slot calls, waits for
+//! the reply and calls again at once: the most the gateway (and this process) can do.
+//!
+//! With `--rate`, the calls follow a fixed schedule instead, the total rate shared evenly
+//! among the callers, each call sent whether or not earlier ones were answered, with at most
+//! `--max-in-flight` in flight per caller. A call is timed from when it went out, or, when it went
+//! out late (the caller was at its in-flight limit, or behind its schedule), from when it was
+//! due: a gateway that falls behind shows in the latency instead of quietly lowering the rate.
+//! The timer's own lateness (up to a millisecond) is not counted.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use meshgate_client::{Client, ConnectionState, ProcedureError};
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use meshgate_client::{CallError, Client, ConnectionState, ProcedureError};
 use serde_json::Value;
 use tokio::task::JoinSet;
 
@@ -29,14 +34,18 @@ pub struct RpcArgs {
     /// Provider sessions of the echo procedure; calls go round-robin among them.
     #[arg(long, default_value_t = 1)]
     pub providers: usize,
-    /// Calls in flight per caller.
+    /// Calls in flight per caller (without --rate).
     #[arg(long, default_value_t = 16)]
     pub in_flight: usize,
+    /// With --rate: calls in flight per caller at most. The schedule sends calls in bursts
+    /// (the timer ticks once a millisecond), so keep it well above rate × latency / callers.
+    #[arg(long, default_value_t = 1000)]
+    pub max_in_flight: usize,
     /// Bytes of each call's argument (one MessagePack bin value, echoed back).
     #[arg(long, default_value_t = 64)]
     pub payload: usize,
-    /// Calls per second in all, on a fixed schedule; without it each slot calls again as soon
-    /// as its reply is in.
+    /// Calls per second in all, on a fixed schedule whatever the replies do; without it each
+    /// of the calls in flight is made again as soon as its reply is in.
     #[arg(long)]
     pub rate: Option<f64>,
     /// How long a call waits for its reply.
@@ -63,8 +72,10 @@ struct Plan {
 }
 
 pub async fn run(a: &RpcArgs) -> Result<Summary, String> {
-    if a.callers == 0 || a.providers == 0 || a.in_flight == 0 {
-        return Err("--callers, --providers and --in-flight must be at least 1".into());
+    if a.callers == 0 || a.providers == 0 || a.in_flight == 0 || a.max_in_flight == 0 {
+        return Err(
+            "--callers, --providers, --in-flight and --max-in-flight must be at least 1".into(),
+        );
     }
     if a.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
         return Err("--rate must be a positive number of calls per second".into());
@@ -87,11 +98,8 @@ pub async fn run(a: &RpcArgs) -> Result<Summary, String> {
         callers.push(connect(&base).await.map_err(|e| format!("caller: {e}"))?);
     }
     note(&format!(
-        "rpc: {} callers x {} in flight, {} providers, {}-byte payload, {} warmup + {} measured",
-        a.callers,
-        a.in_flight,
-        a.providers,
-        a.payload,
+        "{}, {} warmup + {} measured",
+        describe(a),
         humantime::format_duration(a.common.warmup),
         humantime::format_duration(a.common.duration),
     ));
@@ -107,16 +115,24 @@ pub async fn run(a: &RpcArgs) -> Result<Summary, String> {
         end: measure_from + a.common.duration,
         progress: progress.clone(),
     });
-    let slots = a.callers * a.in_flight;
-    let period = a.rate.map(|r| Duration::from_secs_f64(slots as f64 / r));
     let line = progress.show();
     let mut tasks = JoinSet::new();
-    for (c, caller) in callers.iter().enumerate() {
-        for s in 0..a.in_flight {
-            let index = c * a.in_flight + s;
-            // Slots take their turns spread evenly over one period.
-            let schedule = period.map(|p| (start + p.mul_f64(index as f64 / slots as f64), p));
-            tasks.spawn(slot(caller.clone(), plan.clone(), schedule));
+    for caller in &callers {
+        match a.rate {
+            Some(rate) => {
+                let per_caller = rate / a.callers as f64;
+                tasks.spawn(paced(
+                    caller.clone(),
+                    plan.clone(),
+                    per_caller,
+                    a.max_in_flight,
+                ));
+            }
+            None => {
+                for _ in 0..a.in_flight {
+                    tasks.spawn(slot(caller.clone(), plan.clone()));
+                }
+            }
         }
     }
     let mut total = SlotResult::default();
@@ -132,22 +148,21 @@ pub async fn run(a: &RpcArgs) -> Result<Summary, String> {
     close_all(callers.into_iter().chain(providers)).await;
 
     let errors: u64 = total.errors.values().sum();
-    let mut s = Summary::new(
-        "rpc",
-        format!(
-            "rpc: {} callers x {} in flight, {} providers, {}-byte payload{}",
-            a.callers,
-            a.in_flight,
-            a.providers,
-            a.payload,
-            a.rate
-                .map(|r| format!(", paced at {r} calls/s"))
-                .unwrap_or_default()
-        ),
-    );
+    let mut s = Summary::new("rpc", describe(a));
     s.set("callers", a.callers)
         .set("providers", a.providers)
-        .set("in_flight", a.in_flight)
+        .set(
+            if a.rate.is_some() {
+                "max_in_flight"
+            } else {
+                "in_flight"
+            },
+            if a.rate.is_some() {
+                a.max_in_flight
+            } else {
+                a.in_flight
+            },
+        )
         .set("payload_bytes", a.payload)
         .set("rate_target", a.rate.map_or(Value::Null, Value::from))
         .set("duration_s", a.common.duration.as_secs_f64())
@@ -159,60 +174,119 @@ pub async fn run(a: &RpcArgs) -> Result<Summary, String> {
     Ok(s)
 }
 
+/// What the run does, in a line.
+fn describe(a: &RpcArgs) -> String {
+    let load = match a.rate {
+        Some(rate) => format!(
+            "{} callers paced at {rate} calls/s in all (at most {} in flight each)",
+            a.callers, a.max_in_flight
+        ),
+        None => format!("{} callers x {} in flight", a.callers, a.in_flight),
+    };
+    format!(
+        "rpc: {load}, {} providers, {}-byte payload",
+        a.providers, a.payload
+    )
+}
+
 /// One call slot: calls until the end of the run, counting what falls in the measured window.
-async fn slot(
-    client: Client,
-    plan: Arc<Plan>,
-    schedule: Option<(Instant, Duration)>,
-) -> SlotResult {
+async fn slot(client: Client, plan: Arc<Plan>) -> SlotResult {
     let mut result = SlotResult::default();
-    let mut due = schedule.map(|(first, _)| first);
     loop {
-        let sent = match due {
-            Some(t) => {
-                if t >= plan.end {
-                    break;
-                }
-                tokio::time::sleep_until(t.into()).await;
-                t
-            }
-            None => Instant::now(),
-        };
+        let sent = Instant::now();
         if sent >= plan.end {
             break;
         }
         let outcome = client
             .call_with_timeout(&plan.procedure, &plan.args, plan.timeout)
             .await;
-        let measured = sent >= plan.measure_from;
+        plan.count(&mut result, sent, outcome);
+        if matches!(client.state(), ConnectionState::Closed { .. }) {
+            // The session is over: every later call would fail at once.
+            break;
+        }
+    }
+    result
+}
+
+/// One caller on a schedule of `rate` calls per second, with at most `max_in_flight` at once.
+/// One task sends the calls and collects the replies, so a call costs no task of its own.
+async fn paced(client: Client, plan: Arc<Plan>, rate: f64, max_in_flight: usize) -> SlotResult {
+    let mut result = SlotResult::default();
+    let mut in_flight = FuturesUnordered::new();
+    let call = |sent: Instant| {
+        let (client, plan) = (&client, &plan);
+        async move {
+            let outcome = client
+                .call_with_timeout(&plan.procedure, &plan.args, plan.timeout)
+                .await;
+            (sent, outcome)
+        }
+    };
+    let start = Instant::now();
+    let mut issued = 0u64;
+    // When the pacer last woke on time: calls due before it are timed from it.
+    let mut woke = start;
+    loop {
+        let now = Instant::now();
+        if now >= plan.end || matches!(client.state(), ConnectionState::Closed { .. }) {
+            break;
+        }
+        let due = (now.duration_since(start).as_secs_f64() * rate) as u64;
+        while issued < due && in_flight.len() < max_in_flight {
+            let scheduled = start + Duration::from_secs_f64(issued as f64 / rate);
+            issued += 1;
+            in_flight.push(call(scheduled.max(woke)));
+        }
+        // At the in-flight limit, only a reply lets the next call go.
+        let next =
+            (issued >= due).then(|| start + Duration::from_secs_f64((issued + 1) as f64 / rate));
+        tokio::select! {
+            biased;
+            Some((sent, outcome)) = in_flight.next(), if !in_flight.is_empty() => {
+                plan.count(&mut result, sent, outcome);
+            }
+            () = sleep_until(next) => woke = Instant::now(),
+        }
+    }
+    while let Some((sent, outcome)) = in_flight.next().await {
+        plan.count(&mut result, sent, outcome);
+    }
+    result
+}
+
+/// Sleeps until `at`, or for ever.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Plan {
+    /// Counts one call's outcome, if it was sent in the measured window.
+    fn count(&self, result: &mut SlotResult, sent: Instant, outcome: Result<Vec<u8>, CallError>) {
+        let measured = sent >= self.measure_from;
         match outcome {
-            Ok(reply) if reply == plan.args => {
-                plan.progress.add(0, 1);
+            Ok(reply) if reply == self.args => {
+                self.progress.add(0, 1);
                 if measured {
                     result.ok += 1;
                     result.latency.record(sent.elapsed());
                 }
             }
             outcome => {
-                plan.progress.error();
-                let kind = match &outcome {
-                    Ok(_) => "wrong_result".to_owned(),
-                    Err(e) => call_error_kind(e),
-                };
+                self.progress.error();
                 if measured {
+                    let kind = match &outcome {
+                        Ok(_) => "wrong_result".to_owned(),
+                        Err(e) => call_error_kind(e),
+                    };
                     *result.errors.entry(kind).or_default() += 1;
-                }
-                if matches!(client.state(), ConnectionState::Closed { .. }) {
-                    // The session is over: every later call would fail at once.
-                    break;
                 }
             }
         }
-        if let (Some(t), Some((_, period))) = (due.as_mut(), schedule) {
-            *t += period;
-        }
     }
-    result
 }
 
 /// Closes sessions, all at once.
