@@ -3,77 +3,25 @@
 //! What is asserted is behaviour (no errors, no losses, gauges back to 0, refusals counted),
 //! never a rate or a latency.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::io::Read;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::Gateway;
+
+mod support;
 
 /// How long a gateway may take to start, and a scenario to run.
 const PATIENCE: Duration = Duration::from_secs(30);
 
-/// A `meshgate serve --shards 2` process on loopback, killed when dropped.
-struct Gateway {
-    child: Child,
-    addr: SocketAddr,
-    health: SocketAddr,
-    log: Arc<Mutex<String>>,
+/// Runs the load scenarios against a test gateway.
+trait Bench {
+    /// Runs `meshgate bench SCENARIO ARGS --json` against this gateway; its JSON summary.
+    fn bench(&self, scenario: &str, args: &[&str]) -> Value;
 }
 
-impl Gateway {
-    fn start(flags: &[&str]) -> Gateway {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_meshgate"))
-            .args(["serve", "--shards", "2", "--listen", "127.0.0.1:0"])
-            .args(["--health-listen", "127.0.0.1:0"])
-            .args(flags)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("meshgate serve starts");
-        let stderr = child.stderr.take().expect("piped");
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = mpsc::channel();
-        {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines() {
-                    let Ok(line) = line else { break };
-                    if let Some(addrs) = listening_addresses(&line) {
-                        let _ = tx.send(addrs);
-                    }
-                    let mut log = log.lock().unwrap();
-                    log.push_str(&line);
-                    log.push('\n');
-                }
-            });
-        }
-        let Ok((addr, health)) = rx.recv_timeout(PATIENCE) else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "the gateway never logged its addresses:\n{}",
-                log.lock().unwrap()
-            );
-        };
-        let gateway = Gateway {
-            child,
-            addr,
-            health,
-            log,
-        };
-        let deadline = Instant::now() + PATIENCE;
-        while http_status(health, "/ready") != Some(200) {
-            assert!(Instant::now() < deadline, "/ready never answered 200");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        gateway
-    }
-
-    /// Runs `meshgate bench SCENARIO ARGS --json` against this gateway; its JSON summary.
+impl Bench for Gateway {
     fn bench(&self, scenario: &str, args: &[&str]) -> Value {
         let metrics = format!("http://{}/metrics", self.health);
         let mut child = Command::new(env!("CARGO_BIN_EXE_meshgate"))
@@ -118,41 +66,13 @@ impl Gateway {
         assert!(
             status.success(),
             "bench {scenario} failed ({status}):\n{stderr}\ngateway log:\n{}",
-            self.log.lock().unwrap()
+            self.log()
         );
         eprintln!("bench {scenario}: {stdout}");
         serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
             panic!("bench {scenario} printed no JSON summary ({e}): {stdout:?}\n{stderr}")
         })
     }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The QUIC and health addresses from the gateway's start-up line.
-fn listening_addresses(line: &str) -> Option<(SocketAddr, SocketAddr)> {
-    let quic = line.split("quic://").nth(1)?.split_whitespace().next()?;
-    let health = line.split("health http://").nth(1)?.split(',').next()?;
-    Some((quic.parse().ok()?, health.trim().parse().ok()?))
-}
-
-/// The status of a plain HTTP GET, if one came back.
-fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    response.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn u(v: &Value, path: &str) -> u64 {

@@ -1,59 +1,26 @@
 //! The client commands as a person runs them: `meshgate pub`, `sub`, `call` and `serve-echo`
 //! as processes against a real `meshgate serve`, checking what they print and how they exit.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::io::{BufRead, BufReader, Read};
+use std::net::UdpSocket;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use support::Gateway;
+
+mod support;
+
 /// How long a test waits for something that should happen promptly.
 const PATIENCE: Duration = Duration::from_secs(5);
 
-/// A `meshgate serve --shards 2` on loopback ports the kernel picks (read back from its
-/// start-up line), ready once `/ready` answers 200. Killed when dropped.
-struct Gateway {
-    child: Child,
-    addr: SocketAddr,
+/// Client commands aimed at a test gateway.
+trait Commands {
+    /// A client command against this gateway: `args` then the connection flags.
+    fn command(&self, args: &[&str]) -> Command;
 }
 
-impl Gateway {
-    fn start(flags: &[&str]) -> Gateway {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_meshgate"))
-            .args(["serve", "--shards", "2", "--listen", "127.0.0.1:0"])
-            .args(["--health-listen", "127.0.0.1:0"])
-            .args(flags)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("meshgate serve starts");
-        let stderr = child.stderr.take().expect("piped");
-        let (tx, rx) = mpsc::channel();
-        // Reads the log to its end, so that the gateway never blocks on a full pipe.
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addrs) = listening_addresses(&line) {
-                    let _ = tx.send(addrs);
-                }
-            }
-        });
-        let Ok((addr, health)) = rx.recv_timeout(Duration::from_secs(15)) else {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the gateway did not log its addresses");
-        };
-        let gateway = Gateway { child, addr };
-        let deadline = Instant::now() + PATIENCE;
-        while http_status(health, "/ready") != Some(200) {
-            assert!(Instant::now() < deadline, "/ready never answered 200");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        gateway
-    }
-
-    /// A client command against this gateway: `args` then the connection flags.
+impl Commands for Gateway {
     fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_meshgate"));
         command
@@ -64,34 +31,6 @@ impl Gateway {
             .stdin(Stdio::null());
         command
     }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The QUIC and health addresses in the gateway's start-up line.
-fn listening_addresses(line: &str) -> Option<(SocketAddr, SocketAddr)> {
-    let quic = line.split("quic://").nth(1)?.split_whitespace().next()?;
-    let health = line.split("health http://").nth(1)?.split(',').next()?;
-    Some((quic.parse().ok()?, health.trim().parse().ok()?))
-}
-
-/// The status code of a plain HTTP/1.1 GET, or `None` when nothing answers.
-fn http_status(addr: SocketAddr, path: &str) -> Option<u16> {
-    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    stream.set_read_timeout(Some(PATIENCE)).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    response.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// How a command that ran to its end ended.
