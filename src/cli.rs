@@ -110,6 +110,10 @@ pub struct ServeArgs {
     /// Messages queued from one shard to another before data messages are shed.
     #[arg(long, default_value_t = 65_536)]
     pub max_shard_backlog: usize,
+    /// Messages a shard's inbox holds (from other shards, forwarded datagrams); beyond it the
+    /// senders keep them in their own bounded outboxes.
+    #[arg(long, default_value_t = 65_536)]
+    pub max_inbox: usize,
     /// Deadline of a CALL that gives none.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub call_timeout: Duration,

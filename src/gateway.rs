@@ -22,8 +22,6 @@ const RING_DEPTH: usize = 128;
 /// Locked memory one executor needs: glommio registers its buffer pool with each of its three
 /// rings (3 × `IO_MEMORY` = 768 KiB), plus the rings themselves, with headroom.
 const MEMLOCK_PER_SHARD: u64 = 1 << 20;
-/// Messages an inbox holds before senders keep them in their outboxes.
-const INBOX_CAPACITY: usize = 65_536;
 
 /// Why the gateway could not start: one line for the operator, with the fix.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +102,9 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
     } else {
         return Err(StartError::Config("--shards must be at least 1".into()));
     }
+    if args.max_inbox == 0 {
+        return Err(StartError::Config("--max-inbox must be at least 1".into()));
+    }
     if args.max_handshakes == 0 {
         return Err(StartError::Config(
             "--max-handshakes must be at least 1".into(),
@@ -154,7 +155,7 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
     let signals = block_stop_signals();
     let origin = Instant::now();
     let wall_offset = wall_clock_ms() as i64;
-    let (shared, inboxes) = Shared::new(usize::from(shards), INBOX_CAPACITY);
+    let (shared, inboxes) = Shared::new(usize::from(shards), args.max_inbox);
     let mut handles = Vec::new();
     let mut readies = Vec::new();
     for ((mut config, socket), inbox) in configs.into_iter().zip(sockets).zip(inboxes) {
