@@ -132,7 +132,9 @@ pub struct ShardStart {
 }
 
 struct Conn {
-    q: quiche::Connection,
+    /// Boxed: a connection is about 8 KiB, and the slab's spare capacity and the copies its
+    /// growth makes would otherwise be in those units.
+    q: Box<quiche::Connection>,
     scid: Cid,
     /// The connection ID the client chose for its first packets.
     odcid: Vec<u8>,
@@ -458,6 +460,10 @@ impl Driver {
                 self.by_session.resize(key.index() + 1, None);
             }
             self.by_session[key.index()] = Some(idx);
+            // The client switched to the gateway's connection ID when it first heard back,
+            // before the handshake could end: its own is no longer needed to find this one.
+            self.by_odcid.remove(&c.odcid);
+            c.odcid = Vec::new();
         }
         if let Some(key) = c.session {
             for stream in c.q.readable() {
@@ -510,7 +516,7 @@ impl Driver {
             from,
             &mut self.quic,
         ) {
-            Ok(q) => q,
+            Ok(q) => Box::new(q),
             Err(e) => {
                 log::debug!("shard {}: accept failed: {e}", self.id.0);
                 return None;
