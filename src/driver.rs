@@ -20,6 +20,7 @@
 //! A busy shard has no waker registered, so waking it costs the sender nothing. An idle
 //! gateway therefore uses no CPU, and a message to an idle shard is handled at once.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd};
@@ -55,6 +56,14 @@ const CONTROL_STREAM: u64 = 0;
 const RX_BATCHES_PER_TURN: usize = 8;
 /// Inbox messages handled per turn.
 const INBOX_PER_TURN: usize = 1024;
+/// New connections accepted per turn. A connection's first flight (key exchange, signature)
+/// is the costliest thing a shard does; beyond this many in one turn, the Initials wait for
+/// the next turns, so that a burst of new clients does not hold up the packets of the
+/// sessions already connected.
+const ACCEPTS_PER_TURN: usize = 8;
+/// Initials that wait for a later turn, at most; beyond, they are dropped and their clients
+/// send them again.
+const DEFERRED_INITIALS: usize = 1024;
 /// How long a stopping shard waits for its connections to close.
 const STOP_GRACE: Duration = Duration::from_millis(1500);
 /// How long a session the shard ended may take to send its last output (its DISCONNECT)
@@ -169,6 +178,10 @@ struct Driver {
     scratch: Box<[u8]>,
     stop_by: Option<Instant>,
     refused_handshakes: u64,
+    /// Connections accepted in this turn.
+    accepted: usize,
+    /// Initials over this turn's accept budget, oldest first.
+    deferred: VecDeque<(Box<[u8]>, SocketAddr)>,
 }
 
 /// Runs a shard until it is told to stop and its connections are closed.
@@ -203,6 +216,8 @@ pub async fn run(start: ShardStart) {
         scratch: vec![0u8; 64 * 1024].into_boxed_slice(),
         stop_by: None,
         refused_handshakes: 0,
+        accepted: 0,
+        deferred: VecDeque::new(),
     };
     let inbox = start.inbox;
     let _ = start.ready.send(id);
@@ -216,7 +231,14 @@ pub async fn run(start: ShardStart) {
         let now = d.time(now_instant);
         let mut more = false;
 
-        // Datagrams.
+        // Initials left over from earlier turns, then new datagrams.
+        d.accepted = 0;
+        while d.accepted < ACCEPTS_PER_TURN {
+            let Some((mut data, from)) = d.deferred.pop_front() else {
+                break;
+            };
+            d.on_datagram(now, &mut data, from, false, &mut tx);
+        }
         for turn in 0..RX_BATCHES_PER_TURN {
             let n = match rx.recv(fd) {
                 Ok(n) => n,
@@ -244,7 +266,7 @@ pub async fn run(start: ShardStart) {
                 Err(_) => break,
             }
         }
-        more |= !inbox.is_empty();
+        more |= !inbox.is_empty() || !d.deferred.is_empty();
 
         // Timers, then everything they and the input produced.
         d.shard.handle_timeout(now);
@@ -438,6 +460,13 @@ impl Driver {
                     }
                     return;
                 }
+                if self.accepted >= ACCEPTS_PER_TURN {
+                    if self.deferred.len() < DEFERRED_INITIALS {
+                        self.deferred.push_back((buf.into(), from));
+                    }
+                    return;
+                }
+                self.accepted += 1;
                 match self.accept(&hdr, from, tx) {
                     Some(idx) => idx,
                     None => return,

@@ -1,0 +1,245 @@
+#!/usr/bin/env bash
+# The standard benchmark suite and its report.
+#
+# Builds meshgate in release mode, then for each scenario starts a fresh gateway with one shard
+# pinned to one core and runs `meshgate bench` pinned to another, so that the two never share
+# a core. Throughput scenarios run --runs times and the report gives their medians. The same
+# run measures the machine's baseline (a plain UDP echo between the same two cores) and gives
+# the gateway's RPC rate as a ratio of it. The report goes to OUT/report.md, with the charts
+# (SVG), the raw JSON of every run and the gateways' logs beside it.
+#
+# Usage: scripts/bench.sh [--out DIR] [--runs N] [--duration SECONDS] [--gateway-cpu N]
+#                         [--load-cpu N] [--churn-cycles N] [--churn-rate N] [--idle-clients N]
+#                         [--pubsub-rate N] [--quick]
+#   --quick   a short pass (1 run, 3 s windows, 2,000 churn cycles, 500 idle clients) that
+#             checks the script and the scenarios, not figures to quote.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+command="scripts/bench.sh${*:+ $*}"
+out=target/bench-report
+runs=3
+duration=10
+gateway_cpu=0
+load_cpu=1
+churn_cycles=100000
+churn_rate=1000
+idle_clients=5000
+pubsub_rate=150000
+while (($#)); do
+    case "$1" in
+        --out) out=$2; shift 2 ;;
+        --runs) runs=$2; shift 2 ;;
+        --duration) duration=$2; shift 2 ;;
+        --gateway-cpu) gateway_cpu=$2; shift 2 ;;
+        --load-cpu) load_cpu=$2; shift 2 ;;
+        --churn-cycles) churn_cycles=$2; shift 2 ;;
+        --churn-rate) churn_rate=$2; shift 2 ;;
+        --idle-clients) idle_clients=$2; shift 2 ;;
+        --pubsub-rate) pubsub_rate=$2; shift 2 ;;
+        --quick) runs=1; duration=3; churn_cycles=2000; idle_clients=500; shift ;;
+        -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "bench: unknown argument $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+for n in "$runs" "$duration" "$gateway_cpu" "$load_cpu" "$churn_cycles" "$churn_rate" "$idle_clients" \
+    "$pubsub_rate"; do
+    [[ "$n" =~ ^[0-9]+$ ]] || { echo "bench: '$n' is not a whole number" >&2; exit 2; }
+done
+((runs >= 1 && duration >= 1)) || { echo "bench: --runs and --duration must be at least 1" >&2; exit 2; }
+cpus=$(nproc)
+if ((gateway_cpu >= cpus || load_cpu >= cpus || gateway_cpu == load_cpu)); then
+    echo "bench: needs two distinct cores (--gateway-cpu $gateway_cpu, --load-cpu $load_cpu; this machine has $cpus)" >&2
+    exit 2
+fi
+command -v python3 >/dev/null || { echo "bench: python3 is needed to write the report" >&2; exit 1; }
+command -v curl >/dev/null || { echo "bench: curl is needed to wait for the gateway" >&2; exit 1; }
+
+scripts/setup.sh
+echo "bench: building (release)" >&2
+cargo build --release --locked --bin meshgate --example udp_baseline >&2
+
+bin=target/release/meshgate
+port=19443
+health=18080
+server=127.0.0.1:$port
+metrics=http://127.0.0.1:$health/metrics
+mkdir -p "$out/json" "$out/logs"
+rm -f "$out"/json/*.json "$out"/logs/*.log
+gateway_pid=""
+
+stop_gateway() {
+    if [[ -n "$gateway_pid" ]] && kill -0 "$gateway_pid" 2>/dev/null; then
+        kill -TERM "$gateway_pid"
+        # The gateway closes its sessions first; a port still bound would split the next
+        # gateway's packets with this one (SO_REUSEPORT).
+        for _ in $(seq 100); do kill -0 "$gateway_pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$gateway_pid" 2>/dev/null || true
+        wait "$gateway_pid" 2>/dev/null || true
+    fi
+    gateway_pid=""
+}
+trap stop_gateway EXIT
+
+# start_gateway NAME [serve flags]: a fresh gateway, one shard on the gateway core.
+start_gateway() {
+    local name=$1
+    shift
+    if curl -sf "http://127.0.0.1:$health/health" >/dev/null 2>&1; then
+        echo "bench: something already answers on 127.0.0.1:$health; stop it first" >&2
+        exit 1
+    fi
+    taskset -c "$gateway_cpu" "$bin" serve --shards 1 --listen "$server" \
+        --health-listen "127.0.0.1:$health" "$@" >"$out/logs/$name.log" 2>&1 &
+    gateway_pid=$!
+    for _ in $(seq 100); do
+        if curl -sf "http://127.0.0.1:$health/health" >/dev/null 2>&1; then return 0; fi
+        kill -0 "$gateway_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    echo "bench: the gateway did not start; its log:" >&2
+    cat "$out/logs/$name.log" >&2
+    exit 1
+}
+
+# The gateway's CPU time so far, in clock ticks (user + system).
+gateway_ticks() {
+    awk '{print $14 + $15}' "/proc/$gateway_pid/stat"
+}
+
+step=0
+steps=$((runs * 6 + 7))
+say() {
+    step=$((step + 1))
+    echo "bench: [$step/$steps] $*" >&2
+}
+
+# The gateway's calls ended and messages delivered so far, from its metrics.
+gateway_counts() {
+    curl -sf "$metrics" | awk '
+        /^meshgate_calls_total\{outcome=/ && !/shard=/ { calls += $2 }
+        /^meshgate_deliveries_total / { deliveries = $2 }
+        END { printf "%d %d\n", calls, deliveries }'
+}
+
+# load NAME SCENARIO [flags]: runs one scenario pinned to the load core, its summary as JSON.
+# Added to the JSON: the gateway's CPU time over the whole run (gateway_cpu_s) and the calls
+# and deliveries it counted over the same span (gateway_calls, gateway_deliveries).
+load() {
+    local name=$1 scenario=$2
+    shift 2
+    local ticks_before ticks_after counts_before counts_after
+    counts_before=$(gateway_counts)
+    ticks_before=$(gateway_ticks)
+    taskset -c "$load_cpu" "$bin" bench "$scenario" --server "$server" --metrics "$metrics" \
+        --json "$@" >"$out/json/$name.json.tmp"
+    ticks_after=$(gateway_ticks)
+    counts_after=$(gateway_counts)
+    python3 - "$out/json/$name.json.tmp" "$out/json/$name.json" "$ticks_before" "$ticks_after" \
+        "$(getconf CLK_TCK)" "$counts_before" "$counts_after" <<'PY'
+import json, sys
+src, dst, before, after, tck, counts_before, counts_after = sys.argv[1:]
+summary = json.load(open(src))
+summary["gateway_cpu_s"] = (int(after) - int(before)) / int(tck)
+b, a = [int(x) for x in counts_before.split()], [int(x) for x in counts_after.split()]
+summary["gateway_calls"] = a[0] - b[0]
+summary["gateway_deliveries"] = a[1] - b[1]
+json.dump(summary, open(dst, "w"), indent=1)
+PY
+    rm -f "$out/json/$name.json.tmp"
+}
+
+started=$(date +%s)
+for r in $(seq "$runs"); do
+    say "baseline: UDP echo, run $r of $runs"
+    "target/release/examples/udp_baseline" "$duration" 64 64 "$gateway_cpu" "$load_cpu" \
+        >"$out/json/baseline-$r.txt"
+done
+
+for r in $(seq "$runs"); do
+    say "rpc: 4 callers x 16 in flight, 64-byte payloads, run $r of $runs"
+    start_gateway "rpc-$r"
+    load "rpc-$r" rpc --callers 4 --providers 1 --in-flight 16 --payload 64 \
+        --duration "${duration}s" --warmup 2s
+    stop_gateway
+done
+
+half=$(python3 - "$out/json" "$runs" <<'PY'
+import json, statistics, sys
+d, runs = sys.argv[1], int(sys.argv[2])
+rates = [json.load(open(f"{d}/rpc-{r}.json"))["calls_per_s"] for r in range(1, runs + 1)]
+print(max(1, round(statistics.median(rates) / 2)))
+PY
+)
+for r in $(seq "$runs"); do
+    say "rpc at half the maximum rate ($half calls/s), run $r of $runs"
+    start_gateway "rpc-half-$r"
+    load "rpc-half-$r" rpc --callers 4 --providers 1 --payload 64 --rate "$half" \
+        --duration "${duration}s" --warmup 2s
+    stop_gateway
+done
+
+for r in $(seq "$runs"); do
+    say "rpc at the target's half rate (25,000 calls/s), run $r of $runs"
+    start_gateway "rpc-25k-$r"
+    load "rpc-25k-$r" rpc --callers 4 --providers 1 --payload 64 --rate 25000 \
+        --duration "${duration}s" --warmup 2s
+    stop_gateway
+done
+
+for r in $(seq "$runs"); do
+    say "pubsub: 1 publisher at $pubsub_rate/s, 4 subscribers (exact topic), 64-byte payloads, run $r of $runs"
+    start_gateway "pubsub-$r"
+    load "pubsub-$r" pubsub --publishers 1 --subscribers 4 --pattern exact --payload 64 \
+        --rate "$pubsub_rate" --duration "${duration}s" --warmup 2s
+    stop_gateway
+done
+
+say "pubsub unpaced: as fast as the publisher goes (subscribers fall behind and lose messages)"
+start_gateway pubsub-unpaced
+load pubsub-unpaced pubsub --publishers 1 --subscribers 4 --pattern exact --payload 64 \
+    --duration "${duration}s" --warmup 2s
+stop_gateway
+
+for r in $(seq "$runs"); do
+    say "idle: $idle_clients idle sessions, run $r of $runs"
+    start_gateway "idle-$r" --max-clients $((idle_clients * 2))
+    load "idle-$r" idle --clients "$idle_clients" --settle 3s
+    stop_gateway
+done
+
+say "churn: $churn_cycles cycles at $churn_rate/s"
+start_gateway churn
+load churn churn --rate "$churn_rate" --cycles "$churn_cycles" --svg "$out/churn.svg" \
+    --csv "$out/churn.csv" --duration 3600s
+stop_gateway
+
+say "caller-death: 4 callers with 1,000 calls in flight leave"
+start_gateway caller-death --call-timeout 30s
+load caller-death caller-death --callers 4 --calls 1000 --call-timeout 30s
+stop_gateway
+
+say "slow-consumer: a subscriber stops reading, --max-output 4 MiB, timeout 3 s"
+start_gateway slow-consumer --max-output 4194304 --slow-consumer-timeout 3s
+load slow-consumer slow-consumer --max-output 4194304 --rate 20000 --duration 8s \
+    --svg "$out/slow-consumer.svg" --csv "$out/slow-consumer.csv"
+stop_gateway
+
+say "flood: 2,000 new sessions against --max-clients 1000"
+start_gateway flood --max-clients 1000
+load flood flood --clients 2000 --duration "${duration}s"
+stop_gateway
+
+say "handshake: new connections as fast as they come"
+start_gateway handshake
+load handshake handshake --duration "${duration}s"
+stop_gateway
+
+say "report"
+elapsed=$(($(date +%s) - started))
+python3 scripts/bench_report.py --dir "$out" --runs "$runs" --duration "$duration" \
+    --gateway-cpu "$gateway_cpu" --load-cpu "$load_cpu" --churn-cycles "$churn_cycles" \
+    --churn-rate "$churn_rate" --idle-clients "$idle_clients" --pubsub-rate "$pubsub_rate" \
+    --elapsed "$elapsed" \
+    --command "$command" >"$out/report.md"
+echo "bench: done in ${elapsed}s; report in $out/report.md" >&2

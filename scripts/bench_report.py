@@ -1,0 +1,402 @@
+#!/usr/bin/env python3
+"""Writes the Markdown report of a `scripts/bench.sh` run from the JSON summaries it left.
+
+Every figure in the report is read from the files in --dir: the `meshgate bench --json`
+summaries (json/NAME.json, with the gateway's CPU time over the run added as gateway_cpu_s)
+and the UDP baseline's output (json/baseline-N.txt). Figures measured more than once are
+given as the median of the runs, with the lowest and highest beside it.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+
+
+def load(d, name):
+    path = os.path.join(d, "json", name + ".json")
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        sys.exit(f"bench_report: cannot read {path}: {e}")
+
+
+def baseline(d, run):
+    path = os.path.join(d, "json", f"baseline-{run}.txt")
+    with open(path) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) == 2 and parts[0] == "udp_echo_round_trips_per_s":
+                return float(parts[1])
+    sys.exit(f"bench_report: no udp_echo_round_trips_per_s line in {path}")
+
+
+def dig(summary, *path):
+    value = summary
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+class Figure:
+    """One figure over the runs: median, lowest, highest."""
+
+    def __init__(self, values):
+        self.values = [v for v in values if v is not None]
+
+    @property
+    def median(self):
+        return statistics.median(self.values) if self.values else None
+
+    def spread(self, fmt):
+        if len(self.values) < 2:
+            return "1 run"
+        return f"{fmt(min(self.values))} – {fmt(max(self.values))} ({len(self.values)} runs)"
+
+
+def count(v):
+    return "n/a" if v is None else f"{v:,.0f}"
+
+
+def ms(us):
+    return "n/a" if us is None else f"{us / 1000:.2f} ms"
+
+
+def kib(b):
+    return "n/a" if b is None else f"{b / 1024:,.1f} KiB"
+
+
+def mib(b):
+    return "n/a" if b is None else f"{b / 1048576:,.1f} MiB"
+
+
+def pct(x):
+    return "n/a" if x is None else f"{x:+.1f} %"
+
+
+def verdict(ok):
+    return "n/a" if ok is None else ("met" if ok else "**not met**")
+
+
+def machine():
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        with open("/proc/meminfo") as f:
+            kb = int(f.readline().split()[1])
+            mem = f", {kb / 1048576:.0f} GiB memory"
+    except (OSError, ValueError, IndexError):
+        pass
+    return f"{os.cpu_count()} × {model}{mem}, Linux {platform.release()}"
+
+
+def commit():
+    try:
+        return subprocess.run(
+            ["git", "describe", "--always", "--dirty", "--abbrev=12"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--dir", required=True)
+    p.add_argument("--runs", type=int, required=True)
+    p.add_argument("--duration", type=int, required=True)
+    p.add_argument("--gateway-cpu", type=int, required=True)
+    p.add_argument("--load-cpu", type=int, required=True)
+    p.add_argument("--churn-cycles", type=int, required=True)
+    p.add_argument("--churn-rate", type=int, required=True)
+    p.add_argument("--idle-clients", type=int, required=True)
+    p.add_argument("--pubsub-rate", type=int, required=True)
+    p.add_argument("--elapsed", type=int, required=True)
+    p.add_argument("--command", required=True)
+    a = p.parse_args()
+    d, runs = a.dir, range(1, a.runs + 1)
+
+    base = Figure([baseline(d, r) for r in runs])
+    rpc = [load(d, f"rpc-{r}") for r in runs]
+    half = [load(d, f"rpc-half-{r}") for r in runs]
+    at25k = [load(d, f"rpc-25k-{r}") for r in runs]
+    pubsub = [load(d, f"pubsub-{r}") for r in runs]
+    unpaced = load(d, "pubsub-unpaced")
+    idle = [load(d, f"idle-{r}") for r in runs]
+    churn = load(d, "churn")
+    death = load(d, "caller-death")
+    slow = load(d, "slow-consumer")
+    flood = load(d, "flood")
+    hs = load(d, "handshake")
+
+    rpc_rate = Figure([s["calls_per_s"] for s in rpc])
+    rpc_p99 = Figure([dig(s, "latency_us", "p99") for s in rpc])
+    rpc_errors = sum(s["errors"] for s in rpc)
+    rpc_cpu = Figure(
+        [s["gateway_cpu_s"] * 1e6 / s["gateway_calls"] for s in rpc if s["gateway_calls"]]
+    )
+    ratio = (
+        rpc_rate.median / base.median if rpc_rate.median and base.median else None
+    )
+    half_rate = Figure([s["calls_per_s"] for s in half])
+    half_p50 = Figure([dig(s, "latency_us", "p50") for s in half])
+    half_p99 = Figure([dig(s, "latency_us", "p99") for s in half])
+    half_errors = sum(s["errors"] for s in half)
+    half_target = half[0].get("rate_target")
+    ps_rate = Figure([s["delivered_per_s"] for s in pubsub])
+    ps_pub = Figure([s["published_per_s"] for s in pubsub])
+    ps_p99 = Figure([dig(s, "latency_us", "p99") for s in pubsub])
+    ps_losses = sum(s["losses"] for s in pubsub)
+    ps_cpu = Figure(
+        [
+            s["gateway_cpu_s"] * 1e6 / s["gateway_deliveries"]
+            for s in pubsub
+            if s["gateway_deliveries"]
+        ]
+    )
+    t25_p99 = Figure([dig(s, "latency_us", "p99") for s in at25k])
+    t25_errors = sum(s["errors"] for s in at25k)
+    idle_per = Figure([s["bytes_per_idle_session"] for s in idle])
+    idle_connected = min(s["connected"] for s in idle)
+    c_tenth = dig(churn, "memory_bytes", "after_10pct")
+    c_end = dig(churn, "memory_bytes", "end")
+    c_drift = (c_end - c_tenth) * 100 / c_tenth if c_tenth and c_end else None
+
+    def ms_fig(f):
+        return ms(f.median)
+
+    lines = []
+    w = lines.append
+    w("# meshgate benchmark report")
+    w("")
+    w(f"- **Date:** {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
+    w(f"- **Commit:** `{commit()}`")
+    w(f"- **Machine:** {machine()}")
+    w(
+        f"- **Layout:** one gateway shard pinned to core {a.gateway_cpu}, the load generator "
+        f"(`meshgate bench`, one Tokio worker) pinned to core {a.load_cpu}; release build; "
+        "a fresh gateway for every run, over the loopback interface."
+    )
+    w(
+        f"- **Runs:** throughput figures are the median of {a.runs} run(s), each measured over "
+        f"{a.duration} s after a 2 s warm-up; the spread gives the lowest and highest run."
+    )
+    w(f"- **Reproduce:** `{a.command}` (took {a.elapsed} s).")
+    w("")
+    w("## Summary")
+    w("")
+    w("| figure | median | spread | target | |")
+    w("|---|---|---|---|---|")
+    w(
+        f"| RPC calls/s (4 callers × 16 in flight, 64 B) | {count(rpc_rate.median)} | "
+        f"{rpc_rate.spread(count)} | ≥ 50,000 | "
+        f"{verdict(rpc_rate.median and rpc_rate.median >= 50000)} |"
+    )
+    w(
+        f"| RPC p99 at 25,000 calls/s (half of 50,000) | "
+        f"{ms_fig(t25_p99)} | {t25_p99.spread(ms)} | < 2 ms | "
+        f"{verdict(t25_p99.median is not None and t25_p99.median < 2000)} |"
+    )
+    w(
+        f"| RPC p99 at half the measured rate ({count(half_target)} calls/s) | "
+        f"{ms_fig(half_p99)} | {half_p99.spread(ms)} | | |"
+    )
+    w(
+        f"| pub/sub deliveries/s (1 publisher at {a.pubsub_rate:,}/s, 4 subscribers, 64 B) | "
+        f"{count(ps_rate.median)} | {ps_rate.spread(count)} | ≥ 300,000, no loss | "
+        f"{verdict(bool(ps_rate.median and ps_rate.median >= 300000 and ps_losses == 0))} |"
+    )
+    w(
+        f"| resident memory per idle session ({a.idle_clients:,} sessions) | "
+        f"{kib(idle_per.median)} | {idle_per.spread(kib)} | ≤ 16 KiB | "
+        f"{verdict(idle_per.median is not None and idle_per.median <= 16384)} |"
+    )
+    w(
+        f"| churn: memory after {a.churn_cycles:,} cycles vs after the first 10 % | "
+        f"{pct(c_drift)} | 1 run | within ±5 % | "
+        f"{verdict(c_drift is not None and abs(c_drift) <= 5)} |"
+    )
+    w("")
+    w("## Against the machine")
+    w("")
+    w(
+        "The baseline is a plain UDP echo between the same two cores (`examples/udp_baseline.rs`: "
+        "64 datagrams of 64 bytes in flight, one `recv_from`/`send_to` per datagram, no "
+        "encryption, no framing, no routing). An RPC round trip through the gateway is two "
+        "such exchanges (caller to gateway to provider and back), each encrypted by QUIC."
+    )
+    w("")
+    w("| figure | median | spread |")
+    w("|---|---|---|")
+    w(f"| UDP echo round trips/s | {count(base.median)} | {base.spread(count)} |")
+    w(f"| RPC calls/s through the gateway | {count(rpc_rate.median)} | {rpc_rate.spread(count)} |")
+    w(f"| ratio RPC / UDP echo | {'n/a' if ratio is None else f'{ratio:.2f}'} | |")
+    w(
+        f"| gateway CPU per call (one shard) | "
+        f"{'n/a' if rpc_cpu.median is None else f'{rpc_cpu.median:.2f} µs'} | "
+        f"{rpc_cpu.spread(lambda v: f'{v:.2f} µs')} |"
+    )
+    if rpc_cpu.median:
+        w(
+            f"| one-core RPC capacity implied by that CPU cost | "
+            f"{count(1e6 / rpc_cpu.median)} calls/s | |"
+        )
+    w(
+        f"| gateway CPU per delivery (pub/sub) | "
+        f"{'n/a' if ps_cpu.median is None else f'{ps_cpu.median:.2f} µs'} | "
+        f"{ps_cpu.spread(lambda v: f'{v:.2f} µs')} |"
+    )
+    w("")
+    w(
+        "The gateway's CPU time is read from `/proc` over each whole run (warm-up and start-up "
+        "included) and divided by the calls or deliveries the gateway counted over the same "
+        "span (from `/metrics`). Where the gateway used well under one core, the load "
+        "generator, not the gateway, set the rate; the implied capacity is what one core "
+        "would give at that cost, an extrapolation rather than a measurement."
+    )
+    w("")
+    w("## RPC")
+    w("")
+    w("| run | calls/s | p50 | p90 | p99 | p99.9 | max | errors | gateway CPU |")
+    w("|---|---|---|---|---|---|---|---|---|")
+    for name, group in (("max", rpc), ("half", half), ("25k", at25k)):
+        for i, s in enumerate(group, 1):
+            lat = s.get("latency_us", {})
+            w(
+                f"| {name} {i} | {count(s['calls_per_s'])} | {ms(lat.get('p50'))} | "
+                f"{ms(lat.get('p90'))} | {ms(lat.get('p99'))} | {ms(lat.get('p99.9'))} | "
+                f"{ms(lat.get('max'))} | {s['errors']} | {s['gateway_cpu_s']:.1f} s |"
+            )
+    w("")
+    w(
+        f"Errors over all runs: {rpc_errors} at the maximum rate, {half_errors} at half rate, "
+        f"{t25_errors} at 25,000 calls/s. "
+        f"Median p50 at half rate: {ms_fig(half_p50)}; median rate achieved "
+        f"{count(half_rate.median)} calls/s."
+    )
+    w("")
+    w("## Publish/subscribe")
+    w("")
+    w("| run | published/s | delivered/s | p50 | p99 | max | losses | out of order |")
+    w("|---|---|---|---|---|---|---|---|")
+    for i, s in [(str(i), s) for i, s in enumerate(pubsub, 1)] + [("unpaced", unpaced)]:
+        lat = s.get("latency_us", {})
+        w(
+            f"| {i} | {count(s['published_per_s'])} | {count(s['delivered_per_s'])} | "
+            f"{ms(lat.get('p50'))} | {ms(lat.get('p99'))} | {ms(lat.get('max'))} | "
+            f"{s['losses']} | {s['out_of_order']} |"
+        )
+    w("")
+    w(
+        f"Median published {count(ps_pub.median)}/s, delivered {count(ps_rate.median)}/s, "
+        f"delivery p99 {ms_fig(ps_p99)}; losses over the paced runs: {ps_losses}. "
+        "Unpaced, the publisher outruns what the subscribers (all in the load generator's one "
+        "core) read: the gateway drops their PUBLISH frames once each has --max-output queued, "
+        "as it should, and the losses count them."
+    )
+    w("")
+    w("## Memory per idle session")
+    w("")
+    w("| run | sessions | before | with sessions | after they left | per session |")
+    w("|---|---|---|---|---|---|")
+    for i, s in enumerate(idle, 1):
+        m = s["memory_bytes"]
+        w(
+            f"| {i} | {s['connected']:,} | {mib(m['before'])} | {mib(m['with_sessions'])} | "
+            f"{mib(m['after_close'])} | {kib(s['bytes_per_idle_session'])} |"
+        )
+    w("")
+    w(
+        f"At least {idle_connected:,} of {a.idle_clients:,} sessions connected in every run. "
+        "Memory is the gateway's resident set (`/proc/self/statm`), read from `/metrics`; "
+        "freed memory the allocator keeps is why it does not drop after the sessions leave."
+    )
+    w("")
+    w("## Churn")
+    w("")
+    w("| cycles | cycles/s | errors | start | after 10 % | peak | end | tables back to zero |")
+    w("|---|---|---|---|---|---|---|---|")
+    m = churn["memory_bytes"]
+    w(
+        f"| {churn['cycles']:,} | {count(churn['cycles_per_s'])} | {churn['errors']} | "
+        f"{mib(m['start'])} | {mib(m['after_10pct'])} | {mib(m['peak'])} | {mib(m['end'])} | "
+        f"{'yes' if churn['gauges_zero'] else '**no**'} |"
+    )
+    w("")
+    w(
+        "Each cycle connects a session, subscribes, registers a procedure, calls it and "
+        f"disconnects. Gauges at the end: {json.dumps(churn.get('end_gauges', {}))}."
+    )
+    w("")
+    w("![memory and live sessions during churn](churn.svg)")
+    w("")
+    w("## Callers that die with calls in flight")
+    w("")
+    pc, dm = death["pending_calls"], death["memory_bytes"]
+    w(
+        f"{death['callers']} callers left with {death['calls_in_flight']:,} calls in flight "
+        f"(call timeout {death['call_timeout_s']:.0f} s). Pending calls: {pc['before']:,} "
+        f"before, {pc['after']:,} right after, {pc['after_1s']:,} a second later; back to the "
+        f"baseline of {pc['baseline']:,} in {death.get('back_to_baseline_ms')} ms. "
+        f"The provider was told of {death['provider_cancelled']:,} cancelled calls. "
+        f"Memory: {', '.join(f'{k} {mib(v)}' for k, v in dm.items())}."
+    )
+    w("")
+    w("## Slow consumer")
+    w("")
+    w(
+        f"{slow['publishers']} publishers sent {count(slow['published_per_s'])} messages/s of "
+        f"{slow['payload_bytes']} bytes to a subscriber that stopped reading and to "
+        f"{slow['readers']} that kept reading. The gateway's memory grew by at most "
+        f"{mib(slow['peak_growth_bytes'])} ({slow['growth_over_max_output']} × --max-output "
+        f"of {mib(slow['max_output_bytes'])}); {count(slow['dropped_slow_consumer'])} messages "
+        f"to the stalled subscriber were dropped; it was "
+        + (
+            f"disconnected after {slow['disconnected_after_s']} s"
+            if slow["disconnected"]
+            else "**not disconnected**"
+        )
+        + f". The readers lost {slow['reader_losses']:,} messages."
+    )
+    w("")
+    w("![memory during the slow consumer run](slow-consumer.svg)")
+    w("")
+    w("## Flood and handshakes")
+    w("")
+    pp = flood["probe_ping_us"]
+    w(
+        f"Flood: {flood['attempts']:,} new sessions against `--max-clients 1000`; "
+        f"{flood['admitted']:,} admitted, {flood['refused_max_clients']:,} refused with "
+        f"`max_clients_reached` (the gateway counted {flood['gateway_refused_max_clients']}). "
+        f"Ping p99 of sessions connected before: {ms(dig(pp, 'before_flood', 'p99'))} before "
+        f"the flood, {ms(dig(pp, 'during_flood', 'p99'))} during it."
+    )
+    w("")
+    w(
+        f"Handshakes: {count(hs['connections_per_s'])} new connections/s "
+        f"(connect p50 {ms(dig(hs, 'connect_latency_us', 'p50'))}, p99 "
+        f"{ms(dig(hs, 'connect_latency_us', 'p99'))}), "
+        f"{hs['refused']:,} refused, gateway CPU {hs['gateway_cpu_s']:.1f} s."
+    )
+    w("")
+    w("The raw summaries are in `json/`, the gateways' logs in `logs/`.")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
