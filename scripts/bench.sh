@@ -150,6 +150,7 @@ PY
 }
 
 started=$(date +%s)
+measured=$(git describe --always --dirty --abbrev=12 2>/dev/null || echo unknown)
 for r in $(seq "$runs"); do
     say "baseline: UDP echo, run $r of $runs"
     "target/release/examples/udp_baseline" "$duration" 64 64 "$gateway_cpu" "$load_cpu" \
@@ -240,6 +241,6 @@ elapsed=$(($(date +%s) - started))
 python3 scripts/bench_report.py --dir "$out" --runs "$runs" --duration "$duration" \
     --gateway-cpu "$gateway_cpu" --load-cpu "$load_cpu" --churn-cycles "$churn_cycles" \
     --churn-rate "$churn_rate" --idle-clients "$idle_clients" --pubsub-rate "$pubsub_rate" \
-    --elapsed "$elapsed" \
+    --elapsed "$elapsed" --commit "$measured" \
     --command "$command" >"$out/report.md"
 echo "bench: done in ${elapsed}s; report in $out/report.md" >&2

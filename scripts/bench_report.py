@@ -128,6 +128,7 @@ def main():
     p.add_argument("--pubsub-rate", type=int, required=True)
     p.add_argument("--elapsed", type=int, required=True)
     p.add_argument("--command", required=True)
+    p.add_argument("--commit", help="the commit measured (default: the checkout's)")
     a = p.parse_args()
     d, runs = a.dir, range(1, a.runs + 1)
 
@@ -171,6 +172,9 @@ def main():
     )
     t25_p99 = Figure([dig(s, "latency_us", "p99") for s in at25k])
     t25_errors = sum(s["errors"] for s in at25k)
+    t25_cpu = Figure(
+        [s["gateway_cpu_s"] * 1e6 / s["gateway_calls"] for s in at25k if s["gateway_calls"]]
+    )
     idle_per = Figure([s["bytes_per_idle_session"] for s in idle])
     idle_connected = min(s["connected"] for s in idle)
     c_tenth = dig(churn, "memory_bytes", "after_10pct")
@@ -185,7 +189,7 @@ def main():
     w("# meshgate benchmark report")
     w("")
     w(f"- **Date:** {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
-    w(f"- **Commit:** `{commit()}`")
+    w(f"- **Commit:** `{a.commit or commit()}`")
     w(f"- **Machine:** {machine()}")
     w(
         f"- **Layout:** one gateway shard pinned to core {a.gateway_cpu}, the load generator "
@@ -256,6 +260,11 @@ def main():
             f"| one-core RPC capacity implied by that CPU cost | "
             f"{count(1e6 / rpc_cpu.median)} calls/s | |"
         )
+    w(
+        f"| gateway CPU per call at 25,000 calls/s | "
+        f"{'n/a' if t25_cpu.median is None else f'{t25_cpu.median:.2f} µs'} | "
+        f"{t25_cpu.spread(lambda v: f'{v:.2f} µs')} |"
+    )
     w(
         f"| gateway CPU per delivery (pub/sub) | "
         f"{'n/a' if ps_cpu.median is None else f'{ps_cpu.median:.2f} µs'} | "
