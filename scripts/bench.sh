@@ -149,6 +149,21 @@ PY
     rm -f "$out/json/$name.json.tmp"
 }
 
+# fresh NAME [serve flags] -- SCENARIO [bench flags]: the scenario against a gateway of its
+# own, stopped afterwards.
+fresh() {
+    local name=$1 flags=()
+    shift
+    while [[ "$1" != -- ]]; do
+        flags+=("$1")
+        shift
+    done
+    shift
+    start_gateway "$name" "${flags[@]}"
+    load "$name" "$@"
+    stop_gateway
+}
+
 started=$(date +%s)
 measured=$(git describe --always --dirty --abbrev=12 2>/dev/null || echo unknown)
 for r in $(seq "$runs"); do
@@ -159,10 +174,8 @@ done
 
 for r in $(seq "$runs"); do
     say "rpc: 4 callers x 16 in flight, 64-byte payloads, run $r of $runs"
-    start_gateway "rpc-$r"
-    load "rpc-$r" rpc --callers 4 --providers 1 --in-flight 16 --payload 64 \
+    fresh "rpc-$r" -- rpc --callers 4 --providers 1 --in-flight 16 --payload 64 \
         --duration "${duration}s" --warmup 2s
-    stop_gateway
 done
 
 half=$(python3 - "$out/json" "$runs" <<'PY'
@@ -174,67 +187,49 @@ PY
 )
 for r in $(seq "$runs"); do
     say "rpc at half the maximum rate ($half calls/s), run $r of $runs"
-    start_gateway "rpc-half-$r"
-    load "rpc-half-$r" rpc --callers 4 --providers 1 --payload 64 --rate "$half" \
+    fresh "rpc-half-$r" -- rpc --callers 4 --providers 1 --payload 64 --rate "$half" \
         --duration "${duration}s" --warmup 2s
-    stop_gateway
 done
 
 for r in $(seq "$runs"); do
     say "rpc at the target's half rate (25,000 calls/s), run $r of $runs"
-    start_gateway "rpc-25k-$r"
-    load "rpc-25k-$r" rpc --callers 4 --providers 1 --payload 64 --rate 25000 \
+    fresh "rpc-25k-$r" -- rpc --callers 4 --providers 1 --payload 64 --rate 25000 \
         --duration "${duration}s" --warmup 2s
-    stop_gateway
 done
 
 for r in $(seq "$runs"); do
     say "pubsub: 1 publisher at $pubsub_rate/s, 4 subscribers (exact topic), 64-byte payloads, run $r of $runs"
-    start_gateway "pubsub-$r"
-    load "pubsub-$r" pubsub --publishers 1 --subscribers 4 --pattern exact --payload 64 \
+    fresh "pubsub-$r" -- pubsub --publishers 1 --subscribers 4 --pattern exact --payload 64 \
         --rate "$pubsub_rate" --duration "${duration}s" --warmup 2s
-    stop_gateway
 done
 
 say "pubsub unpaced: as fast as the publisher goes (subscribers fall behind and lose messages)"
-start_gateway pubsub-unpaced
-load pubsub-unpaced pubsub --publishers 1 --subscribers 4 --pattern exact --payload 64 \
+fresh pubsub-unpaced -- pubsub --publishers 1 --subscribers 4 --pattern exact --payload 64 \
     --duration "${duration}s" --warmup 2s
-stop_gateway
 
 for r in $(seq "$runs"); do
     say "idle: $idle_clients idle sessions, run $r of $runs"
-    start_gateway "idle-$r" --max-clients $((idle_clients * 2))
-    load "idle-$r" idle --clients "$idle_clients" --settle 3s
-    stop_gateway
+    fresh "idle-$r" --max-clients $((idle_clients * 2)) -- \
+        idle --clients "$idle_clients" --settle 3s
 done
 
 say "churn: $churn_cycles cycles at $churn_rate/s"
-start_gateway churn
-load churn churn --rate "$churn_rate" --cycles "$churn_cycles" --svg "$out/churn.svg" \
+fresh churn -- churn --rate "$churn_rate" --cycles "$churn_cycles" --svg "$out/churn.svg" \
     --csv "$out/churn.csv" --duration 3600s
-stop_gateway
 
 say "caller-death: 4 callers with 1,000 calls in flight leave"
-start_gateway caller-death --call-timeout 30s
-load caller-death caller-death --callers 4 --calls 1000 --call-timeout 30s
-stop_gateway
+fresh caller-death --call-timeout 30s -- caller-death --callers 4 --calls 1000 --call-timeout 30s
 
 say "slow-consumer: a subscriber stops reading, --max-output 4 MiB, timeout 3 s"
-start_gateway slow-consumer --max-output 4194304 --slow-consumer-timeout 3s
-load slow-consumer slow-consumer --max-output 4194304 --rate 20000 --duration 8s \
+fresh slow-consumer --max-output 4194304 --slow-consumer-timeout 3s -- \
+    slow-consumer --max-output 4194304 --rate 20000 --duration 8s \
     --svg "$out/slow-consumer.svg" --csv "$out/slow-consumer.csv"
-stop_gateway
 
 say "flood: 2,000 new sessions against --max-clients 1000"
-start_gateway flood --max-clients 1000
-load flood flood --clients 2000 --duration "${duration}s"
-stop_gateway
+fresh flood --max-clients 1000 -- flood --clients 2000 --duration "${duration}s"
 
 say "handshake: new connections as fast as they come"
-start_gateway handshake
-load handshake handshake --duration "${duration}s"
-stop_gateway
+fresh handshake -- handshake --duration "${duration}s"
 
 say "report"
 elapsed=$(($(date +%s) - started))
