@@ -9,6 +9,10 @@ command -v cmake >/dev/null 2>&1 || need+=(cmake)
 ls /usr/lib/llvm-*/lib/libclang.so* >/dev/null 2>&1 || need+=(libclang-dev)
 command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v cc >/dev/null 2>&1 || need+=(build-essential)
+# The benchmark report (and the test that rebuilds it) is written by a Python script;
+# scripts/bench.sh waits for the gateway with curl.
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+command -v curl >/dev/null 2>&1 || need+=(curl)
 
 if ((${#need[@]})); then
     sudo=""

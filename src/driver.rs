@@ -141,8 +141,8 @@ pub struct ShardStart {
 }
 
 struct Conn {
-    /// Boxed: a connection is about 8 KiB, and the slab's spare capacity and the copies its
-    /// growth makes would otherwise be in those units.
+    /// Boxed: a quiche connection is several KiB, and the slab's spare capacity and the
+    /// copies its growth makes would otherwise be in those units.
     q: Box<quiche::Connection>,
     scid: Cid,
     /// The connection ID the client chose for its first packets.

@@ -311,8 +311,7 @@ fn quic_config(identity: &Identity, args: &ServeArgs) -> Result<quiche::Config, 
         .map_err(|e| StartError::Config(format!("TLS context: {e}")))?;
     // Each connection's TLS state keeps a copy of its configuration (certificate chain,
     // ciphers, ALPN, transport parameters) that nothing reads once the handshake is over:
-    // asked at the handshake's start, BoringSSL frees it at the end, about 1.5 KiB per idle
-    // session.
+    // asked at the handshake's start, BoringSSL frees it at the end.
     tls.set_info_callback(|ssl, mode, _| {
         if mode == boring::ssl::SslInfoCallbackMode::HANDSHAKE_START {
             use foreign_types_shared::ForeignTypeRef;
