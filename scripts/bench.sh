@@ -6,7 +6,9 @@
 # a core. Throughput scenarios run --runs times and the report gives their medians. The same
 # run measures the machine's baseline (a plain UDP echo between the same two cores) and gives
 # the gateway's RPC rate as a ratio of it. The report goes to OUT/report.md, with the charts
-# (SVG), the raw JSON of every run and the gateways' logs beside it.
+# (SVG), the raw JSON of every run and the gateways' logs beside it. The raw results also record
+# the machine that measured (OUT/json/machine.json) and the commit measured (OUT/json/commit.txt):
+# scripts/bench_report.py reads them from there, so the report can be made again elsewhere.
 #
 # Usage: scripts/bench.sh [--out DIR] [--runs N] [--duration SECONDS] [--gateway-cpu N]
 #                         [--load-cpu N] [--churn-cycles N] [--churn-rate N] [--idle-clients N]
@@ -38,7 +40,7 @@ while (($#)); do
         --idle-clients) idle_clients=$2; shift 2 ;;
         --pubsub-rate) pubsub_rate=$2; shift 2 ;;
         --quick) runs=1; duration=3; churn_cycles=2000; idle_clients=500; shift ;;
-        -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,/^set /{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -165,7 +167,33 @@ fresh() {
 }
 
 started=$(date +%s)
-measured=$(git describe --always --dirty --abbrev=12 2>/dev/null || echo unknown)
+git describe --always --dirty --abbrev=12 2>/dev/null >"$out/json/commit.txt" ||
+    echo unknown >"$out/json/commit.txt"
+# The machine, as the report's Machine line gives it: cores, CPU model, memory, kernel.
+python3 - "$out/json/machine.json" <<'PY'
+import json, os, platform, sys
+model = memory_gib = None
+try:
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+except OSError:
+    pass
+try:
+    with open("/proc/meminfo") as f:
+        memory_gib = round(int(f.readline().split()[1]) / 1048576)
+except (OSError, ValueError, IndexError):
+    pass
+machine = {
+    "cpu_model": model,
+    "cores": os.cpu_count(),
+    "memory_gib": memory_gib,
+    "kernel": f"{platform.system()} {platform.release()}",
+}
+json.dump(machine, open(sys.argv[1], "w"), indent=1)
+PY
 for r in $(seq "$runs"); do
     say "baseline: UDP echo, run $r of $runs"
     "target/release/examples/udp_baseline" "$duration" 64 64 "$gateway_cpu" "$load_cpu" \
@@ -236,6 +264,6 @@ elapsed=$(($(date +%s) - started))
 python3 scripts/bench_report.py --dir "$out" --runs "$runs" --duration "$duration" \
     --gateway-cpu "$gateway_cpu" --load-cpu "$load_cpu" --churn-cycles "$churn_cycles" \
     --churn-rate "$churn_rate" --idle-clients "$idle_clients" --pubsub-rate "$pubsub_rate" \
-    --elapsed "$elapsed" --commit "$measured" \
+    --elapsed "$elapsed" \
     --command "$command" >"$out/report.md"
 echo "bench: done in ${elapsed}s; report in $out/report.md" >&2

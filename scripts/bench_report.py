@@ -4,16 +4,17 @@
 Every figure in the report is read from the files in --dir: the `meshgate bench --json`
 summaries (json/NAME.json, with the gateway's CPU time over the run added as gateway_cpu_s)
 and the UDP baseline's output (json/baseline-N.txt). Figures measured more than once are
-given as the median of the runs, with the lowest and highest beside it.
+given as the median of the runs, with the lowest and highest beside it. The machine and the
+commit measured are read from there too (json/machine.json, json/commit.txt, both written by
+scripts/bench.sh when it measures), never from the machine or checkout that runs this script,
+so a report made again from the same files says the same.
 """
 
 import argparse
 import datetime
 import json
 import os
-import platform
 import statistics
-import subprocess
 import sys
 
 
@@ -28,11 +29,14 @@ def load(d, name):
 
 def baseline(d, run):
     path = os.path.join(d, "json", f"baseline-{run}.txt")
-    with open(path) as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) == 2 and parts[0] == "udp_echo_round_trips_per_s":
-                return float(parts[1])
+    try:
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 2 and parts[0] == "udp_echo_round_trips_per_s":
+                    return float(parts[1])
+    except (OSError, ValueError) as e:
+        sys.exit(f"bench_report: cannot read {path}: {e}")
     sys.exit(f"bench_report: no udp_echo_round_trips_per_s line in {path}")
 
 
@@ -85,34 +89,43 @@ def verdict(ok):
     return "n/a" if ok is None else ("met" if ok else "**not met**")
 
 
-def machine():
-    model = "unknown CPU"
+def machine(d):
+    """The measuring machine's line, from json/machine.json."""
+    path = os.path.join(d, "json", "machine.json")
     try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    mem = ""
-    try:
-        with open("/proc/meminfo") as f:
-            kb = int(f.readline().split()[1])
-            mem = f", {kb / 1048576:.0f} GiB memory"
-    except (OSError, ValueError, IndexError):
-        pass
-    return f"{os.cpu_count()} × {model}{mem}, Linux {platform.release()}"
+        with open(path) as f:
+            m = json.load(f)
+    except (OSError, ValueError) as e:
+        sys.exit(
+            f"bench_report: cannot read the measuring machine from {path} "
+            f"(scripts/bench.sh writes it with the raw results): {e}"
+        )
+    missing = [
+        k for k in ("cpu_model", "cores", "memory_gib", "kernel")
+        if not isinstance(m, dict) or k not in m
+    ]
+    if missing:
+        sys.exit(f"bench_report: {path} lacks {', '.join(missing)}")
+    cores = "unknown" if m["cores"] is None else m["cores"]
+    mem = "" if m["memory_gib"] is None else f", {m['memory_gib']} GiB memory"
+    kernel = m["kernel"] or "unknown kernel"
+    return f"{cores} × {m['cpu_model'] or 'unknown CPU'}{mem}, {kernel}"
 
 
-def commit():
+def commit(d):
+    """The commit measured, from json/commit.txt."""
+    path = os.path.join(d, "json", "commit.txt")
     try:
-        return subprocess.run(
-            ["git", "describe", "--always", "--dirty", "--abbrev=12"],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        with open(path) as f:
+            measured = f.read().strip()
+    except OSError as e:
+        sys.exit(
+            f"bench_report: cannot read the commit measured from {path} "
+            f"(scripts/bench.sh writes it with the raw results): {e}"
+        )
+    if not measured:
+        sys.exit(f"bench_report: {path} is empty")
+    return measured
 
 
 def main():
@@ -128,7 +141,6 @@ def main():
     p.add_argument("--pubsub-rate", type=int, required=True)
     p.add_argument("--elapsed", type=int, required=True)
     p.add_argument("--command", required=True)
-    p.add_argument("--commit", help="the commit measured (default: the checkout's)")
     a = p.parse_args()
     d, runs = a.dir, range(1, a.runs + 1)
 
@@ -189,8 +201,8 @@ def main():
     w("# meshgate benchmark report")
     w("")
     w(f"- **Date:** {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
-    w(f"- **Commit:** `{a.commit or commit()}`")
-    w(f"- **Machine:** {machine()}")
+    w(f"- **Commit:** `{commit(d)}`")
+    w(f"- **Machine:** {machine(d)}")
     w(
         f"- **Layout:** one gateway shard pinned to core {a.gateway_cpu}, the load generator "
         f"(`meshgate bench`, one Tokio worker) pinned to core {a.load_cpu}; release build; "

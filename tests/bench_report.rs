@@ -1,40 +1,23 @@
 //! The committed benchmark report is what `scripts/bench_report.py` makes of the raw results
-//! committed beside it: the figures the README quotes can be traced to those files.
+//! committed beside it: the figures the README quotes can be traced to those files. The machine
+//! and the commit it names come from those files too, never from the machine that runs the
+//! script, so the report made again on any machine is the same.
 
-use std::path::Path;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
-/// The report with its generation time left out.
-fn without_date(report: &str) -> String {
-    report
-        .lines()
-        .filter(|line| !line.starts_with("- **Date:**"))
-        .collect::<Vec<_>>()
-        .join("\n")
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-#[test]
-fn the_committed_report_is_regenerated_from_its_raw_results() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let committed = std::fs::read_to_string(root.join("docs/bench/report.md"))
-        .expect("docs/bench/report.md is committed");
-    let line = |prefix: &str| {
-        committed
-            .lines()
-            .find_map(|l| l.strip_prefix(prefix))
-            .unwrap_or_else(|| panic!("the report has a line starting with {prefix:?}"))
-            .to_owned()
-    };
-    let commit = line("- **Commit:** `").trim_end_matches('`').to_owned();
-    let reproduce = line("- **Reproduce:** `");
-    let (command, took) = reproduce
-        .split_once("` (took ")
-        .expect("the reproduce line gives the command and the time it took");
-    let elapsed = took.trim_end_matches(" s).");
-
-    let out = Command::new("python3")
-        .current_dir(root)
-        .args(["scripts/bench_report.py", "--dir", "docs/bench"])
+/// Runs `scripts/bench_report.py` on the raw results in `dir` with the parameters of the
+/// committed run.
+fn report(dir: &Path, elapsed: &str, command: &str) -> Output {
+    Command::new("python3")
+        .current_dir(root())
+        .arg("scripts/bench_report.py")
+        .arg("--dir")
+        .arg(dir)
         .args([
             "--runs",
             "3",
@@ -47,26 +30,121 @@ fn the_committed_report_is_regenerated_from_its_raw_results() {
         ])
         .args(["--churn-cycles", "100000", "--churn-rate", "1000"])
         .args(["--idle-clients", "5000", "--pubsub-rate", "150000"])
-        .args([
-            "--elapsed",
-            elapsed,
-            "--command",
-            command,
-            "--commit",
-            &commit,
-        ])
+        .args(["--elapsed", elapsed, "--command", command])
         .output()
-        .expect("python3 runs");
+        .expect("python3 runs")
+}
+
+/// The report `report` printed; panics with the script's error if it failed.
+fn made(out: Output) -> String {
     assert!(
         out.status.success(),
         "bench_report.py failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let made = String::from_utf8(out.stdout).expect("the report is UTF-8");
+    String::from_utf8(out.stdout).expect("the report is UTF-8")
+}
+
+/// The rest of the report's line that starts with `prefix`.
+fn line<'a>(report: &'a str, prefix: &str) -> &'a str {
+    report
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix))
+        .unwrap_or_else(|| panic!("the report has a line starting with {prefix:?}"))
+}
+
+/// The report with its generation time left out.
+fn without_date(report: &str) -> String {
+    report
+        .lines()
+        .filter(|line| !line.starts_with("- **Date:**"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A copy of the committed raw results (`json/`) in a directory of its own, removed on drop.
+struct RawCopy {
+    dir: PathBuf,
+}
+
+impl RawCopy {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "meshgate-bench-report-{}-{name}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("json")).expect("a temporary directory");
+        for entry in std::fs::read_dir(root().join("docs/bench/json")).expect("docs/bench/json") {
+            let from = entry.expect("a raw result").path();
+            let to = dir
+                .join("json")
+                .join(from.file_name().expect("a file name"));
+            std::fs::copy(&from, to).expect("the raw result is copied");
+        }
+        RawCopy { dir }
+    }
+
+    fn json(&self, file: &str) -> PathBuf {
+        self.dir.join("json").join(file)
+    }
+}
+
+impl Drop for RawCopy {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn the_committed_report_is_regenerated_from_its_raw_results() {
+    let committed = std::fs::read_to_string(root().join("docs/bench/report.md"))
+        .expect("docs/bench/report.md is committed");
+    let (command, took) = line(&committed, "- **Reproduce:** `")
+        .split_once("` (took ")
+        .expect("the reproduce line gives the command and the time it took");
+    let elapsed = took.trim_end_matches(" s).");
+
+    let made = made(report(Path::new("docs/bench"), elapsed, command));
     assert_eq!(without_date(&made), without_date(&committed));
     for figure in [
         "220,512", "0.96 ms", "600,005", "25.4 KiB", "+0.0 %", "247,028", "0.89",
     ] {
         assert!(made.contains(figure), "the report gives {figure}");
     }
+}
+
+#[test]
+fn the_machine_and_commit_come_from_the_raw_results_not_from_the_running_machine() {
+    let raw = RawCopy::new("machine");
+    std::fs::write(
+        raw.json("machine.json"),
+        r#"{"cpu_model": "Imaginary CPU 9000", "cores": 64, "memory_gib": 512,
+            "kernel": "Linux 0.0.0-not-this-one"}"#,
+    )
+    .expect("machine.json is written");
+    std::fs::write(raw.json("commit.txt"), "feedfacecafe\n").expect("commit.txt is written");
+
+    let made = made(report(&raw.dir, "1", "scripts/bench.sh"));
+    assert_eq!(
+        line(&made, "- **Machine:** "),
+        "64 × Imaginary CPU 9000, 512 GiB memory, Linux 0.0.0-not-this-one"
+    );
+    assert_eq!(line(&made, "- **Commit:** "), "`feedfacecafe`");
+}
+
+#[test]
+fn raw_results_without_their_machine_are_refused_with_one_line() {
+    let raw = RawCopy::new("no-machine");
+    std::fs::remove_file(raw.json("machine.json")).expect("machine.json is in the copy");
+
+    let out = report(&raw.dir, "1", "scripts/bench.sh");
+    assert!(!out.status.success(), "a report with no machine is refused");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    assert!(
+        stderr.contains("machine.json"),
+        "it names the file: {stderr}"
+    );
+    assert!(out.stdout.is_empty(), "no partial report");
 }
