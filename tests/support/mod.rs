@@ -87,8 +87,17 @@ pub fn run_to_exit(args: &[&str]) -> Exited {
 impl Gateway {
     /// Starts a gateway with 2 shards and `flags`, and waits until `/ready` answers 200.
     pub fn start(flags: &[&str]) -> Gateway {
+        Gateway::start_with_shards(SHARDS, flags)
+    }
+
+    /// Starts a gateway with `shards` shards and `flags`, and waits until `/ready` answers
+    /// 200. The helpers that find a shard's sessions ([`Gateway::clients_per_shard`],
+    /// [`Gateway::raw_on_shard`], [`nodes_owned_by`]) assume [`SHARDS`]; use them only with
+    /// [`Gateway::start`].
+    pub fn start_with_shards(shards: u16, flags: &[&str]) -> Gateway {
+        let shards = shards.to_string();
         let mut child = Command::new(env!("CARGO_BIN_EXE_meshgate"))
-            .args(["serve", "--shards", "2", "--listen", "127.0.0.1:0"])
+            .args(["serve", "--shards", &shards, "--listen", "127.0.0.1:0"])
             .args(["--health-listen", "127.0.0.1:0"])
             .args(flags)
             // The start-up line (which holds the addresses) is logged at info level;
@@ -975,4 +984,325 @@ impl Raw {
         assert_eq!(frame.ty, ty as u8, "expected {ty:?}, got {:?}", frame.msg());
         frame
     }
+}
+
+// -----------------------------------------------------------------------------------------
+// Admission with an answer either way
+// -----------------------------------------------------------------------------------------
+
+/// How the gateway answered a CONNECT.
+pub enum Answer {
+    /// PONG: the session is open.
+    Admitted(Raw),
+    /// DISCONNECT with this reason; the connection is about to close.
+    Refused(Raw, String),
+}
+
+impl Raw {
+    /// Opens, sends CONNECT and returns the answer, PONG or DISCONNECT (anything else panics).
+    pub async fn try_connect(addr: SocketAddr, realm: &str, node: NodeId) -> Answer {
+        let mut raw = Raw::open(addr).await.expect("QUIC handshake");
+        raw.node_id = node;
+        raw.write(&connect_frame(realm, node, None)).await;
+        let answer = raw.next().await.expect("an answer to CONNECT");
+        match answer.msg() {
+            Message::Pong(p) => {
+                assert!(p.node_id.is_some(), "PONG without node_id");
+                Answer::Admitted(raw)
+            }
+            Message::Disconnect(d) => {
+                let reason = text(d.reason);
+                Answer::Refused(raw, reason)
+            }
+            other => panic!("CONNECT was answered with {other:?}"),
+        }
+    }
+}
+
+// -----------------------------------------------------------------------------------------
+// A UDP relay that can be cut: a client that vanishes without a word
+// -----------------------------------------------------------------------------------------
+
+/// Forwards UDP datagrams between clients and a gateway: a client connects to [`Relay::addr`]
+/// and the gateway sees the relay's own socket. [`Relay::cut`] closes both sockets at once,
+/// so the client vanishes for the gateway without a close, a reset or any other word, while
+/// its QUIC connection object stays alive (dropping a quinn connection would close it).
+pub struct Relay {
+    /// The address clients connect to.
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    /// A relay to `to`, for one client.
+    pub async fn start(to: SocketAddr) -> Relay {
+        let front = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("the relay's client-side socket");
+        let back = tokio::net::UdpSocket::bind("127.0.0.1:0")
+            .await
+            .expect("the relay's gateway-side socket");
+        let addr = front.local_addr().expect("bound");
+        let task = tokio::spawn(async move {
+            let mut client: Option<SocketAddr> = None;
+            let mut up = vec![0u8; 65_536];
+            let mut down = vec![0u8; 65_536];
+            loop {
+                tokio::select! {
+                    r = front.recv_from(&mut up) => {
+                        if let Ok((n, from)) = r {
+                            client = Some(from);
+                            let _ = back.send_to(&up[..n], to).await;
+                        }
+                    }
+                    r = back.recv_from(&mut down) => {
+                        if let (Ok((n, from)), Some(client)) = (r, client) {
+                            if from == to {
+                                let _ = front.send_to(&down[..n], client).await;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        Relay { addr, task }
+    }
+
+    /// Closes both sockets: from now on nothing passes either way.
+    pub async fn cut(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+}
+
+// -----------------------------------------------------------------------------------------
+// Background load
+// -----------------------------------------------------------------------------------------
+
+/// The procedure the load's echo provider serves.
+pub const LOAD_PROCEDURE: &str = "load.echo";
+/// The timeout of each of the load's calls (and the deadline the gateway is given): far beyond
+/// any stall of a busy test machine, so that a failed load call means a gateway fault.
+pub const LOAD_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// The pause of each load session between two calls, which keeps the load from taking all
+/// the CPU of a small machine.
+const LOAD_PACE: Duration = Duration::from_millis(10);
+/// The longest a load runs, even if no one stops it.
+const LOAD_LIFETIME: Duration = Duration::from_secs(300);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum LoadMode {
+    Run,
+    Pause,
+    Stop,
+}
+
+struct LoadState {
+    mode: LoadMode,
+    /// Load sessions with a call in flight.
+    busy: usize,
+}
+
+/// Sessions of the client library calling an echo provider of the same gateway one call
+/// after another, beside a test, for at most [`LOAD_LIFETIME`]. Its sessions are all open
+/// when [`Load::start`] returns and stay open until [`Load::finish`], so the session counts
+/// that [`Gateway::raw_on_shard`] watches do not move meanwhile. [`Load::pause`] lets a test
+/// read exact gauges: the load's own share is then [`Load::sessions`] sessions,
+/// [`Load::registrations`] registrations and no call in flight.
+pub struct Load {
+    provider: Client,
+    callers: usize,
+    workers: Vec<tokio::task::JoinHandle<()>>,
+    state: Arc<Mutex<LoadState>>,
+    calls: Arc<std::sync::atomic::AtomicU64>,
+    failures: Arc<Mutex<Vec<String>>>,
+}
+
+impl Load {
+    /// Connects an echo provider of [`LOAD_PROCEDURE`] and `callers` calling sessions, and
+    /// returns once every caller has had a call answered.
+    pub async fn start(gw: &Gateway, callers: usize) -> Load {
+        // Keep-alive well within any --idle-timeout the tests use, for while the load pauses.
+        let config = || ClientConfig {
+            keep_alive: Duration::from_millis(500),
+            call_timeout: LOAD_CALL_TIMEOUT,
+            ..gw.client_config()
+        };
+        let provider = Client::connect(config())
+            .await
+            .expect("the load's provider connects");
+        provider
+            .register(LOAD_PROCEDURE, |args| async move {
+                Ok::<_, meshgate_client::ProcedureError>(args)
+            })
+            .await
+            .expect("the load's provider registers");
+        let state = Arc::new(Mutex::new(LoadState {
+            mode: LoadMode::Run,
+            busy: 0,
+        }));
+        let calls = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let failures = Arc::new(Mutex::new(Vec::new()));
+        let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut workers = Vec::with_capacity(callers);
+        for index in 0..callers {
+            let client = Client::connect(config())
+                .await
+                .expect("a load session connects");
+            workers.push(tokio::spawn(load_worker(
+                client,
+                index as u64,
+                state.clone(),
+                calls.clone(),
+                failures.clone(),
+                started.clone(),
+            )));
+        }
+        let load = Load {
+            provider,
+            callers,
+            workers,
+            state,
+            calls,
+            failures,
+        };
+        let deadline = Instant::now() + LOAD_CALL_TIMEOUT;
+        while started.load(std::sync::atomic::Ordering::SeqCst) < callers {
+            load.assert_no_failure();
+            assert!(
+                Instant::now() < deadline,
+                "the load's callers had no call answered in {LOAD_CALL_TIMEOUT:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        load
+    }
+
+    /// The sessions the load holds (its callers and its provider).
+    pub fn sessions(&self) -> u64 {
+        self.callers as u64 + 1
+    }
+
+    /// The registrations the load holds.
+    pub fn registrations(&self) -> u64 {
+        1
+    }
+
+    /// Stops new calls and waits until every load call in flight is answered.
+    pub async fn pause(&self) {
+        self.state.lock().unwrap().mode = LoadMode::Pause;
+        let deadline = Instant::now() + LOAD_CALL_TIMEOUT + PATIENCE;
+        while self.state.lock().unwrap().busy > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the load's calls in flight were not answered"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Calls again after [`Load::pause`].
+    pub fn resume(&self) {
+        let mut state = self.state.lock().unwrap();
+        if state.mode == LoadMode::Pause {
+            state.mode = LoadMode::Run;
+        }
+    }
+
+    /// Answered load calls so far.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Panics if a load call failed: the test beside it disturbed sessions it had no part in.
+    pub fn assert_no_failure(&self) {
+        let failures = self.failures.lock().unwrap();
+        assert!(
+            failures.is_empty(),
+            "{} load calls failed beside the test, first {:?}",
+            failures.len(),
+            &failures[..failures.len().min(5)]
+        );
+    }
+
+    /// Stops the load, closes its sessions, and checks that it ran and that none of its
+    /// calls failed.
+    pub async fn finish(mut self) {
+        self.state.lock().unwrap().mode = LoadMode::Stop;
+        for worker in std::mem::take(&mut self.workers) {
+            tokio::time::timeout(LOAD_CALL_TIMEOUT + PATIENCE, worker)
+                .await
+                .expect("a load session stops")
+                .expect("a load session ran to its end");
+        }
+        let _ = self.provider.close().await;
+        self.assert_no_failure();
+        assert!(
+            self.calls() >= self.callers as u64,
+            "the load made {} calls",
+            self.calls()
+        );
+    }
+}
+
+impl Drop for Load {
+    fn drop(&mut self) {
+        if let Ok(mut state) = self.state.lock() {
+            state.mode = LoadMode::Stop;
+        }
+    }
+}
+
+/// One load session: calls, checks the echo, pauses [`LOAD_PACE`], again.
+async fn load_worker(
+    client: Client,
+    index: u64,
+    state: Arc<Mutex<LoadState>>,
+    calls: Arc<std::sync::atomic::AtomicU64>,
+    failures: Arc<Mutex<Vec<String>>>,
+    started: Arc<std::sync::atomic::AtomicUsize>,
+) {
+    let until = Instant::now() + LOAD_LIFETIME;
+    let mut n: u64 = 0;
+    while Instant::now() < until {
+        let go = {
+            let mut state = state.lock().unwrap();
+            match state.mode {
+                LoadMode::Stop => break,
+                LoadMode::Pause => false,
+                LoadMode::Run => {
+                    state.busy += 1;
+                    true
+                }
+            }
+        };
+        if !go {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        }
+        n += 1;
+        // bin 8 of 16 bytes: the session and the call.
+        let mut args = vec![0xc4, 16];
+        args.extend_from_slice(&index.to_be_bytes());
+        args.extend_from_slice(&n.to_be_bytes());
+        let outcome = client.call(LOAD_PROCEDURE, &args).await;
+        state.lock().unwrap().busy -= 1;
+        match outcome {
+            Ok(result) if result == args => {
+                calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                if n == 1 {
+                    started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+            Ok(result) => failures.lock().unwrap().push(format!(
+                "load session {index}, call {n}: answered {result:02x?}"
+            )),
+            Err(e) => failures
+                .lock()
+                .unwrap()
+                .push(format!("load session {index}, call {n}: {e:?}")),
+        }
+        tokio::time::sleep(LOAD_PACE).await;
+    }
+    let _ = client.close().await;
 }

@@ -1,0 +1,449 @@
+//! End-to-end tests of how a session ends (PROTOCOL.md 3.5): by a QUIC close from the client,
+//! by the client finishing, resetting or stopping its control stream, and by the idle timeout
+//! of a client that vanished. Each test runs the real gateway with 2 shards and a background
+//! load beside it ([`Load`]: sessions calling an echo provider on the same gateway), so that
+//! a session's end is handled while the shards are busy with others; the load's own calls must
+//! all succeed. The tests assert outcomes (which REPLY, which CANCEL, which close code, which
+//! gauge values) and never how long something took, except the one bound of the idle-timeout
+//! test, whose comment says why it is not timing luck.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use meshgate_shard::wire::{FrameType, Message, Reason};
+use support::*;
+
+/// Sessions of the background load beside each test.
+const LOAD_CALLERS: usize = 20;
+
+/// The deadline of the test's calls: far beyond any QUIC draining period (three PTOs,
+/// milliseconds on loopback) and beyond every wait of these tests ([`PATIENCE`]). So a call
+/// is never answered `timeout` within a test, a gateway that let the call run to its deadline
+/// cannot pass, and the error asserted is the one the session's end produced.
+const LONG_CALL_MS: u64 = 30_000;
+
+/// Sends CALL `procedure` with the long deadline.
+async fn call_long(raw: &mut Raw, procedure: &str, id: &Id) {
+    raw.write(&call_frame(
+        procedure,
+        &[0xc0],
+        Some(id),
+        Some(LONG_CALL_MS),
+    ))
+    .await;
+}
+
+/// The next frame, which must be of type `ty`; `what` says what it is for the failure message.
+async fn next_of(raw: &mut Raw, ty: FrameType, what: &str) -> Frame {
+    match raw.next_within(PATIENCE).await {
+        Err(_) => panic!(
+            "no {ty:?} ({what}) within {PATIENCE:?}; the call's deadline is {LONG_CALL_MS} ms \
+             away, so the gateway still holds it"
+        ),
+        Ok(None) => panic!(
+            "the stream ended before the {ty:?} ({what}); close: {:?}",
+            raw.conn.close_reason()
+        ),
+        Ok(Some(frame)) => {
+            assert_eq!(
+                frame.ty,
+                ty as u8,
+                "expected {ty:?} ({what}), got {:?}",
+                frame.msg()
+            );
+            frame
+        }
+    }
+}
+
+/// With the load paused (its calls all answered), checks the gateway-wide gauges: the load's
+/// share plus the test's `clients` sessions and `registrations` registrations, and `pending`
+/// calls in flight. Then the load goes on.
+async fn assert_gauges(gw: &Gateway, load: &Load, clients: u64, registrations: u64, pending: u64) {
+    load.pause().await;
+    gw.wait_metric("meshgate_pending_calls", |n| n == pending)
+        .await;
+    gw.wait_metric("meshgate_clients", |n| n == load.sessions() + clients)
+        .await;
+    gw.wait_metric("meshgate_registrations", |n| {
+        n == load.registrations() + registrations
+    })
+    .await;
+    load.resume();
+}
+
+/// Checks that a CALL of `procedure` finds no provider any more.
+async fn assert_not_found(caller: &mut Raw, procedure: &str, id: Id) {
+    call_long(caller, procedure, &id).await;
+    let reply = next_of(caller, FrameType::Reply, "a CALL after the session's end")
+        .await
+        .reply();
+    assert_eq!(
+        reply,
+        Replied {
+            call_id: Some(id),
+            outcome: Err("procedure_not_found".into())
+        },
+        "the ended session's registration is still routed to"
+    );
+}
+
+/// What the gateway does after the client's `cause`: it sends at most a DISCONNECT `reason`
+/// (required when `must_say` holds) and nothing else, ends the stream or the connection, and
+/// closes the connection with the application code of `reason`.
+async fn expect_end(raw: &mut Raw, reason: Reason, cause: &str, must_say: bool) {
+    let mut said = false;
+    loop {
+        match raw.next_within(PATIENCE).await {
+            Err(_) => panic!(
+                "{PATIENCE:?} after {cause}, the gateway had neither ended the control stream \
+                 nor closed the connection (close: {:?})",
+                raw.conn.close_reason()
+            ),
+            Ok(None) => break,
+            Ok(Some(frame)) => match frame.msg() {
+                Message::Disconnect(d) if !said => {
+                    assert_eq!(
+                        String::from_utf8_lossy(d.reason),
+                        reason.as_str(),
+                        "the DISCONNECT after {cause} (message {:?})",
+                        d.message.map(String::from_utf8_lossy)
+                    );
+                    said = true;
+                }
+                other => panic!("after {cause}, the gateway sent {other:?}"),
+            },
+        }
+    }
+    assert!(
+        said || !must_say,
+        "after {cause}, the stream ended without DISCONNECT {} (close: {:?})",
+        reason.as_str(),
+        raw.conn.close_reason()
+    );
+    raw.expect_closed(reason).await;
+}
+
+// =========================================================================================
+// A QUIC close from the client
+// =========================================================================================
+
+/// A provider on `provider_shard` holds a call of a caller on `caller_shard`, then closes its
+/// QUIC connection without DISCONNECT.
+async fn a_provider_quic_close(provider_shard: u16, caller_shard: u16) {
+    let gw = Gateway::start(&[]);
+    let load = Load::start(&gw, LOAD_CALLERS).await;
+    let mut provider = gw.raw_on_shard(provider_shard).await;
+    provider.register("held.op").await;
+    let mut caller = gw.raw_on_shard(caller_shard).await;
+    let id = Id::B(b"held".to_vec());
+    call_long(&mut caller, "held.op", &id).await;
+    next_of(&mut provider, FrameType::Call, "the held call").await;
+    assert_gauges(&gw, &load, 2, 1, 1).await;
+
+    provider.conn.close(0u32.into(), b"");
+    let reply = next_of(&mut caller, FrameType::Reply, "the held call")
+        .await
+        .reply();
+    assert_eq!(
+        reply,
+        Replied {
+            call_id: Some(id),
+            outcome: Err("provider_gone".into())
+        }
+    );
+    // Right after: the registration went with the session, no draining period later.
+    assert_not_found(&mut caller, "held.op", Id::U(2)).await;
+    assert!(caller.ping().await.is_empty(), "the caller goes on");
+    assert_gauges(&gw, &load, 1, 0, 0).await;
+    let m = gw.metrics().await;
+    assert_eq!(m.get("meshgate_calls_total{outcome=\"provider_gone\"}"), 1);
+    assert_eq!(
+        m.get("meshgate_calls_total{outcome=\"procedure_not_found\"}"),
+        1
+    );
+    assert_eq!(m.get("meshgate_calls_total{outcome=\"timeout\"}"), 0);
+    load.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_closing_its_quic_connection_with_a_call_held_on_another_shard_ends_its_session_at_once(
+) {
+    a_provider_quic_close(1, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_closing_its_quic_connection_with_a_call_held_on_its_callers_shard_ends_its_session_at_once(
+) {
+    a_provider_quic_close(0, 0).await;
+}
+
+/// A caller on `caller_shard` has a call in flight to a provider on `provider_shard`, then
+/// closes its QUIC connection without DISCONNECT.
+async fn a_caller_quic_close(provider_shard: u16, caller_shard: u16) {
+    let gw = Gateway::start(&[]);
+    let load = Load::start(&gw, LOAD_CALLERS).await;
+    let mut provider = gw.raw_on_shard(provider_shard).await;
+    provider.register("long.op").await;
+    let mut caller = gw.raw_on_shard(caller_shard).await;
+    call_long(&mut caller, "long.op", &Id::U(9)).await;
+    let token = next_of(&mut provider, FrameType::Call, "the call in flight")
+        .await
+        .call()
+        .call_id
+        .expect("a server call_id");
+    assert_gauges(&gw, &load, 2, 1, 1).await;
+
+    caller.conn.close(0u32.into(), b"");
+    let cancel = next_of(&mut provider, FrameType::Cancel, "the caller's call")
+        .await
+        .cancel();
+    assert_eq!(
+        cancel,
+        Cancelled {
+            call_id: token.clone(),
+            reason: "caller_gone".into()
+        }
+    );
+    assert_gauges(&gw, &load, 1, 1, 0).await;
+    assert_eq!(
+        gw.metric("meshgate_calls_total{outcome=\"caller_gone\"}")
+            .await,
+        1
+    );
+    // A REPLY after the CANCEL is discarded and counted; the provider goes on.
+    provider.write(&reply_frame(&token, &[0x01])).await;
+    gw.wait_metric("meshgate_late_replies_total", |n| n == 1)
+        .await;
+    assert!(provider.ping().await.is_empty(), "the provider goes on");
+    load.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_closing_its_quic_connection_with_a_call_in_flight_on_another_shard_gets_it_cancelled_with_caller_gone(
+) {
+    a_caller_quic_close(1, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_closing_its_quic_connection_with_a_call_in_flight_on_its_providers_shard_gets_it_cancelled_with_caller_gone(
+) {
+    a_caller_quic_close(1, 1).await;
+}
+
+// =========================================================================================
+// The control stream finished, reset or stopped by the client
+// =========================================================================================
+
+/// A session on shard 1 that registered `procedure`, and a session on shard 0 that will call
+/// it; the gauges are checked with both.
+async fn leaving_and_other(gw: &Gateway, load: &Load, procedure: &str) -> (Raw, Raw) {
+    let other = gw.raw_on_shard(0).await;
+    let mut leaving = gw.raw_on_shard(1).await;
+    assert!(leaving.register(procedure).await.is_empty());
+    assert_gauges(gw, load, 2, 1, 0).await;
+    (leaving, other)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_finishing_its_control_stream_between_frames_ends_its_session_as_a_normal_disconnect(
+) {
+    let gw = Gateway::start(&[]);
+    let load = Load::start(&gw, LOAD_CALLERS).await;
+    let (mut leaving, mut other) = leaving_and_other(&gw, &load, "fin.op").await;
+    other.subscribe(&["fin.last"]).await;
+    // The frame just before the FIN is handled like any other.
+    leaving.publish("fin.last", b"bye").await;
+    leaving.send.finish().expect("FIN");
+    expect_end(&mut leaving, Reason::Normal, "a FIN between frames", false).await;
+    let got = next_of(&mut other, FrameType::Publish, "the PUBLISH before the FIN")
+        .await
+        .publish();
+    assert_eq!(
+        (got.topic.as_str(), got.payload.as_slice()),
+        ("fin.last", &b"bye"[..])
+    );
+    assert_not_found(&mut other, "fin.op", Id::U(1)).await;
+    assert_gauges(&gw, &load, 1, 0, 0).await;
+    load.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_finishing_its_control_stream_in_the_middle_of_a_frame_gets_a_protocol_error() {
+    let gw = Gateway::start(&[]);
+    let load = Load::start(&gw, LOAD_CALLERS).await;
+    let frame = publish_frame("cut.topic", &[7; 32]);
+    let mut other = gw.raw_on_shard(0).await;
+    // Inside the header, right after it, inside the payload, one byte short.
+    for cut in [3, 8, 20, frame.len() - 1] {
+        let mut leaving = gw.raw_on_shard(1).await;
+        assert!(leaving.register("cut.op").await.is_empty());
+        leaving.write(&frame[..cut]).await;
+        leaving.send.finish().expect("FIN");
+        let cause = format!("a FIN after {cut} of a frame's {} bytes", frame.len());
+        expect_end(&mut leaving, Reason::ProtocolError, &cause, true).await;
+        assert_not_found(&mut other, "cut.op", Id::U(cut as u64)).await;
+        assert_gauges(&gw, &load, 1, 0, 0).await;
+    }
+    load.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_resetting_its_control_stream_between_frames_ends_its_session_as_a_normal_disconnect(
+) {
+    let gw = Gateway::start(&[]);
+    let load = Load::start(&gw, LOAD_CALLERS).await;
+    // Its REGISTER is answered (PING), so the reset falls between frames.
+    let (mut leaving, mut other) = leaving_and_other(&gw, &load, "reset.op").await;
+    leaving.send.reset(0x11u32.into()).expect("RESET_STREAM");
+    expect_end(&mut leaving, Reason::Normal, "a RESET_STREAM", false).await;
+    assert_not_found(&mut other, "reset.op", Id::U(1)).await;
+    assert_gauges(&gw, &load, 1, 0, 0).await;
+    load.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_sending_stop_sending_on_its_control_stream_ends_its_session_as_a_normal_disconnect(
+) {
+    let gw = Gateway::start(&[]);
+    let load = Load::start(&gw, LOAD_CALLERS).await;
+    let (mut leaving, mut other) = leaving_and_other(&gw, &load, "stop.op").await;
+    leaving.recv.stop(0x12u32.into()).expect("STOP_SENDING");
+    // The gateway may not send on the stream any more: only the close code tells.
+    leaving.expect_closed(Reason::Normal).await;
+    assert_not_found(&mut other, "stop.op", Id::U(1)).await;
+    assert_gauges(&gw, &load, 1, 0, 0).await;
+    load.finish().await;
+}
+
+// =========================================================================================
+// A client that vanishes: the idle timeout
+// =========================================================================================
+
+/// The gateway's idle timeout in the vanishing test.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(3);
+/// The latest the vanished provider's caller may get `provider_gone`, from the vanish.
+///
+/// Why this bound is not timing luck: RFC 9000 10.1 restarts the idle timer when a packet is
+/// received, and when the first ack-eliciting packet is sent after one was received. The last
+/// packet from the client precedes the cut, and the gateway's first ack-eliciting packets to
+/// it after the cut (the REPLY and the CALL below) leave within milliseconds of it. So a
+/// gateway that ends the session at its idle timeout does so 3 s after the cut, and answers
+/// `provider_gone` then: 2 s before this bound, which is slack for scheduling under the load.
+/// A gateway that let its later sends to the vanished client (the CANCEL at 1 s, the
+/// retransmissions) restart the timer, or that removed the session only at a second timeout
+/// (for instance after draining a close it sent at the first), would answer at 6 s or later.
+/// The bound tells 1x from 2x the idle timeout; it does not claim to see a delay under 2 s.
+const VANISH_BOUND: Duration = Duration::from_secs(5);
+
+/// A raw session whose QUIC connection sends a PING every 500 ms.
+async fn kept_alive(gw: &Gateway) -> Raw {
+    let mut transport = quinn::TransportConfig::default();
+    transport.keep_alive_interval(Some(Duration::from_millis(500)));
+    Raw::connect_with(gw.addr, REALM, random_node(), None, transport).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_vanishes_with_calls_in_flight_is_removed_within_one_idle_timeout() {
+    let gw = Gateway::start(&["--idle-timeout", "3s"]);
+    let load = Load::start(&gw, LOAD_CALLERS).await;
+    // The vanishing client reaches the gateway through a relay that will be cut.
+    let relay = Relay::start(gw.addr).await;
+    let mut vanishing = Raw::connect(relay.addr, REALM, random_node()).await;
+    vanishing.register("vanish.op").await;
+    // The others send QUIC PINGs, so that they outlive the idle timeout however long they
+    // wait for the frames below.
+    let mut back = kept_alive(&gw).await;
+    back.register("vanish.back").await;
+    let mut caller = kept_alive(&gw).await;
+    // The vanishing client is a caller too: one of its calls will be answered after the
+    // vanish, the other is held by its provider.
+    call_long(&mut vanishing, "vanish.back", &Id::U(1)).await;
+    call_long(&mut vanishing, "vanish.back", &Id::U(2)).await;
+    let answered = next_of(
+        &mut back,
+        FrameType::Call,
+        "the vanishing client's first call",
+    )
+    .await
+    .call()
+    .call_id
+    .expect("a server call_id");
+    let held = next_of(
+        &mut back,
+        FrameType::Call,
+        "the vanishing client's second call",
+    )
+    .await
+    .call()
+    .call_id
+    .expect("a server call_id");
+    // And it is a provider holding a call.
+    let long = Id::U(10);
+    call_long(&mut caller, "vanish.op", &long).await;
+    next_of(&mut vanishing, FrameType::Call, "the held call").await;
+    assert_gauges(&gw, &load, 3, 2, 3).await;
+
+    relay.cut().await;
+    let vanished = Instant::now();
+    // Frames the gateway now sends the vanished client: a REPLY to its first call...
+    back.write(&reply_frame(&answered, &[0x01])).await;
+    // ...and a CALL whose deadline passes (it is well before the idle timeout), then its
+    // CANCEL `timeout`.
+    let short = Id::U(11);
+    caller
+        .write(&call_frame("vanish.op", &[0xc0], Some(&short), Some(1000)))
+        .await;
+    let mut replies = Vec::new();
+    while replies.len() < 2 {
+        match caller.next_within(Duration::from_secs(20)).await {
+            Ok(Some(frame)) => replies.push((frame.reply(), vanished.elapsed())),
+            other => panic!(
+                "the caller got {replies:?}, then {other:?} {:?} after the vanish",
+                vanished.elapsed()
+            ),
+        }
+    }
+    let outcome_of = |id: &Id| {
+        replies
+            .iter()
+            .find(|(r, _)| r.call_id.as_ref() == Some(id))
+            .unwrap_or_else(|| panic!("no REPLY to {id:?} in {replies:?}"))
+            .clone()
+    };
+    assert_eq!(
+        outcome_of(&short).0.outcome,
+        Err("timeout".into()),
+        "the short call ends at its deadline, before the idle timeout"
+    );
+    let (gone, after) = outcome_of(&long);
+    assert_eq!(gone.outcome, Err("provider_gone".into()));
+    assert!(
+        after < VANISH_BOUND,
+        "provider_gone came {after:?} after the vanish, with an idle timeout of \
+         {IDLE_TIMEOUT:?}: over {VANISH_BOUND:?}, so the session outlived its idle timeout"
+    );
+    // The call it held as a caller is cancelled for its provider.
+    let cancel = next_of(
+        &mut back,
+        FrameType::Cancel,
+        "the vanished caller's held call",
+    )
+    .await
+    .cancel();
+    assert_eq!(
+        cancel,
+        Cancelled {
+            call_id: held,
+            reason: "caller_gone".into()
+        }
+    );
+    assert_gauges(&gw, &load, 2, 1, 0).await;
+    let m = gw.metrics().await;
+    assert_eq!(m.get("meshgate_calls_total{outcome=\"provider_gone\"}"), 1);
+    assert_eq!(m.get("meshgate_calls_total{outcome=\"caller_gone\"}"), 1);
+    assert_eq!(m.get("meshgate_calls_total{outcome=\"timeout\"}"), 1);
+    load.finish().await;
+    drop(vanishing);
+}
