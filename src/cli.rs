@@ -86,10 +86,11 @@ pub struct ServeArgs {
     /// TCP address of the health and metrics endpoint.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub health_listen: SocketAddr,
-    /// Sessions in the whole gateway.
+    /// Sessions in the whole gateway, whatever the number of shards.
     #[arg(long, default_value_t = 10_000)]
     pub max_clients: usize,
-    /// Connections in the handshake or waiting for CONNECT, beyond which new ones are refused.
+    /// Connections in the handshake or waiting for CONNECT in the whole gateway, beyond which
+    /// new ones are refused.
     #[arg(long, default_value_t = 1_000)]
     pub max_handshakes: usize,
     /// Largest frame payload accepted, in bytes.
@@ -101,8 +102,8 @@ pub struct ServeArgs {
     /// Procedures per session.
     #[arg(long, default_value_t = 1_000)]
     pub max_registrations: usize,
-    /// Calls in flight in the whole gateway.
-    #[arg(long, default_value_t = 100_000)]
+    /// Calls in flight from the callers of one shard (each shard holds its callers' calls).
+    #[arg(long = "max-pending-calls-per-shard", default_value_t = 100_000)]
     pub max_pending_calls: usize,
     /// Bytes queued to one session before PUBLISH frames to it are dropped.
     #[arg(long, default_value_t = 4_194_304)]
@@ -132,7 +133,8 @@ pub struct ServeArgs {
     /// How long a connection may wait before sending CONNECT.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
-    /// QUIC idle timeout.
+    /// QUIC idle timeout: a connection not heard from for this long is dropped, whatever the
+    /// gateway sent it meanwhile.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
 }

@@ -32,6 +32,7 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use ahash::AHashMap;
+use arrayvec::ArrayVec;
 use atomic_waker::AtomicWaker;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use futures_lite::future::poll_fn;
@@ -40,7 +41,7 @@ use glommio::timer::Timer;
 use meshgate_shard::router::ShardMsg;
 use meshgate_shard::wheel::TimerKey;
 use meshgate_shard::wire::Reason;
-use meshgate_shard::{Event, SessionKey, Shard, ShardId, Time};
+use meshgate_shard::{Event, SessionKey, Shard, ShardId, StreamEnd, Time};
 use slab::Slab;
 
 use crate::health::ShardReport;
@@ -49,6 +50,9 @@ use crate::net::{BatchRx, BatchTx, BATCH};
 /// Length of the connection IDs the gateway chooses; byte 0 is the owning shard.
 pub const CID_LEN: usize = 16;
 type Cid = [u8; CID_LEN];
+/// Connection IDs a connection holds at once: its first one, and those issued to replace the
+/// ones the client retires (a client moving to a new address switches to a fresh one).
+const MAX_CIDS: usize = 4;
 
 /// The one bidirectional stream a client opens.
 const CONTROL_STREAM: u64 = 0;
@@ -132,8 +136,10 @@ pub struct ShardStart {
     pub quic: quiche::Config,
     pub inbox: Receiver<Envelope>,
     pub shared: Arc<Shared>,
-    /// This shard's share of `--max-handshakes`.
+    /// `--max-handshakes`, counted for the whole gateway.
     pub max_handshakes: usize,
+    /// `--idle-timeout`: a connection that has not been heard from for this long is dropped.
+    pub idle_timeout: Duration,
     /// The clock origin the shard's `Time` counts from.
     pub origin: Instant,
     /// Told once the loop runs.
@@ -144,10 +150,17 @@ struct Conn {
     /// Boxed: a quiche connection is several KiB, and the slab's spare capacity and the
     /// copies its growth makes would otherwise be in those units.
     q: Box<quiche::Connection>,
-    scid: Cid,
+    /// The connection IDs the gateway issued that are still in use; the first is the one the
+    /// connection was accepted with.
+    scids: ArrayVec<Cid, MAX_CIDS>,
     /// The connection ID the client chose for its first packets.
     odcid: Vec<u8>,
     session: Option<SessionKey>,
+    /// Holds a unit of the gateway's handshake count: accepted, no session yet.
+    handshaking: bool,
+    /// When a packet from the client was last processed: the idle timeout counts from here,
+    /// whatever the gateway sends meanwhile.
+    heard: Time,
     timer: Option<TimerKey>,
     /// The shard ended the session: close once its last output is sent, or at the instant
     /// given, whichever comes first.
@@ -171,6 +184,7 @@ struct Driver {
     by_session: Vec<Option<usize>>,
     handshakes: usize,
     max_handshakes: usize,
+    idle_timeout: Duration,
     dirty: Vec<usize>,
     blocked: Vec<usize>,
     shared: Arc<Shared>,
@@ -209,6 +223,7 @@ pub async fn run(start: ShardStart) {
         by_session: Vec::new(),
         handshakes: 0,
         max_handshakes: start.max_handshakes,
+        idle_timeout: start.idle_timeout,
         dirty: Vec::new(),
         blocked: Vec::new(),
         shared: start.shared,
@@ -467,7 +482,7 @@ impl Driver {
                     return;
                 }
                 self.accepted += 1;
-                match self.accept(&hdr, from, tx) {
+                match self.accept(now, &hdr, from, tx) {
                     Some(idx) => idx,
                     None => return,
                 }
@@ -477,13 +492,18 @@ impl Driver {
         let Some(c) = self.conns.get_mut(idx) else {
             return;
         };
-        if c.q.recv(buf, quiche::RecvInfo { from, to: local }).is_err() {
-            // Undecryptable or stray packets are dropped; a fatal error closes the connection,
-            // which the flush that follows notices.
+        // Undecryptable or stray packets are dropped; a fatal error closes the connection,
+        // which the flush that follows notices.
+        if c.q.recv(buf, quiche::RecvInfo { from, to: local }).is_ok() {
+            c.heard = now;
         }
-        if c.session.is_none() && c.q.is_established() {
+        if c.handshaking && c.q.is_established() {
+            // The session takes the connection's place in the gateway's handshake count until
+            // its CONNECT is admitted.
             let key = self.shard.handle_session_open(now);
+            self.shard.config().counts.handshakes.give_back();
             self.handshakes = self.handshakes.saturating_sub(1);
+            c.handshaking = false;
             c.session = Some(key);
             if self.by_session.len() <= key.index() {
                 self.by_session.resize(key.index() + 1, None);
@@ -500,9 +520,30 @@ impl Driver {
                     let _ = c.q.stream_shutdown(stream, quiche::Shutdown::Read, 0);
                     continue;
                 }
-                while let Ok((n, _fin)) = c.q.stream_recv(stream, &mut self.scratch) {
-                    self.shard.handle_stream_data(now, key, &self.scratch[..n]);
+                loop {
+                    match c.q.stream_recv(stream, &mut self.scratch) {
+                        Ok((n, fin)) => {
+                            self.shard.handle_stream_data(now, key, &self.scratch[..n]);
+                            if fin {
+                                self.shard.handle_stream_end(now, key, StreamEnd::Finished);
+                                break;
+                            }
+                        }
+                        Err(quiche::Error::Done) => break,
+                        Err(quiche::Error::StreamReset(_)) => {
+                            self.shard.handle_stream_end(now, key, StreamEnd::Reset);
+                            break;
+                        }
+                        Err(e) => {
+                            log::debug!("shard {}: stream_recv: {e}", self.id.0);
+                            break;
+                        }
+                    }
                 }
+            }
+            if let Err(quiche::Error::StreamStopped(_)) = c.q.stream_capacity(CONTROL_STREAM) {
+                self.shard
+                    .handle_stream_end(now, key, StreamEnd::StopSending);
             }
         }
         self.mark_dirty(idx);
@@ -511,6 +552,7 @@ impl Driver {
     /// A new connection, unless the shard is stopping or has too many handshakes.
     fn accept(
         &mut self,
+        now: Time,
         hdr: &quiche::Header<'_>,
         from: SocketAddr,
         tx: &mut BatchTx,
@@ -526,18 +568,18 @@ impl Driver {
             }
             return None;
         }
-        if self.handshakes + self.shard.connecting() >= self.max_handshakes {
+        let counts = self.shard.config().counts.clone();
+        if !counts.handshakes.try_take(self.max_handshakes) {
             self.refused_handshakes += 1;
             if let Some(len) = crate::refuse::connection_refused(hdr, tx.next_slot()) {
                 tx.commit(len, from);
             }
             return None;
         }
-        let mut scid: Cid = [0; CID_LEN];
-        if getrandom::getrandom(&mut scid).is_err() {
+        let Some(scid) = self.fresh_cid() else {
+            counts.handshakes.give_back();
             return None;
-        }
-        scid[0] = self.id.0 as u8;
+        };
         let q = match quiche::accept(
             &quiche::ConnectionId::from_ref(&scid),
             None,
@@ -548,14 +590,19 @@ impl Driver {
             Ok(q) => Box::new(q),
             Err(e) => {
                 log::debug!("shard {}: accept failed: {e}", self.id.0);
+                counts.handshakes.give_back();
                 return None;
             }
         };
+        let mut scids = ArrayVec::new();
+        scids.push(scid);
         let idx = self.conns.insert(Conn {
             q,
-            scid,
+            scids,
             odcid: hdr.dcid.to_vec(),
             session: None,
+            handshaking: true,
+            heard: now,
             timer: None,
             close_after_flush: None,
             dirty: false,
@@ -620,10 +667,11 @@ impl Driver {
                     self.blocked.push(idx);
                 }
             }
-            Err(quiche::Error::InvalidStreamState(_)) => {
-                // The client has not opened its control stream (it wrote nothing), so the
-                // output, the DISCONNECT of a session ended before CONNECT, cannot be sent:
-                // drop it, and the close that follows carries the reason's code.
+            Err(quiche::Error::InvalidStreamState(_) | quiche::Error::StreamStopped(_)) => {
+                // The client has not opened its control stream (it wrote nothing), or asked
+                // the gateway to stop sending on it, so the output (the DISCONNECT of a session
+                // that ended) cannot be sent: drop it, and the close that follows carries the
+                // reason's code.
                 self.shard.consume_output(key, len);
             }
             Err(e) => {
@@ -660,28 +708,30 @@ impl Driver {
                 }
             }
             let c = &mut self.conns[idx];
-            if c.q.is_closed() {
+            let idle_by = c.heard + self.idle_timeout;
+            if c.q.is_closed() || now >= idle_by {
+                // Closed, or not heard from for the idle timeout: gone without a word.
                 self.remove(now, idx);
                 continue;
             }
-            let close_by = c.close_after_flush.map(|(_, at)| at);
-            let wake = match (c.q.timeout_instant(), close_by) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            match wake {
-                Some(at) => {
-                    let at = time_since(self.origin, at);
-                    match c.timer {
-                        Some(key) if self.shard.reschedule(key, at) => {}
-                        _ => c.timer = Some(self.shard.schedule(at, idx as u64)),
-                    }
-                }
-                None => {
-                    if let Some(key) = c.timer.take() {
-                        self.shard.unschedule(key);
-                    }
-                }
+            if c.session.is_some()
+                && (c.q.is_draining() || c.q.peer_error().is_some() || c.q.local_error().is_some())
+            {
+                // Closing: the session ends now, not when the draining period does.
+                self.detach(now, idx);
+            }
+            self.refresh_cids(idx);
+            let c = &mut self.conns[idx];
+            let origin = self.origin;
+            let quic_by = c.q.timeout_instant().map(|at| time_since(origin, at));
+            let close_by = c.close_after_flush.map(|(_, at)| time_since(origin, at));
+            let at = [quic_by, close_by]
+                .into_iter()
+                .flatten()
+                .fold(idle_by, Time::min);
+            match c.timer {
+                Some(key) if self.shard.reschedule(key, at) => {}
+                _ => c.timer = Some(self.shard.schedule(at, idx as u64)),
             }
         }
         // Keep the list's allocation for the next turn.
@@ -693,20 +743,74 @@ impl Driver {
     }
 
     fn remove(&mut self, now: Time, idx: usize) {
+        self.detach(now, idx);
         let c = self.conns.remove(idx);
-        self.by_cid.remove(&c.scid);
+        for scid in &c.scids {
+            self.by_cid.remove(scid);
+        }
         self.by_odcid.remove(&c.odcid);
         if let Some(key) = c.timer {
             self.shard.unschedule(key);
         }
-        match c.session {
-            Some(key) => {
-                if let Some(slot) = self.by_session.get_mut(key.index()) {
-                    *slot = None;
-                }
-                self.shard.handle_session_closed(now, key);
+        if c.handshaking {
+            self.handshakes = self.handshakes.saturating_sub(1);
+            self.shard.config().counts.handshakes.give_back();
+        }
+    }
+
+    /// Ends the connection's session, if it still has one; the connection itself may stay
+    /// for its draining period.
+    fn detach(&mut self, now: Time, idx: usize) {
+        let Some(key) = self.conns.get_mut(idx).and_then(|c| c.session.take()) else {
+            return;
+        };
+        if let Some(slot) = self.by_session.get_mut(key.index()) {
+            *slot = None;
+        }
+        self.shard.handle_session_closed(now, key);
+    }
+
+    /// A new connection ID of this shard (byte 0 names it), unused so far.
+    fn fresh_cid(&self) -> Option<Cid> {
+        let mut cid: Cid = [0; CID_LEN];
+        getrandom::getrandom(&mut cid).ok()?;
+        cid[0] = self.id.0 as u8;
+        (!self.by_cid.contains_key(&cid)).then_some(cid)
+    }
+
+    /// Forgets the connection IDs the client retired and issues fresh ones while it can take
+    /// more, so that a client can move to a new address again and again (each move uses an
+    /// unused ID). Drains quiche's path events, which nothing else reads.
+    fn refresh_cids(&mut self, idx: usize) {
+        let c = &mut self.conns[idx];
+        while let Some(retired) = c.q.retired_scid_next() {
+            if let Ok(cid) = Cid::try_from(retired.as_ref()) {
+                self.by_cid.remove(&cid);
+                c.scids.retain(|s| *s != cid);
             }
-            None => self.handshakes = self.handshakes.saturating_sub(1),
+        }
+        while c.q.path_event_next().is_some() {}
+        loop {
+            let c = &self.conns[idx];
+            let open = c.q.is_established() && c.q.local_error().is_none();
+            if !open || c.q.peer_error().is_some() || c.q.scids_left() == 0 || c.scids.is_full() {
+                return;
+            }
+            let mut token = [0u8; 16];
+            let Some(cid) = self.fresh_cid() else { return };
+            if getrandom::getrandom(&mut token).is_err() {
+                return;
+            }
+            let c = &mut self.conns[idx];
+            let cid_ref = quiche::ConnectionId::from_ref(&cid);
+            if c.q
+                .new_scid(&cid_ref, u128::from_ne_bytes(token), false)
+                .is_err()
+            {
+                return;
+            }
+            c.scids.push(cid);
+            self.by_cid.insert(cid, idx);
         }
     }
 

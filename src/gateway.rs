@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use glommio::{LocalExecutorBuilder, Placement};
-use meshgate_shard::{Config, Limits, NodeId, RealmConfig, Shard, ShardId, Time};
+use meshgate_shard::{Config, GatewayCounts, Limits, NodeId, RealmConfig, Shard, ShardId, Time};
 
 use crate::cli::ServeArgs;
 use crate::driver::{Body, Envelope, ShardStart, Shared};
@@ -86,6 +86,7 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
     let mut node = [0u8; 32];
     getrandom::getrandom(&mut node)
         .map_err(|e| StartError::Config(format!("no randomness: {e}")))?;
+    let counts = Arc::new(GatewayCounts::default());
     let configs: Vec<Config> = (0..shards)
         .map(|i| Config {
             shard: ShardId(i),
@@ -94,6 +95,7 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
             realms: realms.clone(),
             limits: limits.clone(),
             wall_clock_offset_ms: 0,
+            counts: counts.clone(),
         })
         .collect();
     if let Some(c) = configs.first() {
@@ -171,7 +173,8 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
             quic,
             inbox,
             shared: shared.clone(),
-            max_handshakes: Limits::share(args.max_handshakes, shards, id).max(1),
+            max_handshakes: args.max_handshakes,
+            idle_timeout: args.idle_timeout,
             origin,
             ready,
         };

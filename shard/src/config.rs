@@ -1,7 +1,9 @@
 //! What a shard is told at start: who it is, the realms served and every limit.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::counts::GatewayCounts;
 use crate::ids::{NodeId, RealmId, ShardId};
 use crate::names::is_valid_realm;
 use crate::router::{MAX_PENDING_PER_SHARD, MAX_SHARDS};
@@ -14,8 +16,8 @@ pub struct RealmConfig {
     pub tokens: Vec<Box<[u8]>>,
 }
 
-/// Limits shared by every shard of a gateway. Gateway-wide limits (`max_clients`,
-/// `max_pending_calls`) are divided among the shards by [`Limits::share`].
+/// Limits shared by every shard of a gateway. `max_clients` holds for the whole gateway (the
+/// shards count against [`GatewayCounts`]); the others bound each shard or each session.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Limits {
     /// Sessions in the whole gateway.
@@ -26,7 +28,7 @@ pub struct Limits {
     pub max_subscriptions: usize,
     /// Procedures per session.
     pub max_registrations: usize,
-    /// Calls in flight in the whole gateway.
+    /// Calls in flight from the callers of one shard.
     pub max_pending_calls: usize,
     /// Bytes queued to one session before PUBLISH frames to it are dropped.
     pub max_output: usize,
@@ -60,15 +62,6 @@ impl Default for Limits {
     }
 }
 
-impl Limits {
-    /// Shard `shard`'s part of a gateway-wide `total` among `shards`: equal parts, the first
-    /// `total % shards` shards taking one more, so that the parts add up to `total`.
-    pub fn share(total: usize, shards: u16, shard: ShardId) -> usize {
-        let n = usize::from(shards.max(1));
-        total / n + usize::from(shard.index() < total % n)
-    }
-}
-
 /// Everything a shard needs to know at start.
 #[derive(Clone, Debug)]
 pub struct Config {
@@ -81,6 +74,8 @@ pub struct Config {
     /// Added to the shard's monotonic time to give wall-clock milliseconds since the Unix epoch
     /// (PONG `server_time`).
     pub wall_clock_offset_ms: i64,
+    /// The counts every shard of the gateway shares: give each shard's config the same one.
+    pub counts: Arc<GatewayCounts>,
 }
 
 /// A configuration that cannot work.
@@ -98,7 +93,7 @@ pub enum ConfigError {
     DuplicateRealm(String),
     #[error("{0} must be at least 1")]
     Zero(&'static str),
-    #[error("max-pending-calls allows at most {MAX_PENDING_PER_SHARD} per shard")]
+    #[error("max-pending-calls-per-shard allows at most {MAX_PENDING_PER_SHARD}")]
     TooManyPendingCalls,
 }
 
@@ -115,6 +110,7 @@ impl Config {
             }],
             limits: Limits::default(),
             wall_clock_offset_ms: 0,
+            counts: Arc::default(),
         }
     }
 
@@ -147,13 +143,13 @@ impl Config {
             (l.max_frame as usize, "max-frame"),
             (l.max_output, "max-output"),
             (l.max_shard_backlog, "max-shard-backlog"),
-            (l.max_pending_calls, "max-pending-calls"),
+            (l.max_pending_calls, "max-pending-calls-per-shard"),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero(name));
             }
         }
-        if Limits::share(l.max_pending_calls, self.shards, ShardId(0)) > MAX_PENDING_PER_SHARD {
+        if l.max_pending_calls > MAX_PENDING_PER_SHARD {
             return Err(ConfigError::TooManyPendingCalls);
         }
         Ok(())
@@ -171,18 +167,6 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn shares_of_a_limit_add_up_to_the_limit() {
-        for shards in 1..=7u16 {
-            for total in [1usize, 5, 10, 10_000, 99_999] {
-                let sum: usize = (0..shards)
-                    .map(|s| Limits::share(total, shards, ShardId(s)))
-                    .sum();
-                assert_eq!(sum, total, "{total} over {shards}");
-            }
-        }
-    }
 
     #[test]
     fn a_config_with_an_invalid_realm_is_refused() {

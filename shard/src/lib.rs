@@ -7,6 +7,7 @@
 //! whole gateway can be run in a simulator.
 
 pub mod clients;
+pub mod counts;
 pub mod genslab;
 pub mod ids;
 pub mod lru;
@@ -24,4 +25,5 @@ pub mod router;
 mod shard;
 
 pub use config::{Config, Limits, RealmConfig};
-pub use shard::{Event, Occupancy, Shard};
+pub use counts::GatewayCounts;
+pub use shard::{Event, Occupancy, Shard, StreamEnd};

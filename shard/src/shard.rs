@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clients::{Admission, ClientTable};
-use crate::config::{Config, Limits};
+use crate::config::Config;
 use crate::genslab::{GenSlab, SlabKey};
 use crate::ids::{NodeId, RealmId, SessionKey, SessionRef, ShardId, Time};
 use crate::metrics::{CallOutcome, Counters, DropReason, Metrics};
@@ -46,8 +46,6 @@ use crate::wire::{
 /// [`Shard::poll_event`] reports what deserves a log line.
 pub struct Shard {
     config: Config,
-    /// This shard's share of the gateway's call limit.
-    max_pending: usize,
     sessions: GenSlab<SessionKey, Session>,
     /// Sessions past admission.
     active: usize,
@@ -68,6 +66,17 @@ pub struct Shard {
     scratch: Scratch,
     /// The time of the latest input.
     now: Time,
+}
+
+/// How a client ended its side of the control stream (PROTOCOL.md 3.5).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamEnd {
+    /// FIN: every byte before it is handled first.
+    Finished,
+    /// RESET_STREAM: what was not read is lost.
+    Reset,
+    /// STOP_SENDING: the client reads nothing more.
+    StopSending,
 }
 
 /// Something that deserves a log line.
@@ -129,6 +138,9 @@ struct Session {
     provider: bool,
     /// Whether the session is in the `ready` queue.
     queued: bool,
+    /// The client finished its side of the control stream: the session ends once the frames
+    /// before the end are handled.
+    finished: bool,
     patterns: Vec<Box<[u8]>>,
     procedures: Vec<Box<[u8]>>,
     barrier: Barrier,
@@ -204,17 +216,14 @@ impl Shard {
     /// A shard with no sessions. `now` starts its timer wheel.
     pub fn new(config: Config, now: Time) -> Shard {
         let shards = config.shards.max(1);
-        let max_clients = Limits::share(config.limits.max_clients, shards, config.shard);
-        let max_pending =
-            Limits::share(config.limits.max_pending_calls, shards, config.shard).max(1);
         let mut wheel = CallWheel::new(now);
         wheel.insert(now + config.limits.prune_interval, Timer::Prune);
         Shard {
-            max_pending,
             sessions: GenSlab::new(),
             active: 0,
             connecting: 0,
-            clients: ClientTable::new(max_clients),
+            // Bounded by the gateway-wide count of `--max-clients`, taken on admission.
+            clients: ClientTable::new(usize::MAX),
             local_subs: SubscriptionIndex::new(),
             remote_subs: SubscriptionIndex::new(),
             registry: Registry::new(),
@@ -263,12 +272,14 @@ impl Shard {
             in_directory: false,
             provider: false,
             queued: false,
+            finished: false,
             patterns: Vec::new(),
             procedures: Vec::new(),
             barrier: Barrier::default(),
         });
         debug_assert_eq!(inserted, key, "vacant_key predicts the insert");
         self.connecting += 1;
+        self.config.counts.handshakes.take();
         key
     }
 
@@ -286,6 +297,21 @@ impl Shard {
             return;
         }
         self.process_frames(now, key);
+    }
+
+    /// The client ended its side of the control stream: the session ends, as DISCONNECT
+    /// `normal` when the stream stopped between frames and as a protocol error when it cut one.
+    /// After FIN the frames sent before it are handled first, once the session is admitted.
+    pub fn handle_stream_end(&mut self, now: Time, key: SessionKey, end: StreamEnd) {
+        self.now = self.now.max(now);
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
+        s.finished = true;
+        match end {
+            StreamEnd::Finished => self.process_frames(now, key),
+            StreamEnd::Reset | StreamEnd::StopSending => self.end_stream(now, key),
+        }
     }
 
     /// The session's connection is gone (closed by either side, or idle): everything the
@@ -335,14 +361,13 @@ impl Shard {
                 node,
                 session,
             } => {
-                self.clients.leave(
-                    realm,
-                    node,
-                    SessionRef {
-                        shard: from,
-                        key: session,
-                    },
-                );
+                let session = SessionRef {
+                    shard: from,
+                    key: session,
+                };
+                if self.clients.leave(realm, node, session).is_some() {
+                    self.config.counts.clients.give_back();
+                }
             }
             ShardMsg::Interest {
                 realm,
@@ -654,10 +679,28 @@ impl Shard {
                 }
             }
         }
-        if let Some(s) = self.sessions.get_mut(key) {
-            if s.state != State::Closing {
-                s.reader = reader;
-            }
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
+        if s.state == State::Closing {
+            return;
+        }
+        s.reader = reader;
+        if s.finished && s.state != State::Admitting {
+            self.end_stream(now, key);
+        }
+    }
+
+    /// Ends a session whose client ended its control stream.
+    fn end_stream(&mut self, now: Time, key: SessionKey) {
+        let Some(s) = self.sessions.get(key) else {
+            return;
+        };
+        if s.reader.is_mid_frame() {
+            let message = "the control stream ended inside a frame";
+            self.close(now, key, Reason::ProtocolError, message);
+        } else {
+            self.close(now, key, Reason::Normal, "");
         }
     }
 
@@ -747,6 +790,16 @@ impl Shard {
         node: NodeId,
         session: SessionKey,
     ) {
+        let replacing = self.clients.find(realm, node).is_some();
+        let limit = self.config.limits.max_clients;
+        if !replacing && !self.config.counts.clients.try_take(limit) {
+            let refused = ShardMsg::Refused {
+                session,
+                reason: Reason::MaxClientsReached,
+            };
+            self.send(now, from, refused);
+            return;
+        }
         let reply = match self.clients.admit(
             realm,
             node,
@@ -767,10 +820,14 @@ impl Shard {
                 );
                 ShardMsg::Admitted { session }
             }
-            Err(_) => ShardMsg::Refused {
-                session,
-                reason: Reason::MaxClientsReached,
-            },
+            Err(_) => {
+                // Not reached: the table's own capacity is unbounded. Give back what was taken.
+                self.config.counts.clients.give_back();
+                ShardMsg::Refused {
+                    session,
+                    reason: Reason::MaxClientsReached,
+                }
+            }
         };
         self.send(now, from, reply);
     }
@@ -787,6 +844,7 @@ impl Shard {
             self.wheel.cancel(timer);
         }
         self.connecting -= 1;
+        self.config.counts.handshakes.give_back();
         self.active += 1;
         let pong = Pong {
             timestamp: 0,
@@ -853,7 +911,10 @@ impl Shard {
         }
         match prior {
             State::Active => self.active -= 1,
-            State::AwaitingConnect | State::Admitting => self.connecting -= 1,
+            State::AwaitingConnect | State::Admitting => {
+                self.connecting -= 1;
+                self.config.counts.handshakes.give_back();
+            }
             State::Closing => {}
         }
         self.counters.closed(reason);
@@ -1301,7 +1362,7 @@ impl Shard {
         };
         let refusal = if self.pending.contains_id(key, &call_id) {
             Some(CallError::DuplicateCallId)
-        } else if self.pending.len() >= self.max_pending {
+        } else if self.pending.len() >= self.config.limits.max_pending_calls {
             Some(CallError::Overloaded)
         } else {
             None

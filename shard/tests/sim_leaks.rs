@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use meshgate_shard::metrics::CallOutcome;
 use meshgate_shard::wire::{Disconnect, Message, Reason};
-use meshgate_shard::Occupancy;
+use meshgate_shard::{Occupancy, StreamEnd};
 use sim::{node, seeds, SeedGuard, Sim, REALM};
 
 const PATTERNS: [&str; 8] = ["a", "a.b", "a.*", "a.**", "**", "*.b", "b.c.d", "b.**"];
@@ -122,9 +122,19 @@ fn run(seed: u64, shards: u16, ops: usize) {
                     );
                 }
             }
-            82..=85 => {
+            82..=83 => {
                 if let Some(c) = pick(&mut rng, &live) {
                     sim.drop_connection(c);
+                }
+            }
+            84..=85 => {
+                if let Some(c) = pick(&mut rng, &live) {
+                    let end = [
+                        StreamEnd::Finished,
+                        StreamEnd::Reset,
+                        StreamEnd::StopSending,
+                    ];
+                    sim.end_stream(c, end[rng.usize(..end.len())]);
                 }
             }
             86..=88 => {
@@ -173,6 +183,11 @@ fn run(seed: u64, shards: u16, ops: usize) {
             (0, 0, 0, 0, 0)
         );
     }
+    assert_eq!(
+        (sim.counts().clients.get(), sim.counts().handshakes.get()),
+        (0, 0),
+        "the gateway-wide counts of clients and handshakes after every client left"
+    );
     let delivered = sim.total(|c| c.deliveries);
     let answered = sim.total(|c| c.calls.iter().sum());
     assert!(

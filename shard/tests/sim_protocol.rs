@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use meshgate_shard::metrics::{CallOutcome, DropReason};
 use meshgate_shard::wire::{Message, Ping, Reason};
-use meshgate_shard::NodeId;
+use meshgate_shard::{NodeId, StreamEnd};
 use sim::{node, node_owned_by, seeds, SeedGuard, Sim, REALM};
 
 fn each_seed(count: u64, test: impl Fn(u64)) {
@@ -125,13 +125,123 @@ fn frames_pipelined_behind_connect_are_handled_after_admission() {
     });
 }
 
+/// A caller on shard 0 and a provider of `svc.echo` on shard 1, one call in flight with a
+/// deadline no test waits for.
+fn call_in_flight(sim: &mut Sim) -> (usize, usize, u64) {
+    let (caller, providers) = rpc(sim, 0, &[1]);
+    sim.call(caller, "svc.echo", 7, Some(60_000));
+    sim.drive();
+    let token = sim.calls(providers[0])[0].1;
+    (caller, providers[0], token)
+}
+
+#[test]
+fn a_fin_between_frames_ends_the_session_as_normal_after_the_frames_before_it() {
+    each_seed(8, |seed| {
+        let mut sim = Sim::new(2, seed);
+        let sub = sim.connect(1, node(2));
+        sim.subscribe(sub, &["last.words"]);
+        sim.sync(sub);
+        let c = sim.connect(0, node(1));
+        sim.register(c, "svc.gone", None);
+        sim.publish(c, "last.words", b"bye");
+        sim.end_stream(c, StreamEnd::Finished);
+        sim.drive();
+        assert_eq!(sim.clients[c].closed, Some(Reason::Normal));
+        assert_eq!(sim.disconnect_reason(c), None, "no DISCONNECT after FIN");
+        assert_eq!(
+            sim.publishes(sub).len(),
+            1,
+            "the frame before FIN was handled"
+        );
+        sim.call(sub, "svc.gone", 1, Some(60_000));
+        sim.drive();
+        assert_eq!(
+            sim.replies(sub),
+            vec![(1, Err("procedure_not_found".into()))]
+        );
+        assert_eq!(sim.shards[0].metrics().clients, 0);
+        assert_eq!(sim.counts().clients.get(), 1);
+    });
+}
+
+#[test]
+fn a_fin_inside_a_frame_is_a_protocol_error() {
+    each_seed(4, |seed| {
+        let mut sim = Sim::new(2, seed);
+        let c = sim.connect(0, node(1));
+        let mut ping = Vec::new();
+        Message::Ping(Ping { timestamp: 5 }).encode(&mut ping);
+        sim.send_bytes(c, &ping[..ping.len() - 1]);
+        sim.end_stream(c, StreamEnd::Finished);
+        sim.drive();
+        assert_eq!(sim.clients[c].closed, Some(Reason::ProtocolError));
+        assert_eq!(sim.disconnect_reason(c).as_deref(), Some("protocol_error"));
+    });
+}
+
+#[test]
+fn a_fin_right_after_connect_ends_the_session_once_it_is_admitted() {
+    each_seed(8, |seed| {
+        let mut sim = Sim::new(3, seed);
+        let c = sim.open(2, node_owned_by(0, 3, 0), REALM, None);
+        sim.end_stream(c, StreamEnd::Finished);
+        sim.drive();
+        assert_eq!(sim.pongs(c), 1, "CONNECT was answered");
+        assert_eq!(sim.clients[c].closed, Some(Reason::Normal));
+        assert_eq!(sim.counts().clients.get(), 0, "its directory entry is gone");
+        assert_eq!(sim.counts().handshakes.get(), 0);
+    });
+}
+
+#[test]
+fn a_provider_that_resets_or_stops_its_stream_fails_its_calls_with_provider_gone_at_once() {
+    for end in [
+        StreamEnd::Reset,
+        StreamEnd::StopSending,
+        StreamEnd::Finished,
+    ] {
+        each_seed(4, |seed| {
+            let mut sim = Sim::new(2, seed);
+            let (caller, provider, _) = call_in_flight(&mut sim);
+            sim.end_stream(provider, end);
+            sim.drive();
+            assert_eq!(
+                sim.clients[provider].closed,
+                Some(Reason::Normal),
+                "{end:?}"
+            );
+            assert_eq!(sim.replies(caller), vec![(7, Err("provider_gone".into()))]);
+            sim.call(caller, "svc.echo", 8, Some(60_000));
+            sim.drive();
+            assert_eq!(
+                sim.replies(caller)[1],
+                (8, Err("procedure_not_found".into()))
+            );
+        });
+    }
+}
+
+#[test]
+fn a_caller_that_resets_or_stops_its_stream_has_its_calls_cancelled_with_caller_gone() {
+    for end in [StreamEnd::Reset, StreamEnd::StopSending] {
+        each_seed(4, |seed| {
+            let mut sim = Sim::new(2, seed);
+            let (caller, provider, token) = call_in_flight(&mut sim);
+            sim.end_stream(caller, end);
+            sim.drive();
+            assert_eq!(sim.cancels(provider), vec![(token, "caller_gone".into())]);
+            assert_eq!(sim.shards[0].metrics().pending_calls, 0, "{end:?}");
+        });
+    }
+}
+
 // ------------------------------------------------------------------------------ client table
 
 #[test]
 fn clients_beyond_max_clients_are_refused_and_others_are_undisturbed() {
     each_seed(4, |seed| {
         let mut sim = Sim::with(2, seed, |c| c.limits.max_clients = 2);
-        // Each of the two owners holds one slot.
         let a = sim.connect(0, node_owned_by(0, 2, 0));
         let b = sim.connect(1, node_owned_by(1, 2, 0));
         let extra = sim.open(1, node_owned_by(0, 2, 1000), REALM, None);
@@ -146,6 +256,59 @@ fn clients_beyond_max_clients_are_refused_and_others_are_undisturbed() {
         sim.sync(b);
         assert_eq!(sim.clients[a].closed, None);
         assert_eq!(sim.clients[b].closed, None);
+    });
+}
+
+#[test]
+fn max_clients_holds_for_the_whole_gateway_whichever_shards_own_the_nodes() {
+    each_seed(8, |seed| {
+        // Every node is owned by shard 0 of 4: a limit split among the owners would admit one.
+        let mut sim = Sim::with(4, seed, |c| c.limits.max_clients = 3);
+        let nodes: Vec<NodeId> = (0..5).map(|i| node_owned_by(0, 4, i * 100)).collect();
+        let admitted: Vec<usize> = (0..3)
+            .map(|i| sim.connect(i as u16 + 1, nodes[i]))
+            .collect();
+        let extra = sim.open(2, nodes[3], REALM, None);
+        sim.drive();
+        assert_eq!(sim.clients[extra].closed, Some(Reason::MaxClientsReached));
+        sim.drop_connection(admitted[0]);
+        sim.drive();
+        let again = sim.connect(3, nodes[4]);
+        assert_eq!(sim.clients[again].closed, None);
+        assert_eq!(sim.counts().clients.get(), 3);
+        assert_eq!(sim.total(|c| c.refused_of(Reason::MaxClientsReached)), 1);
+    });
+}
+
+#[test]
+fn random_arrivals_are_refused_only_while_the_gateway_holds_max_clients() {
+    each_seed(16, |seed| {
+        let shards = 1 + (seed % 4) as u16;
+        let max = 5;
+        let mut sim = Sim::with(shards, seed, |c| c.limits.max_clients = max);
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut live: Vec<usize> = Vec::new();
+        for i in 0..200u32 {
+            if !live.is_empty() && rng.u8(..3) == 0 {
+                let c = live.swap_remove(rng.usize(..live.len()));
+                sim.drop_connection(c);
+                sim.drive();
+                continue;
+            }
+            let c = sim.open(rng.u16(..shards), node(1_000 + i), REALM, None);
+            sim.drive();
+            let held = live.len();
+            match sim.clients[c].closed {
+                None => live.push(c),
+                Some(reason) => {
+                    assert_eq!(reason, Reason::MaxClientsReached);
+                    assert_eq!(held, max, "refused while the gateway held {held}");
+                }
+            }
+            assert!(live.len() <= max);
+            let active: u64 = sim.shards.iter().map(|s| s.metrics().clients).sum();
+            assert_eq!(active as usize, live.len());
+        }
     });
 }
 

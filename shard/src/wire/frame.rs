@@ -167,6 +167,11 @@ impl FrameReader {
         self.buf.len() - self.start
     }
 
+    /// Whether the bytes buffered end inside a frame: the stream stopping here would cut it.
+    pub fn is_mid_frame(&self) -> bool {
+        self.buf.len() > self.checked
+    }
+
     /// Bytes of memory the buffer holds.
     pub fn capacity(&self) -> usize {
         self.buf.capacity()

@@ -12,7 +12,9 @@ use meshgate_shard::wire::{
     CallIdRef, Connect, FrameReader, Message, Outcome, Ping, Publish, Raw, Reason, Register, Reply,
     Strings, Subscribe, Unregister, Unsubscribe,
 };
-use meshgate_shard::{Config, Limits, NodeId, RealmConfig, SessionKey, Shard, ShardId, Time};
+use meshgate_shard::{
+    Config, GatewayCounts, Limits, NodeId, RealmConfig, SessionKey, Shard, ShardId, StreamEnd, Time,
+};
 
 /// A client of the simulated gateway.
 pub struct Client {
@@ -94,9 +96,11 @@ impl Sim {
     /// A gateway whose config is first adjusted by `tune`.
     pub fn with(shards: u16, seed: u64, tune: impl Fn(&mut Config)) -> Sim {
         let now = Time::from_millis(1_000_000);
+        let counts = std::sync::Arc::new(GatewayCounts::default());
         let shard_list = (0..shards)
             .map(|i| {
                 let mut config = Config::new(ShardId(i), shards, NodeId([0xee; 32]));
+                config.counts = counts.clone();
                 config.realms.push(RealmConfig {
                     name: b"other.realm".to_vec().into(),
                     tokens: vec![],
@@ -209,6 +213,20 @@ impl Sim {
             self.by_session.remove(&(shard, session));
             self.shards[shard].handle_session_closed(self.now, session);
         }
+    }
+
+    /// The client ends its side of the control stream (FIN, RESET_STREAM or STOP_SENDING).
+    pub fn end_stream(&mut self, id: ClientId, end: StreamEnd) {
+        let c = &self.clients[id];
+        if c.closed.is_none() {
+            let (shard, session) = (c.shard.index(), c.session);
+            self.shards[shard].handle_stream_end(self.now, session, end);
+        }
+    }
+
+    /// The gateway-wide counts the shards share.
+    pub fn counts(&self) -> &GatewayCounts {
+        &self.shards[0].config().counts
     }
 
     pub fn subscribe(&mut self, id: ClientId, patterns: &[&str]) {
