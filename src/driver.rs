@@ -38,6 +38,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 use futures_lite::future::poll_fn;
 use glommio::net::UdpSocket;
 use glommio::timer::Timer;
+use meshgate_shard::metrics::DropReason;
 use meshgate_shard::router::ShardMsg;
 use meshgate_shard::wheel::TimerKey;
 use meshgate_shard::wire::Reason;
@@ -68,6 +69,8 @@ const ACCEPTS_PER_TURN: usize = 8;
 /// Initials that wait for a later turn, at most; beyond, they are dropped and their clients
 /// send them again.
 const DEFERRED_INITIALS: usize = 1024;
+/// The smallest datagram that may carry a client's Initial (RFC 9000 14.1).
+const MIN_INITIAL_DATAGRAM: usize = 1200;
 /// How long a stopping shard waits for its connections to close.
 const STOP_GRACE: Duration = Duration::from_millis(1500);
 /// How long a session the shard ended may take to send its last output (its DISCONNECT)
@@ -158,6 +161,8 @@ struct Conn {
     session: Option<SessionKey>,
     /// Holds a unit of the gateway's handshake count: accepted, no session yet.
     handshaking: bool,
+    /// The shard took no more input when the control stream was last read.
+    input_paused: bool,
     /// When a packet from the client was last processed: the idle timeout counts from here,
     /// whatever the gateway sends meanwhile.
     heard: Time,
@@ -447,6 +452,13 @@ impl Driver {
         let Ok(hdr) = quiche::Header::from_slice(buf, CID_LEN) else {
             return;
         };
+        if hdr.ty == quiche::Type::Initial && buf.len() < MIN_INITIAL_DATAGRAM {
+            // RFC 9000 14.1: a client pads every datagram with an Initial to 1,200 bytes; a
+            // shorter one is discarded, which also keeps the answer to an unvalidated address
+            // small.
+            self.shard.count_drop(DropReason::ShortInitial);
+            return;
+        }
         let dcid: &[u8] = &hdr.dcid;
         let known = <&Cid>::try_from(dcid)
             .ok()
@@ -464,13 +476,13 @@ impl Driver {
                                 data: buf.into(),
                                 from,
                             };
-                            let _ = self.shared.post(
-                                owner,
-                                Envelope {
-                                    from: self.id,
-                                    body,
-                                },
-                            );
+                            let envelope = Envelope {
+                                from: self.id,
+                                body,
+                            };
+                            if self.shared.post(owner, envelope).is_err() {
+                                self.shard.count_drop(DropReason::InboxFull);
+                            }
                         }
                     }
                     return;
@@ -478,6 +490,8 @@ impl Driver {
                 if self.accepted >= ACCEPTS_PER_TURN {
                     if self.deferred.len() < DEFERRED_INITIALS {
                         self.deferred.push_back((buf.into(), from));
+                    } else {
+                        self.shard.count_drop(DropReason::InitialBacklog);
                     }
                     return;
                 }
@@ -518,35 +532,49 @@ impl Driver {
             for stream in c.q.readable() {
                 if stream != CONTROL_STREAM {
                     let _ = c.q.stream_shutdown(stream, quiche::Shutdown::Read, 0);
-                    continue;
-                }
-                loop {
-                    match c.q.stream_recv(stream, &mut self.scratch) {
-                        Ok((n, fin)) => {
-                            self.shard.handle_stream_data(now, key, &self.scratch[..n]);
-                            if fin {
-                                self.shard.handle_stream_end(now, key, StreamEnd::Finished);
-                                break;
-                            }
-                        }
-                        Err(quiche::Error::Done) => break,
-                        Err(quiche::Error::StreamReset(_)) => {
-                            self.shard.handle_stream_end(now, key, StreamEnd::Reset);
-                            break;
-                        }
-                        Err(e) => {
-                            log::debug!("shard {}: stream_recv: {e}", self.id.0);
-                            break;
-                        }
-                    }
                 }
             }
-            if let Err(quiche::Error::StreamStopped(_)) = c.q.stream_capacity(CONTROL_STREAM) {
-                self.shard
-                    .handle_stream_end(now, key, StreamEnd::StopSending);
-            }
+            self.read_control(now, idx, key);
         }
         self.mark_dirty(idx);
+    }
+
+    /// Hands the control stream's bytes to the shard while it takes input. When it does not
+    /// (the session's output is over its bound), the bytes stay in quiche, whose flow control
+    /// then holds the client back; reading resumes once the output drains.
+    fn read_control(&mut self, now: Time, idx: usize, key: SessionKey) {
+        let Some(c) = self.conns.get_mut(idx) else {
+            return;
+        };
+        c.input_paused = false;
+        while c.q.stream_readable(CONTROL_STREAM) {
+            if !self.shard.wants_input(key) {
+                c.input_paused = true;
+                break;
+            }
+            match c.q.stream_recv(CONTROL_STREAM, &mut self.scratch) {
+                Ok((n, fin)) => {
+                    self.shard.handle_stream_data(now, key, &self.scratch[..n]);
+                    if fin {
+                        self.shard.handle_stream_end(now, key, StreamEnd::Finished);
+                        break;
+                    }
+                }
+                Err(quiche::Error::Done) => break,
+                Err(quiche::Error::StreamReset(_)) => {
+                    self.shard.handle_stream_end(now, key, StreamEnd::Reset);
+                    break;
+                }
+                Err(e) => {
+                    log::debug!("shard {}: stream_recv: {e}", self.id.0);
+                    break;
+                }
+            }
+        }
+        if let Err(quiche::Error::StreamStopped(_)) = c.q.stream_capacity(CONTROL_STREAM) {
+            self.shard
+                .handle_stream_end(now, key, StreamEnd::StopSending);
+        }
     }
 
     /// A new connection, unless the shard is stopping or has too many handshakes.
@@ -602,6 +630,7 @@ impl Driver {
             odcid: hdr.dcid.to_vec(),
             session: None,
             handshaking: true,
+            input_paused: false,
             heard: now,
             timer: None,
             close_after_flush: None,
@@ -622,11 +651,11 @@ impl Driver {
                 c.blocked = false;
                 c.session
             }) {
-                self.write_output(key);
+                self.write_output(now, key);
             }
         }
         while let Some(key) = self.shard.poll_ready() {
-            self.write_output(key);
+            self.write_output(now, key);
         }
         while let Some((key, reason)) = self.shard.poll_close() {
             match self.conn_of(key) {
@@ -645,8 +674,15 @@ impl Driver {
         (self.conns.get(idx)?.session == Some(key)).then_some(idx)
     }
 
-    fn write_output(&mut self, key: SessionKey) {
+    fn write_output(&mut self, now: Time, key: SessionKey) {
         let Some(idx) = self.conn_of(key) else { return };
+        self.send_output(key, idx);
+        if self.conns[idx].input_paused && self.shard.wants_input(key) {
+            self.read_control(now, idx, key);
+        }
+    }
+
+    fn send_output(&mut self, key: SessionKey, idx: usize) {
         let c = &mut self.conns[idx];
         let out = self.shard.output(key);
         if out.is_empty() {

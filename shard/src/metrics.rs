@@ -59,18 +59,34 @@ impl From<CallError> for CallOutcome {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DropReason {
     /// The subscriber's output was over `--max-output`.
-    SlowConsumer,
+    SlowConsumer = 0,
     /// The link to another shard was backed up.
-    ShardBacklog,
+    ShardBacklog = 1,
+    /// A datagram for a connection of another shard found that shard's inbox full
+    /// (`--max-inbox`).
+    InboxFull = 2,
+    /// An Initial waiting for a later turn's accept budget found the queue full.
+    InitialBacklog = 3,
+    /// An Initial in a datagram under 1,200 bytes (RFC 9000 14.1).
+    ShortInitial = 4,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 2] = [DropReason::SlowConsumer, DropReason::ShardBacklog];
+    pub const ALL: [DropReason; 5] = [
+        DropReason::SlowConsumer,
+        DropReason::ShardBacklog,
+        DropReason::InboxFull,
+        DropReason::InitialBacklog,
+        DropReason::ShortInitial,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             DropReason::SlowConsumer => "slow_consumer",
             DropReason::ShardBacklog => "shard_backlog",
+            DropReason::InboxFull => "inbox_full",
+            DropReason::InitialBacklog => "initial_backlog",
+            DropReason::ShortInitial => "short_initial",
         }
     }
 }
@@ -89,7 +105,7 @@ pub struct Counters {
     pub publishes: u64,
     pub deliveries: u64,
     /// Indexed like [`DropReason::ALL`].
-    pub dropped: [u64; 2],
+    pub dropped: [u64; DropReason::ALL.len()],
     pub peers_evicted: u64,
     /// Messages received from other shards.
     pub shard_messages_in: u64,
@@ -114,10 +130,7 @@ impl Counters {
     }
 
     pub fn drop(&mut self, reason: DropReason) {
-        self.dropped[DropReason::ALL
-            .iter()
-            .position(|r| *r == reason)
-            .unwrap_or(0)] += 1;
+        self.dropped[reason as usize] += 1;
     }
 
     pub fn calls_of(&self, outcome: CallOutcome) -> u64 {
@@ -132,10 +145,7 @@ impl Counters {
     }
 
     pub fn dropped_of(&self, reason: DropReason) -> u64 {
-        self.dropped[DropReason::ALL
-            .iter()
-            .position(|r| *r == reason)
-            .unwrap_or(0)]
+        self.dropped[reason as usize]
     }
 }
 

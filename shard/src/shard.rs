@@ -160,6 +160,20 @@ struct Barrier {
     pongs: VecDeque<(u64, u32)>,
 }
 
+/// The patterns of one frame refused for one reason: the first, and how many.
+#[derive(Default)]
+struct Refusals<'a> {
+    first: Option<&'a [u8]>,
+    count: usize,
+}
+
+impl<'a> Refusals<'a> {
+    fn add(&mut self, pattern: &'a [u8]) {
+        self.first.get_or_insert(pattern);
+        self.count += 1;
+    }
+}
+
 /// Bytes queued to a session: appended at the end, consumed from `start`.
 #[derive(Default)]
 struct OutBuf {
@@ -575,7 +589,28 @@ impl Shard {
             if let Some(timer) = s.timer.take() {
                 self.wheel.cancel(timer);
             }
+            if s.reader.has_frame() {
+                // Frames held back while the output was over its bound.
+                self.process_frames(self.now, key);
+            }
         }
+    }
+
+    /// Whether the driver should read more of the session's control stream now. Not while
+    /// its output is over the bound (PROTOCOL.md 5.5), nor while frames wait for admission or
+    /// for the output to drain: the bytes then wait in the transport, whose flow control holds
+    /// the client back.
+    pub fn wants_input(&self, key: SessionKey) -> bool {
+        self.sessions.get(key).is_some_and(|s| {
+            matches!(s.state, State::AwaitingConnect | State::Active)
+                && s.out.len() < self.config.limits.max_output
+                && !s.reader.has_frame()
+        })
+    }
+
+    /// Counts a drop the driver made at one of its limits.
+    pub fn count_drop(&mut self, reason: DropReason) {
+        self.counters.drop(reason);
     }
 
     /// A session to close once its output is flushed, and why (its close code is
@@ -660,8 +695,14 @@ impl Shard {
             return;
         };
         let mut reader = std::mem::take(&mut s.reader);
-        while let Some(State::AwaitingConnect | State::Active) =
-            self.sessions.get(key).map(|s| s.state)
+        // While the session's output is over its bound, no further frame is handled: what the
+        // client sends cannot grow its own output (PONG, ERROR, REPLY) without bound.
+        let max_output = self.config.limits.max_output;
+        while let Some(State::AwaitingConnect | State::Active) = self
+            .sessions
+            .get(key)
+            .filter(|s| s.out.len() < max_output)
+            .map(|s| s.state)
         {
             let frame = match reader.next_frame() {
                 Ok(Some(frame)) => frame,
@@ -686,7 +727,7 @@ impl Shard {
             return;
         }
         s.reader = reader;
-        if s.finished && s.state != State::Admitting {
+        if s.finished && s.state != State::Admitting && !s.reader.has_frame() {
             self.end_stream(now, key);
         }
     }
@@ -1133,34 +1174,25 @@ impl Shard {
         self.scratch.sessions = targets;
     }
 
+    /// Adds each valid pattern. Refusals are answered with at most one ERROR per code per
+    /// frame, naming the first pattern refused, so that one frame cannot ask for an answer
+    /// per pattern.
     fn on_subscribe(&mut self, _now: Time, key: SessionKey, topics: Strings<'_>) {
         let max = self.config.limits.max_subscriptions;
+        let mut invalid = Refusals::default();
+        let mut over = Refusals::default();
         for pattern in topics.iter() {
             let Some(s) = self.sessions.get_mut(key) else {
                 return;
             };
             let realm = s.realm;
             if !is_valid_pattern(pattern) {
-                self.send_error(
-                    key,
-                    "invalid_pattern",
-                    "not a valid pattern",
-                    FrameType::Subscribe,
-                    Some(pattern),
-                    None,
-                );
+                invalid.add(pattern);
                 continue;
             }
             if s.patterns.len() >= max {
                 if !s.patterns.iter().any(|p| **p == *pattern) {
-                    self.send_error(
-                        key,
-                        "too_many_subscriptions",
-                        "the session holds --max-subscriptions patterns",
-                        FrameType::Subscribe,
-                        Some(pattern),
-                        None,
-                    );
+                    over.add(pattern);
                 }
                 continue;
             }
@@ -1172,23 +1204,27 @@ impl Shard {
                 self.announce_interest(key, realm, pattern, true);
             }
         }
+        let answers = FrameType::Subscribe;
+        self.send_refusals(
+            key,
+            &invalid,
+            "invalid_pattern",
+            "not a valid pattern",
+            answers,
+        );
+        let full = "the session holds --max-subscriptions patterns";
+        self.send_refusals(key, &over, "too_many_subscriptions", full, answers);
     }
 
     fn on_unsubscribe(&mut self, _now: Time, key: SessionKey, topics: Strings<'_>) {
+        let mut invalid = Refusals::default();
         for pattern in topics.iter() {
             let Some(s) = self.sessions.get_mut(key) else {
                 return;
             };
             let realm = s.realm;
             if !is_valid_pattern(pattern) {
-                self.send_error(
-                    key,
-                    "invalid_pattern",
-                    "not a valid pattern",
-                    FrameType::Unsubscribe,
-                    Some(pattern),
-                    None,
-                );
+                invalid.add(pattern);
                 continue;
             }
             if !self.local_subs.remove(realm, pattern, key) {
@@ -1200,6 +1236,35 @@ impl Shard {
             if self.local_subs.subscribers_of(realm, pattern) == 0 {
                 self.announce_interest(key, realm, pattern, false);
             }
+        }
+        let answers = FrameType::Unsubscribe;
+        self.send_refusals(
+            key,
+            &invalid,
+            "invalid_pattern",
+            "not a valid pattern",
+            answers,
+        );
+    }
+
+    /// One ERROR for the patterns of a frame refused with `code`, if any.
+    fn send_refusals(
+        &mut self,
+        key: SessionKey,
+        refused: &Refusals<'_>,
+        code: &str,
+        message: &str,
+        answers: FrameType,
+    ) {
+        let Some(first) = refused.first else { return };
+        if refused.count == 1 {
+            self.send_error(key, code, message, answers, Some(first), None);
+        } else {
+            let message = format!(
+                "{message} ({} patterns of the frame refused)",
+                refused.count
+            );
+            self.send_error(key, code, &message, answers, Some(first), None);
         }
     }
 

@@ -509,8 +509,8 @@ fn an_invalid_topic_or_pattern_gets_an_error_and_the_session_goes_on() {
             ("invalid_topic".into(), "bad..topic".into()),
             ("invalid_topic".into(), "wild.*".into()),
             ("invalid_pattern".into(), "bad..pattern".into()),
-            ("invalid_pattern".into(), "".into()),
-        ]
+        ],
+        "one ERROR per code per SUBSCRIBE frame"
     );
     assert_eq!(sim.clients[c].closed, None);
     assert_eq!(sim.shards[0].metrics().subscriptions, 1);
@@ -541,7 +541,7 @@ fn subscribing_twice_is_a_no_op_and_unsubscribing_an_unknown_pattern_too() {
 fn subscriptions_beyond_the_limit_get_too_many_subscriptions() {
     let mut sim = Sim::with(2, 0, |c| c.limits.max_subscriptions = 3);
     let c = sim.connect(0, node(1));
-    sim.subscribe(c, &["a", "b", "c", "d", "a"]);
+    sim.subscribe(c, &["a", "b", "c", "d", "a", "e", "f"]);
     sim.drive();
     assert_eq!(
         sim.errors(c),
@@ -587,6 +587,40 @@ fn a_slow_consumer_loses_publishes_over_its_bound_and_is_disconnected_after_the_
     sim.advance(Duration::from_secs(2));
     assert_eq!(sim.clients[slow].closed, Some(Reason::SlowConsumer));
     assert_eq!(sim.clients[fine].closed, None);
+}
+
+#[test]
+fn a_client_that_does_not_read_cannot_grow_its_own_output_past_the_bound() {
+    each_seed(4, |seed| {
+        let max_output = 2_000;
+        let mut sim = Sim::with(2, seed, |c| c.limits.max_output = max_output);
+        let c = sim.connect(0, node(1));
+        sim.clients[c].reading = false;
+        // Each frame asks for an answer: PONG, ERROR, REPLY procedure_not_found.
+        for i in 0..3_000u64 {
+            match i % 3 {
+                0 => sim.ping(c, i),
+                1 => sim.subscribe(c, &["bad..pattern", "", "x..y"]),
+                _ => sim.call(c, "nobody.home", i, Some(60_000)),
+            }
+        }
+        sim.drive();
+        let queued = sim.shards[0].metrics().output_bytes as usize;
+        // The bound is checked before each frame: at most one answer goes past it.
+        assert!(
+            queued < max_output + 200,
+            "{queued} bytes queued to a client that reads nothing (bound {max_output})"
+        );
+        // Nothing was lost: once the client reads, every frame is answered, in order.
+        sim.clients[c].reading = true;
+        sim.drive();
+        let pongs = sim.pong_timestamps(c);
+        assert_eq!(pongs.len(), 1 + 1_000);
+        assert!(pongs[1..].windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(sim.errors(c).len(), 1_000, "one ERROR per SUBSCRIBE frame");
+        assert_eq!(sim.replies(c).len(), 1_000);
+        assert_eq!(sim.clients[c].closed, None);
+    });
 }
 
 #[test]

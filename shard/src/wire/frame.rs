@@ -167,6 +167,11 @@ impl FrameReader {
         self.buf.len() - self.start
     }
 
+    /// Whether a complete frame is buffered.
+    pub fn has_frame(&self) -> bool {
+        self.start < self.checked
+    }
+
     /// Whether the bytes buffered end inside a frame: the stream stopping here would cut it.
     pub fn is_mid_frame(&self) -> bool {
         self.buf.len() > self.checked

@@ -397,14 +397,30 @@ impl Sim {
     fn drain_outputs(&mut self) -> bool {
         let mut moved = false;
         for shard in 0..self.shards.len() {
+            let mut keys = Vec::new();
             while let Some(key) = self.shards[shard].poll_ready() {
                 moved = true;
+                keys.push(key);
+            }
+            // Like the driver, which retries a session it could not write to at every turn: a
+            // client that starts reading again gets what waited for it.
+            for c in &self.clients {
+                let waiting = !self.shards[shard].output(c.session).is_empty();
+                if c.shard.index() == shard && c.reading && c.closed.is_none() && waiting {
+                    keys.push(c.session);
+                }
+            }
+            for key in keys {
                 let Some(id) = self.client_of(shard, key) else {
                     continue;
                 };
                 if !self.clients[id].reading {
                     continue;
                 }
+                if self.shards[shard].output(key).is_empty() {
+                    continue;
+                }
+                moved = true;
                 let bytes = self.shards[shard].output(key).to_vec();
                 self.shards[shard].consume_output(key, bytes.len());
                 let c = &mut self.clients[id];
