@@ -66,6 +66,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         .map_err(|e| format!("{s:?} is not a duration like 250ms, 5s or 2m: {e}"))
 }
 
+/// Parses a duration as [`parse_duration`] does, refusing zero.
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err(format!("{s:?}: must be more than zero")),
+        d => Ok(d),
+    }
+}
+
+/// A count of 1 or more.
+fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..)
+}
+
 #[derive(Args, Debug, Clone)]
 pub struct ServeArgs {
     /// UDP address to serve QUIC on.
@@ -86,6 +99,17 @@ pub struct ServeArgs {
     /// TCP address of the health and metrics endpoint.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub health_listen: SocketAddr,
+    /// Connections the health endpoint holds open at once; a new one beyond it closes the
+    /// oldest that has not sent a whole request yet.
+    #[arg(long, default_value_t = 256, value_parser = at_least_one())]
+    pub health_max_connections: usize,
+    /// Time a health endpoint connection may take from accept to the last byte of its
+    /// response; one still open then is closed.
+    #[arg(long, default_value = "2s", value_parser = parse_positive_duration)]
+    pub health_request_timeout: Duration,
+    /// Largest health endpoint request head, in bytes; a longer one is answered 431 and closed.
+    #[arg(long, default_value_t = 8192, value_parser = at_least_one())]
+    pub health_max_request: usize,
     /// Sessions in the whole gateway, whatever the number of shards.
     #[arg(long, default_value_t = 10_000)]
     pub max_clients: usize,
@@ -152,6 +176,14 @@ mod tests {
         assert_eq!(a.listen, "127.0.0.1:9443".parse().unwrap());
         assert_eq!(a.health_listen, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(
+            (
+                a.health_max_connections,
+                a.health_request_timeout,
+                a.health_max_request
+            ),
+            (256, Duration::from_secs(2), 8192)
+        );
+        assert_eq!(
             (a.max_clients, a.max_handshakes, a.max_frame),
             (10_000, 1_000, 1_048_576)
         );
@@ -201,5 +233,12 @@ mod tests {
         assert!(Cli::try_parse_from(["meshgate", "serve", "--call-timeout", "soon"]).is_err());
         assert!(Cli::try_parse_from(["meshgate", "serve", "--listen", "nowhere"]).is_err());
         assert!(Cli::try_parse_from(["meshgate", "serve", "--cert", "a.pem"]).is_err());
+        for (flag, value) in [
+            ("--health-max-connections", "0"),
+            ("--health-max-request", "0"),
+            ("--health-request-timeout", "0s"),
+        ] {
+            assert!(Cli::try_parse_from(["meshgate", "serve", flag, value]).is_err());
+        }
     }
 }

@@ -210,11 +210,16 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
         shards,
         ready: ready.clone(),
     });
+    let health_limits = crate::health::Limits {
+        max_connections: args.health_max_connections,
+        request_timeout: args.health_request_timeout,
+        max_request: args.health_max_request,
+    };
     let health_thread = {
         let stop = stop_health.clone();
         std::thread::Builder::new()
             .name("meshgate-health".into())
-            .spawn(move || crate::health::serve(health, source, stop))
+            .spawn(move || crate::health::serve(health, source, stop, health_limits))
             .map_err(|e| StartError::Config(format!("cannot start the health thread: {e}")))?
     };
 

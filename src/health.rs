@@ -1,16 +1,22 @@
 //! The health and metrics endpoint (PROTOCOL.md section 8): a small HTTP/1.1 server on its own
-//! thread, away from the shard cores. `/metrics` asks every shard for a report and renders the
-//! Prometheus text format, gateway-wide and per shard.
+//! thread, away from the shard cores. The thread serves every connection at once: non-blocking
+//! sockets multiplexed with poll(2), each connection with its own buffer and deadline, so that an
+//! idle or slow client delays no other's answer. Its bounds ([`Limits`]) close what goes past
+//! them, and each such drop is counted in `meshgate_health_dropped_total{reason}`. `/metrics`
+//! asks every shard for a report and renders the Prometheus text format, gateway-wide and per
+//! shard.
 
 use std::fmt::Write as _;
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meshgate_shard::metrics::{CallOutcome, DropReason, Metrics};
 use meshgate_shard::wire::Reason;
+use slab::Slab;
 
 /// What one shard reports for `/metrics`.
 #[derive(Clone, Debug, Default)]
@@ -38,100 +44,421 @@ pub trait HealthSource: Send + Sync + 'static {
     fn reports(&self) -> Vec<ShardReport>;
 }
 
+/// The bounds of the endpoint (the `--health-*` flags).
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Connections open at once. A new one beyond it closes the oldest connection that has not
+    /// sent a whole request yet.
+    pub max_connections: usize,
+    /// Time from accept to the last byte of the response; a connection still open then is
+    /// closed, whatever it is doing.
+    pub request_timeout: Duration,
+    /// Bytes of a request head; a longer one is answered 431 and closed.
+    pub max_request: usize,
+}
+
+/// Connections the kernel completes and queues for the endpoint to accept. Larger than the
+/// usual 128, so that a burst of connections between two turns of the endpoint does not leave
+/// a prober's SYN unanswered (and retried a second later).
+const BACKLOG: i32 = 1024;
+
 /// Binds the endpoint; the caller reports a bind error (port in use) and exits.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr)
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    // As std's `TcpListener::bind`: a restarted gateway binds while old connections linger.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    Ok(socket.into())
 }
 
 /// Serves requests until `stop` is set. Each connection gets one response and is closed.
-pub fn serve(listener: TcpListener, source: Arc<dyn HealthSource>, stop: Arc<AtomicBool>) {
-    let started = Instant::now();
+pub fn serve(
+    listener: TcpListener,
+    source: Arc<dyn HealthSource>,
+    stop: Arc<AtomicBool>,
+    limits: Limits,
+) {
     if let Err(e) = listener.set_nonblocking(true) {
         log::error!("health endpoint: {e}");
         return;
     }
+    let mut server = Server {
+        listener,
+        source,
+        limits,
+        started: Instant::now(),
+        connections: Slab::new(),
+        dropped: DropCounts::default(),
+        accept_paused_until: None,
+        fds: Vec::new(),
+        keys: Vec::new(),
+    };
     while !stop.load(Ordering::Relaxed) {
-        match listener.accept() {
-            Ok((stream, _)) => {
-                if let Err(e) = answer(stream, &*source, started) {
-                    log::debug!("health endpoint: {e}");
+        server.turn();
+    }
+}
+
+/// The longest the thread waits in poll(2), so that the stop flag is seen a few times a second.
+const STOP_CHECK: Duration = Duration::from_millis(250);
+/// How long accepting stops after an accept error (out of file descriptors), so that the
+/// thread neither spins on the listener nor stops serving the connections it holds.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// Header lines parsed; a request with more is answered as one too large.
+const MAX_HEADERS: usize = 32;
+const TEXT: &str = "text/plain; charset=utf-8";
+
+/// The endpoint's state, owned by its thread.
+struct Server {
+    listener: TcpListener,
+    source: Arc<dyn HealthSource>,
+    limits: Limits,
+    started: Instant,
+    connections: Slab<Connection>,
+    dropped: DropCounts,
+    /// Set after an accept error: the listener is not polled until then.
+    accept_paused_until: Option<Instant>,
+    /// The poll(2) set of a turn: the listener, then one entry per connection, whose slab key
+    /// is at the same place in `keys`. Kept to reuse their allocations.
+    fds: Vec<libc::pollfd>,
+    keys: Vec<usize>,
+}
+
+/// One client connection: its request as it comes, then its response as it goes.
+struct Connection {
+    stream: TcpStream,
+    /// When it is closed, served or not.
+    deadline: Instant,
+    /// The request read so far while [`Phase::Reading`], the response while [`Phase::Writing`].
+    buf: Vec<u8>,
+    phase: Phase,
+}
+
+enum Phase {
+    /// The request head is not whole yet.
+    Reading,
+    /// `sent` bytes of the response are written.
+    Writing { sent: usize },
+}
+
+/// Why the endpoint closed a connection without serving it: the `reason` label of
+/// `meshgate_health_dropped_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Dropped {
+    /// Closed to make room for a new connection over [`Limits::max_connections`] (or, when every
+    /// open connection was being answered, the new connection itself).
+    MaxConnections,
+    /// Its request head was longer than [`Limits::max_request`]; answered 431.
+    RequestTooLarge,
+    /// Still open at its deadline ([`Limits::request_timeout`]).
+    Timeout,
+}
+
+impl Dropped {
+    const ALL: [Dropped; 3] = [
+        Dropped::MaxConnections,
+        Dropped::RequestTooLarge,
+        Dropped::Timeout,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Dropped::MaxConnections => "max_connections",
+            Dropped::RequestTooLarge => "request_too_large",
+            Dropped::Timeout => "timeout",
+        }
+    }
+}
+
+/// Connections dropped since start, by [`Dropped`].
+#[derive(Debug, Default)]
+struct DropCounts([u64; Dropped::ALL.len()]);
+
+impl DropCounts {
+    fn count(&mut self, reason: Dropped) {
+        self.0[reason as usize] += 1;
+        log::debug!(
+            "health endpoint: dropped a connection ({})",
+            reason.as_str()
+        );
+    }
+
+    fn of(&self, reason: Dropped) -> u64 {
+        self.0[reason as usize]
+    }
+}
+
+impl Server {
+    /// One turn: close the connections past their deadline, wait until a socket is ready or
+    /// the next deadline comes, serve the ready connections, then accept the new ones.
+    fn turn(&mut self) {
+        let now = Instant::now();
+        self.expire(now);
+        let mut wait = STOP_CHECK;
+        if let Some(until) = self.accept_paused_until {
+            if now >= until {
+                self.accept_paused_until = None;
+            } else {
+                wait = wait.min(until - now);
+            }
+        }
+        self.fds.clear();
+        self.keys.clear();
+        self.fds.push(libc::pollfd {
+            fd: self.listener.as_raw_fd(),
+            events: if self.accept_paused_until.is_none() {
+                libc::POLLIN
+            } else {
+                0
+            },
+            revents: 0,
+        });
+        for (key, connection) in &self.connections {
+            let events = match connection.phase {
+                Phase::Reading => libc::POLLIN,
+                Phase::Writing { .. } => libc::POLLOUT,
+            };
+            self.fds.push(libc::pollfd {
+                fd: connection.stream.as_raw_fd(),
+                events,
+                revents: 0,
+            });
+            self.keys.push(key);
+            wait = wait.min(connection.deadline.saturating_duration_since(now));
+        }
+        // Rounded up: poll's timeout is in whole milliseconds, and a deadline less than one
+        // away must not make a busy loop of polls that return at once.
+        let timeout_ms = i32::try_from(wait.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
+        // SAFETY: `fds` is an array of `fds.len()` valid pollfds for the duration of the call.
+        let ready = unsafe {
+            libc::poll(
+                self.fds.as_mut_ptr(),
+                self.fds.len() as libc::nfds_t,
+                timeout_ms,
+            )
+        };
+        if ready <= 0 {
+            // Nothing ready, or a signal (EINTR): the next turn closes what is due.
+            return;
+        }
+        // Connections first: accepting may close one to make room, and its slab key may then be
+        // reused by a new connection.
+        for i in 1..self.fds.len() {
+            if self.fds[i].revents != 0 {
+                self.drive(self.keys[i - 1]);
+            }
+        }
+        if self.fds[0].revents != 0 {
+            self.accept(Instant::now());
+        }
+    }
+
+    /// Closes every connection whose deadline has come.
+    fn expire(&mut self, now: Instant) {
+        let dropped = &mut self.dropped;
+        self.connections.retain(|_, connection| {
+            let open = connection.deadline > now;
+            if !open {
+                dropped.count(Dropped::Timeout);
+            }
+            open
+        });
+    }
+
+    /// Accepts the connections waiting, at most `max_connections` a turn so that a flood of
+    /// them does not keep the thread from serving the ones it holds.
+    fn accept(&mut self, now: Instant) {
+        for _ in 0..self.limits.max_connections {
+            match self.listener.accept() {
+                Ok((stream, _)) => self.admit(stream, now),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::Interrupted | ErrorKind::ConnectionAborted
+                    ) => {}
+                Err(e) => {
+                    log::warn!("health endpoint: accept failed, pausing accepts for 100 ms: {e}");
+                    self.accept_paused_until = Some(now + ACCEPT_PAUSE);
+                    return;
                 }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => wait_readable(&listener, 250),
-            Err(e) => {
-                log::warn!("health endpoint: accept failed: {e}");
-                std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Holds a new connection. At `max_connections`, the new one takes the place of the oldest
+    /// that has not sent a whole request (every connection has the same timeout, so the oldest
+    /// is the one with the earliest deadline): a prober that comes after a crowd of idle
+    /// connections is served, and the crowd cannot keep it out.
+    fn admit(&mut self, stream: TcpStream, now: Instant) {
+        if let Err(e) = stream.set_nonblocking(true) {
+            log::debug!("health endpoint: {e}");
+            return;
+        }
+        if self.connections.len() >= self.limits.max_connections {
+            self.dropped.count(Dropped::MaxConnections);
+            let oldest = self
+                .connections
+                .iter()
+                .filter(|(_, c)| matches!(c.phase, Phase::Reading))
+                .min_by_key(|(_, c)| c.deadline)
+                .map(|(key, _)| key);
+            match oldest {
+                Some(key) => drop(self.connections.remove(key)),
+                // Every connection held is being answered: the new one is closed instead.
+                None => return,
             }
         }
+        self.connections.insert(Connection {
+            stream,
+            deadline: now + self.limits.request_timeout,
+            buf: Vec::new(),
+            phase: Phase::Reading,
+        });
     }
-}
 
-/// Waits up to `timeout_ms` for a connection, so that the stop flag is checked a few times a
-/// second without spinning.
-fn wait_readable(listener: &TcpListener, timeout_ms: i32) {
-    use std::os::fd::AsRawFd;
-    let mut fds = libc::pollfd {
-        fd: listener.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd for the duration of the call.
-    unsafe { libc::poll(&mut fds, 1, timeout_ms) };
-}
-
-fn answer(
-    mut stream: TcpStream,
-    source: &dyn HealthSource,
-    started: Instant,
-) -> std::io::Result<()> {
-    stream.set_nonblocking(false)?;
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    stream.set_write_timeout(Some(Duration::from_secs(2)))?;
-    let mut request = Vec::with_capacity(512);
-    let mut chunk = [0u8; 512];
-    while !request.windows(4).any(|w| w == b"\r\n\r\n") && request.len() < 8192 {
-        let n = stream.read(&mut chunk)?;
-        if n == 0 {
-            break;
+    /// Reads what a ready connection sent and answers once its request is whole, or writes
+    /// what the socket takes of its response. Closes it once the response is written, or when
+    /// its client left.
+    fn drive(&mut self, key: usize) {
+        let Some(connection) = self.connections.get_mut(key) else {
+            return;
+        };
+        if let Phase::Reading = connection.phase {
+            let Ok(closed) = connection.read(self.limits.max_request) else {
+                self.connections.remove(key);
+                return;
+            };
+            let response = match parse_request(&connection.buf, self.limits.max_request) {
+                Request::Partial if closed => {
+                    self.connections.remove(key);
+                    return;
+                }
+                Request::Partial => return,
+                Request::Complete { method, path } => {
+                    let (status, content_type, body) =
+                        route(method, path, &*self.source, self.started, &self.dropped);
+                    response(status, content_type, &body, method != "HEAD")
+                }
+                Request::TooLarge => {
+                    self.dropped.count(Dropped::RequestTooLarge);
+                    response(
+                        "431 Request Header Fields Too Large",
+                        TEXT,
+                        "Request header too large\n",
+                        true,
+                    )
+                }
+                Request::Malformed => response("400 Bad Request", TEXT, "Bad request\n", true),
+            };
+            connection.buf = response;
+            connection.phase = Phase::Writing { sent: 0 };
         }
-        request.extend_from_slice(&chunk[..n]);
+        match connection.write() {
+            Ok(false) => {}
+            Ok(true) | Err(_) => drop(self.connections.remove(key)),
+        }
     }
-    let line = request
-        .split(|&b| b == b'\r' || b == b'\n')
-        .next()
-        .unwrap_or_default();
-    let mut parts = line.split(|&b| b == b' ');
-    let method = parts.next().unwrap_or_default();
-    let path = parts.next().unwrap_or_default();
-    let (status, content_type, body) = route(method, path, source, started);
-    let head = format!(
+}
+
+impl Connection {
+    /// Reads what the client sent, until the socket has nothing more or the request holds
+    /// `max_request` bytes. Returns whether the client closed its side.
+    fn read(&mut self, max_request: usize) -> std::io::Result<bool> {
+        let mut chunk = [0u8; 1024];
+        while self.buf.len() < max_request {
+            let room = chunk.len().min(max_request - self.buf.len());
+            match self.stream.read(&mut chunk[..room]) {
+                Ok(0) => return Ok(true),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(false)
+    }
+
+    /// Writes what the socket takes of the response. Returns whether all of it is written.
+    fn write(&mut self) -> std::io::Result<bool> {
+        let Phase::Writing { sent } = &mut self.phase else {
+            return Ok(false);
+        };
+        while *sent < self.buf.len() {
+            match self.stream.write(&self.buf[*sent..]) {
+                Ok(0) => return Err(ErrorKind::WriteZero.into()),
+                Ok(n) => *sent += n,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// What the bytes read so far on a connection hold.
+#[derive(Debug, PartialEq, Eq)]
+enum Request<'a> {
+    /// Not yet a whole request head: read more.
+    Partial,
+    /// A whole request head.
+    Complete { method: &'a str, path: &'a str },
+    /// No whole head within `max_request` bytes, or more header lines than are parsed.
+    TooLarge,
+    /// Not an HTTP/1.x request.
+    Malformed,
+}
+
+/// Parses the request head at the start of `buf` (what follows it is ignored).
+fn parse_request(buf: &[u8], max_request: usize) -> Request<'_> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    match request.parse(buf) {
+        Ok(httparse::Status::Complete(len)) if len <= max_request => Request::Complete {
+            method: request.method.unwrap_or_default(),
+            path: request.path.unwrap_or_default(),
+        },
+        Ok(httparse::Status::Complete(_)) => Request::TooLarge,
+        Ok(httparse::Status::Partial) if buf.len() >= max_request => Request::TooLarge,
+        Ok(httparse::Status::Partial) => Request::Partial,
+        Err(httparse::Error::TooManyHeaders) => Request::TooLarge,
+        Err(_) => Request::Malformed,
+    }
+}
+
+/// A whole response: its head and, unless `with_body` is false (HEAD), its body.
+fn response(status: &str, content_type: &str, body: &str, with_body: bool) -> Vec<u8> {
+    let mut out = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    stream.write_all(head.as_bytes())?;
-    if method != b"HEAD" {
-        stream.write_all(body.as_bytes())?;
+    if with_body {
+        out.push_str(body);
     }
-    stream.flush()
+    out.into_bytes()
 }
 
+/// The status, content type and body for a request. `/metrics` waits for the shards' reports
+/// (at most the 1 s [`HealthSource::reports`] allows a shard that does not answer).
 fn route(
-    method: &[u8],
-    path: &[u8],
+    method: &str,
+    path: &str,
     source: &dyn HealthSource,
     started: Instant,
+    dropped: &DropCounts,
 ) -> (&'static str, &'static str, String) {
-    const TEXT: &str = "text/plain; charset=utf-8";
-    if method != b"GET" && method != b"HEAD" {
+    if method != "GET" && method != "HEAD" {
         return (
             "405 Method Not Allowed",
             TEXT,
             "Method not allowed\n".into(),
         );
     }
-    let path = path.split(|&b| b == b'?').next().unwrap_or_default();
+    let path = path.split('?').next().unwrap_or_default();
     match path {
-        b"/health" => {
+        "/health" => {
             let body = format!(
                 "{{\"status\":\"healthy\",\"ready\":{},\"uptime\":{},\"shards\":{}}}",
                 source.ready(),
@@ -140,15 +467,34 @@ fn route(
             );
             ("200 OK", "application/json", body)
         }
-        b"/ready" if source.ready() => ("200 OK", TEXT, "Ready".into()),
-        b"/ready" => ("503 Service Unavailable", TEXT, "Not ready".into()),
-        b"/live" => ("200 OK", TEXT, "Live".into()),
-        b"/metrics" => (
-            "200 OK",
-            "text/plain; version=0.0.4; charset=utf-8",
-            render(&source.reports(), resident_memory_bytes()),
-        ),
+        "/ready" if source.ready() => ("200 OK", TEXT, "Ready".into()),
+        "/ready" => ("503 Service Unavailable", TEXT, "Not ready".into()),
+        "/live" => ("200 OK", TEXT, "Live".into()),
+        "/metrics" => {
+            let mut text = render(&source.reports(), resident_memory_bytes());
+            render_dropped(&mut text, dropped);
+            ("200 OK", "text/plain; version=0.0.4; charset=utf-8", text)
+        }
         _ => ("404 Not Found", TEXT, "Not found\n".into()),
+    }
+}
+
+/// Appends `meshgate_health_dropped_total{reason}`, gateway-wide only: the endpoint belongs to
+/// no shard.
+fn render_dropped(out: &mut String, dropped: &DropCounts) {
+    const NAME: &str = "meshgate_health_dropped_total";
+    let _ = writeln!(
+        out,
+        "# HELP {NAME} Health endpoint connections closed at a limit, by reason."
+    );
+    let _ = writeln!(out, "# TYPE {NAME} counter");
+    for reason in Dropped::ALL {
+        let _ = writeln!(
+            out,
+            "{NAME}{{reason=\"{}\"}} {}",
+            reason.as_str(),
+            dropped.of(reason)
+        );
     }
 }
 
@@ -432,6 +778,74 @@ mod tests {
         ] {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
         }
+    }
+
+    #[test]
+    fn a_whole_request_head_gives_its_method_and_path() {
+        let head = b"GET /health?verbose HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(
+            parse_request(head, 8192),
+            Request::Complete {
+                method: "GET",
+                path: "/health?verbose"
+            }
+        );
+        assert_eq!(
+            parse_request(b"HEAD /live HTTP/1.0\r\n\r\ntrailing bytes", 8192),
+            Request::Complete {
+                method: "HEAD",
+                path: "/live"
+            }
+        );
+    }
+
+    #[test]
+    fn a_request_head_cut_short_asks_for_more_until_the_bound() {
+        let head = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+        for len in 0..head.len() {
+            assert_eq!(parse_request(&head[..len], 8192), Request::Partial, "{len}");
+        }
+        assert_eq!(parse_request(&head[..20], 20), Request::TooLarge);
+        assert_eq!(parse_request(head, head.len() - 1), Request::TooLarge);
+    }
+
+    #[test]
+    fn too_many_header_lines_are_too_large_and_garbage_is_malformed() {
+        let mut head = b"GET / HTTP/1.1\r\n".to_vec();
+        for i in 0..=MAX_HEADERS {
+            head.extend_from_slice(format!("X-{i}: v\r\n").as_bytes());
+        }
+        head.extend_from_slice(b"\r\n");
+        assert_eq!(parse_request(&head, 8192), Request::TooLarge);
+        assert_eq!(
+            parse_request(b"\x16\x03\x01\x02\x00", 8192),
+            Request::Malformed
+        );
+        assert_eq!(parse_request(b"GET /\r\n\r\n", 8192), Request::Malformed);
+    }
+
+    #[test]
+    fn responses_keep_their_head_and_drop_the_body_for_head() {
+        assert_eq!(
+            response("200 OK", TEXT, "Live", true),
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 4\r\nConnection: close\r\n\r\nLive"
+        );
+        assert!(response("200 OK", TEXT, "Live", false)
+            .ends_with(b"Content-Length: 4\r\nConnection: close\r\n\r\n"));
+    }
+
+    #[test]
+    fn drops_are_rendered_by_reason() {
+        let mut dropped = DropCounts::default();
+        dropped.count(Dropped::Timeout);
+        dropped.count(Dropped::Timeout);
+        dropped.count(Dropped::MaxConnections);
+        let mut text = String::new();
+        render_dropped(&mut text, &dropped);
+        assert!(text.contains("# TYPE meshgate_health_dropped_total counter\n"));
+        assert!(text.contains("meshgate_health_dropped_total{reason=\"max_connections\"} 1\n"));
+        assert!(text.contains("meshgate_health_dropped_total{reason=\"request_too_large\"} 0\n"));
+        assert!(text.contains("meshgate_health_dropped_total{reason=\"timeout\"} 2\n"));
     }
 
     #[test]
