@@ -18,9 +18,10 @@ use support::*;
 const LOAD_CALLERS: usize = 20;
 
 /// The deadline of the test's calls: far beyond any QUIC draining period (three PTOs,
-/// milliseconds on loopback) and beyond every wait of these tests ([`PATIENCE`]). So a call
-/// is never answered `timeout` within a test, a gateway that let the call run to its deadline
-/// cannot pass, and the error asserted is the one the session's end produced.
+/// milliseconds on loopback, a few seconds at most behind the slow relay of [`FAR_ONE_WAY`])
+/// and beyond every wait of these tests ([`PATIENCE`]). So a call is never answered `timeout`
+/// within a test, a gateway that let the call run to its deadline cannot pass, and the error
+/// asserted is the one the session's end produced.
 const LONG_CALL_MS: u64 = 30_000;
 
 /// Sends CALL `procedure` with the long deadline.
@@ -130,7 +131,9 @@ async fn expect_end(raw: &mut Raw, reason: Reason, cause: &str, must_say: bool) 
 // =========================================================================================
 
 /// A provider on `provider_shard` holds a call of a caller on `caller_shard`, then closes its
-/// QUIC connection without DISCONNECT.
+/// QUIC connection without DISCONNECT. On loopback its connection's draining period is over
+/// within milliseconds, so this cannot tell a session ended when the close arrived from one
+/// ended when draining did; the far provider's test below can.
 async fn a_provider_quic_close(provider_shard: u16, caller_shard: u16) {
     let gw = Gateway::start(&[]);
     let load = Load::start(&gw, LOAD_CALLERS).await;
@@ -230,6 +233,98 @@ async fn a_caller_closing_its_quic_connection_with_a_call_in_flight_on_another_s
 async fn a_caller_closing_its_quic_connection_with_a_call_in_flight_on_its_providers_shard_gets_it_cancelled_with_caller_gone(
 ) {
     a_caller_quic_close(1, 1).await;
+}
+
+/// The delay the relay adds each way between a far provider and the gateway: a round trip of
+/// 300 ms, so the gateway's probe timeout (PTO) for that connection is a few hundred ms and its
+/// draining period (three PTOs, RFC 9000 10.2) about a second or more, where on loopback it
+/// is a few ms and over before anything can be observed. No assertion depends on it: it only
+/// makes the draining period outlast the steps below, which take a few loopback round trips.
+const FAR_ONE_WAY: Duration = Duration::from_millis(150);
+
+/// A provider behind a slow relay holds a call of a caller on its own shard, then closes its
+/// QUIC connection. A CALL that reaches the gateway after the close must find no provider,
+/// although the closed connection drains for a second or more: PROTOCOL.md 3.5 ends the
+/// session when the close arrives. A gateway that kept the session for the draining period
+/// routes that CALL to the gone provider, and answers it `provider_gone` when draining ends.
+///
+/// The runtime has one thread, so that nothing of quinn's runs between two statements
+/// without an `.await`: that is how the test knows which of the provider's datagrams carries
+/// its close (see below).
+#[tokio::test(flavor = "current_thread")]
+async fn a_call_sent_after_a_far_providers_quic_close_reached_the_gateway_finds_no_provider_while_its_connection_drains(
+) {
+    let gw = Gateway::start(&[]);
+    let load = Load::start(&gw, LOAD_CALLERS).await;
+    let (mut provider, relay, shard) = gw.raw_via_relay(FAR_ONE_WAY).await;
+    // The caller on the provider's shard: both use the same socket of the gateway.
+    let mut caller = gw.raw_on_shard(shard).await;
+    provider.register("far.op").await;
+    let held = Id::U(1);
+    call_long(&mut caller, "far.op", &held).await;
+    next_of(&mut provider, FrameType::Call, "the held call").await;
+    assert_gauges(&gw, &load, 2, 1, 1).await;
+
+    // After `close`, quinn sends nothing but CONNECTION_CLOSE, and no datagram can be made
+    // between these two statements (no `.await`, one thread): so the provider's datagram
+    // number `sent + 1` is its close, and the relay sends its datagrams on in order.
+    let sent = provider.conn.stats().udp_tx.datagrams;
+    provider.conn.close(0u32.into(), b"");
+    relay.wait_forwarded_to_gateway(sent + 1).await;
+    // The close is now in the receive queue of the gateway's socket for the shard (on
+    // loopback a datagram is queued at the receiver within the send). The caller's PING comes
+    // into the same queue behind it, and the shard reads its socket in order: its PONG says
+    // that the gateway has read the close. The CALL that follows is read later still. (The
+    // PING is needed: the gateway handles every datagram of one read of its socket before it
+    // ends the sessions whose connections closed in it, so a CALL read together with the
+    // close still reached the provider, in 2 of 10 runs without the PING.)
+    let mut replies: Vec<Replied> = caller.ping().await.iter().map(Frame::reply).collect();
+    let late = Id::U(2);
+    call_long(&mut caller, "far.op", &late).await;
+    while replies.len() < 2 {
+        let reply = next_of(&mut caller, FrameType::Reply, "the two calls")
+            .await
+            .reply();
+        replies.push(reply);
+    }
+    // Read right after the answers: the session had already ended.
+    let m = gw.metrics().await;
+    let outcome_of = |id: &Id| {
+        replies
+            .iter()
+            .find(|r| r.call_id.as_ref() == Some(id))
+            .unwrap_or_else(|| panic!("no REPLY to {id:?} in {replies:?}"))
+            .outcome
+            .clone()
+    };
+    assert_eq!(
+        outcome_of(&late),
+        Err("procedure_not_found".into()),
+        "a CALL read after the provider's close was routed to the closed session: the \
+         session outlived the close's arrival (replies: {replies:?})"
+    );
+    assert_eq!(
+        outcome_of(&held),
+        Err("provider_gone".into()),
+        "the held call (replies: {replies:?})"
+    );
+    assert_eq!(
+        m.get("meshgate_clients"),
+        load.sessions() + 1,
+        "sessions when the answers came: the load's and the caller"
+    );
+    assert_eq!(m.get("meshgate_registrations"), load.registrations());
+    assert!(caller.ping().await.is_empty(), "the caller goes on");
+    assert_gauges(&gw, &load, 1, 0, 0).await;
+    let m = gw.metrics().await;
+    assert_eq!(m.get("meshgate_calls_total{outcome=\"provider_gone\"}"), 1);
+    assert_eq!(
+        m.get("meshgate_calls_total{outcome=\"procedure_not_found\"}"),
+        1
+    );
+    assert_eq!(m.get("meshgate_calls_total{outcome=\"timeout\"}"), 0);
+    load.finish().await;
+    drop((provider, relay));
 }
 
 // =========================================================================================

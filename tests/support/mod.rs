@@ -304,6 +304,26 @@ impl Gateway {
         panic!("no raw session landed on shard {shard} in 64 tries");
     }
 
+    /// A raw session that reaches the gateway through a new relay holding each datagram for
+    /// `delay` each way ([`Relay::start_delayed`]), the relay, and the shard the session landed
+    /// on (the kernel picks it by the relay's address, which stays the same). The test must not
+    /// open or close other sessions meanwhile.
+    pub async fn raw_via_relay(&self, delay: Duration) -> (Raw, Relay, u16) {
+        for _ in 0..8 {
+            let before = self.clients_per_shard().await;
+            let relay = Relay::start_delayed(self.addr, delay).await;
+            let mut raw = Raw::connect(relay.addr, REALM, random_node()).await;
+            let after = self.clients_per_shard().await;
+            if let Some(landed) = landed(before, after) {
+                return (raw, relay, landed);
+            }
+            raw.leave().await;
+            relay.cut().await;
+            self.wait_clients(before).await;
+        }
+        panic!("no session through a relay was seen landing on a shard in 8 tries");
+    }
+
     async fn wait_clients(&self, want: [u64; 2]) {
         let deadline = Instant::now() + PATIENCE;
         while self.clients_per_shard().await != want {
@@ -1020,58 +1040,139 @@ impl Raw {
 }
 
 // -----------------------------------------------------------------------------------------
-// A UDP relay that can be cut: a client that vanishes without a word
+// A UDP relay: a client that vanishes without a word, or one far away
 // -----------------------------------------------------------------------------------------
 
 /// Forwards UDP datagrams between clients and a gateway: a client connects to [`Relay::addr`]
 /// and the gateway sees the relay's own socket. [`Relay::cut`] closes both sockets at once,
 /// so the client vanishes for the gateway without a close, a reset or any other word, while
 /// its QUIC connection object stays alive (dropping a quinn connection would close it).
+/// [`Relay::start_delayed`] holds every datagram for a fixed time in each direction, so that
+/// the client is far away for QUIC: a long round trip, hence long loss-detection timers and a
+/// long draining period. Datagrams leave in the order they came, either way.
 pub struct Relay {
     /// The address clients connect to.
     pub addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Datagrams of the client sent on to the gateway so far.
+    to_gateway: tokio::sync::watch::Receiver<u64>,
 }
 
+/// A datagram the relay holds, and when it is due to leave.
+type Held = (tokio::time::Instant, Vec<u8>);
+
 impl Relay {
-    /// A relay to `to`, for one client.
+    /// A relay to `to`, for one client, that forwards each datagram as soon as it comes.
     pub async fn start(to: SocketAddr) -> Relay {
-        let front = tokio::net::UdpSocket::bind("127.0.0.1:0")
-            .await
-            .expect("the relay's client-side socket");
-        let back = tokio::net::UdpSocket::bind("127.0.0.1:0")
-            .await
-            .expect("the relay's gateway-side socket");
+        Relay::start_delayed(to, Duration::ZERO).await
+    }
+
+    /// A relay to `to`, for one client, that forwards each datagram `delay` after it came, in
+    /// both directions.
+    pub async fn start_delayed(to: SocketAddr, delay: Duration) -> Relay {
+        let front = Arc::new(
+            tokio::net::UdpSocket::bind("127.0.0.1:0")
+                .await
+                .expect("the relay's client-side socket"),
+        );
+        let back = Arc::new(
+            tokio::net::UdpSocket::bind("127.0.0.1:0")
+                .await
+                .expect("the relay's gateway-side socket"),
+        );
         let addr = front.local_addr().expect("bound");
-        let task = tokio::spawn(async move {
-            let mut client: Option<SocketAddr> = None;
-            let mut up = vec![0u8; 65_536];
-            let mut down = vec![0u8; 65_536];
-            loop {
-                tokio::select! {
-                    r = front.recv_from(&mut up) => {
-                        if let Ok((n, from)) = r {
-                            client = Some(from);
-                            let _ = back.send_to(&up[..n], to).await;
-                        }
-                    }
-                    r = back.recv_from(&mut down) => {
-                        if let (Ok((n, from)), Some(client)) = (r, client) {
-                            if from == to {
-                                let _ = front.send_to(&down[..n], client).await;
-                            }
+        let client: Arc<Mutex<Option<SocketAddr>>> = Arc::new(Mutex::new(None));
+        let (counted, to_gateway) = tokio::sync::watch::channel(0u64);
+        let (up_tx, mut up_rx) = tokio::sync::mpsc::unbounded_channel::<Held>();
+        let (down_tx, mut down_rx) = tokio::sync::mpsc::unbounded_channel::<Held>();
+        let mut tasks = Vec::new();
+        // Client to gateway: take in, then send on when due.
+        tasks.push(tokio::spawn({
+            let (front, client) = (front.clone(), client.clone());
+            async move {
+                let mut buf = vec![0u8; 65_536];
+                loop {
+                    if let Ok((n, from)) = front.recv_from(&mut buf).await {
+                        *client.lock().unwrap() = Some(from);
+                        let due = tokio::time::Instant::now() + delay;
+                        if up_tx.send((due, buf[..n].to_vec())).is_err() {
+                            return;
                         }
                     }
                 }
             }
-        });
-        Relay { addr, task }
+        }));
+        tasks.push(tokio::spawn({
+            let back = back.clone();
+            async move {
+                while let Some((due, datagram)) = up_rx.recv().await {
+                    if !delay.is_zero() {
+                        tokio::time::sleep_until(due).await;
+                    }
+                    let _ = back.send_to(&datagram, to).await;
+                    counted.send_modify(|n| *n += 1);
+                }
+            }
+        }));
+        // Gateway to client.
+        tasks.push(tokio::spawn({
+            let back = back.clone();
+            async move {
+                let mut buf = vec![0u8; 65_536];
+                loop {
+                    if let Ok((n, from)) = back.recv_from(&mut buf).await {
+                        let due = tokio::time::Instant::now() + delay;
+                        if from == to && down_tx.send((due, buf[..n].to_vec())).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }));
+        tasks.push(tokio::spawn(async move {
+            while let Some((due, datagram)) = down_rx.recv().await {
+                if !delay.is_zero() {
+                    tokio::time::sleep_until(due).await;
+                }
+                let to_client = *client.lock().unwrap();
+                if let Some(to_client) = to_client {
+                    let _ = front.send_to(&datagram, to_client).await;
+                }
+            }
+        }));
+        Relay {
+            addr,
+            tasks,
+            to_gateway,
+        }
+    }
+
+    /// Waits until the relay has sent on to the gateway at least `n` datagrams of its client
+    /// (in the order the client sent them: the `n`th one is then in the gateway's socket).
+    pub async fn wait_forwarded_to_gateway(&self, n: u64) {
+        let mut counted = self.to_gateway.clone();
+        let waited = tokio::time::timeout(PATIENCE, async {
+            counted.wait_for(|&sent| sent >= n).await.is_ok()
+        })
+        .await;
+        match waited {
+            Ok(true) => {}
+            Ok(false) => panic!("the relay stopped before forwarding {n} datagrams"),
+            Err(_) => panic!(
+                "the relay forwarded {} datagrams to the gateway, not {n}, in {PATIENCE:?}",
+                *self.to_gateway.borrow()
+            ),
+        }
     }
 
     /// Closes both sockets: from now on nothing passes either way.
     pub async fn cut(self) {
-        self.task.abort();
-        let _ = self.task.await;
+        for task in &self.tasks {
+            task.abort();
+        }
+        for task in self.tasks {
+            let _ = task.await;
+        }
     }
 }
 
