@@ -535,6 +535,11 @@ impl Driver {
                 }
             }
             self.read_control(now, idx, key);
+            if self.conns.get(idx).is_some_and(|c| is_closing(&c.q)) {
+                // A CONNECTION_CLOSE (or a fatal error) ends the session at once: a datagram
+                // read next in this very batch no longer finds it.
+                self.detach(now, idx);
+            }
         }
         self.mark_dirty(idx);
     }
@@ -750,9 +755,7 @@ impl Driver {
                 self.remove(now, idx);
                 continue;
             }
-            if c.session.is_some()
-                && (c.q.is_draining() || c.q.peer_error().is_some() || c.q.local_error().is_some())
-            {
+            if c.session.is_some() && is_closing(&c.q) {
                 // Closing: the session ends now, not when the draining period does.
                 self.detach(now, idx);
             }
@@ -897,6 +900,11 @@ impl Driver {
             }
         }
     }
+}
+
+/// Whether the connection is closing or draining: no session lives on it any longer.
+fn is_closing(q: &quiche::Connection) -> bool {
+    q.is_draining() || q.peer_error().is_some() || q.local_error().is_some() || q.is_closed()
 }
 
 /// Milliseconds from `origin` to `at`, rounded up so that a timer never fires early.

@@ -74,20 +74,28 @@ async fn assert_gauges(gw: &Gateway, load: &Load, clients: u64, registrations: u
     load.resume();
 }
 
-/// Checks that a CALL of `procedure` finds no provider any more.
+/// Checks that a CALL of `procedure` finds no provider any more. The caller may sit on
+/// another shard than the session that ended, and each shard keeps its own copy of the
+/// registrations, updated by a message: a CALL that races that message is routed to the
+/// ended session and answered `provider_gone` at once, which is right too. What must never
+/// happen is a CALL held by a dead provider (no answer before its 30 s deadline) or a
+/// registration that stays: every answer comes at once, and `procedure_not_found` comes.
 async fn assert_not_found(caller: &mut Raw, procedure: &str, id: Id) {
-    call_long(caller, procedure, &id).await;
-    let reply = next_of(caller, FrameType::Reply, "a CALL after the session's end")
-        .await
-        .reply();
-    assert_eq!(
-        reply,
-        Replied {
-            call_id: Some(id),
-            outcome: Err("procedure_not_found".into())
-        },
-        "the ended session's registration is still routed to"
-    );
+    for _ in 0..50 {
+        call_long(caller, procedure, &id).await;
+        let reply = next_of(caller, FrameType::Reply, "a CALL after the session's end")
+            .await
+            .reply();
+        assert_eq!(reply.call_id, Some(id.clone()));
+        match reply.outcome {
+            Err(e) if e == "procedure_not_found" => return,
+            Err(e) if e == "provider_gone" => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => panic!("a CALL after the session's end was answered {other:?}"),
+        }
+    }
+    panic!("the ended session's registration is still routed to after 50 calls");
 }
 
 /// What the gateway does after the client's `cause`: it sends at most a DISCONNECT `reason`
