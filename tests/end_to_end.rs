@@ -1548,12 +1548,31 @@ async fn a_subscriber_that_never_reads_again_is_closed_with_slow_consumer() {
 async fn a_reply_to_a_caller_over_its_output_bound_is_not_dropped() {
     let gw = Gateway::start(&["--max-output", "65536"]);
     let provider = gw.client().await;
+    // The provider answers only once the caller is over its bound.
+    let release = std::sync::Arc::new(tokio::sync::Notify::new());
+    let held = release.clone();
     provider
-        .register("echo.op", |a| async move { Ok::<_, ProcedureError>(a) })
+        .register("echo.op", move |a| {
+            let held = held.clone();
+            async move {
+                held.notified().await;
+                Ok::<_, ProcedureError>(a)
+            }
+        })
         .await
         .expect("register");
     let mut caller = Raw::connect_with(gw.addr, REALM, random_node(), None, small_window()).await;
     caller.subscribe(&["flood.*"]).await;
+    // Sent while under the bound: the gateway reads no frame of a session over it.
+    caller
+        .write(&call_frame(
+            "echo.op",
+            &[0x2a],
+            Some(&Id::U(77)),
+            Some(30_000),
+        ))
+        .await;
+    gw.wait_metric("meshgate_pending_calls", |n| n == 1).await;
     let mut publisher = gw.raw().await;
     flood(&mut publisher, 400).await;
     let dropped = gw
@@ -1561,14 +1580,7 @@ async fn a_reply_to_a_caller_over_its_output_bound_is_not_dropped() {
             n > 0
         })
         .await;
-    caller
-        .write(&call_frame(
-            "echo.op",
-            &[0x2a],
-            Some(&Id::U(77)),
-            Some(5000),
-        ))
-        .await;
+    release.notify_one();
     gw.wait_metric("meshgate_calls_total{outcome=\"ok\"}", |n| n == 1)
         .await;
     // Still over its bound: publishes to it are dropped meanwhile.
