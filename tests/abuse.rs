@@ -228,3 +228,30 @@ async fn an_unvalidated_address_gets_at_most_three_times_what_it_sent() {
         "{received} bytes sent to an address that sent {sent} (over 3x)"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_subscribe_far_over_max_subscriptions_is_answered_with_one_error() {
+    // The shape measured before the fix: at the defaults, one SUBSCRIBE of 100,000 patterns
+    // from a client that reads nothing was answered with one ERROR per pattern (162 MiB).
+    let gw = Gateway::start(&[]);
+    let mut raw = gw.raw().await;
+    let rss_before = gw.metric("meshgate_resident_memory_bytes").await;
+    let patterns: Vec<String> = (0..100_000).map(|i| format!("p.{i}")).collect();
+    let list: Vec<&str> = patterns.iter().map(String::as_str).collect();
+    raw.write(&subscribe_frame(&list)).await;
+    let errors = raw.ping().await;
+    let queued_rss = gw.metric("meshgate_resident_memory_bytes").await;
+    eprintln!(
+        "100,000 patterns: {} frames before the PONG, resident memory {rss_before} -> {queued_rss}",
+        errors.len()
+    );
+    assert_eq!(errors.len(), 1, "one ERROR for the frame");
+    let error = errors[0].error();
+    assert_eq!(error.code, "too_many_subscriptions");
+    assert_eq!(
+        error.subject.as_deref(),
+        Some("p.1000"),
+        "the first refused"
+    );
+    assert_eq!(gw.metric("meshgate_subscriptions").await, 1_000);
+}
