@@ -432,16 +432,34 @@ impl Driver {
             self.accepted += 1;
         }
         let conn = match route {
-            Route::Ours(conn) => conn,
-            Route::Accept => match self.endpoint.accept(now.time, &hdr, from) {
-                Some(conn) => conn,
-                None => return,
-            },
+            Route::Ours(conn) => Some(conn),
+            Route::Accept => self.endpoint.accept(now.time, &hdr, from),
+            _ => {
+                self.divert(route, &hdr, buf, from, tx);
+                None
+            }
+        };
+        if let Some(conn) = conn {
+            self.on_packet(now.time, conn, buf, from);
+        }
+    }
+
+    /// Acts on a route that takes the datagram to no connection of this shard: forwards it,
+    /// keeps it for a later turn, answers it, or drops it.
+    fn divert(
+        &mut self,
+        route: Route,
+        hdr: &Header,
+        buf: &[u8],
+        from: SocketAddr,
+        tx: &mut BatchTx,
+    ) {
+        match route {
+            Route::Ours(_) | Route::Accept => {}
             Route::Forward(owner) => {
                 if !self.mailbox.forward(owner, buf, from) {
                     self.shard.count_drop(DropReason::InboxFull);
                 }
-                return;
             }
             Route::Defer => {
                 if self.deferred.len() < DEFERRED_INITIALS {
@@ -449,14 +467,12 @@ impl Driver {
                 } else {
                     self.shard.count_drop(DropReason::InitialBacklog);
                 }
-                return;
             }
             Route::Refuse => {
                 self.refused_handshakes += 1;
                 if let Some(len) = hdr.refusal(tx.next_slot()) {
                     tx.commit(len, from);
                 }
-                return;
             }
             Route::NegotiateVersion => {
                 if !tx.is_full() {
@@ -464,16 +480,13 @@ impl Driver {
                         tx.commit(len, from);
                     }
                 }
-                return;
             }
             Route::Drop(discard) => {
                 if let Some(reason) = discard.counted() {
                     self.shard.count_drop(reason);
                 }
-                return;
             }
-        };
-        self.on_packet(now.time, conn, buf, from);
+        }
     }
 
     /// Feeds a datagram to its connection; opens the connection's session when its handshake

@@ -167,3 +167,80 @@ impl Mailbox {
         &self.shared.bells[self.id.index()]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use meshgate_shard::{Config, Limits, NodeId, RealmConfig, SessionKey, Time};
+
+    use super::*;
+
+    fn shard(id: u16, shards: u16) -> Shard {
+        let config = Config {
+            shard: ShardId(id),
+            shards,
+            node_id: NodeId([0; 32]),
+            realms: vec![RealmConfig {
+                name: b"macula.test".to_vec().into(),
+                tokens: Vec::new(),
+            }],
+            limits: Limits::default(),
+            wall_clock_offset_ms: 0,
+            counts: Arc::default(),
+        };
+        Shard::new(config, Time::ZERO)
+    }
+
+    fn admitted(session: u64) -> ShardMsg {
+        ShardMsg::Admitted {
+            session: SessionKey::from_u64(session),
+        }
+    }
+
+    /// The sessions of the `Admitted` messages waiting in an inbox, in order.
+    fn admitted_in(inbox: &Receiver<Envelope>) -> Vec<u64> {
+        inbox
+            .try_iter()
+            .map(|e| match e.body {
+                Body::Shard(ShardMsg::Admitted { session }) => session.to_u64(),
+                _ => panic!("an Admitted message"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_outbox_moves_what_the_inbox_takes_in_order_and_keeps_the_rest() {
+        let (shared, inboxes) = Shared::new(3, 2);
+        let mut inboxes = inboxes.into_iter();
+        let mine = inboxes.next().expect("shard 0's inbox");
+        let (one, two) = (inboxes.next(), inboxes.next());
+        let (one, two) = (one.expect("shard 1's inbox"), two.expect("shard 2's inbox"));
+        let mailbox = Mailbox::new(ShardId(0), 3, mine, shared);
+        let mut s = shard(0, 3);
+        s.outbox(ShardId(1))
+            .extend([admitted(1), admitted(2), admitted(3)]);
+
+        mailbox.flush_outbox(&mut s);
+        assert_eq!(admitted_in(&one), [1, 2]);
+        assert_eq!(s.outbox(ShardId(1)).len(), 1, "the third waits for room");
+        assert!(two.is_empty());
+
+        mailbox.flush_outbox(&mut s);
+        assert_eq!(admitted_in(&one), [3]);
+        assert!(s.outbox(ShardId(1)).is_empty());
+    }
+
+    #[test]
+    fn a_datagram_forwarded_to_a_full_inbox_is_refused() {
+        let (shared, inboxes) = Shared::new(2, 1);
+        let mut inboxes = inboxes.into_iter();
+        let mine = inboxes.next().expect("shard 0's inbox");
+        let other = inboxes.next().expect("shard 1's inbox");
+        let mailbox = Mailbox::new(ShardId(0), 2, mine, shared);
+        let from = "127.0.0.1:5555".parse().expect("an address");
+        assert!(mailbox.forward(ShardId(1), b"first", from));
+        assert!(!mailbox.forward(ShardId(1), b"second", from));
+        let envelope = other.try_recv().expect("the first datagram");
+        assert_eq!(envelope.from, ShardId(0));
+        assert!(matches!(envelope.body, Body::Datagram { data, .. } if &*data == b"first"));
+    }
+}
