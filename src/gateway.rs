@@ -10,8 +10,9 @@ use glommio::{LocalExecutorBuilder, Placement};
 use meshgate_shard::{Config, GatewayCounts, Limits, NodeId, RealmConfig, Shard, ShardId, Time};
 
 use crate::cli::ServeArgs;
-use crate::driver::{Body, Envelope, ShardStart, Shared};
+use crate::driver::ShardStart;
 use crate::health::{HealthSource, ShardReport};
+use crate::mailbox::{Body, Envelope, Shared};
 use crate::tls::Identity;
 
 /// io_uring registered-buffer memory per executor. The gateway does no file IO, and glommio's

@@ -1,0 +1,860 @@
+//! One shard's QUIC endpoint: its quiche connections, the connection-ID maps that find them,
+//! and every call into quiche.
+//!
+//! The driver hands a received datagram's [`Header`] to [`Endpoint::route`], which says what to
+//! do with it as data (a [`Route`], after quinn-proto's `Endpoint::handle` and its
+//! `DatagramEvent`): hand it to a connection of this shard, forward it to the shard its
+//! connection ID names, accept a new connection, refuse one, and so on. The decision itself is
+//! [`route`], a pure function tested below without sockets. Everything else quiche does for the
+//! driver goes through the methods of [`Endpoint`] and [`Conn`], where quiche's "nothing more"
+//! (`Error::Done`) becomes `None`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ahash::AHashMap;
+use arrayvec::ArrayVec;
+use meshgate_shard::metrics::DropReason;
+use meshgate_shard::wheel::TimerKey;
+use meshgate_shard::wire::Reason;
+use meshgate_shard::{GatewayCounts, SessionKey, ShardId, Time};
+use slab::Slab;
+
+/// Length of the connection IDs the gateway chooses; byte 0 is the owning shard.
+pub const CID_LEN: usize = 16;
+type Cid = [u8; CID_LEN];
+/// Connection IDs a connection holds at once: its first one, and those issued to replace the
+/// ones the client retires (a client moving to a new address switches to a fresh one).
+const MAX_CIDS: usize = 4;
+/// The one bidirectional stream a client opens.
+const CONTROL_STREAM: u64 = 0;
+/// The smallest datagram that may carry a client's Initial (RFC 9000 14.1).
+const MIN_INITIAL_DATAGRAM: usize = 1200;
+
+/// A connection of an [`Endpoint`]. Handles are reused once their connection is removed; the
+/// driver holds one only while the connection lives (its timer is cancelled on removal, and a
+/// session's handle is looked up through [`Endpoint::conn_of`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnHandle(usize);
+
+impl ConnHandle {
+    /// The token the shard's timer wheel carries for this connection's timer: the one place
+    /// where a handle crosses into the core, and comes back by [`ConnHandle::from_token`].
+    pub fn token(self) -> u64 {
+        self.0 as u64
+    }
+
+    pub fn from_token(token: u64) -> ConnHandle {
+        ConnHandle(token as usize)
+    }
+}
+
+/// The first packet header of a received datagram, as routing reads it.
+pub struct Header {
+    hdr: quiche::Header<'static>,
+    /// The length of the whole datagram.
+    len: usize,
+}
+
+impl Header {
+    /// The header of `datagram`'s first packet; `None` when it is no QUIC packet.
+    pub fn parse(datagram: &mut [u8]) -> Option<Header> {
+        let len = datagram.len();
+        let hdr = quiche::Header::from_slice(datagram, CID_LEN).ok()?;
+        Some(Header { hdr, len })
+    }
+
+    fn is_initial(&self) -> bool {
+        self.hdr.ty == quiche::Type::Initial
+    }
+
+    fn dcid(&self) -> &[u8] {
+        &self.hdr.dcid
+    }
+
+    /// Writes into `out` the Version Negotiation packet that answers this header; returns its
+    /// length.
+    pub fn negotiate_version(&self, out: &mut [u8]) -> Option<usize> {
+        quiche::negotiate_version(&self.hdr.scid, &self.hdr.dcid, out).ok()
+    }
+
+    /// Writes into `out` the Initial that refuses the connection this header opens; returns
+    /// its length (see [`crate::refuse`]).
+    pub fn refusal(&self, out: &mut [u8]) -> Option<usize> {
+        crate::refuse::connection_refused(&self.hdr, out)
+    }
+}
+
+/// What the shard knows of a datagram beyond its header.
+#[derive(Clone, Copy, Debug)]
+pub struct Arrival {
+    /// Another shard forwarded it here: it is never forwarded again.
+    pub forwarded: bool,
+    /// Connections the turn may still accept.
+    pub accepts_left: usize,
+    /// The shard is stopping and accepts no connection.
+    pub stopping: bool,
+}
+
+/// What to do with a received datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Route {
+    /// Hand it to this connection of the shard.
+    Ours(ConnHandle),
+    /// Post it to the shard that owns its connection, named by its connection ID's byte 0.
+    Forward(ShardId),
+    /// An Initial over the turn's accept budget: keep it for a later turn.
+    Defer,
+    /// An Initial that opens a connection: a unit of the gateway's handshake count is taken
+    /// for it; [`Endpoint::accept`] makes the connection.
+    Accept,
+    /// An Initial over the gateway's handshake limit: answer with CONNECTION_REFUSED.
+    Refuse,
+    /// An Initial in a version quiche does not speak: answer with Version Negotiation.
+    NegotiateVersion,
+    /// Drop it.
+    Drop(Discard),
+}
+
+impl Route {
+    /// Whether the datagram took one of the turn's accepts: every Initial past the accept
+    /// budget's check does, whether or not a connection follows.
+    pub fn spends_accept(self) -> bool {
+        matches!(
+            self,
+            Route::Accept
+                | Route::Refuse
+                | Route::NegotiateVersion
+                | Route::Drop(Discard::Stopping)
+        )
+    }
+}
+
+/// Why a datagram is dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Discard {
+    /// An Initial in a datagram under 1,200 bytes (RFC 9000 14.1): a client pads every
+    /// datagram with an Initial to that size, and a shorter one is discarded, which also keeps
+    /// the answer to an unvalidated address small.
+    ShortInitial,
+    /// A packet for no connection of this shard nor of another.
+    Stray,
+    /// An Initial while the shard is stopping.
+    Stopping,
+}
+
+impl Discard {
+    /// The counter of `/metrics` the drop is counted in, if any: drops at a limit are,
+    /// stray packets are not.
+    pub fn counted(self) -> Option<DropReason> {
+        match self {
+            Discard::ShortInitial => Some(DropReason::ShortInitial),
+            Discard::Stray | Discard::Stopping => None,
+        }
+    }
+}
+
+/// Where a datagram goes, from its header, the connection of this shard its destination
+/// connection ID names (`known`), and the shard's circumstances. `take_handshake` takes a unit
+/// of the gateway's handshake count; it is called only for an Initial the shard would
+/// otherwise accept.
+pub fn route(
+    hdr: &Header,
+    known: Option<ConnHandle>,
+    here: ShardId,
+    shards: u16,
+    arrival: Arrival,
+    take_handshake: impl FnOnce() -> bool,
+) -> Route {
+    if hdr.is_initial() && hdr.len < MIN_INITIAL_DATAGRAM {
+        return Route::Drop(Discard::ShortInitial);
+    }
+    if let Some(conn) = known {
+        return Route::Ours(conn);
+    }
+    if !hdr.is_initial() {
+        // A connection ID the gateway chose names its shard in byte 0.
+        let dcid = hdr.dcid();
+        if dcid.len() == CID_LEN && !arrival.forwarded {
+            let owner = ShardId(u16::from(dcid[0]));
+            if owner != here && owner.0 < shards {
+                return Route::Forward(owner);
+            }
+        }
+        return Route::Drop(Discard::Stray);
+    }
+    if arrival.accepts_left == 0 {
+        return Route::Defer;
+    }
+    if arrival.stopping {
+        return Route::Drop(Discard::Stopping);
+    }
+    if !quiche::version_is_supported(hdr.hdr.version) {
+        return Route::NegotiateVersion;
+    }
+    if !take_handshake() {
+        return Route::Refuse;
+    }
+    Route::Accept
+}
+
+/// quiche failed a call on a connection.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct QuicError(quiche::Error);
+
+/// What reading the control stream gave.
+#[derive(Debug)]
+pub enum Read {
+    /// `len` bytes, the stream's last if `fin`.
+    Data { len: usize, fin: bool },
+    /// The client reset the stream.
+    Reset,
+    /// quiche failed to read it.
+    Failed(QuicError),
+}
+
+/// What writing to the control stream did.
+#[derive(Debug)]
+pub enum Write {
+    /// The stream took this many bytes (maybe fewer than offered: the rest waits for room).
+    Sent(usize),
+    /// The stream cannot carry output: the client never opened it, or asked the gateway to
+    /// stop sending on it.
+    Unsendable,
+    /// quiche failed; the connection is closed.
+    Failed(QuicError),
+}
+
+/// A connection: quiche's state, the connection IDs that find it, and the driver's
+/// bookkeeping.
+pub struct Conn {
+    /// Boxed: a quiche connection is several KiB, and the slab's spare capacity and the
+    /// copies its growth makes would otherwise be in those units.
+    q: Box<quiche::Connection>,
+    /// The connection IDs the gateway issued that are still in use; the first is the one the
+    /// connection was accepted with.
+    scids: ArrayVec<Cid, MAX_CIDS>,
+    /// The connection ID the client chose for its first packets.
+    odcid: Vec<u8>,
+    session: Option<SessionKey>,
+    /// Holds a unit of the gateway's handshake count: accepted, no session yet.
+    handshaking: bool,
+    /// The shard took no more input when the control stream was last read.
+    pub input_paused: bool,
+    /// When a packet from the client was last processed: the idle timeout counts from here,
+    /// whatever the gateway sends meanwhile.
+    pub heard: Time,
+    /// The connection's timer in the shard's wheel.
+    pub timer: Option<TimerKey>,
+    /// The shard ended the session: close once its last output is sent, or at the instant
+    /// given, whichever comes first.
+    pub close_after_flush: Option<(Reason, Instant)>,
+    /// In the driver's list of connections to flush.
+    pub dirty: bool,
+    /// Output is waiting for stream capacity.
+    pub blocked: bool,
+}
+
+impl Conn {
+    /// The session on the connection, from its handshake's end until it is detached.
+    pub fn session(&self) -> Option<SessionKey> {
+        self.session
+    }
+
+    /// Whether the connection is closing or draining: no session lives on it any longer.
+    pub fn is_closing(&self) -> bool {
+        let q = &self.q;
+        q.is_draining() || q.peer_error().is_some() || q.local_error().is_some() || q.is_closed()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.q.is_closed()
+    }
+
+    /// Whether the gateway has closed the connection (its CONNECTION_CLOSE is sent or queued),
+    /// or it is gone.
+    pub fn close_sent(&self) -> bool {
+        self.q.local_error().is_some() || self.q.is_closed()
+    }
+
+    /// Closes the connection with an application (`app`) or transport error code.
+    pub fn close(&mut self, app: bool, code: u64, reason: &[u8]) {
+        // An error means the connection is closed already.
+        let _ = self.q.close(app, code, reason);
+    }
+
+    /// When quiche's timer fires next.
+    pub fn timeout(&self) -> Option<Instant> {
+        self.q.timeout_instant()
+    }
+
+    /// quiche's timer fired.
+    pub fn on_timeout(&mut self) {
+        self.q.on_timeout();
+    }
+
+    /// Stops reading every stream but the control stream: a client opens no other.
+    pub fn shut_other_streams(&mut self) {
+        for stream in self.q.readable() {
+            if stream != CONTROL_STREAM {
+                let _ = self.q.stream_shutdown(stream, quiche::Shutdown::Read, 0);
+            }
+        }
+    }
+
+    /// Whether the control stream has bytes (or its end) to read.
+    pub fn control_readable(&self) -> bool {
+        self.q.stream_readable(CONTROL_STREAM)
+    }
+
+    /// Reads the control stream into `buf`; `None` when nothing is left to read.
+    pub fn read_control(&mut self, buf: &mut [u8]) -> Option<Read> {
+        match self.q.stream_recv(CONTROL_STREAM, buf) {
+            Ok((len, fin)) => Some(Read::Data { len, fin }),
+            Err(quiche::Error::Done) => None,
+            Err(quiche::Error::StreamReset(_)) => Some(Read::Reset),
+            Err(e) => Some(Read::Failed(QuicError(e))),
+        }
+    }
+
+    /// Whether the client asked the gateway to stop sending on the control stream
+    /// (STOP_SENDING).
+    pub fn control_stopped(&mut self) -> bool {
+        matches!(
+            self.q.stream_capacity(CONTROL_STREAM),
+            Err(quiche::Error::StreamStopped(_))
+        )
+    }
+
+    /// Writes `data` to the control stream; `None` when the stream has no room.
+    pub fn write_control(&mut self, data: &[u8]) -> Option<Write> {
+        match self.q.stream_send(CONTROL_STREAM, data, false) {
+            Ok(n) => Some(Write::Sent(n)),
+            Err(quiche::Error::Done) => None,
+            Err(quiche::Error::InvalidStreamState(_) | quiche::Error::StreamStopped(_)) => {
+                Some(Write::Unsendable)
+            }
+            Err(e) => {
+                self.close(false, 0x1, b"stream error");
+                Some(Write::Failed(QuicError(e)))
+            }
+        }
+    }
+
+    /// Writes the connection's next packet into `out`; returns its length and destination,
+    /// `None` when nothing is ready. A failure closes the connection.
+    pub fn send(&mut self, out: &mut [u8]) -> Result<Option<(usize, SocketAddr)>, QuicError> {
+        match self.q.send(out) {
+            Ok((len, info)) => Ok(Some((len, info.to))),
+            Err(quiche::Error::Done) => Ok(None),
+            Err(e) => {
+                self.close(false, 0x1, b"internal error");
+                Err(QuicError(e))
+            }
+        }
+    }
+}
+
+/// The QUIC connections of one shard, and the maps that find them: by a connection ID the
+/// gateway issued, by the client's first connection ID (until the handshake ends), and by
+/// session.
+pub struct Endpoint {
+    id: ShardId,
+    shards: u16,
+    quic: quiche::Config,
+    local: SocketAddr,
+    conns: Slab<Conn>,
+    by_cid: AHashMap<Cid, ConnHandle>,
+    by_odcid: AHashMap<Vec<u8>, ConnHandle>,
+    /// The connection of each session, indexed by `SessionKey::index`.
+    by_session: Vec<Option<ConnHandle>>,
+    counts: Arc<GatewayCounts>,
+    /// `--max-handshakes`, counted for the whole gateway in `counts`.
+    max_handshakes: usize,
+    /// Connections of this shard in their handshake.
+    handshakes: usize,
+}
+
+impl Endpoint {
+    pub fn new(
+        id: ShardId,
+        shards: u16,
+        quic: quiche::Config,
+        local: SocketAddr,
+        counts: Arc<GatewayCounts>,
+        max_handshakes: usize,
+    ) -> Endpoint {
+        Endpoint {
+            id,
+            shards,
+            quic,
+            local,
+            conns: Slab::new(),
+            by_cid: AHashMap::new(),
+            by_odcid: AHashMap::new(),
+            by_session: Vec::new(),
+            counts,
+            max_handshakes,
+            handshakes: 0,
+        }
+    }
+
+    /// Where a datagram goes (see [`route`]); takes a unit of the gateway's handshake count
+    /// when it is [`Route::Accept`].
+    pub fn route(&self, hdr: &Header, arrival: Arrival) -> Route {
+        let known = self.lookup(hdr.dcid());
+        route(hdr, known, self.id, self.shards, arrival, || {
+            self.counts.handshakes.try_take(self.max_handshakes)
+        })
+    }
+
+    /// A new connection for the Initial `hdr` from `from`, after [`Route::Accept`]; when none
+    /// can be made, the handshake unit taken for it is given back.
+    pub fn accept(&mut self, now: Time, hdr: &Header, from: SocketAddr) -> Option<ConnHandle> {
+        let Some(scid) = self.fresh_cid() else {
+            self.counts.handshakes.give_back();
+            return None;
+        };
+        let q = match quiche::accept(
+            &quiche::ConnectionId::from_ref(&scid),
+            None,
+            self.local,
+            from,
+            &mut self.quic,
+        ) {
+            Ok(q) => Box::new(q),
+            Err(e) => {
+                log::debug!("shard {}: accept failed: {e}", self.id.0);
+                self.counts.handshakes.give_back();
+                return None;
+            }
+        };
+        let mut scids = ArrayVec::new();
+        scids.push(scid);
+        let conn = ConnHandle(self.conns.insert(Conn {
+            q,
+            scids,
+            odcid: hdr.dcid().to_vec(),
+            session: None,
+            handshaking: true,
+            input_paused: false,
+            heard: now,
+            timer: None,
+            close_after_flush: None,
+            dirty: false,
+            blocked: false,
+        }));
+        self.by_cid.insert(scid, conn);
+        self.by_odcid.insert(hdr.dcid().to_vec(), conn);
+        self.handshakes += 1;
+        Some(conn)
+    }
+
+    pub fn get(&self, conn: ConnHandle) -> Option<&Conn> {
+        self.conns.get(conn.0)
+    }
+
+    pub fn get_mut(&mut self, conn: ConnHandle) -> Option<&mut Conn> {
+        self.conns.get_mut(conn.0)
+    }
+
+    /// Every connection.
+    pub fn iter(&self) -> impl Iterator<Item = (ConnHandle, &Conn)> {
+        self.conns.iter().map(|(i, c)| (ConnHandle(i), c))
+    }
+
+    /// The connection of a session.
+    pub fn conn_of(&self, key: SessionKey) -> Option<ConnHandle> {
+        let conn = (*self.by_session.get(key.index())?)?;
+        (self.get(conn)?.session == Some(key)).then_some(conn)
+    }
+
+    /// Connections of this shard in their handshake.
+    pub fn handshakes(&self) -> usize {
+        self.handshakes
+    }
+
+    /// Feeds a datagram to a connection; a packet that is undecryptable or stray is dropped,
+    /// and a fatal error closes the connection, which its next flush notices. Notes when the
+    /// client was heard from. False when there is no such connection.
+    pub fn recv(&mut self, now: Time, conn: ConnHandle, buf: &mut [u8], from: SocketAddr) -> bool {
+        let to = self.local;
+        let Some(c) = self.conns.get_mut(conn.0) else {
+            return false;
+        };
+        if c.q.recv(buf, quiche::RecvInfo { from, to }).is_ok() {
+            c.heard = now;
+        }
+        true
+    }
+
+    /// Whether the connection's handshake has ended and it has no session yet.
+    pub fn needs_session(&self, conn: ConnHandle) -> bool {
+        self.get(conn)
+            .is_some_and(|c| c.handshaking && c.q.is_established())
+    }
+
+    /// Puts a session on a connection whose handshake ended: the session takes the
+    /// connection's place in the gateway's handshake count until its CONNECT is admitted.
+    pub fn attach(&mut self, conn: ConnHandle, key: SessionKey) {
+        let Some(c) = self.conns.get_mut(conn.0) else {
+            return;
+        };
+        self.counts.handshakes.give_back();
+        self.handshakes = self.handshakes.saturating_sub(1);
+        c.handshaking = false;
+        c.session = Some(key);
+        if self.by_session.len() <= key.index() {
+            self.by_session.resize(key.index() + 1, None);
+        }
+        self.by_session[key.index()] = Some(conn);
+        // The client switched to the gateway's connection ID when it first heard back, before
+        // the handshake could end: its own is no longer needed to find this one.
+        self.by_odcid.remove(&c.odcid);
+        c.odcid = Vec::new();
+    }
+
+    /// Takes the connection's session, if it still has one; the connection itself may stay
+    /// for its draining period.
+    pub fn detach(&mut self, conn: ConnHandle) -> Option<SessionKey> {
+        let key = self.conns.get_mut(conn.0)?.session.take()?;
+        if let Some(slot) = self.by_session.get_mut(key.index()) {
+            *slot = None;
+        }
+        Some(key)
+    }
+
+    /// Forgets a connection (detached first) and its connection IDs, and gives back its
+    /// handshake unit if it holds one; returns its timer, to cancel.
+    pub fn remove(&mut self, conn: ConnHandle) -> Option<TimerKey> {
+        let c = self.conns.try_remove(conn.0)?;
+        debug_assert!(
+            c.session.is_none(),
+            "a connection is detached before it is removed"
+        );
+        for scid in &c.scids {
+            self.by_cid.remove(scid);
+        }
+        self.by_odcid.remove(&c.odcid);
+        if c.handshaking {
+            self.handshakes = self.handshakes.saturating_sub(1);
+            self.counts.handshakes.give_back();
+        }
+        c.timer
+    }
+
+    /// Whether every connection has sent its CONNECTION_CLOSE (or is gone).
+    pub fn all_closes_sent(&self) -> bool {
+        self.conns.iter().all(|(_, c)| c.close_sent())
+    }
+
+    /// Forgets the connection IDs the client retired and issues fresh ones while it can take
+    /// more, so that a client can move to a new address again and again (each move uses an
+    /// unused ID). Drains quiche's path events, which nothing else reads.
+    pub fn refresh_cids(&mut self, conn: ConnHandle) {
+        let Some(c) = self.conns.get_mut(conn.0) else {
+            return;
+        };
+        while let Some(retired) = c.q.retired_scid_next() {
+            if let Ok(cid) = Cid::try_from(retired.as_ref()) {
+                self.by_cid.remove(&cid);
+                c.scids.retain(|s| *s != cid);
+            }
+        }
+        while c.q.path_event_next().is_some() {}
+        loop {
+            let c = &self.conns[conn.0];
+            let open = c.q.is_established() && c.q.local_error().is_none();
+            if !open || c.q.peer_error().is_some() || c.q.scids_left() == 0 || c.scids.is_full() {
+                return;
+            }
+            let mut token = [0u8; 16];
+            let Some(cid) = self.fresh_cid() else { return };
+            if getrandom::getrandom(&mut token).is_err() {
+                return;
+            }
+            let c = &mut self.conns[conn.0];
+            let cid_ref = quiche::ConnectionId::from_ref(&cid);
+            if c.q
+                .new_scid(&cid_ref, u128::from_ne_bytes(token), false)
+                .is_err()
+            {
+                return;
+            }
+            c.scids.push(cid);
+            self.by_cid.insert(cid, conn);
+        }
+    }
+
+    /// The connection a destination connection ID names: one the gateway issued, or the one
+    /// a client chose for its first packets.
+    fn lookup(&self, dcid: &[u8]) -> Option<ConnHandle> {
+        <&Cid>::try_from(dcid)
+            .ok()
+            .and_then(|c| self.by_cid.get(c))
+            .or_else(|| self.by_odcid.get(dcid))
+            .copied()
+    }
+
+    /// A new connection ID of this shard (byte 0 names it), unused so far.
+    fn fresh_cid(&self) -> Option<Cid> {
+        let mut cid: Cid = [0; CID_LEN];
+        getrandom::getrandom(&mut cid).ok()?;
+        cid[0] = self.id.0 as u8;
+        (!self.by_cid.contains_key(&cid)).then_some(cid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VERSION_1: u32 = 1;
+    const HERE: ShardId = ShardId(1);
+    const SHARDS: u16 = 4;
+
+    /// A long-header Initial in a datagram of `len` bytes.
+    fn initial(version: u32, dcid: &[u8], len: usize) -> Header {
+        let mut p = vec![0xc0];
+        p.extend(version.to_be_bytes());
+        p.push(dcid.len() as u8);
+        p.extend(dcid);
+        p.push(4);
+        p.extend([0xaa, 0xbb, 0xcc, 0xdd]);
+        p.push(0); // token length
+        p.resize(len.max(p.len()), 0);
+        p.truncate(len);
+        Header::parse(&mut p).expect("an Initial header")
+    }
+
+    /// A short-header packet to `dcid`.
+    fn short(dcid: &Cid) -> Header {
+        let mut p = vec![0x40];
+        p.extend(dcid);
+        p.resize(64, 0);
+        Header::parse(&mut p).expect("a short header")
+    }
+
+    /// A long-header Handshake packet to `dcid`.
+    fn handshake(dcid: &[u8]) -> Header {
+        let mut p = vec![0xe0];
+        p.extend(VERSION_1.to_be_bytes());
+        p.push(dcid.len() as u8);
+        p.extend(dcid);
+        p.push(0);
+        p.resize(64, 0);
+        Header::parse(&mut p).expect("a Handshake header")
+    }
+
+    fn cid_of(shard: u8) -> Cid {
+        let mut cid = [7u8; CID_LEN];
+        cid[0] = shard;
+        cid
+    }
+
+    fn arrival() -> Arrival {
+        Arrival {
+            forwarded: false,
+            accepts_left: 8,
+            stopping: false,
+        }
+    }
+
+    /// The route of a datagram that must not take a handshake unit.
+    fn routed(hdr: &Header, known: Option<ConnHandle>, arrival: Arrival) -> Route {
+        route(hdr, known, HERE, SHARDS, arrival, || {
+            panic!("the handshake count is not asked for this datagram")
+        })
+    }
+
+    /// The route of a new connection's Initial, with a handshake unit to take or not.
+    fn decide(hdr: &Header, slot: bool) -> Route {
+        route(hdr, None, HERE, SHARDS, arrival(), || slot)
+    }
+
+    #[test]
+    fn a_packet_for_a_known_connection_is_ours() {
+        let conn = ConnHandle(3);
+        let known = Some(conn);
+        let r = routed(&short(&cid_of(1)), known, arrival());
+        assert_eq!(r, Route::Ours(conn));
+        let r = routed(&initial(VERSION_1, b"odcid", 1200), known, arrival());
+        assert_eq!(r, Route::Ours(conn), "a client repeating its Initial");
+    }
+
+    #[test]
+    fn an_initial_under_1200_bytes_is_dropped_and_counted_even_for_a_known_connection() {
+        for known in [None, Some(ConnHandle(0))] {
+            let r = routed(&initial(VERSION_1, b"odcid", 1199), known, arrival());
+            assert_eq!(r, Route::Drop(Discard::ShortInitial));
+        }
+        assert_eq!(
+            Discard::ShortInitial.counted(),
+            Some(DropReason::ShortInitial)
+        );
+        assert!(!Route::Drop(Discard::ShortInitial).spends_accept());
+    }
+
+    #[test]
+    fn an_unknown_connection_id_of_another_shard_is_forwarded_to_it() {
+        let r = routed(&short(&cid_of(3)), None, arrival());
+        assert_eq!(r, Route::Forward(ShardId(3)));
+        let r = routed(&handshake(&cid_of(0)), None, arrival());
+        assert_eq!(r, Route::Forward(ShardId(0)));
+    }
+
+    #[test]
+    fn a_packet_no_shard_owns_is_dropped_uncounted() {
+        let forwarded = Arrival {
+            forwarded: true,
+            ..arrival()
+        };
+        let stray = [
+            // Names this shard, which does not know it.
+            (short(&cid_of(1)), arrival()),
+            // Names a shard the gateway does not have.
+            (short(&cid_of(4)), arrival()),
+            // Forwarded once already.
+            (short(&cid_of(3)), forwarded),
+            // Not a connection ID the gateway chose.
+            (handshake(b"eight..."), arrival()),
+        ];
+        for (hdr, arrival) in stray {
+            let r = routed(&hdr, None, arrival);
+            assert_eq!(r, Route::Drop(Discard::Stray));
+            assert_eq!(Discard::Stray.counted(), None);
+            assert!(!r.spends_accept());
+        }
+    }
+
+    #[test]
+    fn an_initial_past_the_accept_budget_is_deferred_without_taking_a_handshake() {
+        let spent = Arrival {
+            accepts_left: 0,
+            stopping: true,
+            ..arrival()
+        };
+        let r = routed(&initial(VERSION_1, b"odcid", 1200), None, spent);
+        assert_eq!(r, Route::Defer);
+        assert!(!r.spends_accept());
+    }
+
+    #[test]
+    fn an_initial_to_a_stopping_shard_is_dropped_and_spends_an_accept() {
+        let stopping = Arrival {
+            stopping: true,
+            ..arrival()
+        };
+        let r = routed(&initial(VERSION_1, b"odcid", 1200), None, stopping);
+        assert_eq!(r, Route::Drop(Discard::Stopping));
+        assert_eq!(Discard::Stopping.counted(), None);
+        assert!(r.spends_accept());
+    }
+
+    #[test]
+    fn an_initial_in_an_unknown_version_gets_version_negotiation() {
+        let hdr = initial(0x1a2a_3a4a, b"odcid", 1200);
+        let r = routed(&hdr, None, arrival());
+        assert_eq!(r, Route::NegotiateVersion);
+        assert!(r.spends_accept());
+        let mut out = [0u8; 1500];
+        let len = hdr
+            .negotiate_version(&mut out)
+            .expect("a Version Negotiation packet");
+        assert_eq!(
+            &out[1..5],
+            &[0, 0, 0, 0],
+            "version 0 marks Version Negotiation"
+        );
+        assert!(len > 5);
+    }
+
+    #[test]
+    fn an_initial_over_the_handshake_limit_is_refused_and_one_under_it_accepted() {
+        let hdr = initial(VERSION_1, b"odcid", 1200);
+        let r = decide(&hdr, false);
+        assert_eq!(r, Route::Refuse);
+        assert!(r.spends_accept());
+        let mut out = [0u8; 1500];
+        assert!(hdr.refusal(&mut out).is_some());
+        let r = decide(&hdr, true);
+        assert_eq!(r, Route::Accept);
+        assert!(r.spends_accept());
+    }
+
+    #[test]
+    fn a_handle_survives_the_trip_through_the_timer_wheel() {
+        let conn = ConnHandle(12345);
+        assert_eq!(ConnHandle::from_token(conn.token()), conn);
+    }
+
+    /// An endpoint of a gateway that allows one handshake, and the connection it accepted
+    /// for the Initial `hello`.
+    fn one_accepted(hello: &Header) -> (Endpoint, Arc<GatewayCounts>, ConnHandle) {
+        let counts = Arc::new(GatewayCounts::default());
+        let quic = quiche::Config::new(quiche::PROTOCOL_VERSION).expect("a QUIC configuration");
+        let local = "127.0.0.1:4433".parse().expect("an address");
+        let mut ep = Endpoint::new(HERE, SHARDS, quic, local, counts.clone(), 1);
+        assert_eq!(ep.route(hello, arrival()), Route::Accept);
+        let from = "127.0.0.1:5555".parse().expect("an address");
+        let conn = ep.accept(Time::ZERO, hello, from).expect("a connection");
+        (ep, counts, conn)
+    }
+
+    #[test]
+    fn an_accepted_connection_is_found_by_both_its_connection_ids_until_removed() {
+        let hello = initial(VERSION_1, b"client-chosen", 1200);
+        let (mut ep, counts, conn) = one_accepted(&hello);
+        assert_eq!(counts.handshakes.get(), 1);
+        assert_eq!(
+            ep.route(&initial(VERSION_1, b"another", 1200), arrival()),
+            Route::Refuse
+        );
+        assert_eq!(ep.handshakes(), 1);
+        let issued = ep.get(conn).expect("the connection").scids[0];
+        assert_eq!(issued[0], HERE.0 as u8, "byte 0 names the shard");
+        assert_eq!(ep.route(&hello, arrival()), Route::Ours(conn));
+        assert_eq!(ep.route(&short(&issued), arrival()), Route::Ours(conn));
+
+        assert_eq!(ep.remove(conn), None);
+        assert_eq!(
+            counts.handshakes.get(),
+            0,
+            "the handshake unit is given back"
+        );
+        assert_eq!(ep.handshakes(), 0);
+        assert_eq!(
+            ep.route(&short(&issued), arrival()),
+            Route::Drop(Discard::Stray)
+        );
+        assert_eq!(ep.route(&hello, arrival()), Route::Accept);
+    }
+
+    #[test]
+    fn a_session_takes_its_connections_handshake_unit_and_is_found_until_detached() {
+        let (mut ep, counts, conn) = one_accepted(&initial(VERSION_1, b"client-chosen", 1200));
+        let key = SessionKey::from_u64(7);
+        ep.attach(conn, key);
+        assert_eq!(counts.handshakes.get(), 0);
+        assert_eq!(ep.handshakes(), 0);
+        assert_eq!(ep.conn_of(key), Some(conn));
+        assert_eq!(
+            ep.conn_of(SessionKey::from_u64(7 | 1 << 32)),
+            None,
+            "a stale key"
+        );
+        assert_eq!(
+            ep.lookup(b"client-chosen"),
+            None,
+            "the client's first connection ID is forgotten"
+        );
+
+        assert_eq!(ep.detach(conn), Some(key));
+        assert_eq!(ep.detach(conn), None);
+        assert_eq!(ep.conn_of(key), None);
+        assert_eq!(ep.remove(conn), None);
+        assert_eq!(counts.handshakes.get(), 0, "no unit is given back twice");
+    }
+}

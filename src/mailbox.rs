@@ -1,0 +1,246 @@
+//! The shards' mailboxes: one bounded inbox and one doorbell per shard, shared by every thread.
+//!
+//! A sender pushes an [`Envelope`] to the receiving shard's crossbeam channel and then wakes
+//! its doorbell, an [`AtomicWaker`] that crosses threads through glommio's foreign-wake path.
+//! A shard registers its waker only before it sleeps, and checks its inbox once more after
+//! registering (the two fences pair up), so a busy shard costs its senders nothing and an idle
+//! one is woken at once.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{fence, Ordering};
+use std::sync::Arc;
+use std::task::Context;
+
+use atomic_waker::AtomicWaker;
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use meshgate_shard::router::ShardMsg;
+use meshgate_shard::{Shard, ShardId};
+
+use crate::health::ShardReport;
+
+/// What travels on a shard's inbox.
+pub struct Envelope {
+    pub from: ShardId,
+    pub body: Body,
+}
+
+pub enum Body {
+    /// A message of the shard protocol.
+    Shard(ShardMsg),
+    /// A datagram that reached another shard's socket but belongs to a connection here.
+    Datagram { data: Box<[u8]>, from: SocketAddr },
+    /// A request for this shard's metrics.
+    Report(std::sync::mpsc::SyncSender<ShardReport>),
+    /// End every session and stop.
+    Shutdown,
+}
+
+/// The channels and doorbells of every shard, shared by all threads.
+pub struct Shared {
+    inboxes: Vec<Sender<Envelope>>,
+    bells: Vec<AtomicWaker>,
+}
+
+impl Shared {
+    /// Bounded inboxes of `capacity` messages, one per shard.
+    pub fn new(shards: usize, capacity: usize) -> (Arc<Shared>, Vec<Receiver<Envelope>>) {
+        let (inboxes, receivers) = (0..shards)
+            .map(|_| crossbeam_channel::bounded(capacity))
+            .unzip();
+        let bells = (0..shards).map(|_| AtomicWaker::new()).collect();
+        (Arc::new(Shared { inboxes, bells }), receivers)
+    }
+
+    /// Queues an envelope for shard `to` and wakes it; gives the envelope back when the inbox
+    /// is full.
+    pub fn post(&self, to: ShardId, envelope: Envelope) -> Result<(), Envelope> {
+        self.try_push(to, envelope)?;
+        self.wake(to);
+        Ok(())
+    }
+
+    fn try_push(&self, to: ShardId, envelope: Envelope) -> Result<(), Envelope> {
+        match self.inboxes[to.index()].try_send(envelope) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(e) | TrySendError::Disconnected(e)) => Err(e),
+        }
+    }
+
+    fn wake(&self, to: ShardId) {
+        // Pairs with the fence between registering the waker and the last inbox check.
+        fence(Ordering::SeqCst);
+        self.bells[to.index()].wake();
+    }
+}
+
+/// One shard's end of the mailboxes: its inbox, its doorbell, and the way to the others.
+pub struct Mailbox {
+    id: ShardId,
+    shards: u16,
+    inbox: Receiver<Envelope>,
+    shared: Arc<Shared>,
+}
+
+impl Mailbox {
+    pub fn new(id: ShardId, shards: u16, inbox: Receiver<Envelope>, shared: Arc<Shared>) -> Self {
+        Mailbox {
+            id,
+            shards,
+            inbox,
+            shared,
+        }
+    }
+
+    /// The next envelope of the inbox, if one is waiting.
+    pub fn next(&self) -> Option<Envelope> {
+        self.inbox.try_recv().ok()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inbox.is_empty()
+    }
+
+    /// Hands a datagram to the shard that owns its connection; false when that shard's inbox
+    /// is full.
+    pub fn forward(&self, owner: ShardId, data: &[u8], from: SocketAddr) -> bool {
+        let envelope = Envelope {
+            from: self.id,
+            body: Body::Datagram {
+                data: data.into(),
+                from,
+            },
+        };
+        self.shared.post(owner, envelope).is_ok()
+    }
+
+    /// Moves the shard's outbox to the other shards' inboxes, in order, leaving what does not
+    /// fit for the next turn; wakes each shard that got something.
+    pub fn flush_outbox(&self, shard: &mut Shard) {
+        for to in 0..self.shards {
+            let to = ShardId(to);
+            if to == self.id {
+                continue;
+            }
+            let mut sent = false;
+            let outbox = shard.outbox(to);
+            while let Some(msg) = outbox.pop_front() {
+                match self.shared.try_push(
+                    to,
+                    Envelope {
+                        from: self.id,
+                        body: Body::Shard(msg),
+                    },
+                ) {
+                    Ok(()) => sent = true,
+                    Err(Envelope {
+                        body: Body::Shard(msg),
+                        ..
+                    }) => {
+                        outbox.push_front(msg);
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            if sent {
+                self.shared.wake(to);
+            }
+        }
+    }
+
+    /// Arms the doorbell with the task about to sleep, then looks at the inbox once more: true
+    /// when something is waiting, so the shard must not sleep.
+    pub fn arm_bell(&self, cx: &Context<'_>) -> bool {
+        self.bell().register(cx.waker());
+        // Pairs with the fence of `Shared::wake`: a sender that pushed before this point is
+        // seen below, and one that pushes after it finds the waker registered.
+        fence(Ordering::SeqCst);
+        !self.inbox.is_empty()
+    }
+
+    /// Disarms the doorbell once the shard is awake: senders need not wake a busy shard.
+    pub fn disarm_bell(&self) {
+        self.bell().take();
+    }
+
+    fn bell(&self) -> &AtomicWaker {
+        &self.shared.bells[self.id.index()]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use meshgate_shard::{Config, Limits, NodeId, RealmConfig, SessionKey, Time};
+
+    use super::*;
+
+    fn shard(id: u16, shards: u16) -> Shard {
+        let config = Config {
+            shard: ShardId(id),
+            shards,
+            node_id: NodeId([0; 32]),
+            realms: vec![RealmConfig {
+                name: b"macula.test".to_vec().into(),
+                tokens: Vec::new(),
+            }],
+            limits: Limits::default(),
+            wall_clock_offset_ms: 0,
+            counts: Arc::default(),
+        };
+        Shard::new(config, Time::ZERO)
+    }
+
+    fn admitted(session: u64) -> ShardMsg {
+        ShardMsg::Admitted {
+            session: SessionKey::from_u64(session),
+        }
+    }
+
+    /// The sessions of the `Admitted` messages waiting in an inbox, in order.
+    fn admitted_in(inbox: &Receiver<Envelope>) -> Vec<u64> {
+        inbox
+            .try_iter()
+            .map(|e| match e.body {
+                Body::Shard(ShardMsg::Admitted { session }) => session.to_u64(),
+                _ => panic!("an Admitted message"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_outbox_moves_what_the_inbox_takes_in_order_and_keeps_the_rest() {
+        let (shared, inboxes) = Shared::new(3, 2);
+        let mut inboxes = inboxes.into_iter();
+        let mine = inboxes.next().expect("shard 0's inbox");
+        let (one, two) = (inboxes.next(), inboxes.next());
+        let (one, two) = (one.expect("shard 1's inbox"), two.expect("shard 2's inbox"));
+        let mailbox = Mailbox::new(ShardId(0), 3, mine, shared);
+        let mut s = shard(0, 3);
+        s.outbox(ShardId(1))
+            .extend([admitted(1), admitted(2), admitted(3)]);
+
+        mailbox.flush_outbox(&mut s);
+        assert_eq!(admitted_in(&one), [1, 2]);
+        assert_eq!(s.outbox(ShardId(1)).len(), 1, "the third waits for room");
+        assert!(two.is_empty());
+
+        mailbox.flush_outbox(&mut s);
+        assert_eq!(admitted_in(&one), [3]);
+        assert!(s.outbox(ShardId(1)).is_empty());
+    }
+
+    #[test]
+    fn a_datagram_forwarded_to_a_full_inbox_is_refused() {
+        let (shared, inboxes) = Shared::new(2, 1);
+        let mut inboxes = inboxes.into_iter();
+        let mine = inboxes.next().expect("shard 0's inbox");
+        let other = inboxes.next().expect("shard 1's inbox");
+        let mailbox = Mailbox::new(ShardId(0), 2, mine, shared);
+        let from = "127.0.0.1:5555".parse().expect("an address");
+        assert!(mailbox.forward(ShardId(1), b"first", from));
+        assert!(!mailbox.forward(ShardId(1), b"second", from));
+        let envelope = other.try_recv().expect("the first datagram");
+        assert_eq!(envelope.from, ShardId(0));
+        assert!(matches!(envelope.body, Body::Datagram { data, .. } if &*data == b"first"));
+    }
+}
