@@ -290,7 +290,7 @@ pub async fn run(start: ShardStart) {
 
         // Timers, then everything they and the input produced.
         d.shard.handle_timeout(now);
-        while let Some(token) = d.shard.poll_driver_timer() {
+        while let Some(meshgate_shard::DriverToken(token)) = d.shard.poll_driver_timer() {
             if let Some(c) = d.conns.get_mut(token as usize) {
                 c.timer = None;
                 c.q.on_timeout();
@@ -770,7 +770,10 @@ impl Driver {
                 .fold(idle_by, Time::min);
             match c.timer {
                 Some(key) if self.shard.reschedule(key, at) => {}
-                _ => c.timer = Some(self.shard.schedule(at, idx as u64)),
+                _ => {
+                    let token = meshgate_shard::DriverToken(idx as u64);
+                    c.timer = Some(self.shard.schedule(at, token));
+                }
             }
         }
         // Keep the list's allocation for the next turn.
