@@ -112,30 +112,13 @@ impl Shard {
     /// frame, naming the first pattern refused, so that one frame cannot ask for an answer
     /// per pattern.
     pub(super) fn on_subscribe(&mut self, key: SessionKey, topics: Strings<'_>) {
-        let max = self.config.limits.max_subscriptions;
         let mut invalid = Refusals::default();
         let mut over = Refusals::default();
         for pattern in topics.iter() {
-            let Some(s) = self.sessions.get_mut(key) else {
-                return;
-            };
-            let realm = s.realm;
             if !is_valid_pattern(pattern) {
                 invalid.add(pattern);
-                continue;
-            }
-            if s.patterns.len() >= max {
-                if !s.patterns.iter().any(|p| **p == *pattern) {
-                    over.add(pattern);
-                }
-                continue;
-            }
-            if !self.local_subs.insert(realm, pattern, key) {
-                continue;
-            }
-            s.patterns.push(pattern.into());
-            if self.local_subs.subscribers_of(realm, pattern) == 1 {
-                self.announce_interest(key, realm, pattern, true);
+            } else if !self.subscribe(key, pattern) {
+                over.add(pattern);
             }
         }
         let answers = FrameType::Subscribe;
@@ -146,26 +129,51 @@ impl Shard {
     pub(super) fn on_unsubscribe(&mut self, key: SessionKey, topics: Strings<'_>) {
         let mut invalid = Refusals::default();
         for pattern in topics.iter() {
-            let Some(s) = self.sessions.get_mut(key) else {
-                return;
-            };
-            let realm = s.realm;
-            if !is_valid_pattern(pattern) {
+            if is_valid_pattern(pattern) {
+                self.unsubscribe(key, pattern);
+            } else {
                 invalid.add(pattern);
-                continue;
-            }
-            if !self.local_subs.remove(realm, pattern, key) {
-                continue;
-            }
-            if let Some(i) = s.patterns.iter().position(|p| **p == *pattern) {
-                s.patterns.swap_remove(i);
-            }
-            if self.local_subs.subscribers_of(realm, pattern) == 0 {
-                self.announce_interest(key, realm, pattern, false);
             }
         }
         let answers = FrameType::Unsubscribe;
         self.send_refusals(key, &invalid, ErrorCode::InvalidPattern, answers);
+    }
+
+    /// Adds a valid pattern to the session (a no-op if it holds it already). False if the
+    /// session holds `--max-subscriptions` other patterns.
+    fn subscribe(&mut self, key: SessionKey, pattern: &[u8]) -> bool {
+        let max = self.config.limits.max_subscriptions;
+        let Some(s) = self.sessions.get_mut(key) else {
+            return true;
+        };
+        let realm = s.realm;
+        if s.patterns.len() >= max {
+            return s.patterns.iter().any(|p| **p == *pattern);
+        }
+        if self.local_subs.insert(realm, pattern, key) {
+            s.patterns.push(pattern.into());
+            if self.local_subs.subscribers_of(realm, pattern) == 1 {
+                self.announce_interest(key, realm, pattern, true);
+            }
+        }
+        true
+    }
+
+    /// Removes a valid pattern from the session (a no-op if it does not hold it).
+    fn unsubscribe(&mut self, key: SessionKey, pattern: &[u8]) {
+        let Some(s) = self.sessions.get_mut(key) else {
+            return;
+        };
+        let realm = s.realm;
+        if !self.local_subs.remove(realm, pattern, key) {
+            return;
+        }
+        if let Some(i) = s.patterns.iter().position(|p| **p == *pattern) {
+            s.patterns.swap_remove(i);
+        }
+        if self.local_subs.subscribers_of(realm, pattern) == 0 {
+            self.announce_interest(key, realm, pattern, false);
+        }
     }
 
     /// Removes the patterns of an ended session, telling the other shards of each pattern
