@@ -140,3 +140,35 @@ impl Shard {
         self.mark_ready(key);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ping_with_nothing_replicated_is_answered_at_once() {
+        let mut b = Barrier::default();
+        assert!(matches!(b.ping(7, 3), PingAnswer::Now));
+    }
+
+    #[test]
+    fn pings_wait_in_order_until_every_other_shard_acknowledged_their_barrier() {
+        let mut b = Barrier::default();
+        b.dirty = true;
+        assert!(matches!(b.ping(1, 2), PingAnswer::SendBarrier(1)));
+        // Nothing new replicated: the next PING waits behind the same barrier.
+        assert!(matches!(b.ping(2, 2), PingAnswer::Wait));
+        b.dirty = true;
+        assert!(matches!(b.ping(3, 2), PingAnswer::SendBarrier(2)));
+
+        assert_eq!(b.ack(1), None, "one of two shards acknowledged");
+        assert_eq!(b.ack(2), None, "barrier 2 is not first");
+        assert_eq!(b.ack(1), Some(1));
+        assert_eq!(b.next_pong(1), Some(1));
+        assert_eq!(b.next_pong(1), Some(2));
+        assert_eq!(b.next_pong(1), None, "PING 3 waits for barrier 2");
+        assert_eq!(b.ack(2), Some(2));
+        assert_eq!(b.next_pong(2), Some(3));
+        assert!(matches!(b.ping(4, 2), PingAnswer::Now));
+    }
+}

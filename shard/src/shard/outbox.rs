@@ -88,3 +88,24 @@ impl Shard {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_is_backlogged_once_it_holds_the_bound() {
+        let mut outbox = Outbox::new(2, 2);
+        let ack = ShardMsg::BarrierAck {
+            session: crate::genslab::SlabKey::new(0, 0),
+            seq: 1,
+        };
+        for _ in 0..2 {
+            assert!(!outbox.is_backlogged(ShardId(1)));
+            outbox.queue_mut(ShardId(1)).push_back(ack.clone());
+        }
+        assert!(outbox.is_backlogged(ShardId(1)));
+        assert!(!outbox.is_backlogged(ShardId(0)));
+        assert_eq!(outbox.len(), 2);
+    }
+}
