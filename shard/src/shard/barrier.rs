@@ -153,8 +153,10 @@ mod tests {
 
     #[test]
     fn pings_wait_in_order_until_every_other_shard_acknowledged_their_barrier() {
-        let mut b = Barrier::default();
-        b.dirty = true;
+        let mut b = Barrier {
+            dirty: true,
+            ..Barrier::default()
+        };
         assert!(matches!(b.ping(1, 2), PingAnswer::SendBarrier(1)));
         // Nothing new replicated: the next PING waits behind the same barrier.
         assert!(matches!(b.ping(2, 2), PingAnswer::Wait));
