@@ -18,7 +18,7 @@ use arrayvec::ArrayVec;
 use meshgate_shard::metrics::DropReason;
 use meshgate_shard::wheel::TimerKey;
 use meshgate_shard::wire::Reason;
-use meshgate_shard::{GatewayCounts, SessionKey, ShardId, Time};
+use meshgate_shard::{DriverToken, GatewayCounts, SessionKey, ShardId, Time};
 use slab::Slab;
 
 /// Length of the connection IDs the gateway chooses; byte 0 is the owning shard.
@@ -41,12 +41,12 @@ pub struct ConnHandle(usize);
 impl ConnHandle {
     /// The token the shard's timer wheel carries for this connection's timer: the one place
     /// where a handle crosses into the core, and comes back by [`ConnHandle::from_token`].
-    pub fn token(self) -> u64 {
-        self.0 as u64
+    pub fn token(self) -> DriverToken {
+        DriverToken(self.0 as u64)
     }
 
-    pub fn from_token(token: u64) -> ConnHandle {
-        ConnHandle(token as usize)
+    pub fn from_token(token: DriverToken) -> ConnHandle {
+        ConnHandle(token.0 as usize)
     }
 }
 

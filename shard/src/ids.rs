@@ -34,6 +34,11 @@ impl ShardId {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RealmId(pub u16);
 
+/// A driver's own timer kept in the shard's wheel: the driver picks the value (a connection's
+/// index, say), and gets it back from [`crate::Shard::poll_driver_timer`] when the timer fires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DriverToken(pub u64);
+
 /// A point on the driver's monotonic clock, in milliseconds since an arbitrary origin.
 ///
 /// The shard never reads a clock: every input carries the time it happened at.

@@ -17,7 +17,7 @@ pub mod subs;
 pub mod wheel;
 pub mod wire;
 
-pub use ids::{NodeId, RealmId, SessionKey, SessionRef, ShardId, Time};
+pub use ids::{DriverToken, NodeId, RealmId, SessionKey, SessionRef, ShardId, Time};
 pub mod config;
 pub mod metrics;
 pub mod pending;

@@ -4,16 +4,19 @@ use crate::router::CallError;
 use crate::wire::Reason;
 
 /// How a call ended, as counted in `meshgate_calls_total{outcome}`.
+///
+/// Each variant's value is its slot in [`Counters::calls`] and its place in
+/// [`CallOutcome::ALL`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CallOutcome {
-    Ok,
-    ProcedureNotFound,
-    Timeout,
-    ProviderGone,
-    Overloaded,
-    CallerGone,
-    InvalidCall,
-    DuplicateCallId,
+    Ok = 0,
+    ProcedureNotFound = 1,
+    Timeout = 2,
+    ProviderGone = 3,
+    Overloaded = 4,
+    CallerGone = 5,
+    InvalidCall = 6,
+    DuplicateCallId = 7,
 }
 
 impl CallOutcome {
@@ -56,6 +59,9 @@ impl From<CallError> for CallOutcome {
 }
 
 /// Why a message was not delivered, as counted in `meshgate_dropped_total{reason}`.
+///
+/// Each variant's value is its slot in [`Counters::dropped`] and its place in
+/// [`DropReason::ALL`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DropReason {
     /// The subscriber's output was over `--max-output`.
@@ -94,13 +100,13 @@ impl DropReason {
 /// Monotonic counters of one shard.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
-    /// Indexed like [`Reason::ALL`].
-    pub clients_refused: [u64; 10],
-    /// Indexed like [`Reason::ALL`]: sessions ended, by reason.
-    pub sessions_closed: [u64; 10],
+    /// Indexed like [`Reason::ALL`] (see [`reason_index`]).
+    pub clients_refused: [u64; Reason::ALL.len()],
+    /// Indexed like [`Reason::ALL`] (see [`reason_index`]): sessions ended, by reason.
+    pub sessions_closed: [u64; Reason::ALL.len()],
     pub registrations_expired: u64,
     /// Indexed like [`CallOutcome::ALL`].
-    pub calls: [u64; 8],
+    pub calls: [u64; CallOutcome::ALL.len()],
     pub late_replies: u64,
     pub publishes: u64,
     pub deliveries: u64,
@@ -123,10 +129,7 @@ impl Counters {
     }
 
     pub fn call(&mut self, outcome: CallOutcome) {
-        self.calls[CallOutcome::ALL
-            .iter()
-            .position(|o| *o == outcome)
-            .unwrap_or(0)] += 1;
+        self.calls[outcome as usize] += 1;
     }
 
     pub fn drop(&mut self, reason: DropReason) {
@@ -134,10 +137,7 @@ impl Counters {
     }
 
     pub fn calls_of(&self, outcome: CallOutcome) -> u64 {
-        self.calls[CallOutcome::ALL
-            .iter()
-            .position(|o| *o == outcome)
-            .unwrap_or(0)]
+        self.calls[outcome as usize]
     }
 
     pub fn refused_of(&self, reason: Reason) -> u64 {
@@ -149,8 +149,21 @@ impl Counters {
     }
 }
 
-fn reason_index(reason: Reason) -> usize {
-    Reason::ALL.iter().position(|r| *r == reason).unwrap_or(0)
+/// The slot of `reason` in the counters indexed like [`Reason::ALL`]. Written out, so that a
+/// new reason does not compile until it has a slot of its own.
+pub fn reason_index(reason: Reason) -> usize {
+    match reason {
+        Reason::Normal => 0,
+        Reason::ProtocolError => 1,
+        Reason::FrameTooLarge => 2,
+        Reason::RealmMismatch => 3,
+        Reason::Unauthorized => 4,
+        Reason::MaxClientsReached => 5,
+        Reason::Replaced => 6,
+        Reason::SlowConsumer => 7,
+        Reason::ConnectTimeout => 8,
+        Reason::ShuttingDown => 9,
+    }
 }
 
 /// A shard's gauges and counters at one moment.
@@ -173,4 +186,35 @@ pub struct Metrics {
     /// Timers in the wheel.
     pub timers: u64,
     pub counters: Counters,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_counted_variant_has_the_slot_of_its_place_in_all() {
+        for (i, outcome) in CallOutcome::ALL.into_iter().enumerate() {
+            assert_eq!(outcome as usize, i, "{outcome:?}");
+        }
+        for (i, reason) in DropReason::ALL.into_iter().enumerate() {
+            assert_eq!(reason as usize, i, "{reason:?}");
+        }
+        for (i, reason) in Reason::ALL.into_iter().enumerate() {
+            assert_eq!(reason_index(reason), i, "{reason:?}");
+        }
+    }
+
+    #[test]
+    fn each_call_outcome_is_counted_in_its_own_slot() {
+        let mut counters = Counters::default();
+        for (i, outcome) in CallOutcome::ALL.into_iter().enumerate() {
+            for _ in 0..=i {
+                counters.call(outcome);
+            }
+        }
+        for (i, outcome) in CallOutcome::ALL.into_iter().enumerate() {
+            assert_eq!(counters.calls_of(outcome), i as u64 + 1, "{outcome:?}");
+        }
+    }
 }

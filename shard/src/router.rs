@@ -29,7 +29,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use crate::ids::{NodeId, RealmId, SessionKey, ShardId};
-use crate::wire::Reason;
+use crate::wire::{Outcome, Raw, Reason};
 
 /// The shard that owns `node` among `shards` shards.
 ///
@@ -124,6 +124,45 @@ impl CallError {
     }
 }
 
+/// What the gateway refused in a frame other than a CALL (ERROR `code`); the session goes on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorCode {
+    /// A PUBLISH's topic is not valid.
+    InvalidTopic,
+    /// A SUBSCRIBE or UNSUBSCRIBE pattern is not valid.
+    InvalidPattern,
+    /// A SUBSCRIBE would take the session over `--max-subscriptions`.
+    TooManySubscriptions,
+    /// A REGISTER_PROCEDURE or UNREGISTER_PROCEDURE name is not valid.
+    InvalidProcedure,
+    /// A REGISTER_PROCEDURE would take the session over `--max-registrations`.
+    TooManyRegistrations,
+}
+
+impl ErrorCode {
+    /// The string sent in ERROR `code`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidTopic => "invalid_topic",
+            ErrorCode::InvalidPattern => "invalid_pattern",
+            ErrorCode::TooManySubscriptions => "too_many_subscriptions",
+            ErrorCode::InvalidProcedure => "invalid_procedure",
+            ErrorCode::TooManyRegistrations => "too_many_registrations",
+        }
+    }
+
+    /// The ERROR `message` sent with the code.
+    pub fn message(self) -> &'static str {
+        match self {
+            ErrorCode::InvalidTopic => "not a valid topic",
+            ErrorCode::InvalidPattern => "not a valid pattern",
+            ErrorCode::TooManySubscriptions => "the session holds --max-subscriptions patterns",
+            ErrorCode::InvalidProcedure => "not a valid procedure name",
+            ErrorCode::TooManyRegistrations => "the session holds --max-registrations procedures",
+        }
+    }
+}
+
 /// Why a provider is told to stop working on a call (CANCEL `reason`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum CancelReason {
@@ -149,6 +188,30 @@ pub enum OwnedOutcome {
         code: Box<[u8]>,
         message: Option<Box<[u8]>>,
     },
+}
+
+impl OwnedOutcome {
+    /// A copy of a REPLY's outcome, to cross to another shard.
+    pub fn from_wire(outcome: Outcome<'_>) -> OwnedOutcome {
+        match outcome {
+            Outcome::Result(raw) => OwnedOutcome::Result(raw.0.into()),
+            Outcome::Error { code, message } => OwnedOutcome::Error {
+                code: code.into(),
+                message: message.map(Into::into),
+            },
+        }
+    }
+
+    /// The outcome as the REPLY to the caller carries it.
+    pub fn as_wire(&self) -> Outcome<'_> {
+        match self {
+            OwnedOutcome::Result(raw) => Outcome::Result(Raw(raw)),
+            OwnedOutcome::Error { code, message } => Outcome::Error {
+                code,
+                message: message.as_deref(),
+            },
+        }
+    }
 }
 
 /// Every message one shard sends another. Session keys name a session on the shard the field

@@ -1,24 +1,41 @@
 //! The `Shard`: everything one core of the gateway serves, as a deterministic state machine.
+//!
+//! This file is the contract: the type, the order in which a driver calls it, and its inputs
+//! (`handle_*`) and outputs (`poll_*`). Each feature lives in a module of its own:
+//!
+//! - [`session`]: a session's state, its frames in and its output out (one rule queues output
+//!   and starts the slow-consumer timer);
+//! - [`admission`]: CONNECT, the directory round trip to the node's owner, and a session's end;
+//! - [`pubsub`]: PUBLISH, SUBSCRIBE, UNSUBSCRIBE and the interest other shards have;
+//! - [`procedures`]: REGISTER_PROCEDURE, UNREGISTER_PROCEDURE and the expiry of registrations;
+//! - [`calls`]: CALL, REPLY and CANCEL, on the caller's and on the provider's shard;
+//! - [`barrier`]: PING as a barrier behind the replication messages a session caused;
+//! - [`outbox`]: the one way to queue a message for another shard.
+
+mod admission;
+mod barrier;
+mod calls;
+mod outbox;
+mod procedures;
+mod pubsub;
+mod session;
 
 use std::collections::VecDeque;
-use std::sync::Arc;
-use std::time::Duration;
 
-use crate::clients::{Admission, ClientTable};
+use crate::clients::ClientTable;
 use crate::config::Config;
-use crate::genslab::{GenSlab, SlabKey};
-use crate::ids::{NodeId, RealmId, SessionKey, SessionRef, ShardId, Time};
-use crate::metrics::{CallOutcome, Counters, DropReason, Metrics};
-use crate::names::{is_valid_pattern, is_valid_topic};
-use crate::pending::{CallKey, OwnedCallId, PendingCalls};
-use crate::registry::{Registered, Registry, Removed};
-use crate::router::{owner_of, CallError, CallToken, CancelReason, OwnedOutcome, ShardMsg};
+use crate::genslab::GenSlab;
+use crate::ids::{DriverToken, SessionKey, SessionRef, ShardId, Time};
+use crate::metrics::{Counters, DropReason, Metrics};
+use crate::pending::{CallKey, PendingCalls};
+use crate::registry::{Registry, Removed};
+use crate::router::ShardMsg;
 use crate::subs::SubscriptionIndex;
 use crate::wheel::{CallWheel, TimerKey};
-use crate::wire::{
-    Call, CallIdRef, Cancel, Disconnect, ErrorMsg, FrameReader, FrameType, Message, Outcome, Ping,
-    Pong, Publish, Raw, Reason, Register, Reply, Strings,
-};
+use crate::wire::Reason;
+
+use outbox::Outbox;
+use session::{Session, State};
 
 /// One core's share of the gateway: its sessions, its part of the client directory, the
 /// subscription and procedure indexes, its pending calls and its timer wheel.
@@ -44,6 +61,13 @@ use crate::wire::{
 /// 6. Sleep until [`Shard::next_deadline`] or until woken by a packet or a message.
 ///
 /// [`Shard::poll_event`] reports what deserves a log line.
+///
+/// # Time
+///
+/// The shard has one notion of now: the latest time any input carried. Every `handle_*`
+/// advances it first, and everything the input causes happens at it. An input stamped earlier
+/// than one already seen is taken as happening at the later time: the shard's time never goes
+/// back.
 pub struct Shard {
     config: Config,
     sessions: GenSlab<SessionKey, Session>,
@@ -57,14 +81,14 @@ pub struct Shard {
     registry: Registry,
     pending: PendingCalls,
     wheel: CallWheel<Timer>,
-    outbox: Vec<VecDeque<ShardMsg>>,
+    outbox: Outbox,
     ready: VecDeque<SessionKey>,
     closes: VecDeque<(SessionKey, Reason)>,
-    driver_timers: VecDeque<u64>,
+    driver_timers: VecDeque<DriverToken>,
     events: VecDeque<Event>,
     counters: Counters,
     scratch: Scratch,
-    /// The time of the latest input.
+    /// The time of the latest input: the shard's now.
     now: Time,
 }
 
@@ -90,124 +114,6 @@ pub enum Event {
     SlowConsumerEvicted,
 }
 
-/// Buffers reused by every turn, so that the hot paths allocate nothing.
-#[derive(Default)]
-struct Scratch {
-    sessions: Vec<SessionKey>,
-    shards: Vec<ShardId>,
-    calls: Vec<CallKey>,
-    removed: Vec<Removed>,
-    frame: Vec<u8>,
-}
-
-#[derive(Clone, Copy, Debug)]
-enum Timer {
-    /// No CONNECT (or no admission) in time.
-    Connect(SessionKey),
-    /// The session's output has been over its bound since the timer was set.
-    SlowConsumer(SessionKey),
-    /// A pending call's deadline.
-    Call(CallKey),
-    /// The periodic removal of expired registrations.
-    Prune,
-    /// A timer of the driver's.
-    Driver(u64),
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum State {
-    AwaitingConnect,
-    /// CONNECT sent to the node's owner; frames after it wait in the reader.
-    Admitting,
-    Active,
-    /// Ended: only its last output is left, until the driver reports the connection closed.
-    Closing,
-}
-
-struct Session {
-    state: State,
-    realm: RealmId,
-    node: NodeId,
-    reader: FrameReader,
-    out: OutBuf,
-    /// The connect timeout before admission; the slow-consumer timer after.
-    timer: Option<TimerKey>,
-    /// Whether the node's owner may hold a directory entry for this session.
-    in_directory: bool,
-    /// Whether the session ever registered a procedure: its end is then told to every shard.
-    provider: bool,
-    /// Whether the session is in the `ready` queue.
-    queued: bool,
-    /// The client finished its side of the control stream: the session ends once the frames
-    /// before the end are handled.
-    finished: bool,
-    patterns: Vec<Box<[u8]>>,
-    procedures: Vec<Box<[u8]>>,
-    barrier: Barrier,
-}
-
-/// PING as a barrier: a PONG waits until every other shard has applied the replication
-/// messages the session caused before its PING.
-#[derive(Default)]
-struct Barrier {
-    /// Replication messages were sent since the last barrier.
-    dirty: bool,
-    /// The last barrier sequence number sent.
-    sent: u32,
-    /// Barriers sent and the acknowledgements each still waits for, oldest first.
-    outstanding: VecDeque<(u32, u16)>,
-    /// PINGs waiting: their timestamp and the barrier they wait for.
-    pongs: VecDeque<(u64, u32)>,
-}
-
-/// The patterns of one frame refused for one reason: the first, and how many.
-#[derive(Default)]
-struct Refusals<'a> {
-    first: Option<&'a [u8]>,
-    count: usize,
-}
-
-impl<'a> Refusals<'a> {
-    fn add(&mut self, pattern: &'a [u8]) {
-        self.first.get_or_insert(pattern);
-        self.count += 1;
-    }
-}
-
-/// Bytes queued to a session: appended at the end, consumed from `start`.
-#[derive(Default)]
-struct OutBuf {
-    buf: Vec<u8>,
-    start: usize,
-}
-
-/// Output capacity above which a drained buffer is released, so idle sessions stay small.
-const OUT_KEEP_CAPACITY: usize = 16 * 1024;
-
-impl OutBuf {
-    fn len(&self) -> usize {
-        self.buf.len() - self.start
-    }
-
-    fn bytes(&self) -> &[u8] {
-        &self.buf[self.start..]
-    }
-
-    fn consume(&mut self, n: usize) {
-        self.start = (self.start + n).min(self.buf.len());
-        if self.start == self.buf.len() {
-            self.buf.clear();
-            self.start = 0;
-            if self.buf.capacity() > OUT_KEEP_CAPACITY {
-                self.buf = Vec::new();
-            }
-        } else if self.start > self.buf.len() / 2 && self.start > 4096 {
-            self.buf.drain(..self.start);
-            self.start = 0;
-        }
-    }
-}
-
 /// What a session's tables hold, for leak checks: every count is zero on an idle gateway.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Occupancy {
@@ -226,8 +132,33 @@ pub struct Occupancy {
     pub output_bytes: usize,
 }
 
+/// Buffers reused by every turn, so that the hot paths allocate nothing.
+#[derive(Default)]
+struct Scratch {
+    sessions: Vec<SessionKey>,
+    shards: Vec<ShardId>,
+    calls: Vec<CallKey>,
+    removed: Vec<Removed>,
+    frame: Vec<u8>,
+}
+
+/// Every deadline the shard keeps, in its one wheel.
+#[derive(Clone, Copy, Debug)]
+enum Timer {
+    /// No CONNECT (or no admission) in time.
+    Connect(SessionKey),
+    /// The session's output has been over its bound since the timer was set.
+    SlowConsumer(SessionKey),
+    /// A pending call's deadline.
+    Call(CallKey),
+    /// The periodic removal of expired registrations.
+    Prune,
+    /// A timer of the driver's.
+    Driver(DriverToken),
+}
+
 impl Shard {
-    /// A shard with no sessions. `now` starts its timer wheel.
+    /// A shard with no sessions. `now` starts its clock and its timer wheel.
     pub fn new(config: Config, now: Time) -> Shard {
         let shards = config.shards.max(1);
         let mut wheel = CallWheel::new(now);
@@ -243,7 +174,7 @@ impl Shard {
             registry: Registry::new(),
             pending: PendingCalls::new(),
             wheel,
-            outbox: (0..shards).map(|_| VecDeque::new()).collect(),
+            outbox: Outbox::new(shards, config.limits.max_shard_backlog),
             ready: VecDeque::new(),
             closes: VecDeque::new(),
             driver_timers: VecDeque::new(),
@@ -270,264 +201,46 @@ impl Shard {
     /// A connection finished its handshake and will carry a session: returns the session's key.
     /// The session must send CONNECT within the connect timeout.
     pub fn handle_session_open(&mut self, now: Time) -> SessionKey {
-        self.now = self.now.max(now);
-        let key = self.sessions.vacant_key();
-        let timer = self.wheel.insert(
-            now + self.config.limits.connect_timeout,
-            Timer::Connect(key),
-        );
-        let inserted = self.sessions.insert(Session {
-            state: State::AwaitingConnect,
-            realm: RealmId(0),
-            node: NodeId([0; 32]),
-            reader: FrameReader::new(self.config.limits.max_frame),
-            out: OutBuf::default(),
-            timer: Some(timer),
-            in_directory: false,
-            provider: false,
-            queued: false,
-            finished: false,
-            patterns: Vec::new(),
-            procedures: Vec::new(),
-            barrier: Barrier::default(),
-        });
-        debug_assert_eq!(inserted, key, "vacant_key predicts the insert");
-        self.connecting += 1;
-        self.config.counts.handshakes.take();
-        key
+        self.advance(now);
+        self.open_session()
     }
 
     /// Bytes read from a session's control stream.
     pub fn handle_stream_data(&mut self, now: Time, key: SessionKey, data: &[u8]) {
-        self.now = self.now.max(now);
-        let Some(s) = self.sessions.get_mut(key) else {
-            return;
-        };
-        if s.state == State::Closing {
-            return;
-        }
-        if let Err(e) = s.reader.push(data) {
-            self.close(now, key, e.reason(), &e.to_string());
-            return;
-        }
-        self.process_frames(now, key);
+        self.advance(now);
+        self.read_stream(key, data);
     }
 
     /// The client ended its side of the control stream: the session ends, as DISCONNECT
     /// `normal` when the stream stopped between frames and as a protocol error when it cut one.
     /// After FIN the frames sent before it are handled first, once the session is admitted.
     pub fn handle_stream_end(&mut self, now: Time, key: SessionKey, end: StreamEnd) {
-        self.now = self.now.max(now);
-        let Some(s) = self.sessions.get_mut(key) else {
-            return;
-        };
-        s.finished = true;
-        match end {
-            StreamEnd::Finished => self.process_frames(now, key),
-            StreamEnd::Reset | StreamEnd::StopSending => self.end_stream(now, key),
-        }
+        self.advance(now);
+        self.stream_ended(key, end);
     }
 
     /// The session's connection is gone (closed by either side, or idle): everything the
     /// session owned is removed, and its key becomes stale.
     pub fn handle_session_closed(&mut self, now: Time, key: SessionKey) {
-        self.now = self.now.max(now);
-        if let Some(s) = self.sessions.get(key) {
-            if s.state != State::Closing {
-                self.end(now, key, Reason::Normal);
-            }
-            self.sessions.remove(key);
-        }
+        self.advance(now);
+        self.connection_closed(key);
     }
 
     /// A message from shard `from` (which may be this shard).
     pub fn handle_shard_message(&mut self, now: Time, from: ShardId, msg: ShardMsg) {
-        self.now = self.now.max(now);
-        self.counters.shard_messages_in += 1;
-        match msg {
-            ShardMsg::Admit {
-                realm,
-                node,
-                session,
-            } => self.admit(now, from, realm, node, session),
-            ShardMsg::Admitted { session } => self.on_admitted(now, session),
-            ShardMsg::Refused { session, reason } => {
-                if let Some(s) = self.sessions.get_mut(session) {
-                    if s.state == State::Admitting {
-                        s.in_directory = false;
-                        self.refuse(now, session, reason);
-                    }
-                }
-            }
-            ShardMsg::Kick { session, reason } => {
-                if let Some(s) = self.sessions.get_mut(session) {
-                    s.in_directory = false;
-                    self.close(
-                        now,
-                        session,
-                        reason,
-                        "another session connected with this node id",
-                    );
-                }
-            }
-            ShardMsg::Leave {
-                realm,
-                node,
-                session,
-            } => {
-                let session = SessionRef {
-                    shard: from,
-                    key: session,
-                };
-                if self.clients.leave(realm, node, session).is_some() {
-                    self.config.counts.clients.give_back();
-                }
-            }
-            ShardMsg::Interest {
-                realm,
-                pattern,
-                add,
-            } => {
-                if add {
-                    self.remote_subs.insert(realm, &pattern, from);
-                } else {
-                    self.remote_subs.remove(realm, &pattern, from);
-                }
-            }
-            ShardMsg::Provider {
-                realm,
-                procedure,
-                session,
-                add,
-            } => {
-                let provider = SessionRef {
-                    shard: from,
-                    key: session,
-                };
-                if add {
-                    self.registry.register(realm, &procedure, provider, None);
-                } else {
-                    self.registry.unregister(realm, &procedure, provider);
-                }
-            }
-            ShardMsg::ProviderGone { session } => {
-                self.provider_gone(
-                    now,
-                    SessionRef {
-                        shard: from,
-                        key: session,
-                    },
-                );
-            }
-            ShardMsg::Barrier { session, seq } => {
-                self.send(now, from, ShardMsg::BarrierAck { session, seq });
-            }
-            ShardMsg::BarrierAck { session, seq } => self.on_barrier_ack(now, session, seq),
-            ShardMsg::Publish {
-                realm,
-                frame,
-                topic,
-            } => {
-                let range = topic.start as usize..topic.end as usize;
-                if let Some(topic) = frame.get(range) {
-                    self.deliver(realm, topic, &frame, None);
-                }
-            }
-            ShardMsg::Call {
-                token,
-                provider,
-                frame,
-            } => {
-                let error = match self.sessions.get_mut(provider) {
-                    Some(s) if s.state == State::Active => {
-                        if s.out.len() >= self.config.limits.max_output {
-                            Some(CallError::Overloaded)
-                        } else {
-                            s.out.buf.extend_from_slice(&frame);
-                            self.mark_ready(provider);
-                            None
-                        }
-                    }
-                    _ => Some(CallError::ProviderGone),
-                };
-                if let Some(error) = error {
-                    self.send(now, token.shard(), ShardMsg::CallFailed { token, error });
-                }
-            }
-            ShardMsg::CallFailed { token, error } => {
-                if let Some(call) = self.pending.find(token.index(), token.generation()) {
-                    self.fail_call(call, error);
-                }
-            }
-            ShardMsg::Reply {
-                token,
-                provider,
-                outcome,
-            } => {
-                let outcome = match &outcome {
-                    OwnedOutcome::Result(raw) => Outcome::Result(Raw(raw)),
-                    OwnedOutcome::Error { code, message } => Outcome::Error {
-                        code,
-                        message: message.as_deref(),
-                    },
-                };
-                self.complete_call(
-                    token,
-                    SessionRef {
-                        shard: from,
-                        key: provider,
-                    },
-                    outcome,
-                );
-            }
-            ShardMsg::Cancel {
-                token,
-                provider,
-                reason,
-            } => self.cancel_at_provider(provider, token, reason),
-        }
+        self.advance(now);
+        self.on_shard_message(from, msg);
     }
 
     /// Fires every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Time) {
-        self.now = self.now.max(now);
-        while let Some((_, timer)) = self.wheel.poll_expired(now) {
+        self.advance(now);
+        while let Some((_, timer)) = self.wheel.poll_expired(self.now) {
             match timer {
-                Timer::Connect(key) => {
-                    if let Some(s) = self.sessions.get_mut(key) {
-                        s.timer = None;
-                        if matches!(s.state, State::AwaitingConnect | State::Admitting) {
-                            self.close(now, key, Reason::ConnectTimeout, "no CONNECT in time");
-                        }
-                    }
-                }
-                Timer::SlowConsumer(key) => {
-                    if let Some(s) = self.sessions.get_mut(key) {
-                        s.timer = None;
-                        if s.state == State::Active && s.out.len() >= self.config.limits.max_output
-                        {
-                            self.close(
-                                now,
-                                key,
-                                Reason::SlowConsumer,
-                                "output over its bound for too long",
-                            );
-                        }
-                    }
-                }
-                Timer::Call(call) => {
-                    if let Some(c) = self.pending.remove(call) {
-                        self.counters.call(CallOutcome::Timeout);
-                        self.reply_error(c.caller, Some(c.call_id.as_wire()), CallError::Timeout);
-                        let token = self.token(call);
-                        self.cancel_provider(now, c.provider, token, CancelReason::Timeout);
-                    }
-                }
-                Timer::Prune => {
-                    self.prune(now);
-                    self.wheel
-                        .insert(now + self.config.limits.prune_interval, Timer::Prune);
-                }
+                Timer::Connect(key) => self.on_connect_timeout(key),
+                Timer::SlowConsumer(key) => self.on_slow_consumer_timeout(key),
+                Timer::Call(call) => self.on_call_timeout(call),
+                Timer::Prune => self.on_prune_timer(),
                 Timer::Driver(token) => self.driver_timers.push_back(token),
             }
         }
@@ -535,15 +248,15 @@ impl Shard {
 
     /// Ends every session with DISCONNECT `shutting_down`.
     pub fn shutdown(&mut self, now: Time) {
-        self.now = self.now.max(now);
+        self.advance(now);
         let keys: Vec<SessionKey> = self.sessions.iter().map(|(k, _)| k).collect();
         for key in keys {
-            self.close(now, key, Reason::ShuttingDown, "the gateway is stopping");
+            self.close(key, Reason::ShuttingDown, "the gateway is stopping");
         }
     }
 
     /// Adds a driver timer that fires at `at`; [`Shard::poll_driver_timer`] returns `token`.
-    pub fn schedule(&mut self, at: Time, token: u64) -> TimerKey {
+    pub fn schedule(&mut self, at: Time, token: DriverToken) -> TimerKey {
         self.wheel.insert(at, Timer::Driver(token))
     }
 
@@ -555,6 +268,16 @@ impl Shard {
     /// Removes a driver timer.
     pub fn unschedule(&mut self, key: TimerKey) {
         self.wheel.cancel(key);
+    }
+
+    /// `n` bytes of [`Shard::output`] were handed to the session's stream.
+    pub fn consume_output(&mut self, key: SessionKey, n: usize) {
+        self.output_consumed(key, n);
+    }
+
+    /// Counts a drop the driver made at one of its limits.
+    pub fn count_drop(&mut self, reason: DropReason) {
+        self.counters.drop(reason);
     }
 
     // ---------------------------------------------------------------------------------------
@@ -578,24 +301,6 @@ impl Shard {
         self.sessions.get(key).map_or(&[], |s| s.out.bytes())
     }
 
-    /// `n` bytes of [`Shard::output`] were handed to the session's stream.
-    pub fn consume_output(&mut self, key: SessionKey, n: usize) {
-        let max_output = self.config.limits.max_output;
-        let Some(s) = self.sessions.get_mut(key) else {
-            return;
-        };
-        s.out.consume(n);
-        if s.state == State::Active && s.out.len() < max_output {
-            if let Some(timer) = s.timer.take() {
-                self.wheel.cancel(timer);
-            }
-            if s.reader.has_frame() {
-                // Frames held back while the output was over its bound.
-                self.process_frames(self.now, key);
-            }
-        }
-    }
-
     /// Whether the driver should read more of the session's control stream now. Not while
     /// its output is over the bound (PROTOCOL.md 5.5), nor while frames wait for admission or
     /// for the output to drain: the bytes then wait in the transport, whose flow control holds
@@ -608,11 +313,6 @@ impl Shard {
         })
     }
 
-    /// Counts a drop the driver made at one of its limits.
-    pub fn count_drop(&mut self, reason: DropReason) {
-        self.counters.drop(reason);
-    }
-
     /// A session to close once its output is flushed, and why (its close code is
     /// [`Reason::close_code`]).
     pub fn poll_close(&mut self) -> Option<(SessionKey, Reason)> {
@@ -622,11 +322,11 @@ impl Shard {
     /// Messages waiting for shard `to`, oldest first. The driver moves them to the channel and
     /// leaves in place what the channel cannot take yet.
     pub fn outbox(&mut self, to: ShardId) -> &mut VecDeque<ShardMsg> {
-        &mut self.outbox[to.index()]
+        self.outbox.queue_mut(to)
     }
 
     /// A driver timer that fired.
-    pub fn poll_driver_timer(&mut self) -> Option<u64> {
+    pub fn poll_driver_timer(&mut self) -> Option<DriverToken> {
         self.driver_timers.pop_front()
     }
 
@@ -652,7 +352,7 @@ impl Shard {
                 .map(|(_, s)| s.procedures.len() as u64)
                 .sum(),
             pending_calls: self.pending.len() as u64,
-            output_bytes: self.sessions.iter().map(|(_, s)| s.out.len() as u64).sum(),
+            output_bytes: self.output_bytes() as u64,
             timers: self.wheel.len() as u64,
             counters: self.counters.clone(),
         }
@@ -677,1040 +377,82 @@ impl Shard {
             registrations: self.registry.len(),
             pending: self.pending.index_sizes(),
             timers: self.wheel.len().saturating_sub(1),
-            outbox: self.outbox.iter().map(VecDeque::len).sum(),
+            outbox: self.outbox.len(),
             ready: self.ready.len(),
             closes: self.closes.len(),
-            output_bytes: self.sessions.iter().map(|(_, s)| s.out.len()).sum(),
+            output_bytes: self.output_bytes(),
         }
     }
 
     // ---------------------------------------------------------------------------------------
-    // Sessions
+    // Dispatch
     // ---------------------------------------------------------------------------------------
 
-    /// Decodes and handles the frames buffered for a session, while it is in a state to take
-    /// them (an admitting session keeps them until it is admitted).
-    fn process_frames(&mut self, now: Time, key: SessionKey) {
-        let Some(s) = self.sessions.get_mut(key) else {
-            return;
-        };
-        let mut reader = std::mem::take(&mut s.reader);
-        // While the session's output is over its bound, no further frame is handled: what the
-        // client sends cannot grow its own output (PONG, ERROR, REPLY) without bound.
-        let max_output = self.config.limits.max_output;
-        while let Some(State::AwaitingConnect | State::Active) = self
-            .sessions
-            .get(key)
-            .filter(|s| s.out.len() < max_output)
-            .map(|s| s.state)
-        {
-            let frame = match reader.next_frame() {
-                Ok(Some(frame)) => frame,
-                Ok(None) => break,
-                Err(e) => {
-                    self.close(now, key, e.reason(), &e.to_string());
-                    break;
-                }
-            };
-            match Message::decode(frame.frame_type, frame.payload) {
-                Ok(msg) => self.handle_message(now, key, msg),
-                Err(e) => {
-                    self.close(now, key, e.reason(), &e.to_string());
-                    break;
-                }
-            }
-        }
-        let Some(s) = self.sessions.get_mut(key) else {
-            return;
-        };
-        if s.state == State::Closing {
-            return;
-        }
-        s.reader = reader;
-        if s.finished && s.state != State::Admitting && !s.reader.has_frame() {
-            self.end_stream(now, key);
-        }
+    /// Moves the shard's now to `now`, unless it is already later.
+    fn advance(&mut self, now: Time) {
+        self.now = self.now.max(now);
     }
 
-    /// Ends a session whose client ended its control stream.
-    fn end_stream(&mut self, now: Time, key: SessionKey) {
-        let Some(s) = self.sessions.get(key) else {
-            return;
-        };
-        if s.reader.is_mid_frame() {
-            let message = "the control stream ended inside a frame";
-            self.close(now, key, Reason::ProtocolError, message);
-        } else {
-            self.close(now, key, Reason::Normal, "");
-        }
-    }
-
-    fn handle_message(&mut self, now: Time, key: SessionKey, msg: Message<'_>) {
-        let Some(state) = self.sessions.get(key).map(|s| s.state) else {
-            return;
-        };
-        if state == State::AwaitingConnect {
-            match msg {
-                Message::Connect(c) => self.on_connect(now, key, c.realm, c.node_id, c.token),
-                _ => self.close(
-                    now,
-                    key,
-                    Reason::ProtocolError,
-                    "the first frame must be CONNECT",
-                ),
-            }
-            return;
-        }
+    /// A message from shard `from`, at the shard's now: one handler per variant.
+    fn on_shard_message(&mut self, from: ShardId, msg: ShardMsg) {
+        self.counters.shard_messages_in += 1;
+        let sender = |key| SessionRef { shard: from, key };
         match msg {
-            Message::Ping(Ping { timestamp }) => self.on_ping(now, key, timestamp),
-            Message::Pong(_) => {}
-            Message::Disconnect(_) => self.close(now, key, Reason::Normal, ""),
-            Message::Publish(p) => self.on_publish(key, p),
-            Message::Subscribe(s) => self.on_subscribe(now, key, s.topics),
-            Message::Unsubscribe(u) => self.on_unsubscribe(now, key, u.topics),
-            Message::Register(r) => self.on_register(now, key, r),
-            Message::Unregister(u) => self.on_unregister(now, key, u.procedure),
-            Message::Call(c) => self.on_call(now, key, c),
-            Message::Reply(r) => self.on_reply(now, key, r),
-            Message::Connect(_) => {
-                self.close(now, key, Reason::ProtocolError, "CONNECT sent twice")
-            }
-            Message::Error(_) | Message::Cancel(_) => self.close(
-                now,
-                key,
-                Reason::ProtocolError,
-                "ERROR and CANCEL travel from server to client only",
-            ),
-        }
-    }
-
-    fn on_connect(
-        &mut self,
-        now: Time,
-        key: SessionKey,
-        realm: &[u8],
-        node: NodeId,
-        token: Option<&[u8]>,
-    ) {
-        let Some(realm_id) = self.config.realm(realm) else {
-            self.refuse(now, key, Reason::RealmMismatch);
-            return;
-        };
-        let tokens = &self.config.realms[usize::from(realm_id.0)].tokens;
-        if !tokens.is_empty()
-            && !token.is_some_and(|t| tokens.iter().any(|accepted| constant_time_eq(accepted, t)))
-        {
-            self.refuse(now, key, Reason::Unauthorized);
-            return;
-        }
-        let Some(s) = self.sessions.get_mut(key) else {
-            return;
-        };
-        s.state = State::Admitting;
-        s.realm = realm_id;
-        s.node = node;
-        s.in_directory = true;
-        let owner = owner_of(&node, self.config.shards);
-        self.send(
-            now,
-            owner,
             ShardMsg::Admit {
-                realm: realm_id,
-                node,
-                session: key,
-            },
-        );
-    }
-
-    /// On the node's owner: admits, replaces or refuses.
-    fn admit(
-        &mut self,
-        now: Time,
-        from: ShardId,
-        realm: RealmId,
-        node: NodeId,
-        session: SessionKey,
-    ) {
-        let replacing = self.clients.find(realm, node).is_some();
-        let limit = self.config.limits.max_clients;
-        if !replacing && !self.config.counts.clients.try_take(limit) {
-            let refused = ShardMsg::Refused {
-                session,
-                reason: Reason::MaxClientsReached,
-            };
-            self.send(now, from, refused);
-            return;
-        }
-        let reply = match self.clients.admit(
-            realm,
-            node,
-            SessionRef {
-                shard: from,
-                key: session,
-            },
-        ) {
-            Ok(Admission::Admitted(_)) => ShardMsg::Admitted { session },
-            Ok(Admission::Replaced { old, .. }) => {
-                self.send(
-                    now,
-                    old.shard,
-                    ShardMsg::Kick {
-                        session: old.key,
-                        reason: Reason::Replaced,
-                    },
-                );
-                ShardMsg::Admitted { session }
-            }
-            Err(_) => {
-                // Not reached: the table's own capacity is unbounded. Give back what was taken.
-                self.config.counts.clients.give_back();
-                ShardMsg::Refused {
-                    session,
-                    reason: Reason::MaxClientsReached,
-                }
-            }
-        };
-        self.send(now, from, reply);
-    }
-
-    fn on_admitted(&mut self, now: Time, key: SessionKey) {
-        let Some(s) = self.sessions.get_mut(key) else {
-            return;
-        };
-        if s.state != State::Admitting {
-            return;
-        }
-        s.state = State::Active;
-        if let Some(timer) = s.timer.take() {
-            self.wheel.cancel(timer);
-        }
-        self.connecting -= 1;
-        self.config.counts.handshakes.give_back();
-        self.active += 1;
-        let pong = Pong {
-            timestamp: 0,
-            server_time: self.wall_clock(now),
-            node_id: Some(self.config.node_id),
-        };
-        self.write(key, &Message::Pong(pong));
-        self.process_frames(now, key);
-    }
-
-    fn refuse(&mut self, now: Time, key: SessionKey, reason: Reason) {
-        self.counters.refused(reason);
-        self.events.push_back(Event::Refused { reason });
-        let message = match reason {
-            Reason::RealmMismatch => "this realm is not served here",
-            Reason::Unauthorized => "missing or wrong token",
-            Reason::MaxClientsReached => "the gateway's client table is full",
-            _ => "refused",
-        };
-        self.close(now, key, reason, message);
-    }
-
-    /// Ends a session: sends DISCONNECT (unless the client left of its own accord), removes
-    /// everything it owned and asks the driver to close the connection.
-    fn close(&mut self, now: Time, key: SessionKey, reason: Reason, message: &str) {
-        match self.sessions.get(key) {
-            Some(s) if s.state != State::Closing => {}
-            _ => return,
-        }
-        if reason != Reason::Normal {
-            let frame = Disconnect {
-                reason: reason.as_str().as_bytes(),
-                message: Some(message.as_bytes()),
-            };
-            self.write(key, &Message::Disconnect(frame));
-        }
-        if reason == Reason::SlowConsumer {
-            self.events.push_back(Event::SlowConsumerEvicted);
-        }
-        self.end(now, key, reason);
-        self.closes.push_back((key, reason));
-        self.mark_ready(key);
-    }
-
-    /// Removes everything a session owned, at once: subscriptions, registrations, calls in
-    /// flight as caller and as provider, its directory entry. Its output stays until the driver
-    /// closes the connection.
-    fn end(&mut self, now: Time, key: SessionKey, reason: Reason) {
-        let me = self.id();
-        let Some(s) = self.sessions.get_mut(key) else {
-            return;
-        };
-        let prior = std::mem::replace(&mut s.state, State::Closing);
-        let realm = s.realm;
-        let node = s.node;
-        let in_directory = std::mem::take(&mut s.in_directory);
-        let provider = s.provider;
-        let patterns = std::mem::take(&mut s.patterns);
-        let procedures = std::mem::take(&mut s.procedures);
-        s.reader = FrameReader::default();
-        s.barrier = Barrier::default();
-        if let Some(timer) = s.timer.take() {
-            self.wheel.cancel(timer);
-        }
-        match prior {
-            State::Active => self.active -= 1,
-            State::AwaitingConnect | State::Admitting => {
-                self.connecting -= 1;
-                self.config.counts.handshakes.give_back();
-            }
-            State::Closing => {}
-        }
-        self.counters.closed(reason);
-
-        for pattern in patterns {
-            self.local_subs.remove(realm, &pattern, key);
-            if self.local_subs.subscribers_of(realm, &pattern) == 0 {
-                self.broadcast(ShardMsg::Interest {
-                    realm,
-                    pattern,
-                    add: false,
-                });
-            }
-        }
-        drop(procedures);
-        if provider {
-            let this = SessionRef { shard: me, key };
-            self.broadcast(ShardMsg::ProviderGone { session: key });
-            self.provider_gone(now, this);
-        }
-
-        let mut calls = std::mem::take(&mut self.scratch.calls);
-        calls.clear();
-        self.pending.of_caller(key, &mut calls);
-        for &call in &calls {
-            if let Some(c) = self.pending.remove(call) {
-                self.wheel.cancel(c.deadline);
-                self.counters.call(CallOutcome::CallerGone);
-                let token = self.token(call);
-                self.cancel_provider(now, c.provider, token, CancelReason::CallerGone);
-            }
-        }
-        self.scratch.calls = calls;
-
-        if in_directory {
-            let owner = owner_of(&node, self.config.shards);
-            self.send(
-                now,
-                owner,
-                ShardMsg::Leave {
-                    realm,
-                    node,
-                    session: key,
-                },
-            );
-        }
-    }
-
-    /// A provider ended (here or elsewhere): its registrations go, and the calls this shard's
-    /// sessions sent it fail with `provider_gone`.
-    fn provider_gone(&mut self, _now: Time, provider: SessionRef) {
-        let mut removed = std::mem::take(&mut self.scratch.removed);
-        removed.clear();
-        self.registry.remove_provider(provider, &mut removed);
-        removed.clear();
-        self.scratch.removed = removed;
-        let mut calls = std::mem::take(&mut self.scratch.calls);
-        calls.clear();
-        self.pending.of_provider(provider, &mut calls);
-        for &call in &calls {
-            self.fail_call(call, CallError::ProviderGone);
-        }
-        self.scratch.calls = calls;
-    }
-
-    // ---------------------------------------------------------------------------------------
-    // PING as a barrier
-    // ---------------------------------------------------------------------------------------
-
-    fn on_ping(&mut self, now: Time, key: SessionKey, timestamp: u64) {
-        let others = self.config.shards.saturating_sub(1);
-        let Some(s) = self.sessions.get_mut(key) else {
-            return;
-        };
-        let b = &mut s.barrier;
-        if !b.dirty && b.pongs.is_empty() {
-            let pong = Pong {
-                timestamp,
-                server_time: self.wall_clock(now),
-                node_id: None,
-            };
-            self.write(key, &Message::Pong(pong));
-            return;
-        }
-        if b.dirty {
-            b.dirty = false;
-            b.sent += 1;
-            b.outstanding.push_back((b.sent, others));
-            let seq = b.sent;
-            b.pongs.push_back((timestamp, seq));
-            self.broadcast(ShardMsg::Barrier { session: key, seq });
-        } else {
-            b.pongs.push_back((timestamp, b.sent));
-        }
-    }
-
-    fn on_barrier_ack(&mut self, now: Time, key: SessionKey, seq: u32) {
-        let server_time = self.wall_clock(now);
-        let Some(s) = self.sessions.get_mut(key) else {
-            return;
-        };
-        if s.state != State::Active {
-            return;
-        }
-        let Session { barrier: b, .. } = s;
-        if let Some(entry) = b.outstanding.iter_mut().find(|(s, _)| *s == seq) {
-            entry.1 = entry.1.saturating_sub(1);
-        }
-        let mut done = None;
-        while let Some(&(seq, 0)) = b.outstanding.front() {
-            b.outstanding.pop_front();
-            done = Some(seq);
-        }
-        let Some(done) = done else { return };
-        while let Some(&(timestamp, needs)) = b.pongs.front() {
-            if needs > done {
-                break;
-            }
-            b.pongs.pop_front();
-            Message::Pong(Pong {
-                timestamp,
-                server_time,
-                node_id: None,
-            })
-            .encode(&mut s.out.buf);
-        }
-        self.mark_ready(key);
-    }
-
-    // ---------------------------------------------------------------------------------------
-    // Publish and subscribe
-    // ---------------------------------------------------------------------------------------
-
-    fn on_publish(&mut self, key: SessionKey, p: Publish<'_>) {
-        let Some(s) = self.sessions.get(key) else {
-            return;
-        };
-        let (realm, node) = (s.realm, s.node);
-        if !is_valid_topic(p.topic) {
-            self.send_error(
-                key,
-                "invalid_topic",
-                "not a valid topic",
-                FrameType::Publish,
-                Some(p.topic),
-                None,
-            );
-            return;
-        }
-        self.counters.publishes += 1;
-        let mut frame = std::mem::take(&mut self.scratch.frame);
-        frame.clear();
-        let topic_range = Publish {
-            publisher: Some(node),
-            ..p
-        }
-        .encode_locating_topic(&mut frame);
-        self.deliver(realm, p.topic, &frame, Some(key));
-
-        let mut shards = std::mem::take(&mut self.scratch.shards);
-        shards.clear();
-        self.remote_subs.matches(realm, p.topic, &mut shards);
-        if !shards.is_empty() {
-            let shared: Arc<[u8]> = Arc::from(&frame[..]);
-            let topic = topic_range.start as u32..topic_range.end as u32;
-            for &to in &shards {
-                let msg = ShardMsg::Publish {
-                    realm,
-                    frame: shared.clone(),
-                    topic: topic.clone(),
-                };
-                if !self.send_data(to, msg) {
-                    self.counters.drop(DropReason::ShardBacklog);
-                }
-            }
-        }
-        self.scratch.shards = shards;
-        self.scratch.frame = frame;
-    }
-
-    /// Delivers an encoded PUBLISH to this shard's sessions that match `topic`, each once,
-    /// except `publisher`.
-    fn deliver(
-        &mut self,
-        realm: RealmId,
-        topic: &[u8],
-        frame: &[u8],
-        publisher: Option<SessionKey>,
-    ) {
-        let mut targets = std::mem::take(&mut self.scratch.sessions);
-        targets.clear();
-        self.local_subs.matches(realm, topic, &mut targets);
-        let limits = &self.config.limits;
-        for &target in &targets {
-            if Some(target) == publisher {
-                continue;
-            }
-            let Some(s) = self.sessions.get_mut(target) else {
-                continue;
-            };
-            if s.out.len() >= limits.max_output {
-                self.counters.drop(DropReason::SlowConsumer);
-                continue;
-            }
-            s.out.buf.extend_from_slice(frame);
-            self.counters.deliveries += 1;
-            if !s.queued {
-                s.queued = true;
-                self.ready.push_back(target);
-            }
-            if s.out.len() >= limits.max_output && s.timer.is_none() {
-                let at = self.now + limits.slow_consumer_timeout;
-                s.timer = Some(self.wheel.insert(at, Timer::SlowConsumer(target)));
-            }
-        }
-        self.scratch.sessions = targets;
-    }
-
-    /// Adds each valid pattern. Refusals are answered with at most one ERROR per code per
-    /// frame, naming the first pattern refused, so that one frame cannot ask for an answer
-    /// per pattern.
-    fn on_subscribe(&mut self, _now: Time, key: SessionKey, topics: Strings<'_>) {
-        let max = self.config.limits.max_subscriptions;
-        let mut invalid = Refusals::default();
-        let mut over = Refusals::default();
-        for pattern in topics.iter() {
-            let Some(s) = self.sessions.get_mut(key) else {
-                return;
-            };
-            let realm = s.realm;
-            if !is_valid_pattern(pattern) {
-                invalid.add(pattern);
-                continue;
-            }
-            if s.patterns.len() >= max {
-                if !s.patterns.iter().any(|p| **p == *pattern) {
-                    over.add(pattern);
-                }
-                continue;
-            }
-            if !self.local_subs.insert(realm, pattern, key) {
-                continue;
-            }
-            s.patterns.push(pattern.into());
-            if self.local_subs.subscribers_of(realm, pattern) == 1 {
-                self.announce_interest(key, realm, pattern, true);
-            }
-        }
-        let answers = FrameType::Subscribe;
-        self.send_refusals(
-            key,
-            &invalid,
-            "invalid_pattern",
-            "not a valid pattern",
-            answers,
-        );
-        let full = "the session holds --max-subscriptions patterns";
-        self.send_refusals(key, &over, "too_many_subscriptions", full, answers);
-    }
-
-    fn on_unsubscribe(&mut self, _now: Time, key: SessionKey, topics: Strings<'_>) {
-        let mut invalid = Refusals::default();
-        for pattern in topics.iter() {
-            let Some(s) = self.sessions.get_mut(key) else {
-                return;
-            };
-            let realm = s.realm;
-            if !is_valid_pattern(pattern) {
-                invalid.add(pattern);
-                continue;
-            }
-            if !self.local_subs.remove(realm, pattern, key) {
-                continue;
-            }
-            if let Some(i) = s.patterns.iter().position(|p| **p == *pattern) {
-                s.patterns.swap_remove(i);
-            }
-            if self.local_subs.subscribers_of(realm, pattern) == 0 {
-                self.announce_interest(key, realm, pattern, false);
-            }
-        }
-        let answers = FrameType::Unsubscribe;
-        self.send_refusals(
-            key,
-            &invalid,
-            "invalid_pattern",
-            "not a valid pattern",
-            answers,
-        );
-    }
-
-    /// One ERROR for the patterns of a frame refused with `code`, if any.
-    fn send_refusals(
-        &mut self,
-        key: SessionKey,
-        refused: &Refusals<'_>,
-        code: &str,
-        message: &str,
-        answers: FrameType,
-    ) {
-        let Some(first) = refused.first else { return };
-        if refused.count == 1 {
-            self.send_error(key, code, message, answers, Some(first), None);
-        } else {
-            let message = format!(
-                "{message} ({} patterns of the frame refused)",
-                refused.count
-            );
-            self.send_error(key, code, &message, answers, Some(first), None);
-        }
-    }
-
-    /// Tells the other shards that this one now has (or no longer has) subscribers of
-    /// `pattern`; the session's next PING waits until they have applied it.
-    fn announce_interest(&mut self, key: SessionKey, realm: RealmId, pattern: &[u8], add: bool) {
-        if self.config.shards < 2 {
-            return;
-        }
-        if let Some(s) = self.sessions.get_mut(key) {
-            s.barrier.dirty = true;
-        }
-        self.broadcast(ShardMsg::Interest {
-            realm,
-            pattern: pattern.into(),
-            add,
-        });
-    }
-
-    // ---------------------------------------------------------------------------------------
-    // Registrations
-    // ---------------------------------------------------------------------------------------
-
-    fn on_register(&mut self, now: Time, key: SessionKey, r: Register<'_>) {
-        let me = self.id();
-        let limits = &self.config.limits;
-        let Some(s) = self.sessions.get_mut(key) else {
-            return;
-        };
-        if !is_valid_topic(r.procedure) {
-            self.send_error(
-                key,
-                "invalid_procedure",
-                "not a valid procedure name",
-                FrameType::Register,
-                None,
-                Some(r.procedure),
-            );
-            return;
-        }
-        let known = s.procedures.iter().any(|p| **p == *r.procedure);
-        if !known && s.procedures.len() >= limits.max_registrations {
-            self.send_error(
-                key,
-                "too_many_registrations",
-                "the session holds --max-registrations procedures",
-                FrameType::Register,
-                None,
-                Some(r.procedure),
-            );
-            return;
-        }
-        let ttl = match r.ttl_s {
-            Some(secs) if secs > 0 => Duration::from_secs(secs).min(limits.service_ttl),
-            _ => limits.service_ttl,
-        };
-        let realm = s.realm;
-        let this = SessionRef { shard: me, key };
-        if self
-            .registry
-            .register(realm, r.procedure, this, Some(now + ttl))
-            == Registered::New
-        {
-            s.procedures.push(r.procedure.into());
-            s.provider = true;
-            if self.config.shards > 1 {
-                s.barrier.dirty = true;
-                self.broadcast(ShardMsg::Provider {
-                    realm,
-                    procedure: r.procedure.into(),
-                    session: key,
-                    add: true,
-                });
-            }
-        }
-    }
-
-    fn on_unregister(&mut self, _now: Time, key: SessionKey, procedure: &[u8]) {
-        let me = self.id();
-        let Some(s) = self.sessions.get_mut(key) else {
-            return;
-        };
-        if !is_valid_topic(procedure) {
-            self.send_error(
-                key,
-                "invalid_procedure",
-                "not a valid procedure name",
-                FrameType::Unregister,
-                None,
-                Some(procedure),
-            );
-            return;
-        }
-        let realm = s.realm;
-        if !self
-            .registry
-            .unregister(realm, procedure, SessionRef { shard: me, key })
-        {
-            return;
-        }
-        if let Some(i) = s.procedures.iter().position(|p| **p == *procedure) {
-            s.procedures.swap_remove(i);
-        }
-        if self.config.shards > 1 {
-            s.barrier.dirty = true;
-            self.broadcast(ShardMsg::Provider {
                 realm,
-                procedure: procedure.into(),
-                session: key,
-                add: false,
-            });
-        }
-    }
-
-    /// Removes the registrations of this shard's sessions that expired.
-    fn prune(&mut self, now: Time) {
-        let mut removed = std::mem::take(&mut self.scratch.removed);
-        removed.clear();
-        self.registry.prune(now, &mut removed);
-        if !removed.is_empty() {
-            self.events.push_back(Event::Pruned {
-                removed: removed.len(),
-            });
-        }
-        for r in removed.drain(..) {
-            self.counters.registrations_expired += 1;
-            if let Some(s) = self.sessions.get_mut(r.provider.key) {
-                if let Some(i) = s.procedures.iter().position(|p| *p == r.procedure) {
-                    s.procedures.swap_remove(i);
-                }
-            }
-            self.broadcast(ShardMsg::Provider {
-                realm: r.realm,
-                procedure: r.procedure,
-                session: r.provider.key,
-                add: false,
-            });
-        }
-        self.scratch.removed = removed;
-    }
-
-    // ---------------------------------------------------------------------------------------
-    // Calls
-    // ---------------------------------------------------------------------------------------
-
-    fn on_call(&mut self, now: Time, key: SessionKey, c: Call<'_>) {
-        let me = self.id();
-        let Some(s) = self.sessions.get(key) else {
-            return;
-        };
-        let realm = s.realm;
-        let Some(call_id) = c
-            .call_id
-            .and_then(OwnedCallId::from_wire)
-            .filter(|_| is_valid_topic(c.procedure))
-        else {
-            self.counters.call(CallOutcome::InvalidCall);
-            self.reply_error(key, c.call_id, CallError::InvalidCall);
-            return;
-        };
-        let refusal = if self.pending.contains_id(key, &call_id) {
-            Some(CallError::DuplicateCallId)
-        } else if self.pending.len() >= self.config.limits.max_pending_calls {
-            Some(CallError::Overloaded)
-        } else {
-            None
-        };
-        if let Some(error) = refusal {
-            self.counters.call(error.into());
-            self.reply_error(key, c.call_id, error);
-            return;
-        }
-        let Some(provider) = self.registry.pick(realm, c.procedure) else {
-            self.counters.call(CallOutcome::ProcedureNotFound);
-            self.reply_error(key, c.call_id, CallError::ProcedureNotFound);
-            return;
-        };
-        let max_output = self.config.limits.max_output;
-        let busy = if provider.shard == me {
-            self.sessions
-                .get(provider.key)
-                .is_none_or(|p| p.state != State::Active || p.out.len() >= max_output)
-        } else {
-            self.outbox[provider.shard.index()].len() >= self.config.limits.max_shard_backlog
-        };
-        if busy {
-            self.counters.call(CallOutcome::Overloaded);
-            self.reply_error(key, c.call_id, CallError::Overloaded);
-            return;
-        }
-        let timeout = match c.timeout_ms {
-            Some(ms) if ms > 0 => {
-                Duration::from_millis(ms).min(self.config.limits.max_call_timeout)
-            }
-            _ => self.config.limits.call_timeout,
-        };
-        let call = self.pending.vacant_key();
-        let deadline = self.wheel.insert(now + timeout, Timer::Call(call));
-        if self
-            .pending
-            .insert(key, call_id, provider, deadline)
-            .is_err()
-        {
-            // The duplicate check above ran on the same table an instant ago.
-            debug_assert!(false, "duplicate call id after the check");
-            self.wheel.cancel(deadline);
-            return;
-        }
-        let token = self.token(call);
-        let mut frame = std::mem::take(&mut self.scratch.frame);
-        frame.clear();
-        let forwarded = Call {
-            procedure: c.procedure,
-            args: c.args,
-            call_id: Some(CallIdRef::Uint(token.0)),
-            timeout_ms: Some(timeout.as_millis() as u64),
-        };
-        Message::Call(forwarded).encode(&mut frame);
-        if provider.shard == me {
-            if let Some(p) = self.sessions.get_mut(provider.key) {
-                p.out.buf.extend_from_slice(&frame);
-                self.mark_ready(provider.key);
-            }
-        } else {
-            let msg = ShardMsg::Call {
+                node,
+                session,
+            } => self.admit(realm, node, sender(session)),
+            ShardMsg::Admitted { session } => self.on_admitted(session),
+            ShardMsg::Refused { session, reason } => self.on_refused(session, reason),
+            ShardMsg::Kick { session, reason } => self.on_kicked(session, reason),
+            ShardMsg::Leave {
+                realm,
+                node,
+                session,
+            } => self.on_left(realm, node, sender(session)),
+            ShardMsg::Interest {
+                realm,
+                pattern,
+                add,
+            } => self.on_remote_interest(from, realm, &pattern, add),
+            ShardMsg::Provider {
+                realm,
+                procedure,
+                session,
+                add,
+            } => self.on_remote_provider(realm, &procedure, sender(session), add),
+            ShardMsg::ProviderGone { session } => self.provider_gone(sender(session)),
+            ShardMsg::Barrier { session, seq } => self.on_barrier(from, session, seq),
+            ShardMsg::BarrierAck { session, seq } => self.on_barrier_ack(session, seq),
+            ShardMsg::Publish {
+                realm,
+                frame,
+                topic,
+            } => self.on_remote_publish(realm, &frame, topic),
+            ShardMsg::Call {
                 token,
-                provider: provider.key,
-                frame: frame.as_slice().into(),
-            };
-            self.outbox[provider.shard.index()].push_back(msg);
-            self.counters.shard_messages_out += 1;
-        }
-        self.scratch.frame = frame;
-    }
-
-    fn on_reply(&mut self, now: Time, key: SessionKey, r: Reply<'_>) {
-        let me = self.id();
-        let Some(CallIdRef::Uint(raw)) = r.call_id else {
-            self.counters.late_replies += 1;
-            return;
-        };
-        let token = CallToken(raw);
-        let caller_shard = token.shard();
-        if caller_shard.0 >= self.config.shards {
-            self.counters.late_replies += 1;
-            return;
-        }
-        if caller_shard == me {
-            self.complete_call(token, SessionRef { shard: me, key }, r.outcome);
-            return;
-        }
-        let outcome = match r.outcome {
-            Outcome::Result(raw) => OwnedOutcome::Result(raw.0.into()),
-            Outcome::Error { code, message } => OwnedOutcome::Error {
-                code: code.into(),
-                message: message.map(Into::into),
-            },
-        };
-        self.send(
-            now,
-            caller_shard,
+                provider,
+                frame,
+            } => self.on_forwarded_call(token, provider, &frame),
+            ShardMsg::CallFailed { token, error } => self.on_call_failed(token, error),
             ShardMsg::Reply {
                 token,
-                provider: key,
+                provider,
                 outcome,
-            },
-        );
-    }
-
-    /// On the caller's shard: the provider answered.
-    fn complete_call(&mut self, token: CallToken, provider: SessionRef, outcome: Outcome<'_>) {
-        let call = self.pending.find(token.index(), token.generation());
-        let Some(call) =
-            call.filter(|&k| self.pending.get(k).is_some_and(|c| c.provider == provider))
-        else {
-            self.counters.late_replies += 1;
-            return;
-        };
-        let Some(c) = self.pending.remove(call) else {
-            return;
-        };
-        self.wheel.cancel(c.deadline);
-        self.counters.call(CallOutcome::Ok);
-        let reply = Reply {
-            call_id: Some(c.call_id.as_wire()),
-            outcome,
-        };
-        self.write(c.caller, &Message::Reply(reply));
-    }
-
-    /// On the caller's shard: the gateway fails a pending call.
-    fn fail_call(&mut self, call: CallKey, error: CallError) {
-        let Some(c) = self.pending.remove(call) else {
-            return;
-        };
-        self.wheel.cancel(c.deadline);
-        self.counters.call(error.into());
-        self.reply_error(c.caller, Some(c.call_id.as_wire()), error);
-    }
-
-    /// Tells a provider, here or on its shard, to stop working on a call.
-    fn cancel_provider(
-        &mut self,
-        now: Time,
-        provider: SessionRef,
-        token: CallToken,
-        reason: CancelReason,
-    ) {
-        if provider.shard == self.id() {
-            self.cancel_at_provider(provider.key, token, reason);
-        } else {
-            self.send(
-                now,
-                provider.shard,
-                ShardMsg::Cancel {
-                    token,
-                    provider: provider.key,
-                    reason,
-                },
-            );
+            } => self.on_forwarded_reply(token, sender(provider), &outcome),
+            ShardMsg::Cancel {
+                token,
+                provider,
+                reason,
+            } => self.cancel_at_provider(provider, token, reason),
         }
     }
 
-    fn cancel_at_provider(&mut self, provider: SessionKey, token: CallToken, reason: CancelReason) {
-        if self
-            .sessions
-            .get(provider)
-            .is_some_and(|s| s.state == State::Active)
-        {
-            let cancel = Cancel {
-                call_id: CallIdRef::Uint(token.0),
-                reason: reason.as_str().as_bytes(),
-            };
-            self.write(provider, &Message::Cancel(cancel));
-        }
-    }
-
-    fn token(&self, call: CallKey) -> CallToken {
-        CallToken::new(self.id(), SlabKey::index(call), SlabKey::generation(call))
-    }
-
-    // ---------------------------------------------------------------------------------------
-    // Output helpers
-    // ---------------------------------------------------------------------------------------
-
-    /// Appends a frame to a session's output. Used for frames that are never dropped (replies,
-    /// errors, PONG, DISCONNECT, CANCEL).
-    fn write(&mut self, key: SessionKey, msg: &Message<'_>) {
-        let Some(s) = self.sessions.get_mut(key) else {
-            return;
-        };
-        msg.encode(&mut s.out.buf);
-        self.mark_ready(key);
-    }
-
-    /// Queues a session that got output for the driver, and starts its slow-consumer timer
-    /// if the output just went over its bound.
-    fn mark_ready(&mut self, key: SessionKey) {
-        let limits = &self.config.limits;
-        let Some(s) = self.sessions.get_mut(key) else {
-            return;
-        };
-        if !s.queued {
-            s.queued = true;
-            self.ready.push_back(key);
-        }
-        if s.state == State::Active && s.timer.is_none() && s.out.len() >= limits.max_output {
-            let at = self.now + limits.slow_consumer_timeout;
-            s.timer = Some(self.wheel.insert(at, Timer::SlowConsumer(key)));
-        }
-    }
-
-    fn send_error(
-        &mut self,
-        key: SessionKey,
-        code: &str,
-        message: &str,
-        answers: FrameType,
-        topic: Option<&[u8]>,
-        procedure: Option<&[u8]>,
-    ) {
-        let error = ErrorMsg {
-            code: code.as_bytes(),
-            message: message.as_bytes(),
-            frame_type: answers as u64,
-            topic,
-            procedure,
-        };
-        self.write(key, &Message::Error(error));
-    }
-
-    fn reply_error(&mut self, key: SessionKey, call_id: Option<CallIdRef<'_>>, error: CallError) {
-        let outcome = Outcome::Error {
-            code: error.code().as_bytes(),
-            message: Some(error.message().as_bytes()),
-        };
-        self.write(key, &Message::Reply(Reply { call_id, outcome }));
-    }
-
-    // ---------------------------------------------------------------------------------------
-    // Shard messages
-    // ---------------------------------------------------------------------------------------
-
-    /// Sends a message that is never shed; to this shard itself, it is handled at once.
-    fn send(&mut self, now: Time, to: ShardId, msg: ShardMsg) {
-        if to == self.id() {
-            self.handle_shard_message(now, to, msg);
-        } else {
-            self.outbox[to.index()].push_back(msg);
-            self.counters.shard_messages_out += 1;
-        }
-    }
-
-    /// Queues a data message to another shard unless its link is backed up.
-    fn send_data(&mut self, to: ShardId, msg: ShardMsg) -> bool {
-        let queue = &mut self.outbox[to.index()];
-        if queue.len() >= self.config.limits.max_shard_backlog {
-            return false;
-        }
-        queue.push_back(msg);
-        self.counters.shard_messages_out += 1;
-        true
-    }
-
-    /// Sends a replication message to every other shard.
-    fn broadcast(&mut self, msg: ShardMsg) {
-        let me = self.id();
-        for to in 0..self.config.shards {
-            if to != me.0 {
-                self.outbox[usize::from(to)].push_back(msg.clone());
-                self.counters.shard_messages_out += 1;
-            }
-        }
-    }
-
-    fn wall_clock(&self, now: Time) -> u64 {
-        (now.as_millis() as i64)
+    /// The shard's now as wall-clock milliseconds since the Unix epoch (PONG `server_time`).
+    fn server_time(&self) -> u64 {
+        (self.now.as_millis() as i64)
             .saturating_add(self.config.wall_clock_offset_ms)
             .max(0) as u64
     }
-}
-
-/// Compares two secrets in time that depends on their lengths only.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -5,6 +5,7 @@
 //! allocates nothing. Encoding appends to a caller's buffer. Keys and strings are written as
 //! MessagePack bin; both bin and str are accepted on receipt.
 
+mod encode;
 mod error;
 mod frame;
 mod message;
