@@ -11,6 +11,7 @@ pub mod counts;
 pub mod genslab;
 pub mod ids;
 pub mod lru;
+pub mod mesh;
 pub mod names;
 pub mod registry;
 pub mod subs;

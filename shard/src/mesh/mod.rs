@@ -1,0 +1,8 @@
+//! The gateway mesh's rules (PROTOCOL.md section 9) that need no link, socket or clock: pure
+//! functions and small types the shard's peer-link handling is built from.
+//!
+//! - [`digest`]: the interest digest a gateway sends with SYNC `digest` and checks (9.6).
+//! - [`links`]: which of two admitted links to one peer both ends keep (9.3).
+
+pub mod digest;
+pub mod links;
