@@ -4,6 +4,7 @@
 //! Entries live in a slab and form a doubly-linked recency list through slab indices; a hash map
 //! finds a key's slab index.
 
+use std::borrow::Borrow;
 use std::hash::Hash;
 
 use ahash::AHashMap;
@@ -83,7 +84,11 @@ impl<K: Hash + Eq + Clone, V> PeerLru<K, V> {
     }
 
     /// Marks `key` most recently used; false if absent.
-    pub fn touch(&mut self, key: &K) -> bool {
+    pub fn touch<Q>(&mut self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         match self.map.get(key) {
             Some(&index) => {
                 self.touch_index(index);
@@ -94,22 +99,38 @@ impl<K: Hash + Eq + Clone, V> PeerLru<K, V> {
     }
 
     /// The value of `key`, without touching it.
-    pub fn get(&self, key: &K) -> Option<&V> {
+    pub fn get<Q>(&self, key: &Q) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let &index = self.map.get(key)?;
         self.nodes.get(index).map(|node| &node.value)
     }
 
     /// The value of `key`, mutable, without touching it.
-    pub fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+    pub fn get_mut<Q>(&mut self, key: &Q) -> Option<&mut V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let &index = self.map.get(key)?;
         self.nodes.get_mut(index).map(|node| &mut node.value)
     }
 
-    pub fn contains(&self, key: &K) -> bool {
+    pub fn contains<Q>(&self, key: &Q) -> bool
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         self.map.contains_key(key)
     }
 
-    pub fn remove(&mut self, key: &K) -> Option<V> {
+    pub fn remove<Q>(&mut self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
         let index = self.map.remove(key)?;
         self.unlink(index);
         Some(self.nodes.remove(index).value)

@@ -4,9 +4,12 @@
 //! - [`digest`]: the interest digest a gateway sends with SYNC `digest` and checks (9.6).
 //! - [`interest`]: one peer's interest in one realm: snapshots, increments, collapse (9.6).
 //! - [`links`]: which of two admitted links to one peer both ends keep (9.3).
+//! - [`peers`]: the admitted links, one per peer, bounded as an LRU, and the redial schedule
+//!   (9.3, 9.4).
 //! - [`wrr`]: the weighted choice among peers that advertise a procedure (9.8).
 
 pub mod digest;
 pub mod interest;
 pub mod links;
+pub mod peers;
 pub mod wrr;
