@@ -17,11 +17,6 @@ use meshgate_shard::wire::{
     Raw as RawValue, Reason, Register, Reply, Strings, Subscribe, Unregister, Unsubscribe,
 };
 use meshgate_shard::NodeId;
-use quinn::crypto::rustls::QuicClientConfig;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
 
 /// Shards of every gateway the tests start.
 pub const SHARDS: u16 = 2;
@@ -492,18 +487,7 @@ pub struct Raw {
 
 /// The QUIC client configuration of raw connections: `transport` tunes flow control.
 pub fn raw_quic_config(transport: quinn::TransportConfig) -> quinn::ClientConfig {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut crypto = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("TLS 1.3")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
-        .with_no_client_auth();
-    crypto.alpn_protocols = vec![b"macula".to_vec()];
-    let crypto = QuicClientConfig::try_from(crypto).expect("a QUIC TLS config");
-    let mut quic = quinn::ClientConfig::new(Arc::new(crypto));
-    quic.transport_config(Arc::new(transport));
-    quic
+    meshgate_client::quic_client_config(&Tls::Insecure, transport).expect("a QUIC TLS config")
 }
 
 /// A CONNECT frame.
@@ -720,55 +704,6 @@ impl Raw {
     }
 }
 
-/// Accepts any server certificate, checking only that the handshake is signed with its key.
-#[derive(Debug)]
-struct AnyCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 // -----------------------------------------------------------------------------------------
 // Frames and what they carry, owned
 // -----------------------------------------------------------------------------------------
@@ -800,14 +735,7 @@ impl Id {
 }
 
 pub fn publish_frame(topic: &str, payload: &[u8]) -> Vec<u8> {
-    encode(&Message::Publish(Publish {
-        topic: topic.as_bytes(),
-        payload,
-        qos: None,
-        retain: None,
-        message_id: None,
-        publisher: None,
-    }))
+    encode(&Message::Publish(Publish::new(topic.as_bytes(), payload)))
 }
 
 pub fn subscribe_frame(patterns: &[&str]) -> Vec<u8> {

@@ -278,7 +278,20 @@ impl<'a> Message<'a> {
     }
 }
 
-impl Publish<'_> {
+impl<'a> Publish<'a> {
+    /// A PUBLISH of `payload` to `topic` as a client sends it: no QoS, retain flag, message id
+    /// or publisher.
+    pub fn new(topic: &'a [u8], payload: &'a [u8]) -> Publish<'a> {
+        Publish {
+            topic,
+            payload,
+            qos: None,
+            retain: None,
+            message_id: None,
+            publisher: None,
+        }
+    }
+
     /// Appends the whole frame, as [`Message::encode`] does, and returns where the topic's
     /// bytes lie in `out`: a shard that forwards the encoded frame can read the topic from it
     /// without decoding.
