@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -47,9 +48,33 @@ pub struct Exited {
     pub stderr: String,
 }
 
+/// The gateway binary, `meshgate`. The root package's tests get it from Cargo. The tests of
+/// `meshgate-cli` (which share this module) find it beside their own binary, in the same
+/// target directory, where `cargo test --workspace` builds it too; `MESHGATE_BIN` names
+/// another one.
+pub fn gateway_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("MESHGATE_BIN") {
+        return bin.into();
+    }
+    if let Some(bin) = option_env!("CARGO_BIN_EXE_meshgate") {
+        return bin.into();
+    }
+    let Some(tools) = option_env!("CARGO_BIN_EXE_meshgate-cli") else {
+        panic!("tests/support serves the tests of meshgate and of meshgate-cli only");
+    };
+    let bin = Path::new(tools).with_file_name(format!("meshgate{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "no gateway binary at {}: run `cargo test --workspace`, or `cargo build -p meshgate` \
+         first, or set MESHGATE_BIN",
+        bin.display()
+    );
+    bin
+}
+
 /// Runs `meshgate` with `args` to its end (at most 10 s): for start-up errors.
 pub fn run_to_exit(args: &[&str]) -> Exited {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_meshgate"))
+    let mut child = Command::new(gateway_bin())
         .args(args)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
@@ -91,7 +116,7 @@ impl Gateway {
     /// [`Gateway::start`].
     pub fn start_with_shards(shards: u16, flags: &[&str]) -> Gateway {
         let shards = shards.to_string();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_meshgate"))
+        let mut child = Command::new(gateway_bin())
             .args(["serve", "--shards", &shards, "--listen", "127.0.0.1:0"])
             .args(["--health-listen", "127.0.0.1:0"])
             .args(flags)
