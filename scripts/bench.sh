@@ -2,8 +2,8 @@
 # The standard benchmark suite and its report.
 #
 # Builds meshgate in release mode, then for each scenario starts a fresh gateway with one shard
-# pinned to one core and runs `meshgate bench` pinned to another, so that the two never share
-# a core. Throughput scenarios run --runs times and the report gives their medians. The same
+# pinned to one core and runs the load generator, `meshgate-cli bench`, pinned to another, so
+# that the two never share a core. Throughput scenarios run --runs times and the report gives their medians. The same
 # run measures the machine's baseline (a plain UDP echo between the same two cores) and gives
 # the gateway's RPC rate as a ratio of it. The report goes to OUT/report.md, with the charts
 # (SVG), the raw JSON of every run and the gateways' logs beside it. The raw results also record
@@ -60,8 +60,10 @@ command -v curl >/dev/null || { echo "bench: curl is needed to wait for the gate
 scripts/setup.sh
 echo "bench: building (release)" >&2
 cargo build --release --locked --bin meshgate --example udp_baseline >&2
+cargo build --release --locked -p meshgate-cli >&2
 
 bin=target/release/meshgate
+cli=target/release/meshgate-cli
 port=19443
 health=18080
 server=127.0.0.1:$port
@@ -133,8 +135,9 @@ load() {
     local ticks_before ticks_after counts_before counts_after
     counts_before=$(gateway_counts)
     ticks_before=$(gateway_ticks)
-    taskset -c "$load_cpu" "$bin" bench "$scenario" --server "$server" --metrics "$metrics" \
-        --json "$@" >"$out/json/$name.json.tmp"
+    # --insecure: the gateway runs with the self-signed certificate it makes at start.
+    taskset -c "$load_cpu" "$cli" bench "$scenario" --server "$server" --insecure \
+        --metrics "$metrics" --json "$@" >"$out/json/$name.json.tmp"
     ticks_after=$(gateway_ticks)
     counts_after=$(gateway_counts)
     python3 - "$out/json/$name.json.tmp" "$out/json/$name.json" "$ticks_before" "$ticks_after" \

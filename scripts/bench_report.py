@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes the Markdown report of a `scripts/bench.sh` run from the JSON summaries it left.
 
-Every figure in the report is read from the files in --dir: the `meshgate bench --json`
+Every figure in the report is read from the files in --dir: the `meshgate-cli bench --json`
 summaries (json/NAME.json, with the gateway's CPU time over the run added as gateway_cpu_s)
 and the UDP baseline's output (json/baseline-N.txt). Figures measured more than once are
 given as the median of the runs, with the lowest and highest beside it. The machine and the
@@ -205,7 +205,7 @@ def main():
     w(f"- **Machine:** {machine(d)}")
     w(
         f"- **Layout:** one gateway shard pinned to core {a.gateway_cpu}, the load generator "
-        f"(`meshgate bench`, one Tokio worker) pinned to core {a.load_cpu}; release build; "
+        f"(`meshgate-cli bench`, one Tokio worker) pinned to core {a.load_cpu}; release build; "
         "a fresh gateway for every run, over the loopback interface."
     )
     w(

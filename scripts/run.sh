@@ -8,8 +8,9 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh
 cargo build --release --locked --bin meshgate
 cat >&2 <<'MSG'
-meshgate: starting. Reach it with the client library, for example:
+meshgate: starting. Reach it with the client library or the command-line tools, for example:
     cargo run -p meshgate-client --example quickstart        (self-signed certificate accepted)
+    cargo run -p meshgate-cli -- sub 'sensor.**' --insecure
     curl http://127.0.0.1:8080/health      curl http://127.0.0.1:8080/metrics
 Stop it with Ctrl-C.
 MSG

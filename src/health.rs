@@ -759,23 +759,7 @@ mod tests {
         ));
         assert!(text.contains("meshgate_calls_total{outcome=\"caller_gone\"} 0\n"));
         assert!(text.contains("meshgate_resident_memory_bytes 1234\n"));
-        for name in [
-            "meshgate_clients",
-            "meshgate_clients_refused_total",
-            "meshgate_handshakes",
-            "meshgate_subscriptions",
-            "meshgate_registrations",
-            "meshgate_registrations_expired_total",
-            "meshgate_pending_calls",
-            "meshgate_calls_total",
-            "meshgate_late_replies_total",
-            "meshgate_publishes_total",
-            "meshgate_deliveries_total",
-            "meshgate_dropped_total",
-            "meshgate_peers",
-            "meshgate_peers_evicted_total",
-            "meshgate_resident_memory_bytes",
-        ] {
+        for name in meshgate_shard::metrics::PROTOCOL_METRICS {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
         }
     }

@@ -1,8 +1,7 @@
-//! The `meshgate` command.
+//! The `meshgate` command: the gateway (`meshgate serve`). The client commands and the load
+//! generator are `meshgate-cli` (`cli/`).
 
-mod bench;
 mod cli;
-mod commands;
 mod driver;
 mod endpoint;
 mod gateway;
@@ -46,8 +45,6 @@ fn main() {
     };
     let result = match cli.command {
         cli::Command::Serve(args) => gateway::serve(args).map_err(|e| e.to_string()),
-        cli::Command::Bench(args) => bench::run(args),
-        command => commands::run(command),
     };
     if let Err(e) = result {
         eprintln!("meshgate: {e}");

@@ -3,6 +3,15 @@
 
 use std::path::{Path, PathBuf};
 
+use boring::asn1::Asn1Time;
+use boring::bn::{BigNum, MsbOption};
+use boring::ec::{EcGroup, EcKey};
+use boring::error::ErrorStack;
+use boring::hash::MessageDigest;
+use boring::nid::Nid;
+use boring::pkey::{PKey, Private};
+use boring::x509::extension::SubjectAlternativeName;
+use boring::x509::{X509Builder, X509NameBuilder, X509};
 use sha2::{Digest, Sha256};
 
 /// A certificate chain and key on disk, as quiche loads them.
@@ -59,28 +68,62 @@ pub fn load(cert: &Path, key: &Path) -> Result<Identity, TlsError> {
     })
 }
 
-/// Makes a self-signed certificate for `localhost` and 127.0.0.1, written to a private
-/// temporary directory removed at exit.
+/// Makes a self-signed certificate for `localhost`, 127.0.0.1 and ::1 (ECDSA P-256, signed
+/// with SHA-256, valid for ten years from a day ago), written to a private temporary directory
+/// removed at exit. BoringSSL, which the gateway links for QUIC already, makes it.
 pub fn self_signed() -> Result<Identity, TlsError> {
-    let names = vec![
-        "localhost".to_string(),
-        "127.0.0.1".to_string(),
-        "::1".to_string(),
-    ];
-    let rcgen::CertifiedKey { cert, key_pair } =
-        rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Generate(e.to_string()))?;
+    let (cert, key) = make_self_signed().map_err(|e| TlsError::Generate(e.to_string()))?;
+    let generated = |e: boring::error::ErrorStack| TlsError::Generate(e.to_string());
+    let cert_pem = cert.to_pem().map_err(generated)?;
+    let key_pem = key.private_key_to_pem_pkcs8().map_err(generated)?;
+    let der = cert.to_der().map_err(generated)?;
     let dir = TempDir::new().map_err(TlsError::Write)?;
     let cert_path = dir.0.join("cert.pem");
     let key_path = dir.0.join("key.pem");
-    std::fs::write(&cert_path, cert.pem()).map_err(TlsError::Write)?;
-    write_private(&key_path, key_pair.serialize_pem().as_bytes()).map_err(TlsError::Write)?;
+    std::fs::write(&cert_path, cert_pem).map_err(TlsError::Write)?;
+    write_private(&key_path, &key_pem).map_err(TlsError::Write)?;
     Ok(Identity {
         cert: cert_path,
         key: key_path,
-        fingerprint: fingerprint(cert.der()),
+        fingerprint: fingerprint(&der),
         self_signed: true,
         _dir: Some(dir),
     })
+}
+
+fn make_self_signed() -> Result<(X509, PKey<Private>), ErrorStack> {
+    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1)?;
+    let key = PKey::from_ec_key(EcKey::generate(&group)?)?;
+    let mut name = X509NameBuilder::new()?;
+    name.append_entry_by_nid(Nid::COMMONNAME, "meshgate self-signed")?;
+    let name = name.build();
+    let mut serial = BigNum::new()?;
+    serial.rand(127, MsbOption::MAYBE_ZERO, false)?;
+    let serial = serial.to_asn1_integer()?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let day = 24 * 3600;
+    let not_before = Asn1Time::from_unix((now - day) as libc::time_t)?;
+    let not_after = Asn1Time::from_unix((now + 3650 * day) as libc::time_t)?;
+
+    let mut cert = X509Builder::new()?;
+    // Zero-based: 2 is X.509 version 3, which extensions need.
+    cert.set_version(2)?;
+    cert.set_serial_number(&serial)?;
+    cert.set_subject_name(&name)?;
+    cert.set_issuer_name(&name)?;
+    cert.set_pubkey(&key)?;
+    cert.set_not_before(&not_before)?;
+    cert.set_not_after(&not_after)?;
+    let names = SubjectAlternativeName::new()
+        .dns("localhost")
+        .ip("127.0.0.1")
+        .ip("::1")
+        .build(&cert.x509v3_context(None, None))?;
+    cert.append_extension(&names)?;
+    cert.sign(&key, MessageDigest::sha256())?;
+    Ok((cert.build(), key))
 }
 
 /// SHA-256 of DER bytes as `AB:CD:…`.
@@ -153,6 +196,28 @@ mod tests {
         let loaded = load(&made.cert, &made.key).unwrap();
         assert_eq!(made.fingerprint, loaded.fingerprint);
         assert_eq!(made.fingerprint.len(), 32 * 3 - 1);
+    }
+
+    #[test]
+    fn the_self_signed_certificate_names_the_loopback_addresses() {
+        let made = self_signed().unwrap();
+        let cert = X509::from_pem(&std::fs::read(&made.cert).unwrap()).unwrap();
+        let names: Vec<String> = cert
+            .subject_alt_names()
+            .unwrap()
+            .iter()
+            .map(|n| match (n.dnsname(), n.ipaddress()) {
+                (Some(dns), _) => dns.to_owned(),
+                (None, Some(ip)) => format!("{ip:?}"),
+                (None, None) => String::new(),
+            })
+            .collect();
+        assert_eq!(names[0], "localhost");
+        assert_eq!(names[1], format!("{:?}", [127u8, 0, 0, 1]));
+        assert_eq!(names.len(), 3);
+        let key = PKey::private_key_from_pem(&std::fs::read(&made.key).unwrap()).unwrap();
+        assert!(cert.public_key().unwrap().public_eq(&key));
+        assert!(cert.verify(&key).unwrap());
     }
 
     #[test]

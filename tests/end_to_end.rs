@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use meshgate_client::{CallError, Client, ClientConfig, ClientError, ProcedureError};
+use meshgate_shard::metrics::PROTOCOL_METRICS;
 use meshgate_shard::wire::{FrameType, Message, Reason};
 use meshgate_shard::NodeId;
 use support::*;
@@ -1815,30 +1816,11 @@ async fn the_health_endpoint_answers_health_ready_live_and_404() {
     assert_eq!(gw.get("/").await.0, 404);
 }
 
-/// The metrics PROTOCOL.md section 8 lists.
-const METRICS: [&str; 15] = [
-    "meshgate_clients",
-    "meshgate_clients_refused_total",
-    "meshgate_handshakes",
-    "meshgate_subscriptions",
-    "meshgate_registrations",
-    "meshgate_registrations_expired_total",
-    "meshgate_pending_calls",
-    "meshgate_calls_total",
-    "meshgate_late_replies_total",
-    "meshgate_publishes_total",
-    "meshgate_deliveries_total",
-    "meshgate_dropped_total",
-    "meshgate_peers",
-    "meshgate_peers_evicted_total",
-    "meshgate_resident_memory_bytes",
-];
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_has_every_metric_of_the_protocol_gateway_wide_and_per_shard() {
     let gw = Gateway::start(&[]);
     let m = gw.metrics().await;
-    for name in METRICS {
+    for name in PROTOCOL_METRICS {
         assert!(
             m.text.contains(&format!("# TYPE {name} ")),
             "no TYPE line for {name}"

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use meshgate_shard::wire::{FrameType, Message, Publish};
-use meshgate_shard::NodeId;
+use meshgate_protocol::wire::{FrameType, Message, Publish};
+use meshgate_protocol::NodeId;
 use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::config::ClientConfig;
@@ -98,14 +98,7 @@ impl Client {
     /// topic is reported by the gateway on [`Client::errors`]. While reconnecting, the frame
     /// waits for the next session; frames still queued when a connection is lost are dropped.
     pub async fn publish(&self, topic: &str, payload: &[u8]) -> Result<(), ClientError> {
-        let publish = Publish {
-            topic: topic.as_bytes(),
-            payload,
-            qos: None,
-            retain: None,
-            message_id: None,
-            publisher: None,
-        };
+        let publish = Publish::new(topic.as_bytes(), payload);
         self.shared().send(&Message::Publish(publish)).await
     }
 

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use meshgate_shard::NodeId;
+use meshgate_protocol::NodeId;
 
 /// How a client connects and behaves. [`ClientConfig::default`] targets a gateway on
 /// `127.0.0.1:9443` in realm `macula.default` with a random node id, but trusts no

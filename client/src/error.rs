@@ -1,6 +1,6 @@
 //! The errors of the client's API: one enum per boundary.
 
-use meshgate_shard::wire::Reason;
+use meshgate_protocol::wire::Reason;
 
 /// Why an operation of the client, or the session itself, failed.
 #[derive(Debug, thiserror::Error)]

@@ -54,14 +54,13 @@
 mod client;
 mod config;
 mod error;
-mod pattern;
 mod session;
 mod tls;
 
 pub use client::{Client, ServerErrors, Subscription};
 pub use config::{random_node_id, Backoff, ClientConfig, Overflow, Tls};
 pub use error::{CallError, ClientError, ProcedureError, ServerError};
-pub use meshgate_shard::wire::Reason;
-pub use meshgate_shard::NodeId;
+pub use meshgate_protocol::wire::Reason;
+pub use meshgate_protocol::NodeId;
 pub use session::{ConnectionState, Delivery};
-pub use tls::ALPN;
+pub use tls::{quic_client_config, ALPN};

@@ -13,18 +13,18 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ahash::AHashMap;
-use meshgate_shard::wire::msgpack::Reader;
-use meshgate_shard::wire::{
+use meshgate_protocol::names::pattern_matches;
+use meshgate_protocol::wire::msgpack::Reader;
+use meshgate_protocol::wire::{
     Call, CallIdRef, Cancel, Disconnect, ErrorMsg, Message, Outcome, Ping, Pong, Publish, Raw,
     Reason, Register, Reply, Strings, Subscribe, Unregister, Unsubscribe, HEADER_LEN,
 };
-use meshgate_shard::NodeId;
+use meshgate_protocol::NodeId;
 use tokio::sync::{broadcast, mpsc, oneshot, watch, Notify};
 use tokio::task::AbortHandle;
 
 use crate::config::{ClientConfig, Overflow};
 use crate::error::{CallError, ClientError, ProcedureError, ServerError};
-use crate::pattern::Pattern;
 
 mod connection;
 
@@ -180,8 +180,8 @@ struct Subs {
 
 struct SubEntry {
     id: u64,
+    /// The patterns, matched against each delivery's topic.
     texts: Vec<Box<str>>,
-    patterns: Vec<Pattern>,
     tx: mpsc::Sender<Delivery>,
     dropped: Arc<AtomicU64>,
 }
@@ -456,11 +456,9 @@ impl Shared {
         for t in &texts {
             *subs.held.entry(t.clone()).or_default() += 1;
         }
-        let patterns = texts.iter().map(|t| Pattern::new(t)).collect();
         subs.entries.push(SubEntry {
             id,
             texts,
-            patterns,
             tx,
             dropped,
         });
@@ -704,7 +702,11 @@ impl Shared {
         let mut target: Option<&SubEntry> = None;
         let mut delivery = None;
         for entry in &subs.entries {
-            if !entry.patterns.iter().any(|pat| pat.matches(p.topic)) {
+            if !entry
+                .texts
+                .iter()
+                .any(|t| pattern_matches(t.as_bytes(), p.topic))
+            {
                 continue;
             }
             if let Some(previous) = target.replace(entry) {

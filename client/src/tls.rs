@@ -23,11 +23,29 @@ const STREAM_WINDOW: u32 = 8 << 20;
 const CONNECTION_WINDOW: u32 = 16 << 20;
 
 pub(crate) fn quic_config(config: &ClientConfig) -> Result<quinn::ClientConfig, ClientError> {
+    let mut transport = quinn::TransportConfig::default();
+    let idle = quinn::IdleTimeout::try_from(config.idle_timeout)
+        .map_err(|_| ClientError::Tls("the idle timeout is out of range".to_owned()))?;
+    transport
+        .max_idle_timeout(Some(idle))
+        .stream_receive_window(quinn::VarInt::from_u32(STREAM_WINDOW))
+        .receive_window(quinn::VarInt::from_u32(CONNECTION_WINDOW))
+        .send_window(u64::from(CONNECTION_WINDOW));
+    quic_client_config(&config.tls, transport)
+}
+
+/// The QUIC client configuration of a connection to a gateway: TLS 1.3 with the ring provider,
+/// ALPN [`ALPN`], the trust `tls` chooses, and `transport`. The client builds its own with it;
+/// it is public for tools and tests that open raw QUIC connections to a gateway.
+pub fn quic_client_config(
+    tls: &Tls,
+    transport: quinn::TransportConfig,
+) -> Result<quinn::ClientConfig, ClientError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| ClientError::Tls(e.to_string()))?;
-    let mut crypto = match &config.tls {
+    let mut crypto = match tls {
         Tls::Insecure => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
@@ -48,15 +66,6 @@ pub(crate) fn quic_config(config: &ClientConfig) -> Result<quinn::ClientConfig, 
     };
     crypto.alpn_protocols = vec![ALPN.to_vec()];
     let crypto = QuicClientConfig::try_from(crypto).map_err(|e| ClientError::Tls(e.to_string()))?;
-
-    let mut transport = quinn::TransportConfig::default();
-    let idle = quinn::IdleTimeout::try_from(config.idle_timeout)
-        .map_err(|_| ClientError::Tls("the idle timeout is out of range".to_owned()))?;
-    transport
-        .max_idle_timeout(Some(idle))
-        .stream_receive_window(quinn::VarInt::from_u32(STREAM_WINDOW))
-        .receive_window(quinn::VarInt::from_u32(CONNECTION_WINDOW))
-        .send_window(u64::from(CONNECTION_WINDOW));
     let mut quic = quinn::ClientConfig::new(Arc::new(crypto));
     quic.transport_config(Arc::new(transport));
     Ok(quic)

@@ -12,7 +12,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use meshgate_shard::wire::{FrameReader, Message, Reason, WireError, HEADER_LEN};
+use meshgate_protocol::wire::{FrameReader, Message, Reason, WireError, HEADER_LEN};
 
 /// What a reader made of a stream: its frames in order, then the error that stopped it.
 #[derive(Debug, PartialEq)]

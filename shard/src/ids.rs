@@ -1,22 +1,9 @@
 //! Identifiers and time, as newtypes so that no bare integer crosses a module boundary.
 
-use std::fmt;
 use std::ops::{Add, Sub};
 use std::time::Duration;
 
-/// A client's identity on the mesh: exactly 32 bytes, chosen by the client.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct NodeId(pub [u8; 32]);
-
-impl fmt::Debug for NodeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "NodeId(")?;
-        for b in &self.0[..6] {
-            write!(f, "{b:02x}")?;
-        }
-        write!(f, "..)")
-    }
-}
+pub use meshgate_protocol::NodeId;
 
 /// The index of a shard, `0..shards`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

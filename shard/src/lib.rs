@@ -12,11 +12,14 @@ pub mod genslab;
 pub mod ids;
 pub mod lru;
 pub mod mesh;
-pub mod names;
 pub mod registry;
 pub mod subs;
 pub mod wheel;
-pub mod wire;
+
+// The protocol (codec, node ids, name rules) lives in its own crate, shared with the client
+// library and the tools; its modules are re-exported so that `crate::wire` and `crate::names`
+// read as before.
+pub use meshgate_protocol::{names, wire};
 
 pub use ids::{DriverToken, NodeId, RealmId, SessionKey, SessionRef, ShardId, Time};
 pub mod config;

@@ -3,6 +3,26 @@
 use crate::router::CallError;
 use crate::wire::Reason;
 
+/// The metrics PROTOCOL.md section 8 lists, which `/metrics` serves gateway-wide and per shard
+/// beside meshgate's own.
+pub const PROTOCOL_METRICS: [&str; 15] = [
+    "meshgate_clients",
+    "meshgate_clients_refused_total",
+    "meshgate_handshakes",
+    "meshgate_subscriptions",
+    "meshgate_registrations",
+    "meshgate_registrations_expired_total",
+    "meshgate_pending_calls",
+    "meshgate_calls_total",
+    "meshgate_late_replies_total",
+    "meshgate_publishes_total",
+    "meshgate_deliveries_total",
+    "meshgate_dropped_total",
+    "meshgate_peers",
+    "meshgate_peers_evicted_total",
+    "meshgate_resident_memory_bytes",
+];
+
 /// How a call ended, as counted in `meshgate_calls_total{outcome}`.
 ///
 /// Each variant's value is its slot in [`Counters::calls`] and its place in

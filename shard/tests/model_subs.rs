@@ -1,8 +1,6 @@
 //! `SubscriptionIndex` and `Registry` checked against simple models: random sequences of
 //! operations, then every observable answer compared with the model's.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::collections::BTreeSet;
 
 use meshgate_shard::names::pattern_matches;
@@ -11,36 +9,9 @@ use meshgate_shard::subs::SubscriptionIndex;
 use meshgate_shard::{RealmId, SessionKey, SessionRef, ShardId, Time};
 use proptest::prelude::*;
 
-/// Counts the allocations of the current thread, so that a test can check that a call does not
-/// allocate.
-struct CountingAllocator;
+use counting::allocations;
 
-thread_local! {
-    static ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
-}
-
-unsafe impl GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.with(|n| n.set(n.get() + 1));
-        System.alloc(layout)
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.with(|n| n.set(n.get() + 1));
-        System.realloc(ptr, layout, new_size)
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: CountingAllocator = CountingAllocator;
-
-fn allocations() -> usize {
-    ALLOCATIONS.with(Cell::get)
-}
+mod counting;
 
 // ---- subscriptions
 

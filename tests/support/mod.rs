@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -17,11 +18,6 @@ use meshgate_shard::wire::{
     Raw as RawValue, Reason, Register, Reply, Strings, Subscribe, Unregister, Unsubscribe,
 };
 use meshgate_shard::NodeId;
-use quinn::crypto::rustls::QuicClientConfig;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{DigitallySignedStruct, SignatureScheme};
 
 /// Shards of every gateway the tests start.
 pub const SHARDS: u16 = 2;
@@ -52,9 +48,33 @@ pub struct Exited {
     pub stderr: String,
 }
 
+/// The gateway binary, `meshgate`. The root package's tests get it from Cargo. The tests of
+/// `meshgate-cli` (which share this module) find it beside their own binary, in the same
+/// target directory, where `cargo test --workspace` builds it too; `MESHGATE_BIN` names
+/// another one.
+pub fn gateway_bin() -> PathBuf {
+    if let Some(bin) = std::env::var_os("MESHGATE_BIN") {
+        return bin.into();
+    }
+    if let Some(bin) = option_env!("CARGO_BIN_EXE_meshgate") {
+        return bin.into();
+    }
+    let Some(tools) = option_env!("CARGO_BIN_EXE_meshgate-cli") else {
+        panic!("tests/support serves the tests of meshgate and of meshgate-cli only");
+    };
+    let bin = Path::new(tools).with_file_name(format!("meshgate{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "no gateway binary at {}: run `cargo test --workspace`, or `cargo build -p meshgate` \
+         first, or set MESHGATE_BIN",
+        bin.display()
+    );
+    bin
+}
+
 /// Runs `meshgate` with `args` to its end (at most 10 s): for start-up errors.
 pub fn run_to_exit(args: &[&str]) -> Exited {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_meshgate"))
+    let mut child = Command::new(gateway_bin())
         .args(args)
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
@@ -96,7 +116,7 @@ impl Gateway {
     /// [`Gateway::start`].
     pub fn start_with_shards(shards: u16, flags: &[&str]) -> Gateway {
         let shards = shards.to_string();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_meshgate"))
+        let mut child = Command::new(gateway_bin())
             .args(["serve", "--shards", &shards, "--listen", "127.0.0.1:0"])
             .args(["--health-listen", "127.0.0.1:0"])
             .args(flags)
@@ -492,18 +512,7 @@ pub struct Raw {
 
 /// The QUIC client configuration of raw connections: `transport` tunes flow control.
 pub fn raw_quic_config(transport: quinn::TransportConfig) -> quinn::ClientConfig {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut crypto = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .expect("TLS 1.3")
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
-        .with_no_client_auth();
-    crypto.alpn_protocols = vec![b"macula".to_vec()];
-    let crypto = QuicClientConfig::try_from(crypto).expect("a QUIC TLS config");
-    let mut quic = quinn::ClientConfig::new(Arc::new(crypto));
-    quic.transport_config(Arc::new(transport));
-    quic
+    meshgate_client::quic_client_config(&Tls::Insecure, transport).expect("a QUIC TLS config")
 }
 
 /// A CONNECT frame.
@@ -720,55 +729,6 @@ impl Raw {
     }
 }
 
-/// Accepts any server certificate, checking only that the handshake is signed with its key.
-#[derive(Debug)]
-struct AnyCertificate(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
-
 // -----------------------------------------------------------------------------------------
 // Frames and what they carry, owned
 // -----------------------------------------------------------------------------------------
@@ -800,14 +760,7 @@ impl Id {
 }
 
 pub fn publish_frame(topic: &str, payload: &[u8]) -> Vec<u8> {
-    encode(&Message::Publish(Publish {
-        topic: topic.as_bytes(),
-        payload,
-        qos: None,
-        retain: None,
-        message_id: None,
-        publisher: None,
-    }))
+    encode(&Message::Publish(Publish::new(topic.as_bytes(), payload)))
 }
 
 pub fn subscribe_frame(patterns: &[&str]) -> Vec<u8> {

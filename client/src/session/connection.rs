@@ -5,8 +5,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use meshgate_shard::wire::{Connect, FrameReader, Message, Ping, Reason};
-use meshgate_shard::NodeId;
+use meshgate_protocol::wire::{Connect, FrameReader, Message, Ping, Reason};
+use meshgate_protocol::NodeId;
 
 use super::{lock, lossy, ConnectionState, Link, ReadContext, Shared};
 use crate::config::ClientConfig;

@@ -251,14 +251,7 @@ impl Sim {
     }
 
     pub fn publish(&mut self, id: ClientId, topic: &str, payload: &[u8]) {
-        let p = Publish {
-            topic: topic.as_bytes(),
-            payload,
-            qos: None,
-            retain: None,
-            message_id: None,
-            publisher: None,
-        };
+        let p = Publish::new(topic.as_bytes(), payload);
         self.send(id, &Message::Publish(p));
     }
 

@@ -24,7 +24,7 @@ use super::metrics::{scrape, Scrape};
 use super::report::{note, per_second, round, Progress, Summary};
 use super::rpc::close_all;
 use super::{connect, run_tag, Common};
-use crate::cli::parse_duration;
+use crate::args::parse_duration;
 
 /// Room beyond the output bounds for QUIC buffers and allocator slack.
 const SLACK: u64 = 16 << 20;

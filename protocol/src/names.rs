@@ -37,15 +37,24 @@ pub fn is_valid_pattern(pattern: &[u8]) -> bool {
     (1..=MAX_TOPIC_LEN).contains(&pattern.len()) && segments(pattern).all(|s| !s.is_empty())
 }
 
-/// Whether `pattern` matches `topic` (a reference implementation for tests and models; the
-/// index in `subs` is what the shard uses).
+/// Whether `pattern` matches `topic`: the one matcher of single patterns, used by the client to
+/// route deliveries and by tests and models as the reference for the subscription index
+/// (`meshgate_shard::subs`), which matches a topic against many patterns at once.
 ///
-/// Both are taken as split on `.`, valid or not; the cost is O(pattern segments × topic
-/// segments) whatever the number of `**`.
+/// Both are taken as split on `.`, valid or not. The cost is O(pattern segments × topic
+/// segments) whatever the number of `**`; it allocates only for topics of more than 63
+/// segments.
 pub fn pattern_matches(pattern: &[u8], topic: &[u8]) -> bool {
-    let topic: Vec<&[u8]> = segments(topic).collect();
+    let segments_of_topic = segments(topic).count();
+    let mut on_stack = [false; 64];
+    let mut on_heap = Vec::new();
     // `reached[j]`: the pattern segments seen so far can match the first `j` topic segments.
-    let mut reached = vec![false; topic.len() + 1];
+    let reached: &mut [bool] = if segments_of_topic < on_stack.len() {
+        &mut on_stack[..=segments_of_topic]
+    } else {
+        on_heap.resize(segments_of_topic + 1, false);
+        &mut on_heap
+    };
     reached[0] = true;
     for p in segments(pattern) {
         if p == ANY_SEGMENTS {
@@ -54,13 +63,15 @@ pub fn pattern_matches(pattern: &[u8], topic: &[u8]) -> bool {
                 reached[first..].fill(true);
             }
         } else {
-            for j in (1..reached.len()).rev() {
-                reached[j] = reached[j - 1] && (p == ONE_SEGMENT || p == topic[j - 1]);
+            // From the last topic segment to the first, so that `reached[j - 1]` is still the
+            // value before this pattern segment.
+            for (j, t) in (1..=segments_of_topic).rev().zip(segments(topic).rev()) {
+                reached[j] = reached[j - 1] && (p == ONE_SEGMENT || p == t);
             }
             reached[0] = false;
         }
     }
-    reached[topic.len()]
+    reached[segments_of_topic]
 }
 
 #[cfg(test)]
@@ -145,6 +156,11 @@ mod tests {
         assert!(pattern_matches(b"**.a.**.b.**", b"x.a.y.b"));
         assert!(!pattern_matches(b"**.a.**.b.**", b"x.b.y.a"));
         assert!(pattern_matches(b"**.*", b"x.y"));
+        assert!(pattern_matches(b"a.**.b.**.c", b"a.x.b.y.z.c"));
+        assert!(pattern_matches(b"a.**.b.**.c", b"a.b.c"));
+        assert!(!pattern_matches(b"a.**.b.**.c", b"a.c.b"));
+        assert!(pattern_matches(b"a.**.*", b"a.b"));
+        assert!(!pattern_matches(b"a.**.*", b"a"));
         assert!(!pattern_matches(b"*.**.*", b"x"));
     }
 
@@ -164,5 +180,14 @@ mod tests {
         let topic = [&b"y."[..]; 400].concat();
         assert!(!pattern_matches(&pattern, &topic[..topic.len() - 1]));
         assert!(pattern_matches(&pattern, &[&topic[..], b"x"].concat()));
+    }
+
+    #[test]
+    fn topics_of_more_segments_than_fit_on_the_stack_match_alike() {
+        let topic = [&b"y."[..]; 100].concat();
+        let topic = [&topic[..], b"x"].concat();
+        assert!(pattern_matches(b"**.x", &topic));
+        assert!(pattern_matches(b"y.**.*", &topic));
+        assert!(!pattern_matches(b"*.x", &topic));
     }
 }

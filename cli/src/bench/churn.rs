@@ -24,7 +24,7 @@ use super::chart::{self, Sample};
 use super::metrics::{scrape, MetricsUrl, Scrape};
 use super::report::{counts, note, per_second, Latency, Progress, Summary};
 use super::{call_error_kind, client_error_kind, connect, run_tag, Common};
-use crate::cli::parse_duration;
+use crate::args::parse_duration;
 
 /// The gauges that must be back to 0 once every session is gone.
 pub const GAUGES: [&str; 4] = [

@@ -1,4 +1,4 @@
-//! The load scenarios of `meshgate bench`, each run as a process against a real gateway
+//! The load scenarios of `meshgate-cli bench`, each run as a process against a real gateway
 //! (`meshgate serve --shards 2` on ports the kernel picks), with its `--json` summary checked.
 //! What is asserted is behaviour (no errors, no losses, gauges back to 0, refusals counted),
 //! never a rate or a latency.
@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::Gateway;
 
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 /// How long a gateway may take to start, and a scenario to run.
@@ -17,24 +18,24 @@ const PATIENCE: Duration = Duration::from_secs(30);
 
 /// Runs the load scenarios against a test gateway.
 trait Bench {
-    /// Runs `meshgate bench SCENARIO ARGS --json` against this gateway; its JSON summary.
+    /// Runs `meshgate-cli bench SCENARIO ARGS --json` against this gateway; its JSON summary.
     fn bench(&self, scenario: &str, args: &[&str]) -> Value;
 }
 
 impl Bench for Gateway {
     fn bench(&self, scenario: &str, args: &[&str]) -> Value {
         let metrics = format!("http://{}/metrics", self.health);
-        let mut child = Command::new(env!("CARGO_BIN_EXE_meshgate"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_meshgate-cli"))
             .args(["bench", scenario])
             .args(args)
-            .args(["--server", &self.addr.to_string(), "--metrics", &metrics])
-            .arg("--json")
+            .args(["--server", &self.addr.to_string(), "--insecure"])
+            .args(["--metrics", &metrics, "--json"])
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("meshgate bench starts");
+            .expect("meshgate-cli bench starts");
         let mut stdout = child.stdout.take().expect("piped");
         let mut stderr = child.stderr.take().expect("piped");
         let out = std::thread::spawn(move || {

@@ -22,7 +22,7 @@ use super::metrics::scrape;
 use super::report::{counts, note, per_second, round, Latency, Progress, Summary};
 use super::rpc::close_all;
 use super::{client_error_kind, connect, open_file_limit, Common};
-use crate::cli::parse_duration;
+use crate::args::parse_duration;
 
 /// File descriptors kept for everything but the sessions' sockets.
 const SPARE_FILES: u64 = 64;

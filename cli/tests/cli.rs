@@ -1,5 +1,6 @@
-//! The client commands as a person runs them: `meshgate pub`, `sub`, `call` and `serve-echo`
-//! as processes against a real `meshgate serve`, checking what they print and how they exit.
+//! The client commands as a person runs them: `meshgate-cli pub`, `sub`, `call` and
+//! `serve-echo` as processes against a real `meshgate serve`, checking what they print and how
+//! they exit.
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::UdpSocket;
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use support::Gateway;
 
+#[path = "../../tests/support/mod.rs"]
 mod support;
 
 /// How long a test waits for something that should happen promptly.
@@ -22,7 +24,7 @@ trait Commands {
 
 impl Commands for Gateway {
     fn command(&self, args: &[&str]) -> Command {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_meshgate"));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_meshgate-cli"));
         command
             .args(args)
             .args(["--server", &self.addr.to_string(), "--insecure"])
@@ -49,7 +51,7 @@ fn finish(command: &mut Command) -> Finished {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("meshgate starts");
+        .expect("meshgate-cli starts");
     let status = wait_exit(&mut child, Duration::from_secs(10)).unwrap_or_else(|| {
         let _ = child.kill();
         let _ = child.wait();
@@ -104,7 +106,7 @@ impl Running {
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
-            .expect("meshgate starts");
+            .expect("meshgate-cli starts");
         let stdout = child.stdout.take().expect("piped");
         let (tx, lines) = mpsc::channel();
         std::thread::spawn(move || {
@@ -173,7 +175,7 @@ fn a_call_to_a_missing_procedure_fails_in_one_line() {
     let run = finish(&mut gateway.command(&["call", "no.such.procedure", "[1]"]));
     let line = one_line_failure(&run);
     assert!(
-        line.starts_with("meshgate: call failed: procedure_not_found"),
+        line.starts_with("meshgate-cli: call failed: procedure_not_found"),
         "{line}"
     );
 }
@@ -206,14 +208,14 @@ fn refusals_by_the_gateway_are_one_line_each() {
     let run = finish(&mut gateway.command(&["pub", "--realm", "elsewhere", "a.b", "x"]));
     let line = one_line_failure(&run);
     assert!(
-        line.starts_with("meshgate: refused by the gateway: realm_mismatch"),
+        line.starts_with("meshgate-cli: refused by the gateway: realm_mismatch"),
         "{line}"
     );
 
     let run = finish(&mut gateway.command(&["call", "--realm", "secure", "a.b"]));
     let line = one_line_failure(&run);
     assert!(
-        line.starts_with("meshgate: refused by the gateway: unauthorized"),
+        line.starts_with("meshgate-cli: refused by the gateway: unauthorized"),
         "{line}"
     );
     let run = finish(
@@ -224,7 +226,7 @@ fn refusals_by_the_gateway_are_one_line_each() {
     let run = finish(&mut gateway.command(&["pub", "a..b", "x"]));
     let line = one_line_failure(&run);
     assert!(
-        line.starts_with("meshgate: the gateway refused the message: invalid_topic"),
+        line.starts_with("meshgate-cli: the gateway refused the message: invalid_topic"),
         "{line}"
     );
     let _ = std::fs::remove_file(tokens);
@@ -236,7 +238,7 @@ fn no_gateway_listening_fails_in_one_line_within_seconds() {
     let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = silent.local_addr().unwrap().to_string();
     let run = finish(
-        Command::new(env!("CARGO_BIN_EXE_meshgate"))
+        Command::new(env!("CARGO_BIN_EXE_meshgate-cli"))
             .args(["pub", "--server", &addr, "--insecure"])
             .args(["--connect-timeout", "1s", "a.b", "x"])
             .env_remove("RUST_LOG")
@@ -244,7 +246,7 @@ fn no_gateway_listening_fails_in_one_line_within_seconds() {
     );
     let line = one_line_failure(&run);
     assert!(
-        line.starts_with("meshgate: no answer from a gateway"),
+        line.starts_with("meshgate-cli: no answer from a gateway"),
         "{line}"
     );
     assert!(run.took < Duration::from_secs(5), "{run:?}");

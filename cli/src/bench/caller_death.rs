@@ -21,7 +21,7 @@ use super::metrics::{scrape, Scrape};
 use super::report::{note, round, Summary};
 use super::rpc::close_all;
 use super::{connect, run_tag, Common};
-use crate::cli::parse_duration;
+use crate::args::parse_duration;
 
 /// How often the metrics are read after the callers leave.
 const POLL: Duration = Duration::from_millis(10);

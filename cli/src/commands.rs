@@ -1,7 +1,7 @@
-//! Client commands for people at a terminal: `pub`, `sub`, `call`, `serve-echo`.
+//! Client commands for people at a terminal: `meshgate-cli pub`, `sub`, `call`, `serve-echo`.
 //!
-//! Each command is one session of the client library on a Tokio current-thread runtime of its
-//! own (the gateway's executors are not involved). Results go to stdout; every failure is
+//! Each command is one session of the client library on a Tokio current-thread runtime.
+//! Results go to stdout; every failure is
 //! returned as one line for `main` to print. `pub` and `call` do not reconnect: a lost
 //! connection fails them. `sub` and `serve-echo` reconnect, saying so on stderr, and run
 //! until SIGINT or SIGTERM, on which they leave the gateway with DISCONNECT and exit 0.
@@ -9,42 +9,38 @@
 mod value;
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Args;
+use clap::{Args, Subcommand};
 use meshgate_client::{
-    CallError, Client, ClientConfig, ClientError, ConnectionState, ProcedureError, Reason, Tls,
+    CallError, Client, ClientConfig, ClientError, ConnectionState, ProcedureError, Reason,
 };
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
-use crate::cli::{parse_duration, Command};
+use crate::args::{parse_duration, Connection};
 
 /// Flags every client command takes.
 #[derive(Args, Debug, Clone)]
 pub struct ConnectArgs {
-    /// The gateway's QUIC address.
-    #[arg(long, default_value = "127.0.0.1:9443")]
-    pub server: std::net::SocketAddr,
-    /// The realm to join.
-    #[arg(long, default_value = "macula.default")]
-    pub realm: String,
-    /// The realm's token, if it has tokens.
-    #[arg(long)]
-    pub token: Option<String>,
-    /// Accept any certificate (the gateway's default one is self-signed).
-    #[arg(long, conflicts_with = "ca")]
-    pub insecure: bool,
-    /// Trust the certificates in this PEM file (the gateway's own, or its CA).
-    #[arg(long, value_name = "PEM_FILE")]
-    pub ca: Option<PathBuf>,
-    /// The name the gateway's certificate must carry.
-    #[arg(long, default_value = "localhost")]
-    pub server_name: String,
+    #[command(flatten)]
+    pub connection: Connection,
     /// How long to wait for the gateway to answer when connecting.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
+}
+
+/// The client commands.
+#[derive(Subcommand, Debug, Clone)]
+pub enum ClientCommand {
+    /// Publishes one message.
+    Pub(PubArgs),
+    /// Prints the messages published on matching topics as they come.
+    Sub(SubArgs),
+    /// Calls a procedure: JSON arguments in, JSON result out.
+    Call(CallArgs),
+    /// Provides a procedure that answers with its arguments.
+    ServeEcho(ServeEchoArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -92,18 +88,17 @@ pub struct ServeEchoArgs {
 }
 
 /// Runs a client command; the error is one line for the terminal.
-pub fn run(command: Command) -> Result<(), String> {
+pub fn run(command: ClientCommand) -> Result<(), String> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the client runtime: {e}"))?;
     runtime.block_on(async move {
         match command {
-            Command::Pub(args) => publish(args).await,
-            Command::Sub(args) => subscribe(args).await,
-            Command::Call(args) => call(args).await,
-            Command::ServeEcho(args) => serve_echo(args).await,
-            Command::Serve(_) | Command::Bench(_) => Err("not a client command".to_owned()),
+            ClientCommand::Pub(args) => publish(args).await,
+            ClientCommand::Sub(args) => subscribe(args).await,
+            ClientCommand::Call(args) => call(args).await,
+            ClientCommand::ServeEcho(args) => serve_echo(args).await,
         }
     })
 }
@@ -236,26 +231,10 @@ async fn serve_echo(args: ServeEchoArgs) -> Result<(), String> {
 
 /// Connects to the gateway named by `args`; the error is one line that says why not.
 async fn connect(args: &ConnectArgs, reconnect: bool) -> Result<Client, String> {
-    let tls = match (&args.ca, args.insecure) {
-        (_, true) => Tls::Insecure,
-        (Some(ca), false) => Tls::CaFile(ca.clone()),
-        (None, false) => {
-            return Err(
-                "the gateway's certificate cannot be checked: give --ca PEM_FILE, \
-                        or --insecure for a gateway with a self-signed certificate"
-                    .to_owned(),
-            )
-        }
-    };
     let config = ClientConfig {
-        server: args.server,
-        server_name: args.server_name.clone(),
-        realm: args.realm.clone(),
-        token: args.token.clone(),
-        tls,
         connect_timeout: args.connect_timeout,
         reconnect,
-        ..ClientConfig::default()
+        ..args.connection.client_config()?
     };
     // The client bounds the handshake and CONNECT by `connect_timeout`.
     Client::connect(config)
@@ -268,16 +247,19 @@ fn connect_failure(e: ClientError, args: &ConnectArgs) -> String {
         ClientError::Refused { reason, message } => {
             let mut line = format!("refused by the gateway: {}", explain(reason, &message));
             if reason == Reason::RealmMismatch {
-                line.push_str(&format!(" (realm {})", args.realm));
+                line.push_str(&format!(" (realm {})", args.connection.realm));
             }
             line
         }
         ClientError::Timeout => format!(
             "no answer from a gateway at {} within {} (is it running?)",
-            args.server,
+            args.connection.server,
             humantime::format_duration(args.connect_timeout)
         ),
-        e => format!("cannot connect to the gateway at {}: {e}", args.server),
+        e => format!(
+            "cannot connect to the gateway at {}: {e}",
+            args.connection.server
+        ),
     }
 }
 
@@ -327,9 +309,9 @@ fn explain(reason: Reason, message: &str) -> String {
 fn report_reconnection(state: &ConnectionState) {
     match state {
         ConnectionState::Reconnecting { attempt: 0 } => {
-            eprintln!("meshgate: lost the connection to the gateway; reconnecting")
+            eprintln!("meshgate-cli: lost the connection to the gateway; reconnecting")
         }
-        ConnectionState::Connected { .. } => eprintln!("meshgate: reconnected"),
+        ConnectionState::Connected { .. } => eprintln!("meshgate-cli: reconnected"),
         _ => {}
     }
 }
@@ -338,7 +320,7 @@ fn report_reconnection(state: &ConnectionState) {
 /// scripts see nothing there but errors.
 fn notice(line: &str) {
     if std::io::stderr().is_terminal() {
-        eprintln!("meshgate: {line}");
+        eprintln!("meshgate-cli: {line}");
     }
 }
 

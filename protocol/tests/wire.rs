@@ -1,9 +1,9 @@
 //! The wire codec against PROTOCOL.md sections 2 and 4: golden bytes, round trips of every
 //! message through a frame reader fed in pieces, and the error each kind of bad input gets.
 
-use meshgate_shard::wire::msgpack::{self, Reader};
-use meshgate_shard::wire::*;
-use meshgate_shard::NodeId;
+use meshgate_protocol::wire::msgpack::{self, Reader};
+use meshgate_protocol::wire::*;
+use meshgate_protocol::NodeId;
 use proptest::collection::vec;
 use proptest::option::of as opt;
 use proptest::prelude::*;

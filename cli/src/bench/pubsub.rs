@@ -21,7 +21,7 @@ use tokio::task::JoinSet;
 use super::report::{note, per_second, Latency, Progress, Summary};
 use super::rpc::close_all;
 use super::{connect, run_tag, Common};
-use crate::cli::parse_duration;
+use crate::args::parse_duration;
 
 /// Bytes of the header every message carries: time, publisher, sequence number.
 const HEADER: usize = 20;

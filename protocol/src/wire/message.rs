@@ -250,6 +250,21 @@ impl<'a> Message<'a> {
     }
 }
 
+impl<'a> Publish<'a> {
+    /// A PUBLISH of `payload` to `topic` as a client sends it: no QoS, retain flag, message id
+    /// or publisher.
+    pub fn new(topic: &'a [u8], payload: &'a [u8]) -> Publish<'a> {
+        Publish {
+            topic,
+            payload,
+            qos: None,
+            retain: None,
+            message_id: None,
+            publisher: None,
+        }
+    }
+}
+
 impl<'a> Strings<'a> {
     pub fn len(&self) -> usize {
         match self {

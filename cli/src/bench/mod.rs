@@ -1,4 +1,4 @@
-//! `meshgate bench`: load scenarios against a running gateway.
+//! `meshgate-cli bench`: load scenarios against a running gateway.
 //!
 //! Every scenario drives the gateway over real QUIC sessions of the client library, on a Tokio
 //! runtime of its own (`--workers` threads, 1 by default, so that the load generator can be
@@ -24,14 +24,13 @@ mod report;
 mod rpc;
 mod slow_consumer;
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{ArgAction, Args, Subcommand};
-use meshgate_client::{random_node_id, CallError, Client, ClientConfig, ClientError, Tls};
+use clap::{Args, Subcommand};
+use meshgate_client::{random_node_id, CallError, Client, ClientConfig, ClientError};
+use meshgate_protocol::wire::msgpack;
 
-use crate::cli::parse_duration;
+use crate::args::{parse_duration, Connection};
 use metrics::MetricsUrl;
 
 #[derive(Args, Debug, Clone)]
@@ -83,37 +82,11 @@ impl Scenario {
 /// Flags every scenario takes.
 #[derive(Args, Debug, Clone)]
 pub struct Common {
-    /// The gateway's QUIC address.
-    #[arg(long, default_value = "127.0.0.1:9443")]
-    pub server: SocketAddr,
+    #[command(flatten)]
+    pub connection: Connection,
     /// The gateway's Prometheus page, read with a plain HTTP GET.
     #[arg(long, default_value = "http://127.0.0.1:8080/metrics")]
     pub metrics: MetricsUrl,
-    /// The realm every session joins.
-    #[arg(long, default_value = "macula.default")]
-    pub realm: String,
-    /// The realm's token, for a realm with tokens.
-    #[arg(long)]
-    pub token: Option<String>,
-    /// Accept any certificate. On by default, for the self-signed certificate a gateway makes
-    /// when started without --cert: the traffic is encrypted but the gateway is not
-    /// authenticated. Give --ca to check the certificate instead.
-    #[arg(
-        long,
-        default_value_t = true,
-        action = ArgAction::Set,
-        num_args = 0..=1,
-        default_missing_value = "true",
-        value_name = "BOOL"
-    )]
-    pub insecure: bool,
-    /// Trust the certificates in this PEM file (the gateway's own, or its CA); overrides
-    /// --insecure.
-    #[arg(long, value_name = "PEM_FILE")]
-    pub ca: Option<PathBuf>,
-    /// The name the gateway's certificate must carry.
-    #[arg(long, default_value = "localhost")]
-    pub server_name: String,
     /// How long the load is measured (scenarios that end on their own take it as a cap).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
@@ -132,22 +105,10 @@ pub struct Common {
 impl Common {
     /// The configuration of a session: a fresh node id each time.
     fn client_config(&self) -> Result<ClientConfig, String> {
-        let tls = match (&self.ca, self.insecure) {
-            (Some(ca), _) => Tls::CaFile(ca.clone()),
-            (None, true) => Tls::Insecure,
-            (None, false) => {
-                return Err("--insecure false needs --ca PEM_FILE to trust the gateway".into())
-            }
-        };
         Ok(ClientConfig {
-            server: self.server,
-            server_name: self.server_name.clone(),
-            realm: self.realm.clone(),
-            token: self.token.clone(),
-            tls,
             // A lost session is an error to count, not one to hide by reconnecting.
             reconnect: false,
-            ..ClientConfig::default()
+            ..self.connection.client_config()?
         })
     }
 }
@@ -200,20 +161,7 @@ fn run_tag() -> String {
 /// One MessagePack bin value of `len` bytes: the arguments of a benchmark call.
 fn msgpack_bin(len: usize) -> Vec<u8> {
     let mut value = Vec::with_capacity(len + 5);
-    match (u8::try_from(len), u16::try_from(len), u32::try_from(len)) {
-        (Ok(n), _, _) => value.extend_from_slice(&[0xc4, n]),
-        (_, Ok(n), _) => {
-            value.push(0xc5);
-            value.extend_from_slice(&n.to_be_bytes());
-        }
-        (_, _, Ok(n)) => {
-            value.push(0xc6);
-            value.extend_from_slice(&n.to_be_bytes());
-        }
-        // Over 4 GiB: far past any frame limit, the call fails as too large.
-        _ => value.extend_from_slice(&[0xc6, 0xff, 0xff, 0xff, 0xff]),
-    }
-    value.resize(value.len() + len, 0x2a);
+    msgpack::write_bin(&mut value, &vec![0x2a; len]);
     value
 }
 
@@ -304,14 +252,14 @@ mod tests {
     }
 
     #[test]
-    fn insecure_is_on_by_default_and_can_be_turned_off() {
+    fn the_connection_flags_are_those_of_the_client_commands() {
         let cli = Cli::try_parse_from(["bench", "rpc"]).unwrap();
-        assert!(cli.scenario.common().insecure);
-        let cli = Cli::try_parse_from(["bench", "rpc", "--insecure"]).unwrap();
-        assert!(cli.scenario.common().insecure);
-        let cli = Cli::try_parse_from(["bench", "rpc", "--insecure", "false"]).unwrap();
-        assert!(!cli.scenario.common().insecure);
+        assert!(!cli.scenario.common().connection.insecure);
         assert!(cli.scenario.common().client_config().is_err());
+        let cli = Cli::try_parse_from(["bench", "rpc", "--insecure", "--realm", "r"]).unwrap();
+        let config = cli.scenario.common().client_config().unwrap();
+        assert!(!config.reconnect);
+        assert_eq!(config.realm, "r");
     }
 
     #[test]

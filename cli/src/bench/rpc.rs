@@ -22,7 +22,7 @@ use tokio::task::JoinSet;
 
 use super::report::{counts, note, per_second, Latency, Progress, Summary};
 use super::{call_error_kind, connect, msgpack_bin, run_tag, Common};
-use crate::cli::parse_duration;
+use crate::args::parse_duration;
 
 #[derive(Args, Debug, Clone)]
 pub struct RpcArgs {
