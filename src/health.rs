@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use meshgate_shard::metrics::{CallOutcome, DropReason, Metrics};
+use meshgate_shard::metrics::{reason_index, CallOutcome, DropReason, Metrics};
 use meshgate_shard::wire::Reason;
 use slab::Slab;
 
@@ -513,188 +513,171 @@ pub fn resident_memory_bytes() -> u64 {
     pages * u64::try_from(page).unwrap_or(4096)
 }
 
-/// Renders the Prometheus text format: each metric gateway-wide (no `shard` label) and per
-/// shard (label `shard`).
-pub fn render(reports: &[ShardReport], resident: u64) -> String {
-    let mut out = String::with_capacity(8192);
-    let gauge = |out: &mut String, name: &str, help: &str, f: &dyn Fn(&ShardReport) -> u64| {
-        series(
-            out,
-            name,
-            help,
-            "gauge",
-            reports,
-            &[("", &|r: &ShardReport| f(r))],
-        );
-    };
-    gauge(
-        &mut out,
-        "meshgate_clients",
-        "Sessions past CONNECT.",
-        &|r| r.metrics.clients,
-    );
-    gauge(
-        &mut out,
+/// A figure of one shard's report.
+type Field = fn(&ShardReport) -> u64;
+
+/// Gauges with one series gateway-wide and one per shard, in the order rendered.
+const GAUGES: [(&str, &str, Field); 7] = [
+    ("meshgate_clients", "Sessions past CONNECT.", |r| {
+        r.metrics.clients
+    }),
+    (
         "meshgate_handshakes",
         "Connections in the handshake or waiting for CONNECT.",
-        &|r| r.handshakes,
-    );
-    gauge(
-        &mut out,
-        "meshgate_subscriptions",
-        "Session-pattern pairs.",
-        &|r| r.metrics.subscriptions,
-    );
-    gauge(
-        &mut out,
-        "meshgate_registrations",
-        "Session-procedure pairs.",
-        &|r| r.metrics.registrations,
-    );
-    gauge(
-        &mut out,
-        "meshgate_pending_calls",
-        "Calls in flight.",
-        &|r| r.metrics.pending_calls,
-    );
-    gauge(&mut out, "meshgate_peers", "Mesh peer connections.", &|r| {
-        r.peers
-    });
-    gauge(
-        &mut out,
-        "meshgate_output_bytes",
-        "Bytes queued to sessions.",
-        &|r| r.metrics.output_bytes,
-    );
+        |r| r.handshakes,
+    ),
+    ("meshgate_subscriptions", "Session-pattern pairs.", |r| {
+        r.metrics.subscriptions
+    }),
+    ("meshgate_registrations", "Session-procedure pairs.", |r| {
+        r.metrics.registrations
+    }),
+    ("meshgate_pending_calls", "Calls in flight.", |r| {
+        r.metrics.pending_calls
+    }),
+    (
+        "meshgate_peers",
+        "Mesh peer links that are up (0 until the gateway mesh is configured).",
+        |r| r.peers,
+    ),
+    ("meshgate_output_bytes", "Bytes queued to sessions.", |r| {
+        r.metrics.output_bytes
+    }),
+];
 
-    let refused: Vec<(String, Getter)> = [
+/// Counters without labels, in the order rendered.
+const COUNTERS: [(&str, &str, Field); 7] = [
+    (
+        "meshgate_registrations_expired_total",
+        "Registrations removed by expiry.",
+        |r| r.metrics.counters.registrations_expired,
+    ),
+    (
+        "meshgate_late_replies_total",
+        "REPLYs for calls no longer pending.",
+        |r| r.metrics.counters.late_replies,
+    ),
+    (
+        "meshgate_publishes_total",
+        "PUBLISH frames accepted.",
+        |r| r.metrics.counters.publishes,
+    ),
+    (
+        "meshgate_deliveries_total",
+        "PUBLISH frames delivered to subscribers.",
+        |r| r.metrics.counters.deliveries,
+    ),
+    (
+        "meshgate_peers_evicted_total",
+        "Mesh peer connections evicted.",
+        |r| r.metrics.counters.peers_evicted,
+    ),
+    (
+        "meshgate_handshakes_refused_total",
+        "Connections refused at the QUIC level.",
+        |r| r.refused_handshakes,
+    ),
+    (
+        "meshgate_shard_messages_total",
+        "Messages sent between shards.",
+        |r| r.metrics.counters.shard_messages_out,
+    ),
+];
+
+/// The Prometheus text of every shard's report: each series gateway-wide and per shard.
+pub fn render(reports: &[ShardReport], resident: u64) -> String {
+    let mut out = String::with_capacity(8192);
+    for (name, help, f) in GAUGES {
+        series(&mut out, name, help, "gauge", reports, &[("", &f)]);
+    }
+    let refusals = [
         Reason::RealmMismatch,
         Reason::Unauthorized,
         Reason::MaxClientsReached,
-    ]
-    .into_iter()
-    .map(|reason| {
-        let f: Getter = Box::new(move |r| r.metrics.counters.refused_of(reason));
-        (format!("reason=\"{}\"", reason.as_str()), f)
-    })
-    .collect();
-    labelled(
-        &mut out,
-        "meshgate_clients_refused_total",
-        "Clients refused admission.",
-        reports,
-        &refused,
-    );
-
-    let closed: Vec<(String, Getter)> = Reason::ALL
-        .into_iter()
-        .enumerate()
-        .map(|(i, reason)| {
-            let f: Getter = Box::new(move |r| r.metrics.counters.sessions_closed[i]);
-            (format!("reason=\"{}\"", reason.as_str()), f)
-        })
-        .collect();
-    labelled(
-        &mut out,
-        "meshgate_sessions_closed_total",
-        "Sessions ended, by reason.",
-        reports,
-        &closed,
-    );
-
-    let calls: Vec<(String, Getter)> = CallOutcome::ALL
-        .into_iter()
-        .map(|outcome| {
-            let f: Getter = Box::new(move |r| r.metrics.counters.calls_of(outcome));
-            (format!("outcome=\"{}\"", outcome.as_str()), f)
-        })
-        .collect();
-    labelled(
-        &mut out,
-        "meshgate_calls_total",
-        "Calls ended, by outcome.",
-        reports,
-        &calls,
-    );
-
-    let dropped: Vec<(String, Getter)> = DropReason::ALL
-        .into_iter()
-        .map(|reason| {
-            let f: Getter = Box::new(move |r| r.metrics.counters.dropped_of(reason));
-            (format!("reason=\"{}\"", reason.as_str()), f)
-        })
-        .collect();
-    labelled(
-        &mut out,
-        "meshgate_dropped_total",
-        "Messages not delivered, by reason.",
-        reports,
-        &dropped,
-    );
-
-    let counter = |out: &mut String, name: &str, help: &str, f: &dyn Fn(&ShardReport) -> u64| {
-        series(
+    ];
+    let families: [(&str, &str, Vec<(String, Getter)>); 4] = [
+        (
+            "meshgate_clients_refused_total",
+            "Clients refused admission.",
+            by_label(
+                "reason",
+                refusals.map(|x| {
+                    (x.as_str(), move |r: &ShardReport| {
+                        r.metrics.counters.refused_of(x)
+                    })
+                }),
+            ),
+        ),
+        (
+            "meshgate_sessions_closed_total",
+            "Sessions ended, by reason.",
+            by_label(
+                "reason",
+                Reason::ALL.map(|x| {
+                    (x.as_str(), move |r: &ShardReport| {
+                        r.metrics.counters.sessions_closed[reason_index(x)]
+                    })
+                }),
+            ),
+        ),
+        (
+            "meshgate_calls_total",
+            "Calls ended, by outcome.",
+            by_label(
+                "outcome",
+                CallOutcome::ALL.map(|x| {
+                    (x.as_str(), move |r: &ShardReport| {
+                        r.metrics.counters.calls_of(x)
+                    })
+                }),
+            ),
+        ),
+        (
+            "meshgate_dropped_total",
+            "Messages not delivered, by reason.",
+            by_label(
+                "reason",
+                DropReason::ALL.map(|x| {
+                    (x.as_str(), move |r: &ShardReport| {
+                        r.metrics.counters.dropped_of(x)
+                    })
+                }),
+            ),
+        ),
+    ];
+    for (name, help, labels) in &families {
+        let refs: Vec<(&str, &Figure<'_>)> =
+            labels.iter().map(|(l, f)| (l.as_str(), &**f)).collect();
+        series(&mut out, name, help, "counter", reports, &refs);
+    }
+    for (name, help, f) in COUNTERS {
+        series(&mut out, name, help, "counter", reports, &[("", &f)]);
+    }
+    for (name, help, value) in [
+        (
+            "meshgate_resident_memory_bytes",
+            "Resident memory of the gateway process.",
+            resident,
+        ),
+        ("meshgate_shards", "Shards reporting.", reports.len() as u64),
+    ] {
+        let _ = writeln!(
             out,
-            name,
-            help,
-            "counter",
-            reports,
-            &[("", &|r: &ShardReport| f(r))],
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
         );
-    };
-    counter(
-        &mut out,
-        "meshgate_registrations_expired_total",
-        "Registrations removed by expiry.",
-        &|r| r.metrics.counters.registrations_expired,
-    );
-    counter(
-        &mut out,
-        "meshgate_late_replies_total",
-        "REPLYs for calls no longer pending.",
-        &|r| r.metrics.counters.late_replies,
-    );
-    counter(
-        &mut out,
-        "meshgate_publishes_total",
-        "PUBLISH frames accepted.",
-        &|r| r.metrics.counters.publishes,
-    );
-    counter(
-        &mut out,
-        "meshgate_deliveries_total",
-        "PUBLISH frames delivered to subscribers.",
-        &|r| r.metrics.counters.deliveries,
-    );
-    counter(
-        &mut out,
-        "meshgate_peers_evicted_total",
-        "Mesh peer connections evicted.",
-        &|r| r.metrics.counters.peers_evicted,
-    );
-    counter(
-        &mut out,
-        "meshgate_handshakes_refused_total",
-        "Connections refused at the QUIC level.",
-        &|r| r.refused_handshakes,
-    );
-    counter(
-        &mut out,
-        "meshgate_shard_messages_total",
-        "Messages sent between shards.",
-        &|r| r.metrics.counters.shard_messages_out,
-    );
-
-    let _ = writeln!(
-        out,
-        "# HELP meshgate_resident_memory_bytes Resident memory of the gateway process."
-    );
-    let _ = writeln!(out, "# TYPE meshgate_resident_memory_bytes gauge");
-    let _ = writeln!(out, "meshgate_resident_memory_bytes {resident}");
-    let _ = writeln!(out, "# HELP meshgate_shards Shards reporting.");
-    let _ = writeln!(out, "# TYPE meshgate_shards gauge");
-    let _ = writeln!(out, "meshgate_shards {}", reports.len());
+    }
     out
+}
+
+/// One series per label value: `key="value"` and its figure.
+fn by_label<F: Fn(&ShardReport) -> u64 + 'static, const N: usize>(
+    key: &str,
+    values: [(&str, F); N],
+) -> Vec<(String, Getter)> {
+    values
+        .into_iter()
+        .map(|(value, f)| (format!("{key}=\"{value}\""), Box::new(f) as Getter))
+        .collect()
 }
 
 fn series(
@@ -719,17 +702,6 @@ fn series(
             let _ = writeln!(out, "{name}{{{label}{sep}shard=\"{}\"}} {}", r.shard, f(r));
         }
     }
-}
-
-fn labelled(
-    out: &mut String,
-    name: &str,
-    help: &str,
-    reports: &[ShardReport],
-    labels: &[(String, Getter)],
-) {
-    let refs: Vec<(&str, &Figure<'_>)> = labels.iter().map(|(l, f)| (l.as_str(), &**f)).collect();
-    series(out, name, help, "counter", reports, &refs);
 }
 
 #[cfg(test)]
