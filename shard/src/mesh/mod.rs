@@ -6,10 +6,12 @@
 //! - [`links`]: which of two admitted links to one peer both ends keep (9.3).
 //! - [`peers`]: the admitted links, one per peer, bounded as an LRU, and the redial schedule
 //!   (9.3, 9.4).
+//! - [`proof`]: the HMAC proof of the cluster token and the realms' auth digests (9.3, 9.9).
 //! - [`wrr`]: the weighted choice among peers that advertise a procedure (9.8).
 
 pub mod digest;
 pub mod interest;
 pub mod links;
 pub mod peers;
+pub mod proof;
 pub mod wrr;
