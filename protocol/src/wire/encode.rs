@@ -52,7 +52,7 @@ impl Publish<'_> {
 }
 
 /// Appends a header with a zero length and returns where the frame starts.
-fn begin_frame(out: &mut Vec<u8>, ty: FrameType) -> usize {
+pub(super) fn begin_frame(out: &mut Vec<u8>, ty: FrameType) -> usize {
     let start = out.len();
     out.extend_from_slice(
         &FrameHeader {
@@ -65,7 +65,7 @@ fn begin_frame(out: &mut Vec<u8>, ty: FrameType) -> usize {
 }
 
 /// Writes the length of the payload appended since `begin_frame` into its header.
-fn end_frame(out: &mut [u8], start: usize) {
+pub(super) fn end_frame(out: &mut [u8], start: usize) {
     let payload_len = out.len() - start - HEADER_LEN;
     // Frames are built from fields held in memory and capped far below 4 GiB by `--max-frame`
     // on the way in; a larger one is a caller's error.
@@ -78,25 +78,25 @@ fn end_frame(out: &mut [u8], start: usize) {
 }
 
 /// The number of optional fields present, for a map header.
-fn present(fields: &[bool]) -> u32 {
+pub(super) fn present(fields: &[bool]) -> u32 {
     fields.iter().map(|&p| u32::from(p)).sum()
 }
 
-fn key(out: &mut Vec<u8>, name: &str) {
+pub(super) fn key(out: &mut Vec<u8>, name: &str) {
     msgpack::write_bin(out, name.as_bytes());
 }
 
-fn put_bytes(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+pub(super) fn put_bytes(out: &mut Vec<u8>, name: &str, value: &[u8]) {
     key(out, name);
     msgpack::write_bin(out, value);
 }
 
-fn put_uint(out: &mut Vec<u8>, name: &str, value: u64) {
+pub(super) fn put_uint(out: &mut Vec<u8>, name: &str, value: u64) {
     key(out, name);
     msgpack::write_uint(out, value);
 }
 
-fn put_raw(out: &mut Vec<u8>, name: &str, value: Raw<'_>) {
+pub(super) fn put_raw(out: &mut Vec<u8>, name: &str, value: Raw<'_>) {
     key(out, name);
     out.extend_from_slice(value.0);
 }
@@ -110,7 +110,7 @@ fn put_call_id(out: &mut Vec<u8>, name: &str, value: CallIdRef<'_>) {
     }
 }
 
-fn put_strings(out: &mut Vec<u8>, name: &str, value: Strings<'_>) {
+pub(super) fn put_strings(out: &mut Vec<u8>, name: &str, value: Strings<'_>) {
     key(out, name);
     let len = value.iter().count();
     debug_assert!(u32::try_from(len).is_ok(), "more than u32::MAX strings");
@@ -136,7 +136,7 @@ fn encode_connect(m: &Connect<'_>, out: &mut Vec<u8>) {
     }
 }
 
-fn encode_disconnect(m: &Disconnect<'_>, out: &mut Vec<u8>) {
+pub(super) fn encode_disconnect(m: &Disconnect<'_>, out: &mut Vec<u8>) {
     msgpack::write_map_len(out, 1 + present(&[m.message.is_some()]));
     put_bytes(out, "reason", m.reason);
     if let Some(message) = m.message {
@@ -144,12 +144,12 @@ fn encode_disconnect(m: &Disconnect<'_>, out: &mut Vec<u8>) {
     }
 }
 
-fn encode_ping(m: &Ping, out: &mut Vec<u8>) {
+pub(super) fn encode_ping(m: &Ping, out: &mut Vec<u8>) {
     msgpack::write_map_len(out, 1);
     put_uint(out, "timestamp", m.timestamp);
 }
 
-fn encode_pong(m: &Pong, out: &mut Vec<u8>) {
+pub(super) fn encode_pong(m: &Pong, out: &mut Vec<u8>) {
     msgpack::write_map_len(out, 2 + present(&[m.node_id.is_some()]));
     put_uint(out, "timestamp", m.timestamp);
     put_uint(out, "server_time", m.server_time);
@@ -176,13 +176,23 @@ fn encode_error(m: &ErrorMsg<'_>, out: &mut Vec<u8>) {
 
 /// Appends a PUBLISH payload and returns where the topic's bytes lie in `out`.
 fn encode_publish(m: &Publish<'_>, out: &mut Vec<u8>) -> Range<usize> {
+    msgpack::write_map_len(out, publish_len(m));
+    put_publish(m, out)
+}
+
+/// The number of entries of a PUBLISH's map.
+pub(super) fn publish_len(m: &Publish<'_>) -> u32 {
     let optional = [
         m.qos.is_some(),
         m.retain.is_some(),
         m.message_id.is_some(),
         m.publisher.is_some(),
     ];
-    msgpack::write_map_len(out, 2 + present(&optional));
+    2 + present(&optional)
+}
+
+/// Appends the entries of a PUBLISH's map and returns where the topic's bytes lie in `out`.
+pub(super) fn put_publish(m: &Publish<'_>, out: &mut Vec<u8>) -> Range<usize> {
     put_bytes(out, "topic", m.topic);
     let topic = out.len() - m.topic.len()..out.len();
     put_bytes(out, "payload", m.payload);
@@ -216,10 +226,17 @@ fn encode_unsubscribe(m: &Unsubscribe<'_>, out: &mut Vec<u8>) {
 }
 
 fn encode_call(m: &Call<'_>, out: &mut Vec<u8>) {
-    msgpack::write_map_len(
-        out,
-        2 + present(&[m.call_id.is_some(), m.timeout_ms.is_some()]),
-    );
+    msgpack::write_map_len(out, call_len(m));
+    put_call(m, out);
+}
+
+/// The number of entries of a CALL's map.
+pub(super) fn call_len(m: &Call<'_>) -> u32 {
+    2 + present(&[m.call_id.is_some(), m.timeout_ms.is_some()])
+}
+
+/// Appends the entries of a CALL's map.
+pub(super) fn put_call(m: &Call<'_>, out: &mut Vec<u8>) {
     put_bytes(out, "procedure", m.procedure);
     put_raw(out, "args", m.args);
     if let Some(call_id) = m.call_id {
@@ -230,7 +247,7 @@ fn encode_call(m: &Call<'_>, out: &mut Vec<u8>) {
     }
 }
 
-fn encode_reply(m: &Reply<'_>, out: &mut Vec<u8>) {
+pub(super) fn encode_reply(m: &Reply<'_>, out: &mut Vec<u8>) {
     msgpack::write_map_len(out, 1 + present(&[m.call_id.is_some()]));
     if let Some(call_id) = m.call_id {
         put_call_id(out, "call_id", call_id);
@@ -261,7 +278,7 @@ fn encode_unregister(m: &Unregister<'_>, out: &mut Vec<u8>) {
     put_bytes(out, "procedure", m.procedure);
 }
 
-fn encode_cancel(m: &Cancel<'_>, out: &mut Vec<u8>) {
+pub(super) fn encode_cancel(m: &Cancel<'_>, out: &mut Vec<u8>) {
     msgpack::write_map_len(out, 2);
     put_call_id(out, "call_id", m.call_id);
     put_bytes(out, "reason", m.reason);

@@ -1,4 +1,5 @@
-//! Wire errors and the DISCONNECT reasons of PROTOCOL.md section 6.
+//! Wire errors and the DISCONNECT reasons of PROTOCOL.md section 6, with those peer links add
+//! (9.11).
 
 /// Why a session ends, as sent in DISCONNECT `reason` and as the QUIC application close code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -72,6 +73,78 @@ impl Reason {
     }
 }
 
+/// Why a peer link ends (9.11): a reason of section 6, or one of the four that peer links add.
+///
+/// Kept apart from [`Reason`], whose [`Reason::ALL`] indexes the client sessions' counters: a
+/// client session never ends with one of the four.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum LinkReason {
+    /// A reason of section 6 (those that close peer links: `normal`, `protocol_error`,
+    /// `frame_too_large`, `unauthorized`, `replaced`, `slow_consumer`, `connect_timeout`,
+    /// `shutting_down`).
+    Session(Reason),
+    /// `duplicate_link`: another link to the same peer was kept (9.3), or a self-link.
+    DuplicateLink,
+    /// `peer_evicted`: closed to make room under `--max-peers`.
+    PeerEvicted,
+    /// `name_conflict`: two live gateways use one `node_name`.
+    NameConflict,
+    /// `config_mismatch`: the peer's protocol `version` or `--max-frame` differs.
+    ConfigMismatch,
+}
+
+impl LinkReason {
+    /// The reasons peer links add to those of section 6.
+    pub const ADDED: [LinkReason; 4] = [
+        LinkReason::DuplicateLink,
+        LinkReason::PeerEvicted,
+        LinkReason::NameConflict,
+        LinkReason::ConfigMismatch,
+    ];
+
+    /// The string sent in DISCONNECT `reason`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkReason::Session(r) => r.as_str(),
+            LinkReason::DuplicateLink => "duplicate_link",
+            LinkReason::PeerEvicted => "peer_evicted",
+            LinkReason::NameConflict => "name_conflict",
+            LinkReason::ConfigMismatch => "config_mismatch",
+        }
+    }
+
+    /// The QUIC application error code the link is closed with.
+    pub fn close_code(self) -> u64 {
+        match self {
+            LinkReason::Session(r) => r.close_code(),
+            LinkReason::DuplicateLink => 0x0a,
+            LinkReason::PeerEvicted => 0x0b,
+            LinkReason::NameConflict => 0x0c,
+            LinkReason::ConfigMismatch => 0x0d,
+        }
+    }
+
+    /// The reason named by a DISCONNECT `reason` string, of section 6 or of 9.11.
+    pub fn from_wire(s: &[u8]) -> Option<LinkReason> {
+        Reason::from_wire(s)
+            .map(LinkReason::Session)
+            .or_else(|| Self::ADDED.into_iter().find(|r| r.as_str().as_bytes() == s))
+    }
+
+    /// The reason of a QUIC application close code, of section 6 or of 9.11.
+    pub fn from_close_code(code: u64) -> Option<LinkReason> {
+        Reason::from_close_code(code)
+            .map(LinkReason::Session)
+            .or_else(|| Self::ADDED.into_iter().find(|r| r.close_code() == code))
+    }
+}
+
+impl From<Reason> for LinkReason {
+    fn from(reason: Reason) -> LinkReason {
+        LinkReason::Session(reason)
+    }
+}
+
 /// What is wrong with bytes received from a peer. Every variant but
 /// [`WireError::FrameTooLarge`] is a `protocol_error`.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -97,6 +170,14 @@ pub enum WireError {
     /// A key holds a value of the wrong type, or out of its range.
     #[error("field `{0}` has the wrong type or value")]
     BadField(&'static str),
+    /// A type of section 4 that a peer link does not carry (CONNECT, SUBSCRIBE, UNSUBSCRIBE,
+    /// REGISTER_PROCEDURE, UNREGISTER_PROCEDURE, ERROR), received on one (9.2).
+    #[error("frame type {0:#04x} is not carried on a peer link")]
+    NotOnLink(u8),
+    /// A peer-link frame on the other stream of its link: a data frame on the control stream,
+    /// or a control frame on the data stream (9.2).
+    #[error("frame type {0:#04x} on the wrong stream of a peer link")]
+    WrongStream(u8),
 }
 
 impl WireError {

@@ -7,7 +7,8 @@ use super::msgpack::{Int, ReadError, Reader};
 use super::WireError;
 use crate::ids::NodeId;
 
-/// The frame type byte of each message.
+/// The frame type byte of each message: those of section 4, then the peer-link types of
+/// section 9.11, which [`Message::decode`] refuses as unknown (only a peer link carries them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum FrameType {
@@ -24,6 +25,11 @@ pub enum FrameType {
     Register = 0x26,
     Unregister = 0x27,
     Cancel = 0x28,
+    PeerHello = 0x29,
+    PeerAuth = 0x2a,
+    PeerMembers = 0x2b,
+    Interest = 0x2c,
+    Sync = 0x2d,
 }
 
 impl FrameType {
@@ -42,8 +48,43 @@ impl FrameType {
             0x26 => FrameType::Register,
             0x27 => FrameType::Unregister,
             0x28 => FrameType::Cancel,
+            0x29 => FrameType::PeerHello,
+            0x2a => FrameType::PeerAuth,
+            0x2b => FrameType::PeerMembers,
+            0x2c => FrameType::Interest,
+            0x2d => FrameType::Sync,
             _ => return None,
         })
+    }
+
+    /// Whether only a peer link carries this type (0x29 to 0x2D, section 9.11).
+    pub fn is_peer_only(self) -> bool {
+        (self as u8) >= FrameType::PeerHello as u8
+    }
+
+    /// The frame's name as PROTOCOL.md writes it (`PUBLISH`, `PEER_HELLO`), as in the `type`
+    /// label of the peer frame counters (9.11).
+    pub fn name(self) -> &'static str {
+        match self {
+            FrameType::Connect => "CONNECT",
+            FrameType::Disconnect => "DISCONNECT",
+            FrameType::Ping => "PING",
+            FrameType::Pong => "PONG",
+            FrameType::Error => "ERROR",
+            FrameType::Publish => "PUBLISH",
+            FrameType::Subscribe => "SUBSCRIBE",
+            FrameType::Unsubscribe => "UNSUBSCRIBE",
+            FrameType::Call => "CALL",
+            FrameType::Reply => "REPLY",
+            FrameType::Register => "REGISTER_PROCEDURE",
+            FrameType::Unregister => "UNREGISTER_PROCEDURE",
+            FrameType::Cancel => "CANCEL",
+            FrameType::PeerHello => "PEER_HELLO",
+            FrameType::PeerAuth => "PEER_AUTH",
+            FrameType::PeerMembers => "PEER_MEMBERS",
+            FrameType::Interest => "INTEREST",
+            FrameType::Sync => "SYNC",
+        }
     }
 }
 
@@ -226,9 +267,10 @@ impl<'a> Message<'a> {
     ///
     /// The payload must be exactly one map. Keys and string values may be bin or str, integers
     /// any MessagePack integer form, and keys the message does not know are skipped whatever
-    /// their value.
+    /// their value. The peer-link types (0x29 to 0x2D) are unknown here: a `macula`
+    /// connection never carries them (9.2).
     pub fn decode(frame_type: u8, payload: &'a [u8]) -> Result<Message<'a>, WireError> {
-        let Some(ty) = FrameType::from_u8(frame_type) else {
+        let Some(ty) = FrameType::from_u8(frame_type).filter(|ty| !ty.is_peer_only()) else {
             return Err(WireError::UnknownType(frame_type));
         };
         let mut f = Fields::open(payload)?;
@@ -246,6 +288,14 @@ impl<'a> Message<'a> {
             FrameType::Register => Message::Register(decode_register(&mut f)?),
             FrameType::Unregister => Message::Unregister(decode_unregister(&mut f)?),
             FrameType::Cancel => Message::Cancel(decode_cancel(&mut f)?),
+            FrameType::PeerHello
+            | FrameType::PeerAuth
+            | FrameType::PeerMembers
+            | FrameType::Interest
+            | FrameType::Sync => {
+                debug_assert!(false, "peer-only types are refused above");
+                return Err(WireError::UnknownType(frame_type));
+            }
         })
     }
 }
@@ -324,17 +374,17 @@ impl<'a> Iterator for StringsIter<'a> {
 }
 
 /// The encoding of `nil`: CALL `args` when the key is absent.
-const NIL: &[u8] = &[0xc0];
+pub(super) const NIL: &[u8] = &[0xc0];
 
 /// The entries of a payload's map, read one key at a time.
-struct Fields<'a> {
-    r: Reader<'a>,
+pub(super) struct Fields<'a> {
+    pub(super) r: Reader<'a>,
     left: u32,
 }
 
 impl<'a> Fields<'a> {
     /// Opens the map that must make up the whole of `payload`.
-    fn open(payload: &'a [u8]) -> Result<Fields<'a>, WireError> {
+    pub(super) fn open(payload: &'a [u8]) -> Result<Fields<'a>, WireError> {
         let mut r = Reader::new(payload);
         match r.read_map_len() {
             Ok(left) => Ok(Fields { r, left }),
@@ -354,7 +404,7 @@ impl<'a> Fields<'a> {
     /// The next key, or `None` after the last entry, once it is checked that nothing follows
     /// the map. A key that is neither bin nor str is skipped and reads as empty, which names no
     /// field.
-    fn next_key(&mut self) -> Result<Option<&'a [u8]>, WireError> {
+    pub(super) fn next_key(&mut self) -> Result<Option<&'a [u8]>, WireError> {
         let Some(left) = self.left.checked_sub(1) else {
             if !self.r.is_empty() {
                 return Err(WireError::Malformed("bytes after the payload's map"));
@@ -374,7 +424,7 @@ impl<'a> Fields<'a> {
 
     /// An optional field's value: `nil` counts as absent, as some Macula v0 peers send it for
     /// an unset field.
-    fn optional<T>(
+    pub(super) fn optional<T>(
         &mut self,
         read: impl FnOnce(&mut Self) -> Result<T, WireError>,
     ) -> Result<Option<T>, WireError> {
@@ -386,11 +436,11 @@ impl<'a> Fields<'a> {
     }
 
     /// Skips the value of a key the message does not know.
-    fn skip(&mut self) -> Result<(), WireError> {
+    pub(super) fn skip(&mut self) -> Result<(), WireError> {
         self.r.skip().map(drop).map_err(malformed)
     }
 
-    fn value<T>(
+    pub(super) fn value<T>(
         &mut self,
         name: &'static str,
         read: impl FnOnce(&mut Reader<'a>) -> Result<T, ReadError>,
@@ -401,34 +451,37 @@ impl<'a> Fields<'a> {
         })
     }
 
-    fn bytes(&mut self, name: &'static str) -> Result<&'a [u8], WireError> {
+    pub(super) fn bytes(&mut self, name: &'static str) -> Result<&'a [u8], WireError> {
         self.value(name, Reader::read_bytes)
     }
 
-    fn uint(&mut self, name: &'static str) -> Result<u64, WireError> {
+    pub(super) fn uint(&mut self, name: &'static str) -> Result<u64, WireError> {
         self.value(name, Reader::read_uint)
     }
 
-    fn bool(&mut self, name: &'static str) -> Result<bool, WireError> {
+    pub(super) fn bool(&mut self, name: &'static str) -> Result<bool, WireError> {
         self.value(name, Reader::read_bool)
     }
 
-    fn raw(&mut self) -> Result<Raw<'a>, WireError> {
+    pub(super) fn raw(&mut self) -> Result<Raw<'a>, WireError> {
         self.r.skip().map(Raw).map_err(malformed)
     }
 
     /// Bytes of exactly `N` bytes.
-    fn fixed<const N: usize>(&mut self, name: &'static str) -> Result<&'a [u8; N], WireError> {
+    pub(super) fn fixed<const N: usize>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<&'a [u8; N], WireError> {
         let bytes = self.bytes(name)?;
         bytes.try_into().map_err(|_| WireError::BadField(name))
     }
 
-    fn node_id(&mut self, name: &'static str) -> Result<NodeId, WireError> {
+    pub(super) fn node_id(&mut self, name: &'static str) -> Result<NodeId, WireError> {
         self.fixed::<32>(name).map(|id| NodeId(*id))
     }
 
     /// A `call_id`: an integer, or bin/str of any length.
-    fn call_id(&mut self, name: &'static str) -> Result<CallIdRef<'a>, WireError> {
+    pub(super) fn call_id(&mut self, name: &'static str) -> Result<CallIdRef<'a>, WireError> {
         match self.r.peek_marker().map_err(malformed)? {
             Marker::Bin8
             | Marker::Bin16
@@ -445,7 +498,7 @@ impl<'a> Fields<'a> {
     }
 
     /// An array of bin/str, each checked, kept encoded.
-    fn strings(&mut self, name: &'static str) -> Result<Strings<'a>, WireError> {
+    pub(super) fn strings(&mut self, name: &'static str) -> Result<Strings<'a>, WireError> {
         let start = self.r.rest();
         let len = self.value(name, Reader::read_array_len)?;
         for _ in 0..len {
@@ -474,7 +527,7 @@ impl<'a> Fields<'a> {
     }
 }
 
-fn malformed(e: ReadError) -> WireError {
+pub(super) fn malformed(e: ReadError) -> WireError {
     WireError::Malformed(match e {
         ReadError::Truncated => "truncated value",
         ReadError::WrongType => "value of an unexpected type",
@@ -483,7 +536,7 @@ fn malformed(e: ReadError) -> WireError {
     })
 }
 
-fn required<T>(value: Option<T>, name: &'static str) -> Result<T, WireError> {
+pub(super) fn required<T>(value: Option<T>, name: &'static str) -> Result<T, WireError> {
     value.ok_or(WireError::MissingField(name))
 }
 
@@ -509,7 +562,7 @@ fn decode_connect<'a>(f: &mut Fields<'a>) -> Result<Connect<'a>, WireError> {
     })
 }
 
-fn decode_disconnect<'a>(f: &mut Fields<'a>) -> Result<Disconnect<'a>, WireError> {
+pub(super) fn decode_disconnect<'a>(f: &mut Fields<'a>) -> Result<Disconnect<'a>, WireError> {
     let (mut reason, mut message) = (None, None);
     while let Some(key) = f.next_key()? {
         match key {
@@ -524,7 +577,7 @@ fn decode_disconnect<'a>(f: &mut Fields<'a>) -> Result<Disconnect<'a>, WireError
     })
 }
 
-fn decode_ping(f: &mut Fields<'_>) -> Result<Ping, WireError> {
+pub(super) fn decode_ping(f: &mut Fields<'_>) -> Result<Ping, WireError> {
     let mut timestamp = None;
     while let Some(key) = f.next_key()? {
         match key {
@@ -537,7 +590,7 @@ fn decode_ping(f: &mut Fields<'_>) -> Result<Ping, WireError> {
     })
 }
 
-fn decode_pong(f: &mut Fields<'_>) -> Result<Pong, WireError> {
+pub(super) fn decode_pong(f: &mut Fields<'_>) -> Result<Pong, WireError> {
     let (mut timestamp, mut server_time, mut node_id) = (None, None, None);
     while let Some(key) = f.next_key()? {
         match key {
@@ -577,31 +630,54 @@ fn decode_error<'a>(f: &mut Fields<'a>) -> Result<ErrorMsg<'a>, WireError> {
 }
 
 fn decode_publish<'a>(f: &mut Fields<'a>) -> Result<Publish<'a>, WireError> {
-    let (mut topic, mut payload, mut qos, mut retain, mut message_id, mut publisher) =
-        (None, None, None, None, None, None);
+    let mut publish = PublishFields::default();
     while let Some(key) = f.next_key()? {
+        publish.read(key, f)?;
+    }
+    publish.finish()
+}
+
+/// A PUBLISH's fields, gathered one key at a time: the client's PUBLISH is made of them, and
+/// the peer link's (`peer.rs`) of them and its own keys.
+#[derive(Default)]
+pub(super) struct PublishFields<'a> {
+    topic: Option<&'a [u8]>,
+    payload: Option<&'a [u8]>,
+    qos: Option<u64>,
+    retain: Option<bool>,
+    message_id: Option<&'a [u8]>,
+    publisher: Option<NodeId>,
+}
+
+impl<'a> PublishFields<'a> {
+    /// Reads the value of `key` if it is a PUBLISH field, and skips it otherwise.
+    pub(super) fn read(&mut self, key: &[u8], f: &mut Fields<'a>) -> Result<(), WireError> {
         match key {
-            b"topic" => topic = Some(f.bytes("topic")?),
-            b"payload" => payload = Some(f.bytes("payload")?),
-            b"qos" => qos = f.optional(|f| f.uint("qos"))?,
-            b"retain" => retain = f.optional(|f| f.bool("retain"))?,
+            b"topic" => self.topic = Some(f.bytes("topic")?),
+            b"payload" => self.payload = Some(f.bytes("payload")?),
+            b"qos" => self.qos = f.optional(|f| f.uint("qos"))?,
+            b"retain" => self.retain = f.optional(|f| f.bool("retain"))?,
             b"message_id" => {
-                message_id = f
+                self.message_id = f
                     .optional(|f| f.fixed::<16>("message_id"))?
                     .map(|id| &id[..])
             }
-            b"publisher" => publisher = f.optional(|f| f.node_id("publisher"))?,
+            b"publisher" => self.publisher = f.optional(|f| f.node_id("publisher"))?,
             _ => f.skip()?,
         }
+        Ok(())
     }
-    Ok(Publish {
-        topic: required(topic, "topic")?,
-        payload: required(payload, "payload")?,
-        qos,
-        retain,
-        message_id,
-        publisher,
-    })
+
+    pub(super) fn finish(self) -> Result<Publish<'a>, WireError> {
+        Ok(Publish {
+            topic: required(self.topic, "topic")?,
+            payload: required(self.payload, "payload")?,
+            qos: self.qos,
+            retain: self.retain,
+            message_id: self.message_id,
+            publisher: self.publisher,
+        })
+    }
 }
 
 fn decode_subscribe<'a>(f: &mut Fields<'a>) -> Result<Subscribe<'a>, WireError> {
@@ -633,40 +709,85 @@ fn decode_unsubscribe<'a>(f: &mut Fields<'a>) -> Result<Unsubscribe<'a>, WireErr
 }
 
 fn decode_call<'a>(f: &mut Fields<'a>) -> Result<Call<'a>, WireError> {
-    let (mut procedure, mut args, mut call_id, mut timeout_ms) = (None, None, None, None);
+    let mut call = CallFields::default();
     while let Some(key) = f.next_key()? {
+        call.read(key, f)?;
+    }
+    call.finish()
+}
+
+/// A CALL's fields, gathered one key at a time (shared with the peer link's CALL, as
+/// [`PublishFields`] is).
+#[derive(Default)]
+pub(super) struct CallFields<'a> {
+    procedure: Option<&'a [u8]>,
+    args: Option<Raw<'a>>,
+    call_id: Option<CallIdRef<'a>>,
+    timeout_ms: Option<u64>,
+}
+
+impl<'a> CallFields<'a> {
+    /// Reads the value of `key` if it is a CALL field, and skips it otherwise.
+    pub(super) fn read(&mut self, key: &[u8], f: &mut Fields<'a>) -> Result<(), WireError> {
         match key {
-            b"procedure" => procedure = Some(f.bytes("procedure")?),
-            b"args" => args = Some(f.raw()?),
-            b"call_id" => call_id = Some(f.call_id("call_id")?),
-            b"timeout" => timeout_ms = f.optional(|f| f.uint("timeout"))?,
+            b"procedure" => self.procedure = Some(f.bytes("procedure")?),
+            b"args" => self.args = Some(f.raw()?),
+            b"call_id" => self.call_id = Some(f.call_id("call_id")?),
+            b"timeout" => self.timeout_ms = f.optional(|f| f.uint("timeout"))?,
             _ => f.skip()?,
         }
+        Ok(())
     }
-    Ok(Call {
-        procedure: required(procedure, "procedure")?,
-        args: args.unwrap_or(Raw(NIL)),
-        call_id,
-        timeout_ms,
-    })
+
+    pub(super) fn finish(self) -> Result<Call<'a>, WireError> {
+        Ok(Call {
+            procedure: required(self.procedure, "procedure")?,
+            args: self.args.unwrap_or(Raw(NIL)),
+            call_id: self.call_id,
+            timeout_ms: self.timeout_ms,
+        })
+    }
+}
+
+/// A REPLY's fields, gathered one key at a time (shared with the peer link's REPLY).
+#[derive(Default)]
+pub(super) struct ReplyFields<'a> {
+    call_id: Option<CallIdRef<'a>>,
+    result: Option<Raw<'a>>,
+    error: Option<Outcome<'a>>,
+}
+
+impl<'a> ReplyFields<'a> {
+    /// Reads the value of `key` if it is a REPLY field, and skips it otherwise.
+    pub(super) fn read(&mut self, key: &[u8], f: &mut Fields<'a>) -> Result<(), WireError> {
+        match key {
+            b"call_id" => self.call_id = Some(f.call_id("call_id")?),
+            b"result" => self.result = Some(f.raw()?),
+            b"error" => self.error = Some(f.reply_error()?),
+            _ => f.skip()?,
+        }
+        Ok(())
+    }
+
+    pub(super) fn finish(self) -> Result<Reply<'a>, WireError> {
+        let outcome = match (self.result, self.error) {
+            (Some(result), None) => Outcome::Result(result),
+            (None, Some(error)) => error,
+            _ => return Err(WireError::BadField("result")),
+        };
+        Ok(Reply {
+            call_id: self.call_id,
+            outcome,
+        })
+    }
 }
 
 fn decode_reply<'a>(f: &mut Fields<'a>) -> Result<Reply<'a>, WireError> {
-    let (mut call_id, mut result, mut error) = (None, None, None);
+    let mut reply = ReplyFields::default();
     while let Some(key) = f.next_key()? {
-        match key {
-            b"call_id" => call_id = Some(f.call_id("call_id")?),
-            b"result" => result = Some(f.raw()?),
-            b"error" => error = Some(f.reply_error()?),
-            _ => f.skip()?,
-        }
+        reply.read(key, f)?;
     }
-    let outcome = match (result, error) {
-        (Some(result), None) => Outcome::Result(result),
-        (None, Some(error)) => error,
-        _ => return Err(WireError::BadField("result")),
-    };
-    Ok(Reply { call_id, outcome })
+    reply.finish()
 }
 
 fn decode_register<'a>(f: &mut Fields<'a>) -> Result<Register<'a>, WireError> {

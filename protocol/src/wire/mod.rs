@@ -1,5 +1,5 @@
 //! The wire: Macula v0 framing (an 8-byte header and one MessagePack map), PROTOCOL.md
-//! sections 2 and 4.
+//! sections 2 and 4, and the frames of the gateway mesh's peer links (9.2, 9.11).
 //!
 //! Decoding borrows from the input: a decoded [`Message`] points into the frame's bytes and
 //! allocates nothing. Encoding appends to a caller's buffer. Keys and strings are written as
@@ -10,7 +10,10 @@ mod error;
 mod frame;
 mod message;
 pub mod msgpack;
+mod peer;
+mod peer_encode;
 
-pub use error::{Reason, WireError};
+pub use error::{LinkReason, Reason, WireError};
 pub use frame::{FrameHeader, FrameReader, RawFrame, HEADER_LEN, VERSION};
 pub use message::*;
+pub use peer::*;
