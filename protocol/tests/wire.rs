@@ -8,84 +8,15 @@ use proptest::collection::vec;
 use proptest::option::of as opt;
 use proptest::prelude::*;
 
+mod common;
+use common::*;
+
 const MAX_FRAME: u32 = 1 << 20;
-
-// ---------------------------------------------------------------------------------------------
-// Building payloads by hand
-
-fn bin(b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    msgpack::write_bin(&mut out, b);
-    out
-}
-
-fn str_(b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    rmp::encode::write_str_len(&mut out, b.len() as u32).unwrap();
-    out.extend_from_slice(b);
-    out
-}
-
-fn uint(n: u64) -> Vec<u8> {
-    let mut out = Vec::new();
-    msgpack::write_uint(&mut out, n);
-    out
-}
-
-fn sint(n: i64) -> Vec<u8> {
-    let mut out = Vec::new();
-    msgpack::write_sint(&mut out, n);
-    out
-}
-
-fn array(items: &[Vec<u8>]) -> Vec<u8> {
-    let mut out = Vec::new();
-    msgpack::write_array_len(&mut out, items.len() as u32);
-    items.iter().for_each(|i| out.extend_from_slice(i));
-    out
-}
-
-/// A map of already encoded keys and values.
-fn map(entries: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
-    let mut out = Vec::new();
-    msgpack::write_map_len(&mut out, entries.len() as u32);
-    for (k, v) in entries {
-        out.extend_from_slice(k);
-        out.extend_from_slice(v);
-    }
-    out
-}
-
-/// A map with bin keys.
-fn fields(entries: &[(&str, Vec<u8>)]) -> Vec<u8> {
-    map(&entries
-        .iter()
-        .map(|(k, v)| (bin(k.as_bytes()), v.clone()))
-        .collect::<Vec<_>>())
-}
-
-const NIL: [u8; 1] = [0xc0];
-
-fn frame(ty: u8, payload: &[u8]) -> Vec<u8> {
-    let mut out = FrameHeader {
-        frame_type: ty,
-        payload_len: payload.len() as u32,
-    }
-    .to_bytes()
-    .to_vec();
-    out.extend_from_slice(payload);
-    out
-}
 
 fn encoded(msg: &Message<'_>) -> Vec<u8> {
     let mut out = Vec::new();
     msg.encode(&mut out);
     out
-}
-
-/// The type byte and payload of one encoded frame.
-fn split(frame: &[u8]) -> (u8, &[u8]) {
-    (frame[1], &frame[HEADER_LEN..])
 }
 
 fn decode(ty: FrameType, payload: &[u8]) -> Result<Message<'_>, WireError> {
@@ -628,14 +559,6 @@ fn ping_frame(ts: u64) -> Vec<u8> {
     encoded(&Message::Ping(Ping { timestamp: ts }))
 }
 
-fn drain(reader: &mut FrameReader) -> Vec<(u8, Vec<u8>)> {
-    let mut frames = Vec::new();
-    while let Some(f) = reader.next_frame().unwrap() {
-        frames.push((f.frame_type, f.payload.to_vec()));
-    }
-    frames
-}
-
 #[test]
 fn a_frame_split_across_many_pushes_is_reassembled() {
     let bytes = encoded(&Message::Publish(Publish {
@@ -773,15 +696,6 @@ impl OwnedCallId {
             OwnedCallId::Bytes(b) => CallIdRef::Bytes(b),
         }
     }
-}
-
-#[derive(Clone, Debug)]
-enum OwnedOutcome {
-    Result(Vec<u8>),
-    Error {
-        code: Vec<u8>,
-        message: Option<Vec<u8>>,
-    },
 }
 
 /// A message that owns its bytes, from which a borrowed [`Message`] is made.
@@ -936,13 +850,7 @@ impl Owned {
             }),
             Owned::Reply { call_id, outcome } => Message::Reply(Reply {
                 call_id: call_id.as_ref().map(OwnedCallId::as_ref),
-                outcome: match outcome {
-                    OwnedOutcome::Result(r) => Outcome::Result(Raw(r)),
-                    OwnedOutcome::Error { code, message } => Outcome::Error {
-                        code,
-                        message: message.as_deref(),
-                    },
-                },
+                outcome: outcome.as_outcome(),
             }),
             Owned::Register { procedure, ttl_s } => Message::Register(Register {
                 procedure,
@@ -960,44 +868,6 @@ impl Owned {
     fn encoded(&self) -> Vec<u8> {
         self.with(encoded)
     }
-}
-
-/// Byte strings, mostly short, sometimes long enough for bin16.
-fn bytes() -> impl Strategy<Value = Vec<u8>> {
-    prop_oneof![8 => vec(any::<u8>(), 0..40), 1 => vec(any::<u8>(), 250..700)]
-}
-
-fn int() -> impl Strategy<Value = u64> {
-    prop_oneof![0u64..200, any::<u64>(), (0u32..32).prop_map(|s| 1u64 << s)]
-}
-
-/// One well-formed MessagePack value of any type, nested a few levels.
-fn raw_value() -> impl Strategy<Value = Vec<u8>> {
-    let leaf = prop_oneof![
-        Just(NIL.to_vec()),
-        any::<bool>().prop_map(|b| vec![if b { 0xc3 } else { 0xc2 }]),
-        any::<u64>().prop_map(uint),
-        any::<i64>().prop_map(sint),
-        any::<f64>().prop_map(|f| {
-            let mut out = Vec::new();
-            rmp::encode::write_f64(&mut out, f).unwrap();
-            out
-        }),
-        bytes().prop_map(|b| bin(&b)),
-        bytes().prop_map(|b| str_(&b)),
-        (any::<i8>(), vec(any::<u8>(), 0..20)).prop_map(|(ty, data)| {
-            let mut out = Vec::new();
-            rmp::encode::write_ext_meta(&mut out, data.len() as u32, ty).unwrap();
-            out.extend_from_slice(&data);
-            out
-        }),
-    ];
-    leaf.prop_recursive(4, 32, 6, |inner| {
-        prop_oneof![
-            vec(inner.clone(), 0..6).prop_map(|items| array(&items)),
-            vec((inner.clone(), inner), 0..4).prop_map(|entries| map(&entries)),
-        ]
-    })
 }
 
 fn call_id() -> impl Strategy<Value = OwnedCallId> {
@@ -1072,37 +942,12 @@ fn owned_message() -> impl Strategy<Value = Owned> {
                 timeout_ms
             }
         ),
-        (
-            opt(call_id()),
-            prop_oneof![
-                raw_value().prop_map(OwnedOutcome::Result),
-                (bytes(), opt(bytes()))
-                    .prop_map(|(code, message)| OwnedOutcome::Error { code, message }),
-            ]
-        )
+        (opt(call_id()), outcome())
             .prop_map(|(call_id, outcome)| Owned::Reply { call_id, outcome }),
         (bytes(), opt(int())).prop_map(|(procedure, ttl_s)| Owned::Register { procedure, ttl_s }),
         bytes().prop_map(|procedure| Owned::Unregister { procedure }),
         (call_id(), bytes()).prop_map(|(call_id, reason)| Owned::Cancel { call_id, reason }),
     ]
-}
-
-/// Pushes `stream` in pieces of the given sizes (cycled), draining frames after each push.
-fn read_in_pieces(stream: &[u8], sizes: &[usize]) -> Vec<(u8, Vec<u8>)> {
-    let mut reader = FrameReader::new(MAX_FRAME);
-    let mut frames = Vec::new();
-    let mut rest = stream;
-    for &size in sizes.iter().cycle() {
-        if rest.is_empty() {
-            break;
-        }
-        let (piece, tail) = rest.split_at(size.min(rest.len()));
-        rest = tail;
-        reader.push(piece).unwrap();
-        frames.extend(drain(&mut reader));
-    }
-    assert_eq!(reader.buffered(), 0);
-    frames
 }
 
 /// Rewrites the bin keys and values of a payload's map as str, and the same inside `topics`
@@ -1146,15 +991,6 @@ fn with_str_strings(payload: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The entries of a payload's map, each as its encoded key and value.
-fn entries(payload: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut r = Reader::new(payload);
-    let n = r.read_map_len().unwrap();
-    (0..n)
-        .map(|_| (r.skip().unwrap().to_vec(), r.skip().unwrap().to_vec()))
-        .collect()
-}
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
@@ -1164,7 +1000,7 @@ proptest! {
         sizes in vec(1usize..64, 1..20),
     ) {
         let stream: Vec<u8> = msgs.iter().flat_map(Owned::encoded).collect();
-        let frames = read_in_pieces(&stream, &sizes);
+        let frames = read_in_pieces(&stream, &sizes, MAX_FRAME);
         prop_assert_eq!(frames.len(), msgs.len());
         for (owned, (ty, payload)) in msgs.iter().zip(&frames) {
             owned.with(|msg| {
