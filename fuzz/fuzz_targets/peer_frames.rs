@@ -16,9 +16,10 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use meshgate_fuzz::read_back;
 use meshgate_protocol::wire::{
-    link_max_frame, Call, CallIdRef, Cancel, FrameReader, LinkStream, Message, PeerMessage,
-    Reason, Reply, WireError, HEADER_LEN,
+    link_max_frame, Call, CallIdRef, Cancel, FrameReader, LinkStream, Message, PeerMessage, Reason,
+    Reply, WireError,
 };
 
 fn encoded(msg: &PeerMessage<'_>) -> Vec<u8> {
@@ -79,16 +80,9 @@ fn check_frame(stream: LinkStream, frame_type: u8, payload: &[u8]) {
     assert_eq!(belongs, Ok(msg.stream()));
 
     let bytes = encoded(&msg);
-    let mut reader = FrameReader::new(u32::MAX);
-    reader.push(&bytes).expect("an encoded frame is refused");
-    let frame = reader
-        .next_frame()
-        .expect("reader failed")
-        .expect("no frame");
-    assert_eq!(frame.frame_type, frame_type);
-    assert_eq!(HEADER_LEN + frame.payload.len(), bytes.len());
-    let again =
-        PeerMessage::decode(frame.frame_type, frame.payload).expect("re-encoded frame refused");
+    let (again_type, again_payload) = read_back(&bytes);
+    assert_eq!(again_type, frame_type);
+    let again = PeerMessage::decode(again_type, &again_payload).expect("re-encoded frame refused");
     assert_eq!(again, msg);
     assert_eq!(encoded(&again), bytes, "encoding is not canonical");
 

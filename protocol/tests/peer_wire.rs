@@ -2,7 +2,7 @@
 //! peer frame through a frame reader fed in pieces, str accepted for bin, unknown keys skipped,
 //! the error each missing or mistyped field gets, and which stream each frame belongs to.
 
-use meshgate_protocol::wire::msgpack::{self, Reader};
+use meshgate_protocol::wire::msgpack::Reader;
 use meshgate_protocol::wire::*;
 use meshgate_protocol::NodeId;
 use proptest::collection::vec;
@@ -38,6 +38,21 @@ fn assert_refused(ty: FrameType, payload: &[u8], want: WireError) {
 const NODE: NodeId = NodeId([7; 32]);
 const NONCE: [u8; 32] = [9; 32];
 const DIGEST: [u8; 32] = [3; 32];
+
+/// The keys of PEER_HELLO, in the order they are written.
+const HELLO_KEYS: &[&str] = &[
+    "version",
+    "node_id",
+    "node_name",
+    "incarnation",
+    "nonce",
+    "advertise",
+    "realms",
+    "max_frame",
+    "dial_seq",
+    "gossip",
+    "proof",
+];
 
 /// One message of each peer type and link form, every optional field set.
 fn one_of_each() -> Vec<PeerMessage<'static>> {
@@ -182,19 +197,7 @@ fn keys_of(frame: &[u8]) -> Vec<String> {
 #[test]
 fn every_peer_frame_writes_its_keys_as_bin_in_the_documented_order() {
     let want: &[&[&str]] = &[
-        &[
-            "version",
-            "node_id",
-            "node_name",
-            "incarnation",
-            "nonce",
-            "advertise",
-            "realms",
-            "max_frame",
-            "dial_seq",
-            "gossip",
-            "proof",
-        ],
+        HELLO_KEYS,
         &["proof"],
         &["members"],
         &["realm", "sub_add", "sub_del", "procs"],
@@ -554,18 +557,8 @@ fn edited(msg: &PeerMessage<'_>, key: &str, value: Option<Vec<u8>>) -> Vec<u8> {
 #[test]
 fn every_missing_required_field_is_named_in_missing_field() {
     let required: &[&[&str]] = &[
-        &[
-            "version",
-            "node_id",
-            "node_name",
-            "incarnation",
-            "nonce",
-            "advertise",
-            "realms",
-            "max_frame",
-            "dial_seq",
-            "gossip",
-        ],
+        // All but `proof`, whose absence is the receiver's to judge (9.3).
+        &HELLO_KEYS[..10],
         &["proof"],
         &["members"],
         &["realm"],
@@ -1120,31 +1113,6 @@ fn owned_message() -> impl Strategy<Value = Owned> {
     ]
 }
 
-/// Rewrites every bin of a value as str, except inside `args` and `result`, which are carried
-/// as they are.
-fn all_str(r: &mut Reader<'_>, out: &mut Vec<u8>) {
-    if let Ok(b) = r.read_bytes() {
-        out.extend_from_slice(&str_(b));
-    } else if let Ok(n) = r.read_map_len() {
-        msgpack::write_map_len(out, n);
-        for _ in 0..n {
-            let key = r.clone().read_bytes();
-            all_str(r, out);
-            match key {
-                Ok(b"args" | b"result") => out.extend_from_slice(r.skip().unwrap()),
-                _ => all_str(r, out),
-            }
-        }
-    } else if let Ok(n) = r.read_array_len() {
-        msgpack::write_array_len(out, n);
-        for _ in 0..n {
-            all_str(r, out);
-        }
-    } else {
-        out.extend_from_slice(r.skip().unwrap());
-    }
-}
-
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
@@ -1171,30 +1139,18 @@ proptest! {
     fn every_peer_frame_decodes_the_same_from_str_keys_and_strings(owned in owned_message()) {
         let bytes = owned.encoded();
         let (ty, payload) = split(&bytes);
-        let mut as_str = Vec::new();
-        let mut r = Reader::new(payload);
-        all_str(&mut r, &mut as_str);
-        prop_assert!(r.is_empty());
+        let as_str = with_str_strings(payload);
         owned.with(|msg| assert_eq!(PeerMessage::decode(ty, &as_str).as_ref(), Ok(msg)));
     }
 
     #[test]
     fn unknown_entries_anywhere_in_a_peer_frame_do_not_change_it(
         owned in owned_message(),
-        extra in vec((prop_oneof![
-            bytes().prop_map(|k| { let mut key = b"x-".to_vec(); key.extend(k); bin(&key) }),
-            int().prop_map(uint),
-            Just(NIL.to_vec()),
-        ], raw_value(), any::<prop::sample::Index>()), 1..4),
+        extra in unknown_entries(),
     ) {
         let bytes = owned.encoded();
         let (ty, payload) = split(&bytes);
-        let mut all = entries(payload);
-        for (k, v, at) in extra {
-            let at = at.index(all.len() + 1);
-            all.insert(at, (k, v));
-        }
-        let payload = map(&all);
+        let payload = with_entries(payload, extra);
         owned.with(|msg| assert_eq!(PeerMessage::decode(ty, &payload).as_ref(), Ok(msg)));
     }
 

@@ -179,3 +179,65 @@ pub fn outcome() -> impl Strategy<Value = OwnedOutcome> {
         (bytes(), opt(bytes())).prop_map(|(code, message)| OwnedOutcome::Error { code, message }),
     ]
 }
+
+/// Entries no message knows, to put into a map: a key that names no field (bin, an integer or
+/// nil), a value of any type, and where the entry goes.
+pub fn unknown_entries() -> impl Strategy<Value = Vec<(Vec<u8>, Vec<u8>, prop::sample::Index)>> {
+    let key = prop_oneof![
+        bytes().prop_map(|k| {
+            let mut key = b"x-".to_vec();
+            key.extend(k);
+            bin(&key)
+        }),
+        int().prop_map(uint),
+        Just(NIL.to_vec()),
+    ];
+    vec((key, raw_value(), any::<prop::sample::Index>()), 1..4)
+}
+
+/// A payload's map with `extra` entries inserted where each says.
+pub fn with_entries(
+    payload: &[u8],
+    extra: Vec<(Vec<u8>, Vec<u8>, prop::sample::Index)>,
+) -> Vec<u8> {
+    let mut all = entries(payload);
+    for (k, v, at) in extra {
+        let at = at.index(all.len() + 1);
+        all.insert(at, (k, v));
+    }
+    map(&all)
+}
+
+/// Rewrites every bin of a payload as str, keys and values, at any depth, except the values
+/// of `args`, `result` and `capabilities`, which are carried as they are.
+pub fn with_str_strings(payload: &[u8]) -> Vec<u8> {
+    fn rewrite(r: &mut Reader<'_>, out: &mut Vec<u8>) {
+        if let Ok(b) = r.read_bytes() {
+            out.extend_from_slice(&str_(b));
+        } else if let Ok(n) = r.read_map_len() {
+            msgpack::write_map_len(out, n);
+            for _ in 0..n {
+                let key = r.clone().read_bytes();
+                rewrite(r, out);
+                match key {
+                    Ok(b"args" | b"result" | b"capabilities") => {
+                        out.extend_from_slice(r.skip().unwrap())
+                    }
+                    _ => rewrite(r, out),
+                }
+            }
+        } else if let Ok(n) = r.read_array_len() {
+            msgpack::write_array_len(out, n);
+            for _ in 0..n {
+                rewrite(r, out);
+            }
+        } else {
+            out.extend_from_slice(r.skip().unwrap());
+        }
+    }
+    let mut r = Reader::new(payload);
+    let mut out = Vec::new();
+    rewrite(&mut r, &mut out);
+    assert!(r.is_empty());
+    out
+}
