@@ -59,7 +59,14 @@ impl FrameType {
 
     /// Whether only a peer link carries this type (0x29 to 0x2D, section 9.11).
     pub fn is_peer_only(self) -> bool {
-        (self as u8) >= FrameType::PeerHello as u8
+        matches!(
+            self,
+            FrameType::PeerHello
+                | FrameType::PeerAuth
+                | FrameType::PeerMembers
+                | FrameType::Interest
+                | FrameType::Sync
+        )
     }
 
     /// The frame's name as PROTOCOL.md writes it (`PUBLISH`, `PEER_HELLO`), as in the `type`
