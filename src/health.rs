@@ -516,6 +516,9 @@ pub fn resident_memory_bytes() -> u64 {
 /// A figure of one shard's report.
 type Field = fn(&ShardReport) -> u64;
 
+/// A labelled counter: its name, its help and one figure per label.
+type Family = (&'static str, &'static str, Vec<(String, Getter)>);
+
 /// Gauges with one series gateway-wide and one per shard, in the order rendered.
 const GAUGES: [(&str, &str, Field); 7] = [
     ("meshgate_clients", "Sessions past CONNECT.", |r| {
@@ -595,7 +598,7 @@ pub fn render(reports: &[ShardReport], resident: u64) -> String {
         Reason::Unauthorized,
         Reason::MaxClientsReached,
     ];
-    let families: [(&str, &str, Vec<(String, Getter)>); 4] = [
+    let families: [Family; 4] = [
         (
             "meshgate_clients_refused_total",
             "Clients refused admission.",
