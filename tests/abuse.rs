@@ -19,9 +19,7 @@ fn answer_seeking_frames(count: u32) -> Vec<u8> {
     let bad = subscribe_frame(&["bad..pattern", "", "x..y"]);
     let mut bytes = Vec::new();
     for i in 0..count {
-        bytes.extend(encode(&Message::Ping(Ping {
-            timestamp: u64::from(i),
-        })));
+        bytes.extend(encode(&Message::Ping(Ping::new(u64::from(i)))));
         bytes.extend(&bad);
         bytes.extend(call_frame(
             "nobody.home",

@@ -326,7 +326,7 @@ async fn a_token_realm_admits_each_of_its_tokens_and_a_realm_without_tokens_admi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frame_before_connect_is_a_protocol_error() {
     let gw = Gateway::start(&[]);
-    let ping = encode(&Message::Ping(meshgate_shard::wire::Ping { timestamp: 1 }));
+    let ping = encode(&Message::Ping(meshgate_shard::wire::Ping::new(1)));
     let subscribe = subscribe_frame(&["a.b"]);
     for first in [ping, subscribe] {
         let mut raw = Raw::open(gw.addr).await.expect("handshake");
@@ -541,9 +541,7 @@ async fn many_frames_in_one_write_are_all_handled_in_order() {
     let mut raw = Raw::open(gw.addr).await.expect("handshake");
     let mut bytes = connect_frame(REALM, random_node(), None);
     for i in 0..200u64 {
-        bytes.extend(encode(&Message::Ping(meshgate_shard::wire::Ping {
-            timestamp: i,
-        })));
+        bytes.extend(encode(&Message::Ping(meshgate_shard::wire::Ping::new(i))));
         bytes.extend(publish_frame("burst.x", &i.to_be_bytes()));
     }
     raw.write(&bytes).await;

@@ -423,9 +423,7 @@ impl Shared {
         pong: PongWait<'_>,
     ) -> Result<Vec<ServerError>, ClientError> {
         let work = async {
-            let ping = Message::Ping(Ping {
-                timestamp: pong.forget.id,
-            });
+            let ping = Message::Ping(Ping::new(pong.forget.id));
             self.send(&ping).await?;
             pong.rx.await.unwrap_or(Err(ClientError::Disconnected))
         };

@@ -107,7 +107,7 @@ fn one_of_each() -> Vec<PeerMessage<'static>> {
             realm: b"macula.default",
             phase: SyncPhase::Digest(u64::MAX),
         }),
-        PeerMessage::Ping(Ping { timestamp: 5 }),
+        PeerMessage::Ping(Ping::new(5)),
         PeerMessage::Pong(Pong {
             timestamp: 5,
             server_time: 6,
@@ -952,9 +952,7 @@ impl Owned {
                 realm,
                 phase: *phase,
             }),
-            Owned::Ping(timestamp) => PeerMessage::Ping(Ping {
-                timestamp: *timestamp,
-            }),
+            Owned::Ping(timestamp) => PeerMessage::Ping(Ping::new(*timestamp)),
             Owned::Pong(timestamp, server_time) => PeerMessage::Pong(Pong {
                 timestamp: *timestamp,
                 server_time: *server_time,

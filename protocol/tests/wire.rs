@@ -28,14 +28,35 @@ fn decode(ty: FrameType, payload: &[u8]) -> Result<Message<'_>, WireError> {
 
 #[test]
 fn ping_encodes_to_the_golden_bytes() {
-    let bytes = encoded(&Message::Ping(Ping {
-        timestamp: 1_700_000_000_000,
-    }));
+    let bytes = encoded(&Message::Ping(Ping::new(1_700_000_000_000)));
     let golden = [
         0x01, 0x03, 0x00, 0x00, 0x00, 0x00, 0x00, 0x15, 0x81, 0xc4, 0x09, 0x74, 0x69, 0x6d, 0x65,
         0x73, 0x74, 0x61, 0x6d, 0x70, 0xcf, 0x00, 0x00, 0x01, 0x8b, 0xcf, 0xe5, 0x68, 0x00,
     ];
     assert_eq!(bytes, golden);
+}
+
+#[test]
+fn a_ping_with_mesh_writes_it_after_the_timestamp_and_reads_back() {
+    let ping = Message::Ping(Ping {
+        timestamp: 7,
+        mesh: true,
+    });
+    let bytes = encoded(&ping);
+    assert_eq!(keys_of(&bytes), ["timestamp", "mesh"]);
+    assert_eq!(decode(FrameType::Ping, &bytes[8..]), Ok(ping));
+    // `mesh` false or nil is a plain PING.
+    for value in [0xc2u8, 0xc0] {
+        let mut payload = vec![0x82, 0xc4, 9];
+        payload.extend_from_slice(b"timestamp");
+        payload.extend_from_slice(&[0x07, 0xc4, 4]);
+        payload.extend_from_slice(b"mesh");
+        payload.push(value);
+        assert_eq!(
+            decode(FrameType::Ping, &payload),
+            Ok(Message::Ping(Ping::new(7)))
+        );
+    }
 }
 
 #[test]
@@ -92,7 +113,7 @@ fn every_message_writes_its_keys_as_bin_in_the_documented_order() {
             }),
             &["reason", "message"],
         ),
-        (Message::Ping(Ping { timestamp: 1 }), &["timestamp"]),
+        (Message::Ping(Ping::new(1)), &["timestamp"]),
         (
             Message::Pong(Pong {
                 timestamp: 1,
@@ -215,9 +236,9 @@ fn optional_fields_that_are_none_are_left_out() {
 #[test]
 fn encode_appends_after_what_the_buffer_already_holds() {
     let mut out = vec![0xaa; 3];
-    Message::Ping(Ping { timestamp: 5 }).encode(&mut out);
+    Message::Ping(Ping::new(5)).encode(&mut out);
     assert_eq!(&out[..3], &[0xaa; 3]);
-    assert_eq!(&out[3..], encoded(&Message::Ping(Ping { timestamp: 5 })));
+    assert_eq!(&out[3..], encoded(&Message::Ping(Ping::new(5))));
 }
 
 #[test]
@@ -244,7 +265,7 @@ fn str_keys_and_values_are_accepted_the_same_as_bin() {
     let payload = map(&[(str_(b"timestamp"), uint(42))]);
     assert_eq!(
         decode(FrameType::Ping, &payload),
-        Ok(Message::Ping(Ping { timestamp: 42 }))
+        Ok(Message::Ping(Ping::new(42)))
     );
 
     let payload = map(&[
@@ -304,7 +325,7 @@ fn integers_are_accepted_in_any_messagepack_form() {
         let payload = fields(&[("timestamp", value.clone())]);
         assert_eq!(
             decode(FrameType::Ping, &payload),
-            Ok(Message::Ping(Ping { timestamp: 5 }))
+            Ok(Message::Ping(Ping::new(5)))
         );
     }
 }
@@ -324,7 +345,7 @@ fn unknown_keys_of_any_type_are_ignored() {
     ]);
     assert_eq!(
         decode(FrameType::Ping, &payload),
-        Ok(Message::Ping(Ping { timestamp: 9 }))
+        Ok(Message::Ping(Ping::new(9)))
     );
 }
 
@@ -556,7 +577,7 @@ fn an_unknown_frame_type_is_refused() {
 // The frame reader
 
 fn ping_frame(ts: u64) -> Vec<u8> {
-    encoded(&Message::Ping(Ping { timestamp: ts }))
+    encoded(&Message::Ping(Ping::new(ts)))
 }
 
 #[test]
@@ -589,9 +610,7 @@ fn many_frames_in_one_push_come_out_in_order() {
     for (i, (ty, payload)) in frames.iter().enumerate() {
         assert_eq!(
             Message::decode(*ty, payload),
-            Ok(Message::Ping(Ping {
-                timestamp: i as u64
-            }))
+            Ok(Message::Ping(Ping::new(i as u64)))
         );
     }
     assert_eq!(reader.buffered(), 0);
@@ -674,7 +693,7 @@ fn flags_and_reserved_bytes_are_ignored() {
     let f = reader.next_frame().unwrap().unwrap();
     assert_eq!(
         Message::decode(f.frame_type, f.payload),
-        Ok(Message::Ping(Ping { timestamp: 3 }))
+        Ok(Message::Ping(Ping::new(3)))
     );
 }
 
@@ -790,9 +809,7 @@ impl Owned {
                 reason,
                 message: message.as_deref(),
             }),
-            Owned::Ping(timestamp) => Message::Ping(Ping {
-                timestamp: *timestamp,
-            }),
+            Owned::Ping(timestamp) => Message::Ping(Ping::new(*timestamp)),
             Owned::Pong {
                 timestamp,
                 server_time,

@@ -39,7 +39,7 @@ fn connect_is_answered_with_pong_carrying_the_gateway_node_id() {
 fn a_frame_before_connect_is_a_protocol_error() {
     let mut sim = Sim::new(2, 0);
     let c = sim.open_session(0, node(1));
-    sim.send(c, &Message::Ping(Ping { timestamp: 1 }));
+    sim.send(c, &Message::Ping(Ping::new(1)));
     sim.drive();
     assert_eq!(sim.clients[c].closed, Some(Reason::ProtocolError));
     assert_eq!(sim.disconnect_reason(c).as_deref(), Some("protocol_error"));
@@ -171,7 +171,7 @@ fn a_fin_inside_a_frame_is_a_protocol_error() {
         let mut sim = Sim::new(2, seed);
         let c = sim.connect(0, node(1));
         let mut ping = Vec::new();
-        Message::Ping(Ping { timestamp: 5 }).encode(&mut ping);
+        Message::Ping(Ping::new(5)).encode(&mut ping);
         sim.send_bytes(c, &ping[..ping.len() - 1]);
         sim.end_stream(c, StreamEnd::Finished);
         sim.drive();
@@ -478,7 +478,15 @@ fn ping_answers_only_once_subscriptions_are_in_effect_on_every_shard() {
             .map(|s| sim.connect(s, node(10 + u32::from(s))))
             .collect();
         sim.subscribe(sub, &["fast.path"]);
-        sim.ping(sub, 99);
+        // A PING with `mesh` on a gateway with no peer link is the same barrier.
+        let mesh = seed % 2 == 1;
+        sim.send(
+            sub,
+            &Message::Ping(Ping {
+                timestamp: 99,
+                mesh,
+            }),
+        );
         // Step only until the PONG is out, then publish from every other shard at once.
         while !sim.pong_timestamps(sub).contains(&99) {
             assert!(

@@ -649,7 +649,7 @@ impl Raw {
     pub async fn ping(&mut self) -> Vec<Frame> {
         let ts = self.next_ping;
         self.next_ping += 1;
-        self.send_msg(&Message::Ping(Ping { timestamp: ts })).await;
+        self.send_msg(&Message::Ping(Ping::new(ts))).await;
         let mut before = Vec::new();
         loop {
             let frame = self.next().await.expect("PONG before the stream ends");

@@ -197,7 +197,7 @@ async fn write_loop(
             () = shared.out_ready.notified() => {}
             () = tokio::time::sleep_until(wake.into()) => {
                 if last_sent.elapsed() >= keep_alive {
-                    let ping = Message::Ping(Ping { timestamp: shared.next_id() });
+                    let ping = Message::Ping(Ping::new(shared.next_id()));
                     let _ = shared.send_now(&ping);
                 }
             }

@@ -145,8 +145,12 @@ pub(super) fn encode_disconnect(m: &Disconnect<'_>, out: &mut Vec<u8>) {
 }
 
 pub(super) fn encode_ping(m: &Ping, out: &mut Vec<u8>) {
-    msgpack::write_map_len(out, 1);
+    msgpack::write_map_len(out, 1 + present(&[m.mesh]));
     put_uint(out, "timestamp", m.timestamp);
+    if m.mesh {
+        key(out, "mesh");
+        msgpack::write_bool(out, true);
+    }
 }
 
 pub(super) fn encode_pong(m: &Pong, out: &mut Vec<u8>) {

@@ -142,6 +142,19 @@ pub struct Disconnect<'a> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ping {
     pub timestamp: u64,
+    /// (extension, PROTOCOL.md 9.6) Answer only once the session's earlier changes are in
+    /// effect on every gateway of the mesh. Written only when true.
+    pub mesh: bool,
+}
+
+impl Ping {
+    /// A PING as clients send it without `mesh`.
+    pub fn new(timestamp: u64) -> Ping {
+        Ping {
+            timestamp,
+            mesh: false,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -585,15 +598,17 @@ pub(super) fn decode_disconnect<'a>(f: &mut Fields<'a>) -> Result<Disconnect<'a>
 }
 
 pub(super) fn decode_ping(f: &mut Fields<'_>) -> Result<Ping, WireError> {
-    let mut timestamp = None;
+    let (mut timestamp, mut mesh) = (None, None);
     while let Some(key) = f.next_key()? {
         match key {
             b"timestamp" => timestamp = Some(f.uint("timestamp")?),
+            b"mesh" => mesh = f.optional(|f| f.bool("mesh"))?,
             _ => f.skip()?,
         }
     }
     Ok(Ping {
         timestamp: required(timestamp, "timestamp")?,
+        mesh: mesh.unwrap_or(false),
     })
 }
 

@@ -244,7 +244,7 @@ impl Shard {
             return;
         }
         match msg {
-            Message::Ping(Ping { timestamp }) => self.on_ping(key, timestamp),
+            Message::Ping(Ping { timestamp, .. }) => self.on_ping(key, timestamp),
             Message::Pong(_) => {}
             Message::Disconnect(_) => self.close(key, Reason::Normal, ""),
             Message::Publish(p) => self.on_publish(key, p),

@@ -295,7 +295,7 @@ impl Sim {
     }
 
     pub fn ping(&mut self, id: ClientId, timestamp: u64) {
-        self.send(id, &Message::Ping(Ping { timestamp }));
+        self.send(id, &Message::Ping(Ping::new(timestamp)));
     }
 
     /// Sends PING and drives until its PONG arrives: afterwards every earlier change of the
