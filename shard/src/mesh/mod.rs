@@ -1,6 +1,8 @@
 //! The gateway mesh's rules (PROTOCOL.md section 9) that need no link, socket or clock: pure
 //! functions and small types the shard's peer-link handling is built from.
 //!
+//! - [`advertise`]: what a gateway advertises for one realm: merged increments, snapshots,
+//!   collapse to `**` and back (9.6).
 //! - [`digest`]: the interest digest a gateway sends with SYNC `digest` and checks (9.6).
 //! - [`interest`]: one peer's interest in one realm: snapshots, increments, collapse (9.6).
 //! - [`links`]: which of two admitted links to one peer both ends keep (9.3).
@@ -9,6 +11,7 @@
 //! - [`proof`]: the HMAC proof of the cluster token and the realms' auth digests (9.3, 9.9).
 //! - [`wrr`]: the weighted choice among peers that advertise a procedure (9.8).
 
+pub mod advertise;
 pub mod digest;
 pub mod interest;
 pub mod links;
