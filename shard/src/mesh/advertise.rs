@@ -28,6 +28,15 @@ pub enum Update {
     Snapshot,
 }
 
+/// The whole advertised state of a realm, for a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot<'a> {
+    /// The patterns, or `**` alone when collapsed.
+    pub patterns: Vec<&'a [u8]>,
+    /// Every procedure with live local providers, and how many.
+    pub procs: Vec<(&'a [u8], u32)>,
+}
+
 /// One realm's local interest and what of it is not yet advertised.
 #[derive(Clone, Debug)]
 pub struct Advertised {
@@ -118,22 +127,21 @@ impl Advertised {
         }
     }
 
-    /// The whole advertised state, for a snapshot: the patterns (or `**` alone when collapsed)
-    /// and every procedure's count.
-    pub fn snapshot(&self) -> (Vec<&[u8]>, Vec<(&[u8], u32)>) {
+    /// The whole advertised state, for a snapshot.
+    pub fn snapshot(&self) -> Snapshot<'_> {
         let patterns = if self.collapsed {
             vec![EVERYTHING]
         } else {
             self.patterns.iter().map(|p| &**p).collect()
         };
         let procs = self.procedures.iter().map(|(n, &c)| (&**n, c)).collect();
-        (patterns, procs)
+        Snapshot { patterns, procs }
     }
 
     /// The digest of what is advertised (SYNC `digest`).
     pub fn digest(&self) -> u64 {
         let mut d = InterestDigest::EMPTY;
-        let (patterns, procs) = self.snapshot();
+        let Snapshot { patterns, procs } = self.snapshot();
         for p in patterns {
             d.toggle_pattern(p);
         }
@@ -191,14 +199,14 @@ mod tests {
         assert!(matches!(a.take_update(), Update::Increment { .. }));
         a.pattern(b"p10", true);
         assert_eq!(a.take_update(), Update::Snapshot);
-        assert_eq!(a.snapshot().0, vec![EVERYTHING]);
+        assert_eq!(a.snapshot().patterns, vec![EVERYTHING]);
         // Still collapsed at 9 (90 % of 10); pattern changes send nothing meanwhile.
         a.pattern(b"p10", false);
         a.pattern(b"p9", false);
         assert_eq!(a.take_update(), Update::Nothing);
         a.pattern(b"p8", false);
         assert_eq!(a.take_update(), Update::Snapshot);
-        assert_eq!(a.snapshot().0.len(), 8);
+        assert_eq!(a.snapshot().patterns.len(), 8);
     }
 
     #[test]
@@ -208,7 +216,7 @@ mod tests {
         a.pattern(b"x.*", true);
         a.procedure(b"svc", 2);
         a.take_update();
-        let (patterns, procs) = a.snapshot();
+        let Snapshot { patterns, procs } = a.snapshot();
         peer.begin();
         peer.apply(patterns, [], procs, &mut Vec::new());
         peer.end(&mut Vec::new());
