@@ -4,6 +4,7 @@
 //! - [`advertise`]: what a gateway advertises for one realm: merged increments, snapshots,
 //!   collapse to `**` and back (9.6).
 //! - [`digest`]: the interest digest a gateway sends with SYNC `digest` and checks (9.6).
+//! - [`gossip`]: whom to dial and when: seeds, gossip, backoff, forgetting (9.4).
 //! - [`interest`]: one peer's interest in one realm: snapshots, increments, collapse (9.6).
 //! - [`links`]: which of two admitted links to one peer both ends keep (9.3).
 //! - [`peers`]: the admitted links, one per peer, bounded as an LRU, and the redial schedule
@@ -13,6 +14,7 @@
 
 pub mod advertise;
 pub mod digest;
+pub mod gossip;
 pub mod interest;
 pub mod links;
 pub mod peers;
