@@ -3,6 +3,7 @@
 //!
 //! - [`advertise`]: what a gateway advertises for one realm: merged increments, snapshots,
 //!   collapse to `**` and back (9.6).
+//! - [`choice`]: local first, then peers by count, each tried once; which error when none (9.8).
 //! - [`digest`]: the interest digest a gateway sends with SYNC `digest` and checks (9.6).
 //! - [`gossip`]: whom to dial and when: seeds, gossip, backoff, forgetting (9.4).
 //! - [`interest`]: one peer's interest in one realm: snapshots, increments, collapse (9.6).
@@ -13,6 +14,7 @@
 //! - [`wrr`]: the weighted choice among peers that advertise a procedure (9.8).
 
 pub mod advertise;
+pub mod choice;
 pub mod digest;
 pub mod gossip;
 pub mod interest;

@@ -13,15 +13,21 @@ pub struct SmoothWrr {
 impl SmoothWrr {
     /// Picks among `weights` (one per candidate, in a stable order; 0: not a candidate) and
     /// returns the chosen index, or `None` when every weight is 0. When the candidates change,
-    /// credits of indexes that no longer exist are dropped and new ones start at 0.
-    pub fn pick(&mut self, weights: &[u32]) -> Option<usize> {
+    /// credits of indexes that no longer exist are dropped and new ones start at 0. The
+    /// weights are read twice and nothing is allocated once the credits have their length.
+    pub fn pick<I>(&mut self, weights: I) -> Option<usize>
+    where
+        I: IntoIterator<Item = u32>,
+        I::IntoIter: Clone + ExactSizeIterator,
+    {
+        let weights = weights.into_iter();
         self.credit.resize(weights.len(), 0);
-        let total: i64 = weights.iter().map(|&w| i64::from(w)).sum();
+        let total: i64 = weights.clone().map(i64::from).sum();
         if total == 0 {
             return None;
         }
         let mut best: Option<usize> = None;
-        for (i, &w) in weights.iter().enumerate() {
+        for (i, w) in weights.enumerate() {
             if w == 0 {
                 self.credit[i] = 0;
                 continue;
@@ -43,8 +49,8 @@ mod tests {
 
     #[test]
     fn no_candidate_with_weight_means_no_pick() {
-        assert_eq!(SmoothWrr::default().pick(&[]), None);
-        assert_eq!(SmoothWrr::default().pick(&[0, 0]), None);
+        assert_eq!(SmoothWrr::default().pick([]), None);
+        assert_eq!(SmoothWrr::default().pick([0, 0]), None);
     }
 
     #[test]
@@ -60,7 +66,7 @@ mod tests {
             let mut wrr = SmoothWrr::default();
             let mut counts = vec![0u32; weights.len()];
             for n in 1..=(total * 20) {
-                counts[wrr.pick(weights).unwrap()] += 1;
+                counts[wrr.pick(weights.iter().copied()).unwrap()] += 1;
                 for (i, &w) in weights.iter().enumerate() {
                     // Each candidate's share after n picks is within one of n * w / total.
                     let expected = f64::from(n) * f64::from(w) / f64::from(total);
@@ -78,10 +84,10 @@ mod tests {
     fn a_candidate_whose_count_drops_to_zero_is_no_longer_picked() {
         let mut wrr = SmoothWrr::default();
         for _ in 0..5 {
-            wrr.pick(&[1, 1]);
+            wrr.pick([1, 1]);
         }
         for _ in 0..10 {
-            assert_eq!(wrr.pick(&[0, 3]), Some(1));
+            assert_eq!(wrr.pick([0, 3]), Some(1));
         }
     }
 }
