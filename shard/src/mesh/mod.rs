@@ -3,6 +3,7 @@
 //!
 //! - [`advertise`]: what a gateway advertises for one realm: merged increments, snapshots,
 //!   collapse to `**` and back (9.6).
+//! - [`calls`]: the calls in flight on a link, both ways, by link-scoped id (9.8, 9.10).
 //! - [`choice`]: local first, then peers by count, each tried once; which error when none (9.8).
 //! - [`digest`]: the interest digest a gateway sends with SYNC `digest` and checks (9.6).
 //! - [`gossip`]: whom to dial and when: seeds, gossip, backoff, forgetting (9.4).
@@ -14,6 +15,7 @@
 //! - [`wrr`]: the weighted choice among peers that advertise a procedure (9.8).
 
 pub mod advertise;
+pub mod calls;
 pub mod choice;
 pub mod digest;
 pub mod gossip;
