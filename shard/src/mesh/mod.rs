@@ -7,6 +7,7 @@
 //! - [`choice`]: local first, then peers by count, each tried once; which error when none (9.8).
 //! - [`digest`]: the interest digest a gateway sends with SYNC `digest` and checks (9.6).
 //! - [`gossip`]: whom to dial and when: seeds, gossip, backoff, forgetting (9.4).
+//! - [`handshake`]: one link's handshake as a state machine: HELLO, proofs, AUTH, timeout (9.3).
 //! - [`hello`]: the checks of a peer's HELLO, and the realms two gateways share (9.3, 9.9).
 //! - [`interest`]: one peer's interest in one realm: snapshots, increments, collapse (9.6).
 //! - [`links`]: which of two admitted links to one peer both ends keep (9.3).
@@ -20,6 +21,7 @@ pub mod calls;
 pub mod choice;
 pub mod digest;
 pub mod gossip;
+pub mod handshake;
 pub mod hello;
 pub mod interest;
 pub mod links;
