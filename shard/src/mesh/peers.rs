@@ -11,12 +11,15 @@ use crate::ids::Time;
 use crate::lru::{Displaced, PeerLru};
 
 use super::links::{resolve, Closed, LinkFacts, Resolution};
+use crate::wire::Member;
 
 /// One admitted link, as the peer table holds it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Admitted<L> {
     pub link: L,
     pub facts: LinkFacts,
+    /// The peer's advertised `HOST:PORT`, passed on in PEER_MEMBERS.
+    pub addr: Box<[u8]>,
 }
 
 /// What admitting a link did.
@@ -45,19 +48,24 @@ impl<L: Clone + PartialEq> PeerTable<L> {
         }
     }
 
-    /// Admits `link` to the peer called `name`.
-    pub fn admit(&mut self, name: &[u8], link: L, facts: LinkFacts) -> Admission<L> {
+    /// Admits `link` to the peer called `name`, which advertises `addr`.
+    pub fn admit(&mut self, name: &[u8], link: L, facts: LinkFacts, addr: &[u8]) -> Admission<L> {
+        let addr: Box<[u8]> = addr.into();
         if let Some(old) = self.links.get(name) {
             return match resolve(&old.facts, &facts) {
                 Resolution::KeepOld(reason) => Admission::Refused { reason },
                 Resolution::KeepNew(reason) => {
                     let old = old.link.clone();
-                    self.links.insert(name.into(), Admitted { link, facts });
+                    let admitted = Admitted { link, facts, addr };
+                    self.links.insert(name.into(), admitted);
                     Admission::Replaced { old, reason }
                 }
             };
         }
-        match self.links.insert(name.into(), Admitted { link, facts }) {
+        match self
+            .links
+            .insert(name.into(), Admitted { link, facts, addr })
+        {
             Displaced::Evicted(name, old) => Admission::Admitted {
                 evicted: Some((name, old.link)),
             },
@@ -96,6 +104,26 @@ impl<L: Clone + PartialEq> PeerTable<L> {
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &Admitted<L>)> {
         self.links.iter().map(|(k, v)| (&**k, v))
     }
+
+    /// What PEER_MEMBERS to send once `new` is admitted (9.4): the new peer gets every other
+    /// member (even none); unless the link came from gossip, every other member gets the new
+    /// peer alone. Returns the members for the new peer and the links to tell of it.
+    pub fn introductions(&self, new: &[u8], gossip: bool) -> (Vec<Member<'_>>, Vec<L>) {
+        let others = || self.iter().filter(move |(name, _)| *name != new);
+        let members = others()
+            .map(|(name, a)| Member {
+                node_name: name,
+                node_id: a.facts.node_id,
+                addr: &a.addr,
+            })
+            .collect();
+        let tell = if gossip {
+            Vec::new()
+        } else {
+            others().map(|(_, a)| a.link.clone()).collect()
+        };
+        (members, tell)
+    }
 }
 
 /// When to dial a peer again after `failures` failed dials in a row (PROTOCOL.md 9.4): 1 s,
@@ -125,16 +153,16 @@ mod tests {
     fn the_table_never_holds_more_than_max_peers_and_evicts_the_least_recently_used() {
         let mut t = PeerTable::new(2);
         assert_eq!(
-            t.admit(b"a", 1, facts(1, "me", 1)),
+            t.admit(b"a", 1, facts(1, "me", 1), b"h:1"),
             Admission::Admitted { evicted: None }
         );
         assert_eq!(
-            t.admit(b"b", 2, facts(1, "me", 2)),
+            t.admit(b"b", 2, facts(1, "me", 2), b"h:1"),
             Admission::Admitted { evicted: None }
         );
         t.touch(b"a");
         assert_eq!(
-            t.admit(b"c", 3, facts(1, "me", 3)),
+            t.admit(b"c", 3, facts(1, "me", 3), b"h:1"),
             Admission::Admitted {
                 evicted: Some((b"b"[..].into(), 2))
             }
@@ -146,16 +174,16 @@ mod tests {
     #[test]
     fn a_second_link_to_a_peer_is_resolved_and_never_evicts_another_peer() {
         let mut t = PeerTable::new(1);
-        t.admit(b"a", 1, facts(5, "a", 1));
+        t.admit(b"a", 1, facts(5, "a", 1), b"h:1");
         assert_eq!(
-            t.admit(b"a", 2, facts(6, "a", 1)),
+            t.admit(b"a", 2, facts(6, "a", 1), b"h:1"),
             Admission::Replaced {
                 old: 1,
                 reason: Closed::Replaced
             }
         );
         assert_eq!(
-            t.admit(b"a", 3, facts(6, "a", 0)),
+            t.admit(b"a", 3, facts(6, "a", 0), b"h:1"),
             Admission::Refused {
                 reason: Closed::DuplicateLink
             }
@@ -167,12 +195,32 @@ mod tests {
     #[test]
     fn a_replaced_links_loss_leaves_its_successor() {
         let mut t = PeerTable::new(4);
-        t.admit(b"a", 1, facts(5, "a", 1));
-        t.admit(b"a", 2, facts(6, "a", 1));
+        t.admit(b"a", 1, facts(5, "a", 1), b"h:1");
+        t.admit(b"a", 2, facts(6, "a", 1), b"h:1");
         assert!(!t.lost(b"a", &1));
         assert_eq!(t.get(b"a").map(|a| a.link), Some(2));
         assert!(t.lost(b"a", &2));
         assert!(t.is_empty());
+    }
+
+    #[test]
+    fn a_new_peer_learns_every_other_member_and_they_learn_of_it_unless_it_came_by_gossip() {
+        let mut t = PeerTable::new(8);
+        t.admit(b"a", 1, facts(1, "me", 1), b"a:1");
+        t.admit(b"b", 2, facts(1, "me", 2), b"b:1");
+        let (members, tell) = t.introductions(b"b", false);
+        let names: Vec<&[u8]> = members.iter().map(|m| m.node_name).collect();
+        assert_eq!(names, [&b"a"[..]]);
+        assert_eq!(members[0].addr, b"a:1");
+        assert_eq!(tell, [1]);
+        let (_, tell) = t.introductions(b"b", true);
+        assert!(tell.is_empty());
+        let mut alone = PeerTable::new(8);
+        alone.admit(b"a", 1, facts(1, "me", 1), b"a:1");
+        assert!(
+            alone.introductions(b"a", false).0.is_empty(),
+            "an empty list all the same"
+        );
     }
 
     #[test]
