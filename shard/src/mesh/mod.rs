@@ -5,6 +5,7 @@
 //!   collapse to `**` and back (9.6).
 //! - [`calls`]: the calls in flight on a link, both ways, by link-scoped id (9.8, 9.10).
 //! - [`choice`]: local first, then peers by count, each tried once; which error when none (9.8).
+//! - [`counters`]: what each link carried, by frame type and in bytes, each way (9.11).
 //! - [`digest`]: the interest digest a gateway sends with SYNC `digest` and checks (9.6).
 //! - [`gossip`]: whom to dial and when: seeds, gossip, backoff, forgetting (9.4).
 //! - [`handshake`]: one link's handshake as a state machine: HELLO, proofs, AUTH, timeout (9.3).
@@ -19,6 +20,7 @@
 pub mod advertise;
 pub mod calls;
 pub mod choice;
+pub mod counters;
 pub mod digest;
 pub mod gossip;
 pub mod handshake;
