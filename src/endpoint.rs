@@ -32,21 +32,26 @@ const CONTROL_STREAM: u64 = 0;
 /// The smallest datagram that may carry a client's Initial (RFC 9000 14.1).
 const MIN_INITIAL_DATAGRAM: usize = 1200;
 
-/// A connection of an [`Endpoint`]. Handles are reused once their connection is removed; the
-/// driver holds one only while the connection lives (its timer is cancelled on removal, and a
-/// session's handle is looked up through [`Endpoint::conn_of`]).
+/// A connection of an [`Endpoint`]: its slot and the slot's generation, so that a handle that
+/// outlives its connection never finds the one that reuses the slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct ConnHandle(usize);
+pub struct ConnHandle {
+    index: u32,
+    generation: u32,
+}
 
 impl ConnHandle {
     /// The token the shard's timer wheel carries for this connection's timer: the one place
     /// where a handle crosses into the core, and comes back by [`ConnHandle::from_token`].
     pub fn token(self) -> DriverToken {
-        DriverToken(self.0 as u64)
+        DriverToken(u64::from(self.index) << 32 | u64::from(self.generation))
     }
 
     pub fn from_token(token: DriverToken) -> ConnHandle {
-        ConnHandle(token.0 as usize)
+        ConnHandle {
+            index: (token.0 >> 32) as u32,
+            generation: token.0 as u32,
+        }
     }
 }
 
@@ -233,6 +238,8 @@ pub struct Conn {
     /// Boxed: a quiche connection is several KiB, and the slab's spare capacity and the
     /// copies its growth makes would otherwise be in those units.
     q: Box<quiche::Connection>,
+    /// The generation of the slot this connection holds (see [`ConnHandle`]).
+    generation: u32,
     /// The connection IDs the gateway issued that are still in use; the first is the one the
     /// connection was accepted with.
     scids: ArrayVec<Cid, MAX_CIDS>,
@@ -366,6 +373,8 @@ pub struct Endpoint {
     quic: quiche::Config,
     local: SocketAddr,
     conns: Slab<Conn>,
+    /// The generation the next connection gets.
+    generation: u32,
     by_cid: AHashMap<Cid, ConnHandle>,
     by_odcid: AHashMap<Vec<u8>, ConnHandle>,
     /// The connection of each session, indexed by `SessionKey::index`.
@@ -392,6 +401,7 @@ impl Endpoint {
             quic,
             local,
             conns: Slab::new(),
+            generation: 0,
             by_cid: AHashMap::new(),
             by_odcid: AHashMap::new(),
             by_session: Vec::new(),
@@ -433,8 +443,11 @@ impl Endpoint {
         };
         let mut scids = ArrayVec::new();
         scids.push(scid);
-        let conn = ConnHandle(self.conns.insert(Conn {
+        self.generation = self.generation.wrapping_add(1);
+        let generation = self.generation;
+        let index = self.conns.insert(Conn {
             q,
+            generation,
             scids,
             odcid: hdr.dcid().to_vec(),
             session: None,
@@ -445,7 +458,11 @@ impl Endpoint {
             close_after_flush: None,
             dirty: false,
             blocked: false,
-        }));
+        });
+        let conn = ConnHandle {
+            index: index as u32,
+            generation,
+        };
         self.by_cid.insert(scid, conn);
         self.by_odcid.insert(hdr.dcid().to_vec(), conn);
         self.handshakes += 1;
@@ -453,16 +470,22 @@ impl Endpoint {
     }
 
     pub fn get(&self, conn: ConnHandle) -> Option<&Conn> {
-        self.conns.get(conn.0)
+        slot(&self.conns, conn)
     }
 
     pub fn get_mut(&mut self, conn: ConnHandle) -> Option<&mut Conn> {
-        self.conns.get_mut(conn.0)
+        slot_mut(&mut self.conns, conn)
     }
 
     /// Every connection.
     pub fn iter(&self) -> impl Iterator<Item = (ConnHandle, &Conn)> {
-        self.conns.iter().map(|(i, c)| (ConnHandle(i), c))
+        self.conns.iter().map(|(i, c)| {
+            let handle = ConnHandle {
+                index: i as u32,
+                generation: c.generation,
+            };
+            (handle, c)
+        })
     }
 
     /// The connection of a session.
@@ -481,7 +504,7 @@ impl Endpoint {
     /// client was heard from. False when there is no such connection.
     pub fn recv(&mut self, now: Time, conn: ConnHandle, buf: &mut [u8], from: SocketAddr) -> bool {
         let to = self.local;
-        let Some(c) = self.conns.get_mut(conn.0) else {
+        let Some(c) = slot_mut(&mut self.conns, conn) else {
             return false;
         };
         if c.q.recv(buf, quiche::RecvInfo { from, to }).is_ok() {
@@ -499,7 +522,7 @@ impl Endpoint {
     /// Puts a session on a connection whose handshake ended: the session takes the
     /// connection's place in the gateway's handshake count until its CONNECT is admitted.
     pub fn attach(&mut self, conn: ConnHandle, key: SessionKey) {
-        let Some(c) = self.conns.get_mut(conn.0) else {
+        let Some(c) = slot_mut(&mut self.conns, conn) else {
             return;
         };
         self.counts.handshakes.give_back();
@@ -519,7 +542,7 @@ impl Endpoint {
     /// Takes the connection's session, if it still has one; the connection itself may stay
     /// for its draining period.
     pub fn detach(&mut self, conn: ConnHandle) -> Option<SessionKey> {
-        let key = self.conns.get_mut(conn.0)?.session.take()?;
+        let key = slot_mut(&mut self.conns, conn)?.session.take()?;
         if let Some(slot) = self.by_session.get_mut(key.index()) {
             *slot = None;
         }
@@ -529,7 +552,8 @@ impl Endpoint {
     /// Forgets a connection (detached first) and its connection IDs, and gives back its
     /// handshake unit if it holds one; returns its timer, to cancel.
     pub fn remove(&mut self, conn: ConnHandle) -> Option<TimerKey> {
-        let c = self.conns.try_remove(conn.0)?;
+        self.get(conn)?;
+        let c = self.conns.try_remove(conn.index as usize)?;
         debug_assert!(
             c.session.is_none(),
             "a connection is detached before it is removed"
@@ -554,7 +578,7 @@ impl Endpoint {
     /// more, so that a client can move to a new address again and again (each move uses an
     /// unused ID). Drains quiche's path events, which nothing else reads.
     pub fn refresh_cids(&mut self, conn: ConnHandle) {
-        let Some(c) = self.conns.get_mut(conn.0) else {
+        let Some(c) = slot_mut(&mut self.conns, conn) else {
             return;
         };
         while let Some(retired) = c.q.retired_scid_next() {
@@ -565,7 +589,7 @@ impl Endpoint {
         }
         while c.q.path_event_next().is_some() {}
         loop {
-            let c = &self.conns[conn.0];
+            let Some(c) = self.get(conn) else { return };
             let open = c.q.is_established() && c.q.local_error().is_none();
             if !open || c.q.peer_error().is_some() || c.q.scids_left() == 0 || c.scids.is_full() {
                 return;
@@ -575,7 +599,9 @@ impl Endpoint {
             if getrandom::getrandom(&mut token).is_err() {
                 return;
             }
-            let c = &mut self.conns[conn.0];
+            let Some(c) = slot_mut(&mut self.conns, conn) else {
+                return;
+            };
             let cid_ref = quiche::ConnectionId::from_ref(&cid);
             if c.q
                 .new_scid(&cid_ref, u128::from_ne_bytes(token), false)
@@ -605,6 +631,19 @@ impl Endpoint {
         cid[0] = self.id.0 as u8;
         (!self.by_cid.contains_key(&cid)).then_some(cid)
     }
+}
+
+/// The connection `conn` names, if it is still the one in its slot.
+fn slot(conns: &Slab<Conn>, conn: ConnHandle) -> Option<&Conn> {
+    conns
+        .get(conn.index as usize)
+        .filter(|c| c.generation == conn.generation)
+}
+
+fn slot_mut(conns: &mut Slab<Conn>, conn: ConnHandle) -> Option<&mut Conn> {
+    conns
+        .get_mut(conn.index as usize)
+        .filter(|c| c.generation == conn.generation)
 }
 
 #[cfg(test)]
@@ -676,7 +715,10 @@ mod tests {
 
     #[test]
     fn a_packet_for_a_known_connection_is_ours() {
-        let conn = ConnHandle(3);
+        let conn = ConnHandle {
+            index: 3,
+            generation: 1,
+        };
         let known = Some(conn);
         let r = routed(&short(&cid_of(1)), known, arrival());
         assert_eq!(r, Route::Ours(conn));
@@ -686,7 +728,11 @@ mod tests {
 
     #[test]
     fn an_initial_under_1200_bytes_is_dropped_and_counted_even_for_a_known_connection() {
-        for known in [None, Some(ConnHandle(0))] {
+        let zero = ConnHandle {
+            index: 0,
+            generation: 1,
+        };
+        for known in [None, Some(zero)] {
             let r = routed(&initial(VERSION_1, b"odcid", 1199), known, arrival());
             assert_eq!(r, Route::Drop(Discard::ShortInitial));
         }
@@ -786,7 +832,10 @@ mod tests {
 
     #[test]
     fn a_handle_survives_the_trip_through_the_timer_wheel() {
-        let conn = ConnHandle(12345);
+        let conn = ConnHandle {
+            index: 12345,
+            generation: u32::MAX,
+        };
         assert_eq!(ConnHandle::from_token(conn.token()), conn);
     }
 
@@ -830,6 +879,25 @@ mod tests {
             Route::Drop(Discard::Stray)
         );
         assert_eq!(ep.route(&hello, arrival()), Route::Accept);
+    }
+
+    #[test]
+    fn a_handle_of_a_removed_connection_never_finds_the_one_in_its_slot() {
+        let hello = initial(VERSION_1, b"first", 1200);
+        let (mut ep, _, old) = one_accepted(&hello);
+        ep.remove(old);
+        let next = initial(VERSION_1, b"second", 1200);
+        assert_eq!(ep.route(&next, arrival()), Route::Accept);
+        let from = "127.0.0.1:5556".parse().expect("an address");
+        let new = ep.accept(Time::ZERO, &next, from).expect("a connection");
+        assert_ne!(new, old);
+        assert!(ep.get(old).is_none() && ep.get_mut(old).is_none());
+        assert_eq!(ep.remove(old), None);
+        assert!(
+            ep.get(new).is_some(),
+            "removing by the stale handle left it"
+        );
+        assert_eq!(ConnHandle::from_token(new.token()), new);
     }
 
     #[test]
