@@ -40,6 +40,7 @@ async fn a_client_that_reads_nothing_cannot_make_its_output_grow_past_the_bound(
         "--slow-consumer-timeout",
         "120s",
     ]);
+    let load = Load::start(&gw, 4).await;
     let flooder = gw.raw().await;
     let rss_before = gw.metric("meshgate_resident_memory_bytes").await;
     // About 12 MiB of frames, each asking for an answer of about its own size: a gateway that
@@ -99,6 +100,7 @@ async fn a_client_that_reads_nothing_cannot_make_its_output_grow_past_the_bound(
     assert!(other.ping().await.is_empty());
     writer.abort();
     flooder.conn.close(0u32.into(), b"");
+    load.finish().await;
 }
 
 /// A long-header Initial packet of version 1 with random connection IDs, padded with zeros to

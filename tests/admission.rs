@@ -19,6 +19,8 @@
 //! (Counting only the first N admissions, p is 5/8, 11/16, 29/32 and 241/256.) With
 //! [`ROUNDS`] = 5 rounds per test, a split survives a test with probability at most
 //! (3/16)^5 ≈ 2.3e-4, and survives all four tests with probability below 1e-20.
+//!
+//! Each test runs with sessions making calls beside it, as a gateway in use would.
 
 mod support;
 
@@ -29,6 +31,8 @@ use support::*;
 
 /// Rounds of fresh random node ids per gateway.
 const ROUNDS: usize = 5;
+/// Sessions making calls beside each test (they hold places of the table too).
+const LOAD_CALLERS: usize = 8;
 
 const REFUSED: &str = "meshgate_clients_refused_total{reason=\"max_clients_reached\"}";
 
@@ -68,8 +72,14 @@ async fn all_undisturbed(admitted: &mut [Raw]) {
 }
 
 async fn max_clients_is_exact_for_the_whole_gateway(shards: u16, max: usize) {
-    let gw = Gateway::start_with_shards(shards, &["--max-clients", &max.to_string()]);
-    let full = max as u64;
+    // The load's sessions (its callers and its provider) hold places too: the test's own
+    // sessions get `max` more.
+    let limit = max + LOAD_CALLERS + 1;
+    let gw = Gateway::start_with_shards(shards, &["--max-clients", &limit.to_string()]);
+    let load = Load::start(&gw, LOAD_CALLERS).await;
+    assert_eq!(load.sessions() as usize, LOAD_CALLERS + 1);
+    let busy = load.sessions();
+    let full = busy + max as u64;
     let mut refusals = 0u64;
     for round in 0..ROUNDS {
         // Exactly `max` sessions are admitted, whichever shards their ids belong to.
@@ -146,8 +156,9 @@ async fn max_clients_is_exact_for_the_whole_gateway(shards: u16, max: usize) {
         for raw in &mut admitted {
             raw.leave().await;
         }
-        gw.wait_metric("meshgate_clients", |n| n == 0).await;
+        gw.wait_metric("meshgate_clients", |n| n == busy).await;
     }
+    load.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1306,6 +1306,8 @@ fn refused_at_quic_level(error: &quinn::ConnectionError) -> bool {
 async fn connections_beyond_max_handshakes_are_refused_with_connection_refused() {
     // Four in the whole gateway; connections count until their CONNECT is admitted.
     let gw = Gateway::start(&["--max-handshakes", "4"]);
+    // Sessions busy beside the test hold no handshake place once connected.
+    let load = Load::start(&gw, 4).await;
     let mut held = Vec::new();
     let mut refused = 0;
     for i in 0..4 {
@@ -1334,6 +1336,7 @@ async fn connections_beyond_max_handshakes_are_refused_with_connection_refused()
         .expect("a connection is admitted after a CONNECT");
     assert_eq!(gw.metric("meshgate_handshakes").await, 4);
     assert!(session.ping().await.is_empty());
+    load.finish().await;
 }
 
 /// A QUIC transport whose stream window is small, so that a reader that stops reading
