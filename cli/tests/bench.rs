@@ -5,10 +5,10 @@
 
 use std::io::Read;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
-use support::Gateway;
+use support::{wait_for_exit, Gateway};
 
 #[path = "../../tests/support/mod.rs"]
 mod support;
@@ -48,20 +48,13 @@ impl Bench for Gateway {
             let _ = stderr.read_to_string(&mut s);
             s
         });
-        let deadline = Instant::now() + PATIENCE;
-        let status = loop {
-            if let Some(status) = child.try_wait().expect("wait") {
-                break status;
-            }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!(
-                    "bench {scenario} ran past {PATIENCE:?}; its stderr:\n{}",
-                    err.join().unwrap()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        let Some(status) = wait_for_exit(&mut child, PATIENCE) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "bench {scenario} ran past {PATIENCE:?}; its stderr:\n{}",
+                err.join().unwrap()
+            );
         };
         let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
         assert!(

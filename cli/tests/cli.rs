@@ -8,7 +8,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use support::Gateway;
+use support::{wait_for_exit, Gateway};
 
 #[path = "../../tests/support/mod.rs"]
 mod support;
@@ -52,7 +52,7 @@ fn finish(command: &mut Command) -> Finished {
         .stderr(Stdio::piped())
         .spawn()
         .expect("meshgate-cli starts");
-    let status = wait_exit(&mut child, Duration::from_secs(10)).unwrap_or_else(|| {
+    let status = wait_for_exit(&mut child, Duration::from_secs(10)).unwrap_or_else(|| {
         let _ = child.kill();
         let _ = child.wait();
         panic!("{command:?} was still running after 10 s");
@@ -77,20 +77,6 @@ fn finish(command: &mut Command) -> Finished {
         stdout,
         stderr,
         took,
-    }
-}
-
-/// Waits at most `limit` for a process to exit.
-fn wait_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -124,7 +110,7 @@ impl Running {
         let pid = libc::pid_t::try_from(self.child.id()).expect("a pid fits pid_t");
         // SAFETY: kill has no memory preconditions; the pid is our own child's, not yet reaped.
         assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
-        wait_exit(&mut self.child, PATIENCE).expect("the command exits on SIGINT")
+        wait_for_exit(&mut self.child, PATIENCE).expect("the command exits on SIGINT")
     }
 }
 

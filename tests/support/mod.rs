@@ -72,6 +72,20 @@ pub fn gateway_bin() -> PathBuf {
     bin
 }
 
+/// Waits at most `limit` for a process to exit.
+pub fn wait_for_exit(child: &mut std::process::Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Runs `meshgate` with `args` to its end (at most 10 s): for start-up errors.
 pub fn run_to_exit(args: &[&str]) -> Exited {
     let mut child = Command::new(gateway_bin())
@@ -82,17 +96,10 @@ pub fn run_to_exit(args: &[&str]) -> Exited {
         .stderr(Stdio::piped())
         .spawn()
         .expect("meshgate starts");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("meshgate {args:?} was still running after 10 s");
-        }
-        std::thread::sleep(Duration::from_millis(10));
+    let Some(status) = wait_for_exit(&mut child, Duration::from_secs(10)) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("meshgate {args:?} was still running after 10 s");
     };
     let mut stderr = String::new();
     child
