@@ -714,6 +714,11 @@ impl Driver {
                 ),
                 Event::Refused { reason } => crate::ratelog::refused(self.id, reason),
                 Event::SlowConsumerEvicted => crate::ratelog::evicted(self.id),
+                Event::UnsharedRealm { peer, realm } => log::warn!(
+                    "peer {} serves realm {} with other tokens: the realm is not shared with it",
+                    String::from_utf8_lossy(&peer),
+                    String::from_utf8_lossy(&realm)
+                ),
             }
         }
     }

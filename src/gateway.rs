@@ -97,6 +97,8 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
             limits: limits.clone(),
             wall_clock_offset_ms: 0,
             counts: counts.clone(),
+            mesh: None,
+            seed: u64::from(i),
         })
         .collect();
     if let Some(c) = configs.first() {

@@ -186,6 +186,8 @@ mod tests {
             limits: Limits::default(),
             wall_clock_offset_ms: 0,
             counts: Arc::default(),
+            mesh: None,
+            seed: 0,
         };
         Shard::new(config, Time::ZERO)
     }

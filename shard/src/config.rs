@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::counts::GatewayCounts;
 use crate::ids::{NodeId, RealmId, ShardId};
+use crate::mesh::handshake::Identity;
 use crate::names::is_valid_realm;
 use crate::router::{MAX_PENDING_PER_SHARD, MAX_SHARDS};
 
@@ -76,6 +77,45 @@ pub struct Config {
     pub wall_clock_offset_ms: i64,
     /// The counts every shard of the gateway shares: give each shard's config the same one.
     pub counts: Arc<GatewayCounts>,
+    /// The gateway mesh (PROTOCOL.md section 9); `None` without `--node-name`.
+    pub mesh: Option<Arc<MeshConfig>>,
+    /// Seeds the shard's random draws (dial jitter, gossip delays); any value will do.
+    pub seed: u64,
+}
+
+/// The gateway mesh's settings (PROTOCOL.md 9.1), the same for every shard.
+#[derive(Clone, Debug)]
+pub struct MeshConfig {
+    /// What the gateway says of itself in PEER_HELLO, and the tokens its proofs use.
+    pub identity: Identity,
+    /// `--peer`: addresses dialed for as long as the gateway runs.
+    pub seeds: Vec<Box<str>>,
+    /// `--max-peers`: admitted links at most (LRU).
+    pub max_peers: usize,
+    /// `--peer-idle-timeout`: PING every quarter of it.
+    pub peer_idle_timeout: Duration,
+    /// `--max-peer-output`: bytes queued to one peer's data stream before PUBLISH frames to it
+    /// are dropped and CALLs go elsewhere.
+    pub max_peer_output: usize,
+    /// `--interest-refresh`: period of the interest digest check.
+    pub interest_refresh: Duration,
+    /// `--max-advertised-patterns`: distinct patterns per realm before collapsing to `**`.
+    pub max_advertised_patterns: usize,
+}
+
+impl MeshConfig {
+    /// Settings with the defaults of 9.1 for `identity`.
+    pub fn new(identity: Identity) -> MeshConfig {
+        MeshConfig {
+            identity,
+            seeds: Vec::new(),
+            max_peers: 1_000,
+            peer_idle_timeout: Duration::from_secs(15),
+            max_peer_output: 64 << 20,
+            interest_refresh: Duration::from_secs(60),
+            max_advertised_patterns: 10_000,
+        }
+    }
 }
 
 /// A configuration that cannot work.
@@ -111,6 +151,8 @@ impl Config {
             limits: Limits::default(),
             wall_clock_offset_ms: 0,
             counts: Arc::default(),
+            mesh: None,
+            seed: 0,
         }
     }
 

@@ -120,3 +120,15 @@ pub struct SessionRef {
     pub shard: ShardId,
     pub key: SessionKey,
 }
+
+slab_key!(
+    /// A peer link on the shard that holds its connection. Stale keys never find a new one.
+    LinkKey
+);
+
+/// A peer link anywhere in the gateway: the shard that holds its connection and its key there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LinkRef {
+    pub shard: ShardId,
+    pub key: LinkKey,
+}

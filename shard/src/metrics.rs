@@ -1,7 +1,7 @@
 //! Counters a shard keeps, and the gauges it reads off its tables, for `/metrics`.
 
 use crate::router::CallError;
-use crate::wire::Reason;
+use crate::wire::{LinkReason, Reason};
 
 /// The metrics PROTOCOL.md section 8 lists, which `/metrics` serves gateway-wide and per shard
 /// beside meshgate's own.
@@ -95,15 +95,21 @@ pub enum DropReason {
     InitialBacklog = 3,
     /// An Initial in a datagram under 1,200 bytes (RFC 9000 14.1).
     ShortInitial = 4,
+    /// A PUBLISH from a peer matched no session (interest changed on the way).
+    NoInterest = 5,
+    /// A PUBLISH for a peer whose link was over `--max-peer-output`.
+    PeerSlow = 6,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 5] = [
+    pub const ALL: [DropReason; 7] = [
         DropReason::SlowConsumer,
         DropReason::ShardBacklog,
         DropReason::InboxFull,
         DropReason::InitialBacklog,
         DropReason::ShortInitial,
+        DropReason::NoInterest,
+        DropReason::PeerSlow,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -113,7 +119,70 @@ impl DropReason {
             DropReason::InboxFull => "inbox_full",
             DropReason::InitialBacklog => "initial_backlog",
             DropReason::ShortInitial => "short_initial",
+            DropReason::NoInterest => "no_interest",
+            DropReason::PeerSlow => "peer_slow",
         }
+    }
+}
+
+/// How a peer link ended, or that it came up, as counted in
+/// `meshgate_peer_links_total{result}` (PROTOCOL.md 9.11).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkResult {
+    Up = 0,
+    Unauthorized = 1,
+    DuplicateLink = 2,
+    NameConflict = 3,
+    ConfigMismatch = 4,
+    Replaced = 5,
+    Evicted = 6,
+    DialFailed = 7,
+    ConnectTimeout = 8,
+    Lost = 9,
+}
+
+impl LinkResult {
+    pub const ALL: [LinkResult; 10] = [
+        LinkResult::Up,
+        LinkResult::Unauthorized,
+        LinkResult::DuplicateLink,
+        LinkResult::NameConflict,
+        LinkResult::ConfigMismatch,
+        LinkResult::Replaced,
+        LinkResult::Evicted,
+        LinkResult::DialFailed,
+        LinkResult::ConnectTimeout,
+        LinkResult::Lost,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkResult::Up => "up",
+            LinkResult::Unauthorized => "unauthorized",
+            LinkResult::DuplicateLink => "duplicate_link",
+            LinkResult::NameConflict => "name_conflict",
+            LinkResult::ConfigMismatch => "config_mismatch",
+            LinkResult::Replaced => "replaced",
+            LinkResult::Evicted => "evicted",
+            LinkResult::DialFailed => "dial_failed",
+            LinkResult::ConnectTimeout => "connect_timeout",
+            LinkResult::Lost => "lost",
+        }
+    }
+
+    /// The result a link that never came up counts for the reason it was closed with, if
+    /// that reason is a result label.
+    pub fn of_reason(reason: LinkReason) -> Option<LinkResult> {
+        Some(match reason {
+            LinkReason::Session(Reason::Unauthorized) => LinkResult::Unauthorized,
+            LinkReason::Session(Reason::Replaced) => LinkResult::Replaced,
+            LinkReason::Session(Reason::ConnectTimeout) => LinkResult::ConnectTimeout,
+            LinkReason::DuplicateLink => LinkResult::DuplicateLink,
+            LinkReason::NameConflict => LinkResult::NameConflict,
+            LinkReason::ConfigMismatch => LinkResult::ConfigMismatch,
+            LinkReason::PeerEvicted => LinkResult::Evicted,
+            LinkReason::Session(_) => return None,
+        })
     }
 }
 
@@ -133,6 +202,10 @@ pub struct Counters {
     /// Indexed like [`DropReason::ALL`].
     pub dropped: [u64; DropReason::ALL.len()],
     pub peers_evicted: u64,
+    /// Indexed like [`LinkResult::ALL`].
+    pub peer_links: [u64; LinkResult::ALL.len()],
+    /// Snapshots asked for after a digest mismatch, all peers.
+    pub peer_resyncs: u64,
     /// Messages received from other shards.
     pub shard_messages_in: u64,
     /// Messages queued to other shards.
@@ -154,6 +227,14 @@ impl Counters {
 
     pub fn drop(&mut self, reason: DropReason) {
         self.dropped[reason as usize] += 1;
+    }
+
+    pub fn link_result(&mut self, result: LinkResult) {
+        self.peer_links[result as usize] += 1;
+    }
+
+    pub fn link_results_of(&self, result: LinkResult) -> u64 {
+        self.peer_links[result as usize]
     }
 
     pub fn calls_of(&self, outcome: CallOutcome) -> u64 {
@@ -219,6 +300,9 @@ mod tests {
         }
         for (i, reason) in DropReason::ALL.into_iter().enumerate() {
             assert_eq!(reason as usize, i, "{reason:?}");
+        }
+        for (i, result) in LinkResult::ALL.into_iter().enumerate() {
+            assert_eq!(result as usize, i, "{result:?}");
         }
         for (i, reason) in Reason::ALL.into_iter().enumerate() {
             assert_eq!(reason_index(reason), i, "{reason:?}");

@@ -6,9 +6,37 @@ use ahash::AHashMap;
 use arrayvec::ArrayVec;
 
 use crate::genslab::{GenSlab, SlabKey};
-use crate::ids::{slab_key, SessionKey, SessionRef};
+use crate::ids::{slab_key, LinkKey, LinkRef, SessionKey, SessionRef, Time};
+use crate::mesh::choice::Attempt;
 use crate::wheel::TimerKey;
 use crate::wire::{CallIdRef, MAX_CALL_ID_LEN};
+
+/// Who made a call: a session of this shard, or a peer gateway over one of this shard's
+/// links (the call's `call_id` is then the link-scoped one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Caller {
+    Session(SessionKey),
+    Link(LinkKey),
+}
+
+/// Where a call went: a provider session (on any shard), or a peer gateway over a link.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Provider {
+    Session(SessionRef),
+    Link(LinkRef),
+}
+
+/// What a call forwarded across the mesh keeps, to try the next peer when one answers that
+/// none of its providers took it (PROTOCOL.md 9.8).
+#[derive(Debug)]
+pub struct Relay {
+    pub procedure: Box<[u8]>,
+    /// The encoded `args`.
+    pub args: Box<[u8]>,
+    /// When the caller's deadline passes.
+    pub deadline_at: Time,
+    pub attempt: Attempt<LinkRef>,
+}
 
 slab_key!(
     /// A pending call on the caller's shard.
@@ -45,10 +73,12 @@ impl OwnedCallId {
 /// One call in flight.
 #[derive(Debug)]
 pub struct PendingCall {
-    pub caller: SessionKey,
+    pub caller: Caller,
     pub call_id: OwnedCallId,
-    pub provider: SessionRef,
+    pub provider: Provider,
     pub deadline: TimerKey,
+    /// Calls from a session that went to a peer gateway.
+    pub relay: Option<Box<Relay>>,
     by_caller: Links,
     by_provider: Links,
 }
@@ -69,9 +99,9 @@ pub enum Refused {
 #[derive(Default)]
 pub struct PendingCalls {
     calls: GenSlab<CallKey, PendingCall>,
-    by_id: AHashMap<(SessionKey, OwnedCallId), CallKey>,
-    caller_heads: AHashMap<SessionKey, CallKey>,
-    provider_heads: AHashMap<SessionRef, CallKey>,
+    by_id: AHashMap<(Caller, OwnedCallId), CallKey>,
+    caller_heads: AHashMap<Caller, CallKey>,
+    provider_heads: AHashMap<Provider, CallKey>,
 }
 
 impl PendingCalls {
@@ -93,15 +123,20 @@ impl PendingCalls {
         self.calls.vacant_key()
     }
 
-    pub fn contains_id(&self, caller: SessionKey, call_id: &OwnedCallId) -> bool {
+    pub fn contains_id(&self, caller: Caller, call_id: &OwnedCallId) -> bool {
         self.by_id.contains_key(&(caller, call_id.clone()))
+    }
+
+    /// The call `caller` has in flight with `call_id`.
+    pub fn by_id(&self, caller: Caller, call_id: &OwnedCallId) -> Option<CallKey> {
+        self.by_id.get(&(caller, call_id.clone())).copied()
     }
 
     pub fn insert(
         &mut self,
-        caller: SessionKey,
+        caller: Caller,
         call_id: OwnedCallId,
-        provider: SessionRef,
+        provider: Provider,
         deadline: TimerKey,
     ) -> Result<CallKey, Refused> {
         use std::collections::hash_map::Entry;
@@ -119,6 +154,7 @@ impl PendingCalls {
             call_id,
             provider,
             deadline,
+            relay: None,
             by_caller: Links {
                 prev: None,
                 next: caller_next,
@@ -140,6 +176,29 @@ impl PendingCalls {
 
     pub fn get(&self, key: CallKey) -> Option<&PendingCall> {
         self.calls.get(key)
+    }
+
+    pub fn get_mut(&mut self, key: CallKey) -> Option<&mut PendingCall> {
+        self.calls.get_mut(key)
+    }
+
+    /// The call now goes to `provider` (a forwarded call tried on the next peer).
+    pub fn set_provider(&mut self, key: CallKey, provider: Provider) {
+        let Some(call) = self.calls.get_mut(key) else {
+            return;
+        };
+        let (old, links) = (call.provider, call.by_provider);
+        unlink(&mut self.calls, &mut self.provider_heads, old, links, |c| {
+            &mut c.by_provider
+        });
+        let next = self.provider_heads.insert(provider, key);
+        if let Some(call) = self.calls.get_mut(key) {
+            call.provider = provider;
+            call.by_provider = Links { prev: None, next };
+        }
+        if let Some(n) = next.and_then(|n| self.calls.get_mut(n)) {
+            n.by_provider.prev = Some(key);
+        }
     }
 
     /// The call of slot `index` and generation `generation`, as named by a call token.
@@ -169,7 +228,7 @@ impl PendingCalls {
     }
 
     /// Appends the keys of every call made by `caller` to `out`.
-    pub fn of_caller(&self, caller: SessionKey, out: &mut Vec<CallKey>) {
+    pub fn of_caller(&self, caller: Caller, out: &mut Vec<CallKey>) {
         let mut at = self.caller_heads.get(&caller).copied();
         while let Some(key) = at {
             out.push(key);
@@ -178,7 +237,7 @@ impl PendingCalls {
     }
 
     /// Appends the keys of every call sent to `provider` to `out`.
-    pub fn of_provider(&self, provider: SessionRef, out: &mut Vec<CallKey>) {
+    pub fn of_provider(&self, provider: Provider, out: &mut Vec<CallKey>) {
         let mut at = self.provider_heads.get(&provider).copied();
         while let Some(key) = at {
             out.push(key);
@@ -226,15 +285,15 @@ mod tests {
     use super::*;
     use crate::ids::ShardId;
 
-    fn session(i: u32) -> SessionKey {
-        SessionKey::new(i, 0)
+    fn session(i: u32) -> Caller {
+        Caller::Session(SessionKey::new(i, 0))
     }
 
-    fn provider(i: u32) -> SessionRef {
-        SessionRef {
+    fn provider(i: u32) -> Provider {
+        Provider::Session(SessionRef {
             shard: ShardId(1),
             key: SessionKey::new(i, 0),
-        }
+        })
     }
 
     fn timer() -> TimerKey {
@@ -291,6 +350,27 @@ mod tests {
         assert!(p
             .insert(session(1), OwnedCallId::Uint(1), provider(8), timer())
             .is_ok());
+    }
+
+    #[test]
+    fn a_call_moved_to_another_provider_is_found_under_it_only() {
+        let mut p = PendingCalls::new();
+        let a = p
+            .insert(session(1), OwnedCallId::Uint(1), provider(7), timer())
+            .unwrap();
+        let b = p
+            .insert(session(1), OwnedCallId::Uint(2), provider(7), timer())
+            .unwrap();
+        p.set_provider(a, provider(8));
+        let mut out = Vec::new();
+        p.of_provider(provider(7), &mut out);
+        assert_eq!(out, vec![b]);
+        out.clear();
+        p.of_provider(provider(8), &mut out);
+        assert_eq!(out, vec![a]);
+        p.remove(a);
+        p.remove(b);
+        assert_eq!(p.index_sizes(), [0; 4]);
     }
 
     #[test]

@@ -184,6 +184,12 @@ impl Registry {
         }
     }
 
+    /// Providers of `procedure` in `realm`.
+    pub fn providers_of(&self, realm: RealmId, procedure: &[u8]) -> usize {
+        self.procedure(realm, procedure)
+            .map_or(0, |ix| self.procedures[ix.0].providers.len())
+    }
+
     /// Registrations of `provider`.
     pub fn count_of(&self, provider: SessionRef) -> usize {
         self.by_provider.get(&provider).map_or(0, Vec::len)

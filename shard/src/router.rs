@@ -28,8 +28,10 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use crate::ids::{NodeId, RealmId, SessionKey, ShardId};
-use crate::wire::{Outcome, Raw, Reason};
+use crate::ids::{LinkKey, NodeId, RealmId, SessionKey, ShardId};
+use crate::mesh::interest::Change;
+use crate::mesh::links::LinkFacts;
+use crate::wire::{LinkReason, Outcome, Raw, Reason};
 
 /// The shard that owns `node` among `shards` shards.
 ///
@@ -283,13 +285,121 @@ pub enum ShardMsg {
         provider: SessionKey,
         reason: CancelReason,
     },
+
+    // ---- The gateway mesh (PROTOCOL.md 9.10). `link` names a link on the shard that holds
+    // it: the receiver for messages to a link's shard, the sender for its broadcasts. ----
+    /// To shard 0: admit the sender's link, whose handshake succeeded.
+    AdmitLink { link: LinkKey, peer: Box<LinkPeer> },
+    /// From shard 0: the link is admitted; send the peer these members.
+    LinkAdmitted {
+        link: LinkKey,
+        members: Vec<OwnedMember>,
+    },
+    /// From shard 0: close the link (refused, replaced or evicted).
+    CloseLink { link: LinkKey, reason: LinkReason },
+    /// From shard 0: send PEER_MEMBERS with these members on the link.
+    Introduce {
+        link: LinkKey,
+        members: Vec<OwnedMember>,
+    },
+    /// From shard 0 to a link's shard: dial `addr`.
+    Dial {
+        addr: Box<str>,
+        seq: u64,
+        gossip: bool,
+    },
+    /// To shard 0: the sender's link ended.
+    LinkEnded { link: LinkKey, end: Box<LinkEnding> },
+    /// To shard 0: members a peer listed in PEER_MEMBERS.
+    Learned { members: Vec<OwnedMember> },
+    /// To shard 0: data frames crossed these peers' links since the last report.
+    PeersUsed { names: Vec<Box<[u8]>> },
+    /// The sender's link is up, sharing these realms: send it data.
+    LinkUp { link: LinkKey, realms: Vec<RealmId> },
+    /// The sender's link is lost: forget its interest and fail what went to it.
+    LinkDown { link: LinkKey },
+    /// The interest the sender's link's peer advertises changed.
+    LinkInterest {
+        link: LinkKey,
+        realm: RealmId,
+        changes: Vec<Change>,
+    },
+    /// The sender's link went over (or back under) `--max-peer-output`.
+    LinkBound { link: LinkKey, over: bool },
+    /// A PUBLISH for the receiver's link, encoded as a link frame.
+    LinkPublish { link: LinkKey, frame: Arc<[u8]> },
+    /// A CALL for the receiver's link, encoded as a link frame whose `call_id` is `token`.
+    LinkCall {
+        link: LinkKey,
+        token: CallToken,
+        frame: Box<[u8]>,
+    },
+    /// Send CANCEL for the sender's call `token` on the receiver's link.
+    LinkCancel {
+        link: LinkKey,
+        token: CallToken,
+        reason: CancelReason,
+    },
+    /// The answer the sender's link got to the receiver's call `token`.
+    LinkReply {
+        token: CallToken,
+        link: LinkKey,
+        outcome: OwnedOutcome,
+    },
+    /// Answer with [`ShardMsg::LinkBarrierAck`]; `link` is the sender's.
+    LinkBarrier { link: LinkKey, seq: u32 },
+    /// Every message the receiver sent before the barrier has been applied by the sender.
+    LinkBarrierAck { link: LinkKey, seq: u32 },
+    /// PING every up link and answer with [`ShardMsg::MeshBarrierAck`] once each answered;
+    /// `session` is the sender's.
+    MeshBarrier { session: SessionKey, seq: u32 },
+    /// Every up link of the sender answered a PING sent after the barrier arrived.
+    MeshBarrierAck { session: SessionKey, seq: u32 },
+}
+
+/// What a link's shard tells shard 0 of the peer at admission.
+#[derive(Clone, Debug)]
+pub struct LinkPeer {
+    pub node_name: Box<[u8]>,
+    pub facts: LinkFacts,
+    /// The peer's advertised `HOST:PORT`.
+    pub addr: Box<[u8]>,
+    /// The address this gateway dialed, for a dialed link.
+    pub dialed: Option<Box<str>>,
+    /// The dialer's HELLO said the dial came from gossip.
+    pub gossip: bool,
+}
+
+/// What a link's shard tells shard 0 of a link's end.
+#[derive(Clone, Debug)]
+pub struct LinkEnding {
+    pub dialed: Option<Box<str>>,
+    /// The peer's name, once its HELLO was read.
+    pub name: Option<Box<[u8]>>,
+    /// Shard 0 had been asked to admit the link.
+    pub admission_asked: bool,
+    /// The reason the link was closed with, sent or received.
+    pub reason: Option<LinkReason>,
+    /// The dial found this gateway itself (`duplicate_link` before the acceptor's HELLO).
+    pub found_self: bool,
+}
+
+/// A member listed in PEER_MEMBERS.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnedMember {
+    pub node_name: Box<[u8]>,
+    pub node_id: NodeId,
+    pub addr: Box<[u8]>,
 }
 
 impl ShardMsg {
     /// Data messages may be shed when the link to their shard is backed up (the work fails
     /// with the protocol's error); all others carry state and are never dropped.
     pub fn is_data(&self) -> bool {
-        matches!(self, ShardMsg::Publish { .. } | ShardMsg::Call { .. })
+        matches!(
+            self,
+            ShardMsg::Publish { .. } | ShardMsg::Call { .. } | ShardMsg::LinkPublish { .. }
+        )
     }
 }
 

@@ -10,12 +10,18 @@
 //! - [`procedures`]: REGISTER_PROCEDURE, UNREGISTER_PROCEDURE and the expiry of registrations;
 //! - [`calls`]: CALL, REPLY and CANCEL, on the caller's and on the provider's shard;
 //! - [`barrier`]: PING as a barrier behind the replication messages a session caused;
-//! - [`outbox`]: the one way to queue a message for another shard.
+//! - [`outbox`]: the one way to queue a message for another shard;
+//! - [`link`]: peer links of the gateway mesh: their streams, handshake, keep-alive, loss;
+//! - [`peering`]: shard 0's peer table and dial schedule;
+//! - [`meshview`]: what every shard knows of the mesh, and the interest it advertises.
 
 mod admission;
 mod barrier;
 mod calls;
+mod link;
+mod meshview;
 mod outbox;
+mod peering;
 mod procedures;
 mod pubsub;
 mod session;
@@ -25,15 +31,18 @@ use std::collections::VecDeque;
 use crate::clients::ClientTable;
 use crate::config::Config;
 use crate::genslab::GenSlab;
-use crate::ids::{DriverToken, SessionKey, SessionRef, ShardId, Time};
+use crate::ids::{DriverToken, LinkKey, NodeId, SessionKey, SessionRef, ShardId, Time};
+use crate::mesh::counters::LinkCounters;
 use crate::metrics::{Counters, DropReason, Metrics};
 use crate::pending::{CallKey, PendingCalls};
 use crate::registry::{Registry, Removed};
 use crate::router::ShardMsg;
 use crate::subs::SubscriptionIndex;
 use crate::wheel::{CallWheel, TimerKey};
-use crate::wire::Reason;
+use crate::wire::{LinkReason, LinkStream, Reason};
 
+pub use link::LinkState;
+use meshview::MeshState;
 use outbox::Outbox;
 use session::{Session, State};
 
@@ -90,6 +99,71 @@ pub struct Shard {
     scratch: Scratch,
     /// The time of the latest input: the shard's now.
     now: Time,
+    /// The gateway mesh, with `--node-name`.
+    mesh: Option<Box<MeshState>>,
+    rng: fastrand::Rng,
+}
+
+/// A dial the shard asks the driver for: a QUIC connection with ALPN `meshgate-peer` to
+/// `addr`, reported with [`Shard::handle_link_connected`] or [`Shard::handle_link_closed`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DialRequest {
+    pub link: LinkKey,
+    pub addr: Box<str>,
+}
+
+/// How a peer link's connection ended, as the driver saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LinkEnd {
+    /// A dial got no QUIC handshake.
+    DialFailed,
+    /// The connection closed: by the peer with this application close code, or without one
+    /// (a transport error, the idle timeout, or the close the shard asked for).
+    Closed { code: Option<u64> },
+}
+
+/// One peer link, for `/peers` and the per-peer metrics.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkReport {
+    /// The peer's name, once its HELLO was read.
+    pub node_name: Option<Box<[u8]>>,
+    pub node_id: Option<NodeId>,
+    /// The peer's advertised address.
+    pub addr: Option<Box<[u8]>>,
+    /// The address dialed, for a dialed link.
+    pub dialed: Option<Box<str>>,
+    pub state: LinkState,
+    /// When it entered its state.
+    pub since: Time,
+    pub rtt_ms: Option<u64>,
+    /// Entries in the peer's interest tables, all realms.
+    pub patterns: usize,
+    pub procedures: usize,
+    pub shared_realms: Vec<Box<[u8]>>,
+    pub unshared_realms: Vec<Box<[u8]>>,
+    pub counters: LinkCounters,
+    /// Bytes queued to its data stream (what `--max-peer-output` bounds).
+    pub output_bytes: usize,
+    /// Calls forwarded on it, and calls received on it, in flight.
+    pub calls_out: usize,
+    pub calls_in: usize,
+}
+
+/// An address shard 0 dials, for `/peers`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DialReport {
+    pub addr: Box<str>,
+    /// The name of the gateway found there, once known.
+    pub node_name: Option<Box<[u8]>>,
+    /// When it is dialed next; `None` while a dial is under way or a link to it is admitted.
+    pub next_at: Option<Time>,
+}
+
+/// The members shard 0 has admitted, for `/peers` and `/health`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PeerTableReport {
+    pub members: Vec<Box<[u8]>>,
+    pub dials: Vec<DialReport>,
 }
 
 /// How a client ended its side of the control stream (PROTOCOL.md 3.5).
@@ -112,6 +186,8 @@ pub enum Event {
     Pruned { removed: usize },
     /// A session was ended for staying over its output bound.
     SlowConsumerEvicted,
+    /// A peer serves a realm this gateway serves, with other tokens: it is not shared.
+    UnsharedRealm { peer: Box<[u8]>, realm: Box<[u8]> },
 }
 
 /// What a session's tables hold, for leak checks: every count is zero on an idle gateway.
@@ -124,9 +200,17 @@ pub struct Occupancy {
     pub registrations: usize,
     /// Calls, their id index, callers and providers indexed.
     pub pending: [usize; 4],
-    /// Timers besides the shard's own periodic prune.
+    /// Timers besides the shard's own periodic prune (and, in a mesh, its tick and dials).
     pub timers: usize,
     pub outbox: usize,
+    /// Peer links held by this shard.
+    pub links: usize,
+    /// Up links, patterns and procedure entries of peers, as this shard's copy holds them.
+    pub mesh_view: [usize; 3],
+    /// Members in shard 0's peer table.
+    pub peers: usize,
+    /// Mesh barriers waiting for this shard's links.
+    pub mesh_waits: usize,
     pub ready: usize,
     pub closes: usize,
     pub output_bytes: usize,
@@ -155,6 +239,10 @@ enum Timer {
     Prune,
     /// A timer of the driver's.
     Driver(DriverToken),
+    /// The mesh's once-a-second work: handshake deadlines, keep-alive, digests.
+    MeshTick,
+    /// Shard 0's dial schedule has an address due.
+    Dials,
 }
 
 impl Shard {
@@ -163,7 +251,11 @@ impl Shard {
         let shards = config.shards.max(1);
         let mut wheel = CallWheel::new(now);
         wheel.insert(now + config.limits.prune_interval, Timer::Prune);
-        Shard {
+        let mesh = config.mesh.clone().map(|m| {
+            wheel.insert(now + std::time::Duration::from_secs(1), Timer::MeshTick);
+            Box::new(MeshState::new(m, config.shard, config.realms.len(), now))
+        });
+        let mut shard = Shard {
             sessions: GenSlab::new(),
             active: 0,
             connecting: 0,
@@ -182,8 +274,12 @@ impl Shard {
             counters: Counters::default(),
             scratch: Scratch::default(),
             now,
+            mesh,
+            rng: fastrand::Rng::with_seed(config.seed),
             config,
-        }
+        };
+        shard.arm_dials();
+        shard
     }
 
     pub fn id(&self) -> ShardId {
@@ -242,17 +338,116 @@ impl Shard {
                 Timer::Call(call) => self.on_call_timeout(call),
                 Timer::Prune => self.on_prune_timer(),
                 Timer::Driver(token) => self.driver_timers.push_back(token),
+                Timer::MeshTick => self.on_mesh_tick(),
+                Timer::Dials => self.on_dial_timer(),
             }
         }
     }
 
-    /// Ends every session with DISCONNECT `shutting_down`.
+    /// Ends every session and every peer link with DISCONNECT `shutting_down`.
     pub fn shutdown(&mut self, now: Time) {
         self.advance(now);
         let keys: Vec<SessionKey> = self.sessions.iter().map(|(k, _)| k).collect();
         for key in keys {
             self.close(key, Reason::ShuttingDown, "the gateway is stopping");
         }
+        for key in self.link_keys() {
+            let reason = LinkReason::Session(Reason::ShuttingDown);
+            self.close_link(key, reason, "the gateway is stopping");
+        }
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Peer links (the gateway mesh, PROTOCOL.md section 9)
+    // ---------------------------------------------------------------------------------------
+
+    /// A connection with ALPN `meshgate-peer` was accepted and finished its QUIC handshake:
+    /// returns the link's key (`None` without a mesh: the driver closes it). `nonce` must be
+    /// 32 random bytes.
+    pub fn handle_link_accepted(&mut self, now: Time, nonce: [u8; 32]) -> Option<LinkKey> {
+        self.advance(now);
+        self.link_accepted(nonce)
+    }
+
+    /// A dial of [`Shard::poll_dial`] finished its QUIC handshake: the link's PEER_HELLO is
+    /// queued on its control stream. `nonce` must be 32 random bytes.
+    pub fn handle_link_connected(&mut self, now: Time, link: LinkKey, nonce: [u8; 32]) {
+        self.advance(now);
+        self.link_connected(link, nonce);
+    }
+
+    /// Bytes read from one of a link's streams.
+    pub fn handle_link_data(&mut self, now: Time, link: LinkKey, stream: LinkStream, data: &[u8]) {
+        self.advance(now);
+        self.link_data(link, stream, data);
+    }
+
+    /// The link's connection is gone (or its dial failed): everything a lost link causes
+    /// happens, and its key becomes stale.
+    pub fn handle_link_closed(&mut self, now: Time, link: LinkKey, end: LinkEnd) {
+        self.advance(now);
+        match end {
+            LinkEnd::DialFailed => self.link_closed(link, None, true),
+            LinkEnd::Closed { code } => self.link_closed(link, code, false),
+        }
+    }
+
+    /// A dial to make.
+    pub fn poll_dial(&mut self) -> Option<DialRequest> {
+        self.mesh.as_mut()?.dials.pop_front()
+    }
+
+    /// A link with bytes to send on either stream; each link is named once until it gets new
+    /// output.
+    pub fn poll_link_ready(&mut self) -> Option<LinkKey> {
+        self.poll_link()
+    }
+
+    /// The bytes queued to one of a link's streams.
+    pub fn link_output(&self, link: LinkKey, stream: LinkStream) -> &[u8] {
+        self.link(link).map_or(&[], |l| l.output(stream))
+    }
+
+    /// `n` bytes of [`Shard::link_output`] were handed to the stream.
+    pub fn consume_link_output(&mut self, link: LinkKey, stream: LinkStream, n: usize) {
+        self.link_consumed(link, stream, n);
+    }
+
+    /// Whether the driver should read more of a link's stream now (not while frames wait for
+    /// the link's admission).
+    pub fn wants_link_input(&self, link: LinkKey, stream: LinkStream) -> bool {
+        self.link_wants_input(link, stream)
+    }
+
+    /// A link to close once its control output is flushed, and why (its close code is
+    /// [`LinkReason::close_code`]). The driver then reports [`Shard::handle_link_closed`].
+    pub fn poll_link_close(&mut self) -> Option<(LinkKey, LinkReason)> {
+        self.mesh.as_mut()?.link_closes.pop_front()
+    }
+
+    /// This shard's links.
+    pub fn link_reports(&self) -> Vec<LinkReport> {
+        self.link_keys()
+            .into_iter()
+            .filter_map(|key| self.link_report(key))
+            .collect()
+    }
+
+    /// Shard 0's peer table and dial schedule (`None` on other shards, or without a mesh).
+    pub fn peer_table(&self) -> Option<PeerTableReport> {
+        let p = self.mesh.as_ref()?.peering.as_ref()?;
+        Some(PeerTableReport {
+            members: p.table.iter().map(|(name, _)| name.into()).collect(),
+            dials: p
+                .schedule
+                .entries()
+                .map(|(addr, name, next_at)| DialReport {
+                    addr: addr.into(),
+                    node_name: name.map(Into::into),
+                    next_at,
+                })
+                .collect(),
+        })
     }
 
     /// Adds a driver timer that fires at `at`; [`Shard::poll_driver_timer`] returns `token`.
@@ -376,11 +571,22 @@ impl Shard {
             remote_subscriptions: self.remote_subs.len(),
             registrations: self.registry.len(),
             pending: self.pending.index_sizes(),
-            timers: self.wheel.len().saturating_sub(1),
+            timers: self.wheel.len().saturating_sub(1) - self.mesh_timers(),
             outbox: self.outbox.len(),
             ready: self.ready.len(),
             closes: self.closes.len(),
             output_bytes: self.output_bytes(),
+            links: self.mesh.as_ref().map_or(0, |m| m.links.len()),
+            mesh_view: self
+                .mesh
+                .as_ref()
+                .map_or([0; 3], |m| [m.up.len(), m.subs.len(), m.procs.len()]),
+            peers: self
+                .mesh
+                .as_ref()
+                .and_then(|m| m.peering.as_ref())
+                .map_or(0, |p| p.table.len()),
+            mesh_waits: self.mesh.as_ref().map_or(0, |m| m.waits.len()),
         }
     }
 
@@ -397,6 +603,7 @@ impl Shard {
     fn on_shard_message(&mut self, from: ShardId, msg: ShardMsg) {
         self.counters.shard_messages_in += 1;
         let sender = |key| SessionRef { shard: from, key };
+        let link_of = |key| crate::ids::LinkRef { shard: from, key };
         match msg {
             ShardMsg::Admit {
                 realm,
@@ -446,6 +653,40 @@ impl Shard {
                 provider,
                 reason,
             } => self.cancel_at_provider(provider, token, reason),
+            ShardMsg::AdmitLink { link, peer } => self.on_admit_link(from, link, *peer),
+            ShardMsg::LinkAdmitted { link, members } => self.on_link_admitted(link, &members),
+            ShardMsg::CloseLink { link, reason } => self.close_link(link, reason, ""),
+            ShardMsg::Introduce { link, members } => self.send_members(link, &members),
+            ShardMsg::Dial { addr, seq, gossip } => self.on_dial(addr, seq, gossip),
+            ShardMsg::LinkEnded { link, end } => self.on_link_ended(from, link, &end),
+            ShardMsg::Learned { members } => self.on_learned(&members),
+            ShardMsg::PeersUsed { names } => self.on_peers_used(&names),
+            ShardMsg::LinkUp { link, realms } => self.on_link_up(link_of(link), realms),
+            ShardMsg::LinkDown { link } => self.on_link_down(link_of(link)),
+            ShardMsg::LinkInterest {
+                link,
+                realm,
+                changes,
+            } => self.on_link_interest(link_of(link), realm, &changes),
+            ShardMsg::LinkBound { link, over } => self.on_link_bound(link_of(link), over),
+            ShardMsg::LinkPublish { link, frame } => self.on_link_publish_out(link, &frame),
+            ShardMsg::LinkCall { link, token, frame } => self.on_link_call_out(link, token, &frame),
+            ShardMsg::LinkCancel {
+                link,
+                token,
+                reason,
+            } => self.on_link_cancel_out(link, token, reason),
+            ShardMsg::LinkReply {
+                token,
+                link,
+                outcome,
+            } => self.on_link_reply_back(token, link_of(link), &outcome),
+            ShardMsg::LinkBarrier { link, seq } => {
+                self.send(from, ShardMsg::LinkBarrierAck { link, seq })
+            }
+            ShardMsg::LinkBarrierAck { link, seq } => self.on_link_barrier_ack(link, seq),
+            ShardMsg::MeshBarrier { session, seq } => self.on_mesh_barrier(from, session, seq),
+            ShardMsg::MeshBarrierAck { session, seq } => self.on_mesh_barrier_ack(session, seq),
         }
     }
 

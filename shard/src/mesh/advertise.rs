@@ -86,10 +86,13 @@ impl Advertised {
 
     /// A procedure now has `count` live local providers (0: none).
     pub fn procedure(&mut self, name: &[u8], count: u32) {
-        if count == 0 {
-            self.procedures.remove(name);
+        let old = if count == 0 {
+            self.procedures.remove(name)
         } else {
-            self.procedures.insert(name.into(), count);
+            self.procedures.insert(name.into(), count)
+        };
+        if old.unwrap_or(0) == count {
+            return;
         }
         self.pending_procedures.insert(name.into(), count);
     }

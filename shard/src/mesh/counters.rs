@@ -52,6 +52,8 @@ pub struct LinkCounters {
     pub frames_received: [u64; LINK_FRAMES.len()],
     pub bytes_sent: u64,
     pub bytes_received: u64,
+    /// Snapshots asked for after a digest mismatch (`meshgate_peer_resyncs_total`).
+    pub resyncs: u64,
 }
 
 impl LinkCounters {

@@ -19,6 +19,16 @@ pub fn fnv1a64(parts: &[&[u8]]) -> u64 {
         })
 }
 
+/// FNV-1a, 32 bits: which shard holds a link dialed to an address (9.10).
+pub fn fnv1a32(bytes: &[u8]) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for &b in bytes {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    h
+}
+
 /// The digest of one interest table (one peer, one realm), kept up to date as it changes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct InterestDigest(u64);

@@ -138,6 +138,19 @@ impl DialSchedule {
         });
     }
 
+    /// Why `addr` is dialed, if it is.
+    pub fn origin(&self, addr: &str) -> Option<Origin> {
+        self.dials.get(addr).map(|d| d.origin)
+    }
+
+    /// Every address: its peer's name once known, and when it is dialed next (`None` while a
+    /// dial is in progress or a link to it is admitted).
+    pub fn entries(&self) -> impl Iterator<Item = (&str, Option<&[u8]>, Option<Time>)> {
+        self.dials
+            .iter()
+            .map(|(addr, d)| (&**addr, d.name.as_deref(), d.next_at))
+    }
+
     /// Gateways known by dial (besides the members), for `/health`'s `known`.
     pub fn len(&self) -> usize {
         self.dials.len()

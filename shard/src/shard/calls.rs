@@ -1,33 +1,49 @@
-//! Calls (PROTOCOL.md 5.3, 5.4). A pending call lives on the caller's shard, which holds its
-//! deadline; the provider sees a [`CallToken`] naming that shard, so that its REPLY crosses
+//! Calls (PROTOCOL.md 5.3, 5.4, 9.8). A pending call lives on the caller's shard, which holds
+//! its deadline; the provider sees a [`CallToken`] naming that shard, so that its REPLY crosses
 //! at most once back. Every CALL gets exactly one REPLY unless the caller is gone.
+//!
+//! In a mesh the caller may be a peer gateway (a CALL received on a link: its pending call lives
+//! on the link's shard) and the provider may be one (a CALL forwarded on a link).
 
 use std::time::Duration;
 
 use crate::genslab::SlabKey;
-use crate::ids::{SessionKey, SessionRef};
+use crate::ids::{LinkKey, LinkRef, RealmId, SessionKey, SessionRef};
+use crate::mesh::choice::{Attempt, Candidate, Choice, Local};
 use crate::metrics::CallOutcome;
 use crate::names::is_valid_topic;
-use crate::pending::{CallKey, OwnedCallId};
+use crate::pending::{CallKey, Caller, OwnedCallId, Provider, Relay};
 use crate::router::{CallError, CallToken, CancelReason, OwnedOutcome, ShardMsg};
-use crate::wire::{Call, CallIdRef, Cancel, Message, Outcome, Reply};
+use crate::wire::{
+    Call, CallIdRef, Cancel, LinkCall, LinkCancel, LinkReply, Message, Outcome, PeerMessage, Raw,
+    Reason, Reply,
+};
 
 use super::outbox::Shedding;
 use super::session::State;
 use super::{Shard, Timer};
+
+/// A CALL as the gateway is about to hand it to a provider or a peer.
+struct Outgoing<'a> {
+    realm: RealmId,
+    procedure: &'a [u8],
+    args: Raw<'a>,
+    timeout: Duration,
+}
 
 impl Shard {
     // ---------------------------------------------------------------------------------------
     // On the caller's shard
     // ---------------------------------------------------------------------------------------
 
-    /// CALL: refused at once, or made pending and forwarded to a provider picked round-robin.
+    /// CALL: refused at once, or made pending and sent to a provider: a local one picked
+    /// round-robin, else (in a mesh) a peer's.
     pub(super) fn on_call(&mut self, key: SessionKey, c: Call<'_>) {
-        let me = self.id();
         let Some(s) = self.sessions.get(key) else {
             return;
         };
         let realm = s.realm;
+        let caller = Caller::Session(key);
         let Some(call_id) = c
             .call_id
             .and_then(OwnedCallId::from_wire)
@@ -36,26 +52,11 @@ impl Shard {
             self.fail(key, c.call_id, CallError::InvalidCall);
             return;
         };
-        if self.pending.contains_id(key, &call_id) {
+        if self.pending.contains_id(caller, &call_id) {
             self.fail(key, c.call_id, CallError::DuplicateCallId);
             return;
         }
         if self.pending.len() >= self.config.limits.max_pending_calls {
-            self.fail(key, c.call_id, CallError::Overloaded);
-            return;
-        }
-        let Some(provider) = self.registry.pick(realm, c.procedure) else {
-            self.fail(key, c.call_id, CallError::ProcedureNotFound);
-            return;
-        };
-        let busy = if provider.shard == me {
-            // A provider picked from the registry is active: its registrations go when it
-            // ends. Whatever the refusal, the call fails as `overloaded`.
-            self.provider_refusal(provider.key).is_some()
-        } else {
-            self.outbox.is_backlogged(provider.shard)
-        };
-        if busy {
             self.fail(key, c.call_id, CallError::Overloaded);
             return;
         }
@@ -64,29 +65,72 @@ impl Shard {
             Some(ms) if ms > 0 => Duration::from_millis(ms).min(limits.max_call_timeout),
             _ => limits.call_timeout,
         };
-        let call = self.pending.vacant_key();
-        let deadline = self.wheel.insert(self.now + timeout, Timer::Call(call));
-        if self
-            .pending
-            .insert(key, call_id, provider, deadline)
-            .is_err()
-        {
-            // The duplicate check above ran on the same table an instant ago.
-            debug_assert!(false, "duplicate call id after the check");
-            self.wheel.cancel(deadline);
+        let call = Outgoing {
+            realm,
+            procedure: c.procedure,
+            args: c.args,
+            timeout,
+        };
+        let (local, provider) = self.pick_local(realm, c.procedure);
+        if local == Local::Ready {
+            if let Some(provider) = provider {
+                self.call_provider(caller, call_id, provider, &call);
+            }
             return;
         }
-        let token = self.token(call);
+        if self.mesh_on() {
+            self.call_across(key, call_id, local, &call, c.call_id);
+            return;
+        }
+        let error = match local {
+            Local::OverBound => CallError::Overloaded,
+            _ => CallError::ProcedureNotFound,
+        };
+        self.fail(key, c.call_id, error);
+    }
+
+    /// The local provider for a call, if any, and whether it can take it.
+    fn pick_local(&mut self, realm: RealmId, procedure: &[u8]) -> (Local, Option<SessionRef>) {
+        let Some(provider) = self.registry.pick(realm, procedure) else {
+            return (Local::None, None);
+        };
+        let busy = if provider.shard == self.id() {
+            // A provider picked from the registry is active: its registrations go when it
+            // ends. Whatever the refusal, the call fails as `overloaded`.
+            self.provider_refusal(provider.key).is_some()
+        } else {
+            self.outbox.is_backlogged(provider.shard)
+        };
+        if busy {
+            (Local::OverBound, Some(provider))
+        } else {
+            (Local::Ready, Some(provider))
+        }
+    }
+
+    /// Makes the call pending and sends it to a provider session, here or on its shard.
+    fn call_provider(
+        &mut self,
+        caller: Caller,
+        call_id: OwnedCallId,
+        provider: SessionRef,
+        call: &Outgoing<'_>,
+    ) {
+        let Some(pending) = self.make_pending(caller, call_id, Provider::Session(provider), call)
+        else {
+            return;
+        };
+        let token = self.token(pending);
         let mut frame = std::mem::take(&mut self.scratch.frame);
         frame.clear();
         let forwarded = Call {
-            procedure: c.procedure,
-            args: c.args,
+            procedure: call.procedure,
+            args: call.args,
             call_id: Some(CallIdRef::Uint(token.0)),
-            timeout_ms: Some(timeout.as_millis() as u64),
+            timeout_ms: Some(call.timeout.as_millis() as u64),
         };
         Message::Call(forwarded).encode(&mut frame);
-        if provider.shard == me {
+        if provider.shard == self.id() {
             self.queue_output(provider.key, &frame);
         } else {
             let msg = ShardMsg::Call {
@@ -98,6 +142,143 @@ impl Shard {
             debug_assert!(queued, "the link was not backed up an instant ago");
         }
         self.scratch.frame = frame;
+    }
+
+    /// A pending call with its deadline.
+    fn make_pending(
+        &mut self,
+        caller: Caller,
+        call_id: OwnedCallId,
+        provider: Provider,
+        call: &Outgoing<'_>,
+    ) -> Option<CallKey> {
+        let key = self.pending.vacant_key();
+        let deadline = self.wheel.insert(self.now + call.timeout, Timer::Call(key));
+        if self
+            .pending
+            .insert(caller, call_id, provider, deadline)
+            .is_err()
+        {
+            // The duplicate check ran on the same table an instant ago.
+            debug_assert!(false, "duplicate call id after the check");
+            self.wheel.cancel(deadline);
+            return None;
+        }
+        Some(key)
+    }
+
+    /// No local provider can take the call: the peers that advertise the procedure, weighted
+    /// by their counts (9.8).
+    fn call_across(
+        &mut self,
+        key: SessionKey,
+        call_id: OwnedCallId,
+        local: Local,
+        call: &Outgoing<'_>,
+        wire_id: Option<CallIdRef<'_>>,
+    ) {
+        let candidates = self.candidates(call.realm, call.procedure);
+        let mut attempt = Attempt::default();
+        let choice = match self.wrr_of(call.realm, call.procedure) {
+            Some(wrr) => attempt.first(local, &candidates, wrr),
+            None => Choice::Fail {
+                overloaded: local == Local::OverBound,
+            },
+        };
+        let link = match choice {
+            Choice::Link(link) => link,
+            Choice::Local | Choice::Fail { overloaded: false } => {
+                self.fail(key, wire_id, CallError::ProcedureNotFound);
+                return;
+            }
+            Choice::Fail { overloaded: true } => {
+                self.fail(key, wire_id, CallError::Overloaded);
+                return;
+            }
+        };
+        let caller = Caller::Session(key);
+        let Some(pending) = self.make_pending(caller, call_id, Provider::Link(link), call) else {
+            return;
+        };
+        if let Some(p) = self.pending.get_mut(pending) {
+            p.relay = Some(Box::new(Relay {
+                procedure: call.procedure.into(),
+                args: call.args.0.into(),
+                deadline_at: self.now + call.timeout,
+                attempt,
+            }));
+        }
+        self.send_link_call(pending, link);
+    }
+
+    /// The links that may take a call of `procedure` in `realm`.
+    fn candidates(&self, realm: RealmId, procedure: &[u8]) -> Vec<Candidate<LinkRef>> {
+        let Some(m) = self.mesh.as_ref() else {
+            return Vec::new();
+        };
+        let key = (realm, Box::<[u8]>::from(procedure));
+        m.procs
+            .get(&key)
+            .map(|links| {
+                links
+                    .iter()
+                    .filter_map(|&(link, providers)| {
+                        let view = m.up.get(&link)?;
+                        view.realms.contains(&realm).then_some(Candidate {
+                            link,
+                            providers,
+                            over_bound: view.over,
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn wrr_of(
+        &mut self,
+        realm: RealmId,
+        procedure: &[u8],
+    ) -> Option<&mut crate::mesh::wrr::SmoothWrr> {
+        let m = self.mesh.as_mut()?;
+        Some(m.wrr.entry((realm, procedure.into())).or_default())
+    }
+
+    /// Sends pending call `call` (forwarded across the mesh) on `link`, with the caller's
+    /// remaining time.
+    fn send_link_call(&mut self, call: CallKey, link: LinkRef) {
+        let token = self.token(call);
+        let Some(p) = self.pending.get(call) else {
+            return;
+        };
+        let (Caller::Session(caller), Some(relay)) = (p.caller, p.relay.as_ref()) else {
+            return;
+        };
+        let Some(s) = self.sessions.get(caller) else {
+            return;
+        };
+        let remaining = relay.deadline_at.saturating_since(self.now).as_millis() as u64;
+        let realm = &self.config.realms[usize::from(s.realm.0)].name;
+        let mut frame = Vec::new();
+        let msg = PeerMessage::Call(LinkCall {
+            realm,
+            procedure: &relay.procedure,
+            args: Raw(&relay.args),
+            call_id: token.0,
+            timeout_ms: remaining.max(1),
+            caller: s.node,
+        });
+        msg.encode(&mut frame);
+        if link.shard == self.id() {
+            self.on_link_call_out(link.key, token, &frame);
+        } else {
+            let msg = ShardMsg::LinkCall {
+                link: link.key,
+                token,
+                frame: frame.into(),
+            };
+            self.send(link.shard, msg);
+        }
     }
 
     /// The provider's shard could not deliver call `token`.
@@ -114,13 +295,77 @@ impl Shard {
         provider: SessionRef,
         outcome: &OwnedOutcome,
     ) {
+        self.complete_call(token, Provider::Session(provider), outcome.as_wire());
+    }
+
+    /// A peer answered call `token`, forwarded on `link`. `procedure_not_found` and
+    /// `overloaded` mean no provider there took it: the next peer is tried.
+    pub(super) fn on_link_reply_back(
+        &mut self,
+        token: CallToken,
+        link: LinkRef,
+        outcome: &OwnedOutcome,
+    ) {
+        let provider = Provider::Link(link);
+        let call = self
+            .pending
+            .find(token.index(), token.generation())
+            .filter(|&k| self.pending.get(k).is_some_and(|c| c.provider == provider));
+        let refused = match outcome {
+            OwnedOutcome::Error { code, .. } if **code == *b"overloaded" => Some(true),
+            OwnedOutcome::Error { code, .. } if **code == *b"procedure_not_found" => Some(false),
+            _ => None,
+        };
+        if let (Some(call), Some(overloaded)) = (call, refused) {
+            if self.pending.get(call).is_some_and(|c| c.relay.is_some()) {
+                self.try_next_peer(call, overloaded);
+                return;
+            }
+        }
         self.complete_call(token, provider, outcome.as_wire());
+    }
+
+    /// The peer tried last took no provider: the next candidate, or the caller's error.
+    fn try_next_peer(&mut self, call: CallKey, overloaded: bool) {
+        let Some((realm, procedure)) = self.pending.get(call).and_then(|c| {
+            let Caller::Session(caller) = c.caller else {
+                return None;
+            };
+            let realm = self.sessions.get(caller)?.realm;
+            Some((realm, c.relay.as_ref()?.procedure.clone()))
+        }) else {
+            self.fail_call(call, CallError::ProviderGone);
+            return;
+        };
+        let candidates = self.candidates(realm, &procedure);
+        let mut relay = self
+            .pending
+            .get_mut(call)
+            .and_then(|c| c.relay.take())
+            .expect("checked above");
+        let choice = match self.wrr_of(realm, &procedure) {
+            Some(wrr) => relay.attempt.refused(overloaded, &candidates, wrr),
+            None => Choice::Fail { overloaded },
+        };
+        if let Some(c) = self.pending.get_mut(call) {
+            c.relay = Some(relay);
+        }
+        match choice {
+            Choice::Link(link) => {
+                self.pending.set_provider(call, Provider::Link(link));
+                self.send_link_call(call, link);
+            }
+            Choice::Local | Choice::Fail { overloaded: false } => {
+                self.fail_call(call, CallError::ProcedureNotFound);
+            }
+            Choice::Fail { overloaded: true } => self.fail_call(call, CallError::Overloaded),
+        }
     }
 
     /// A call's deadline passed: the caller gets `timeout`, the provider CANCEL.
     pub(super) fn on_call_timeout(&mut self, call: CallKey) {
         if let Some(c) = self.pending.remove(call) {
-            self.fail(c.caller, Some(c.call_id.as_wire()), CallError::Timeout);
+            self.answer_error(c.caller, &c.call_id, CallError::Timeout);
             let token = self.token(call);
             self.cancel_provider(c.provider, token, CancelReason::Timeout);
         }
@@ -130,7 +375,7 @@ impl Shard {
     pub(super) fn caller_gone(&mut self, caller: SessionKey) {
         let mut calls = std::mem::take(&mut self.scratch.calls);
         calls.clear();
-        self.pending.of_caller(caller, &mut calls);
+        self.pending.of_caller(Caller::Session(caller), &mut calls);
         for &call in &calls {
             if let Some(c) = self.pending.remove(call) {
                 self.wheel.cancel(c.deadline);
@@ -143,16 +388,20 @@ impl Shard {
     }
 
     /// A provider ended (here or elsewhere): its registrations go, and the calls this shard's
-    /// sessions sent it fail with `provider_gone`.
+    /// callers sent it fail with `provider_gone`.
     pub(super) fn provider_gone(&mut self, provider: SessionRef) {
         let mut removed = std::mem::take(&mut self.scratch.removed);
         removed.clear();
         self.registry.remove_provider(provider, &mut removed);
+        for r in &removed {
+            self.mesh_procedure(r.realm, &r.procedure);
+        }
         removed.clear();
         self.scratch.removed = removed;
         let mut calls = std::mem::take(&mut self.scratch.calls);
         calls.clear();
-        self.pending.of_provider(provider, &mut calls);
+        self.pending
+            .of_provider(Provider::Session(provider), &mut calls);
         for &call in &calls {
             self.fail_call(call, CallError::ProviderGone);
         }
@@ -160,8 +409,8 @@ impl Shard {
     }
 
     /// The provider answered call `token`: the caller gets the REPLY, with its own `call_id`.
-    /// A REPLY for a call no longer pending, or from another session, is late.
-    fn complete_call(&mut self, token: CallToken, provider: SessionRef, outcome: Outcome<'_>) {
+    /// A REPLY for a call no longer pending, or from another provider, is late.
+    fn complete_call(&mut self, token: CallToken, provider: Provider, outcome: Outcome<'_>) {
         let call = self.pending.find(token.index(), token.generation());
         let Some(call) =
             call.filter(|&k| self.pending.get(k).is_some_and(|c| c.provider == provider))
@@ -173,21 +422,40 @@ impl Shard {
             return;
         };
         self.wheel.cancel(c.deadline);
-        self.counters.call(CallOutcome::Ok);
-        let reply = Reply {
-            call_id: Some(c.call_id.as_wire()),
-            outcome,
-        };
-        self.write(c.caller, &Message::Reply(reply));
+        match c.caller {
+            Caller::Session(caller) => {
+                self.counters.call(CallOutcome::Ok);
+                let reply = Reply {
+                    call_id: Some(c.call_id.as_wire()),
+                    outcome,
+                };
+                self.write(caller, &Message::Reply(reply));
+            }
+            Caller::Link(link) => self.link_reply(link, &c.call_id, outcome),
+        }
     }
 
     /// The gateway fails a pending call.
-    fn fail_call(&mut self, call: CallKey, error: CallError) {
+    pub(super) fn fail_call(&mut self, call: CallKey, error: CallError) {
         let Some(c) = self.pending.remove(call) else {
             return;
         };
         self.wheel.cancel(c.deadline);
-        self.fail(c.caller, Some(c.call_id.as_wire()), error);
+        self.answer_error(c.caller, &c.call_id, error);
+    }
+
+    /// REPLY with the gateway's error, to a session (counted) or to a peer.
+    fn answer_error(&mut self, caller: Caller, call_id: &OwnedCallId, error: CallError) {
+        match caller {
+            Caller::Session(key) => self.fail(key, Some(call_id.as_wire()), error),
+            Caller::Link(link) => {
+                let outcome = Outcome::Error {
+                    code: error.code().as_bytes(),
+                    message: Some(error.message().as_bytes()),
+                };
+                self.link_reply(link, call_id, outcome);
+            }
+        }
     }
 
     /// Counts a call the gateway failed and answers its caller with the error.
@@ -197,21 +465,37 @@ impl Shard {
     }
 
     /// The `call_id` the provider sees for this shard's call.
-    fn token(&self, call: CallKey) -> CallToken {
+    pub(super) fn token(&self, call: CallKey) -> CallToken {
         CallToken::new(self.id(), SlabKey::index(call), SlabKey::generation(call))
     }
 
-    /// Tells a provider, here or on its shard, to stop working on a call.
-    fn cancel_provider(&mut self, provider: SessionRef, token: CallToken, reason: CancelReason) {
-        if provider.shard == self.id() {
-            self.cancel_at_provider(provider.key, token, reason);
-        } else {
-            let cancel = ShardMsg::Cancel {
-                token,
-                provider: provider.key,
-                reason,
-            };
-            self.send(provider.shard, cancel);
+    /// Tells a provider, here, on its shard or across a link, to stop working on a call.
+    pub(super) fn cancel_provider(
+        &mut self,
+        provider: Provider,
+        token: CallToken,
+        reason: CancelReason,
+    ) {
+        match provider {
+            Provider::Session(p) if p.shard == self.id() => {
+                self.cancel_at_provider(p.key, token, reason);
+            }
+            Provider::Session(p) => {
+                let cancel = ShardMsg::Cancel {
+                    token,
+                    provider: p.key,
+                    reason,
+                };
+                self.send(p.shard, cancel);
+            }
+            Provider::Link(l) => {
+                let cancel = ShardMsg::LinkCancel {
+                    link: l.key,
+                    token,
+                    reason,
+                };
+                self.send(l.shard, cancel);
+            }
         }
     }
 
@@ -258,7 +542,7 @@ impl Shard {
         }
         let provider = SessionRef { shard: me, key };
         if caller_shard == me {
-            self.complete_call(token, provider, r.outcome);
+            self.complete_call(token, Provider::Session(provider), r.outcome);
             return;
         }
         let reply = ShardMsg::Reply {
@@ -287,5 +571,132 @@ impl Shard {
             };
             self.write(provider, &Message::Cancel(cancel));
         }
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // On a link's shard
+    // ---------------------------------------------------------------------------------------
+
+    /// A CALL forwarded by this gateway, for one of this shard's links.
+    pub(super) fn on_link_call_out(&mut self, link: LinkKey, token: CallToken, frame: &[u8]) {
+        let up = self
+            .link(link)
+            .is_some_and(|l| l.state == super::link::LinkState::Up);
+        if !up {
+            // Queued on a link that is gone: `provider_gone`, even though it never left.
+            self.link_call_failed(token);
+            return;
+        }
+        if let Some(l) = self.link_mut(link) {
+            l.out_calls.insert(token.0);
+        }
+        self.link_write_encoded(link, crate::wire::FrameType::Call, frame);
+    }
+
+    /// CANCEL for a call this gateway forwarded on one of this shard's links.
+    pub(super) fn on_link_cancel_out(
+        &mut self,
+        link: LinkKey,
+        token: CallToken,
+        reason: CancelReason,
+    ) {
+        let in_flight = self
+            .link_mut(link)
+            .is_some_and(|l| l.out_calls.remove(&token.0));
+        if in_flight {
+            let cancel = PeerMessage::Cancel(LinkCancel {
+                call_id: token.0,
+                reason: reason.as_str().as_bytes(),
+            });
+            self.link_write(link, &cancel);
+        }
+    }
+
+    /// A CALL from a peer: only this gateway's own providers may take it (9.8).
+    pub(super) fn on_link_call(&mut self, key: LinkKey, c: LinkCall<'_>) {
+        let Some(realm) = self.shared_realm(key, c.realm) else {
+            return;
+        };
+        let caller = Caller::Link(key);
+        let call_id = OwnedCallId::Uint(c.call_id);
+        if self.pending.contains_id(caller, &call_id) {
+            let message = "a CALL reused a call_id still in flight";
+            self.close_link(key, Reason::ProtocolError.into(), message);
+            return;
+        }
+        if !is_valid_topic(c.procedure) {
+            self.answer_error(caller, &call_id, CallError::InvalidCall);
+            return;
+        }
+        if self.pending.len() >= self.config.limits.max_pending_calls {
+            self.answer_error(caller, &call_id, CallError::Overloaded);
+            return;
+        }
+        let (local, provider) = self.pick_local(realm, c.procedure);
+        match (local, provider) {
+            (Local::Ready, Some(provider)) => {
+                let timeout =
+                    Duration::from_millis(c.timeout_ms).min(self.config.limits.max_call_timeout);
+                let call = Outgoing {
+                    realm,
+                    procedure: c.procedure,
+                    args: c.args,
+                    timeout,
+                };
+                self.call_provider(caller, call_id, provider, &call);
+            }
+            (Local::OverBound, _) => self.answer_error(caller, &call_id, CallError::Overloaded),
+            _ => self.answer_error(caller, &call_id, CallError::ProcedureNotFound),
+        }
+    }
+
+    /// REPLY from a peer to a call this gateway forwarded: to the caller's shard.
+    pub(super) fn on_link_reply(&mut self, key: LinkKey, r: LinkReply<'_>) {
+        let in_flight = self
+            .link_mut(key)
+            .is_some_and(|l| l.out_calls.remove(&r.call_id));
+        let token = CallToken(r.call_id);
+        if !in_flight || token.shard().0 >= self.config.shards {
+            self.counters.late_replies += 1;
+            return;
+        }
+        let msg = ShardMsg::LinkReply {
+            token,
+            link: key,
+            outcome: OwnedOutcome::from_wire(r.outcome),
+        };
+        self.send(token.shard(), msg);
+    }
+
+    /// CANCEL from a peer for a call it sent here: dropped, and its provider told.
+    pub(super) fn on_link_cancel(&mut self, key: LinkKey, call_id: u64, reason: &[u8]) {
+        let Some(call) = self
+            .pending
+            .by_id(Caller::Link(key), &OwnedCallId::Uint(call_id))
+        else {
+            return;
+        };
+        let reason = if reason == b"timeout" {
+            CancelReason::Timeout
+        } else {
+            CancelReason::CallerGone
+        };
+        if let Some(c) = self.pending.remove(call) {
+            self.wheel.cancel(c.deadline);
+            let token = self.token(call);
+            self.cancel_provider(c.provider, token, reason);
+        }
+    }
+
+    /// REPLY on a link, for a call the peer sent.
+    fn link_reply(&mut self, key: LinkKey, call_id: &OwnedCallId, outcome: Outcome<'_>) {
+        let OwnedCallId::Uint(id) = *call_id else {
+            return;
+        };
+        let reply = PeerMessage::Reply(LinkReply {
+            call_id: id,
+            outcome,
+        });
+        self.link_write(key, &reply);
     }
 }

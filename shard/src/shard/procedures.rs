@@ -47,6 +47,7 @@ impl Shard {
                 add: true,
             };
             self.replicate(key, msg);
+            self.mesh_procedure(realm, r.procedure);
         }
     }
 
@@ -75,6 +76,7 @@ impl Shard {
             add: false,
         };
         self.replicate(key, msg);
+        self.mesh_procedure(realm, procedure);
     }
 
     /// Another shard's session `provider` now provides (or no longer provides) `procedure`.
@@ -90,6 +92,7 @@ impl Shard {
         } else {
             self.registry.unregister(realm, procedure, provider);
         }
+        self.mesh_procedure(realm, procedure);
     }
 
     /// The periodic prune: removes what expired and sets the next one.
@@ -116,6 +119,7 @@ impl Shard {
                     s.procedures.swap_remove(i);
                 }
             }
+            self.mesh_procedure(r.realm, &r.procedure);
             self.broadcast(ShardMsg::Provider {
                 realm: r.realm,
                 procedure: r.procedure,

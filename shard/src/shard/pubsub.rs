@@ -5,11 +5,11 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use crate::ids::{RealmId, SessionKey, ShardId};
+use crate::ids::{LinkKey, NodeId, RealmId, SessionKey, ShardId};
 use crate::metrics::DropReason;
 use crate::names::{is_valid_pattern, is_valid_topic};
 use crate::router::{ErrorCode, ShardMsg};
-use crate::wire::{FrameType, Publish, Strings};
+use crate::wire::{FrameType, LinkPublish, PeerMessage, Publish, Strings};
 
 use super::outbox::Shedding;
 use super::Shard;
@@ -48,12 +48,27 @@ impl Shard {
         }
         .encode_locating_topic(&mut frame);
         self.deliver(realm, p.topic, &frame, Some(key));
+        self.publish_to_shards(realm, p.topic, &frame, topic_range);
+        self.scratch.frame = frame;
+        if self.mesh_on() {
+            self.publish_to_links(realm, node, &p);
+        }
+    }
 
+    /// Sends an encoded PUBLISH to the other shards with a matching subscriber, once each;
+    /// returns how many.
+    fn publish_to_shards(
+        &mut self,
+        realm: RealmId,
+        topic: &[u8],
+        frame: &[u8],
+        topic_range: Range<usize>,
+    ) -> usize {
         let mut shards = std::mem::take(&mut self.scratch.shards);
         shards.clear();
-        self.remote_subs.matches(realm, p.topic, &mut shards);
+        self.remote_subs.matches(realm, topic, &mut shards);
         if !shards.is_empty() {
-            let shared: Arc<[u8]> = Arc::from(&frame[..]);
+            let shared: Arc<[u8]> = Arc::from(frame);
             let topic = topic_range.start as u32..topic_range.end as u32;
             for &to in &shards {
                 let msg = ShardMsg::Publish {
@@ -66,8 +81,77 @@ impl Shard {
                 }
             }
         }
+        let n = shards.len();
         self.scratch.shards = shards;
+        n
+    }
+
+    /// A client's PUBLISH, once to each up link whose peer has a matching pattern (9.7).
+    fn publish_to_links(&mut self, realm: RealmId, publisher: NodeId, p: &Publish<'_>) {
+        let Some(m) = self.mesh.as_ref() else { return };
+        if m.up.is_empty() {
+            return;
+        }
+        let mut links = Vec::new();
+        m.subs.matches(realm, p.topic, &mut links);
+        links.retain(|l| m.up.get(l).is_some_and(|v| v.realms.contains(&realm)));
+        if links.is_empty() {
+            return;
+        }
+        let name = &self.config.realms[usize::from(realm.0)].name;
+        let mut frame = Vec::new();
+        PeerMessage::Publish(LinkPublish::forwarded(name, publisher, p)).encode(&mut frame);
+        let frame: Arc<[u8]> = frame.into();
+        for link in links {
+            if link.shard == self.id() {
+                self.on_link_publish_out(link.key, &frame);
+            } else {
+                let msg = ShardMsg::LinkPublish {
+                    link: link.key,
+                    frame: frame.clone(),
+                };
+                if !self.queue_to(link.shard, msg, Shedding::IfBacklogged) {
+                    self.counters.drop(DropReason::ShardBacklog);
+                }
+            }
+        }
+    }
+
+    /// A PUBLISH for one of this shard's links: dropped (counted) while the link is over
+    /// `--max-peer-output`.
+    pub(super) fn on_link_publish_out(&mut self, link: LinkKey, frame: &[u8]) {
+        let up = self
+            .link(link)
+            .is_some_and(|l| l.state == super::link::LinkState::Up);
+        if !up {
+            return;
+        }
+        if self.link_over_bound(link) {
+            self.counters.drop(DropReason::PeerSlow);
+            return;
+        }
+        self.link_write_encoded(link, FrameType::Publish, frame);
+    }
+
+    /// A PUBLISH from a peer: delivered to this gateway's matching sessions, never to a link.
+    pub(super) fn on_link_publish(&mut self, key: LinkKey, p: LinkPublish<'_>) {
+        let Some(realm) = self.shared_realm(key, p.realm) else {
+            return;
+        };
+        if !is_valid_topic(p.topic) {
+            let message = "a PUBLISH with an invalid topic";
+            self.close_link(key, crate::wire::Reason::ProtocolError.into(), message);
+            return;
+        }
+        let mut frame = std::mem::take(&mut self.scratch.frame);
+        frame.clear();
+        let topic_range = p.delivery().encode_locating_topic(&mut frame);
+        let local = self.deliver(realm, p.topic, &frame, None);
+        let shards = self.publish_to_shards(realm, p.topic, &frame, topic_range);
         self.scratch.frame = frame;
+        if local == 0 && shards == 0 {
+            self.counters.drop(DropReason::NoInterest);
+        }
     }
 
     /// A PUBLISH from another shard's session, for this shard's subscribers.
@@ -79,14 +163,15 @@ impl Shard {
     }
 
     /// Delivers an encoded PUBLISH to this shard's sessions that match `topic`, each once,
-    /// except `publisher`. A subscriber over its output bound misses it (counted).
+    /// except `publisher`. A subscriber over its output bound misses it (counted). Returns
+    /// how many sessions matched.
     fn deliver(
         &mut self,
         realm: RealmId,
         topic: &[u8],
         frame: &[u8],
         publisher: Option<SessionKey>,
-    ) {
+    ) -> usize {
         let mut targets = std::mem::take(&mut self.scratch.sessions);
         targets.clear();
         self.local_subs.matches(realm, topic, &mut targets);
@@ -105,7 +190,9 @@ impl Shard {
             self.queue_output(target, frame);
             self.counters.deliveries += 1;
         }
+        let n = targets.len();
         self.scratch.sessions = targets;
+        n
     }
 
     /// Adds each valid pattern. Refusals are answered with at most one ERROR per code per
@@ -154,6 +241,7 @@ impl Shard {
             s.patterns.push(pattern.into());
             if self.local_subs.subscribers_of(realm, pattern) == 1 {
                 self.announce_interest(key, realm, pattern, true);
+                self.mesh_pattern(realm, pattern);
             }
         }
         true
@@ -173,6 +261,7 @@ impl Shard {
         }
         if self.local_subs.subscribers_of(realm, pattern) == 0 {
             self.announce_interest(key, realm, pattern, false);
+            self.mesh_pattern(realm, pattern);
         }
     }
 
@@ -187,6 +276,7 @@ impl Shard {
         for pattern in patterns {
             self.local_subs.remove(realm, &pattern, key);
             if self.local_subs.subscribers_of(realm, &pattern) == 0 {
+                self.mesh_pattern(realm, &pattern);
                 self.broadcast(ShardMsg::Interest {
                     realm,
                     pattern,
@@ -209,6 +299,7 @@ impl Shard {
         } else {
             self.remote_subs.remove(realm, pattern, from);
         }
+        self.mesh_pattern(realm, pattern);
     }
 
     /// One ERROR for the patterns of a frame refused with `code`, if any.

@@ -68,7 +68,7 @@ impl OutBuf {
         &self.buf[self.start..]
     }
 
-    fn consume(&mut self, n: usize) {
+    pub(super) fn consume(&mut self, n: usize) {
         self.start = (self.start + n).min(self.buf.len());
         if self.start == self.buf.len() {
             self.buf.clear();
@@ -244,7 +244,7 @@ impl Shard {
             return;
         }
         match msg {
-            Message::Ping(Ping { timestamp, .. }) => self.on_ping(key, timestamp),
+            Message::Ping(Ping { timestamp, mesh }) => self.on_ping(key, timestamp, mesh),
             Message::Pong(_) => {}
             Message::Disconnect(_) => self.close(key, Reason::Normal, ""),
             Message::Publish(p) => self.on_publish(key, p),
