@@ -225,6 +225,14 @@ impl Client {
         self.shared().barrier().await
     }
 
+    /// As [`Client::flush`], across a gateway mesh (PING with `mesh` true): once it returns,
+    /// every gateway of the mesh linked to this one has this client's subscriptions and
+    /// registrations in effect, so a publish or call made anywhere in the mesh sees them.
+    /// A gateway without a mesh answers it as a plain PING.
+    pub async fn flush_mesh(&self) -> Result<(), ClientError> {
+        self.shared().mesh_barrier().await
+    }
+
     /// A receiver of the ERROR frames the gateway sends from now on, such as `invalid_topic`
     /// for a publish. (Subscribe and register report theirs as their own error too.)
     pub fn errors(&self) -> ServerErrors {

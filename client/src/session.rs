@@ -397,6 +397,12 @@ impl Shared {
         self.await_pong(pong).await.map(drop)
     }
 
+    /// As [`Shared::barrier`], across the gateway mesh: PING with `mesh` true.
+    pub(crate) async fn mesh_barrier(&self) -> Result<(), ClientError> {
+        let pong = self.expect_pong(false);
+        self.await_ping(pong, true).await.map(drop)
+    }
+
     /// Enters a PONG waiter ahead of the frames it follows; with `collect`, it gathers the
     /// ERROR frames received from now on, including those answering these frames.
     pub(crate) fn expect_pong(&self, collect: bool) -> PongWait<'_> {
@@ -422,8 +428,19 @@ impl Shared {
         &self,
         pong: PongWait<'_>,
     ) -> Result<Vec<ServerError>, ClientError> {
+        self.await_ping(pong, false).await
+    }
+
+    async fn await_ping(
+        &self,
+        pong: PongWait<'_>,
+        mesh: bool,
+    ) -> Result<Vec<ServerError>, ClientError> {
         let work = async {
-            let ping = Message::Ping(Ping::new(pong.forget.id));
+            let ping = Message::Ping(Ping {
+                timestamp: pong.forget.id,
+                mesh,
+            });
             self.send(&ping).await?;
             pong.rx.await.unwrap_or(Err(ClientError::Disconnected))
         };

@@ -9,6 +9,7 @@
 //! (at most `--drain`); losses are the deliveries expected (every message published, warmup
 //! included, times the subscribers) minus those received.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,6 +53,14 @@ pub struct PubsubArgs {
     /// How long the subscribers may take to receive the last messages after publishing stops.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub drain: Duration,
+    /// Spread the publishers over these gateways, round-robin (comma-separated; default:
+    /// --server): with the gateways of a mesh, messages cross peer links.
+    #[arg(long, value_delimiter = ',')]
+    pub publisher_servers: Vec<SocketAddr>,
+    /// Spread the subscribers over these gateways, round-robin (default: --server). The run
+    /// starts once every subscription is in effect across the mesh.
+    #[arg(long, value_delimiter = ',')]
+    pub subscriber_servers: Vec<SocketAddr>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -125,9 +134,19 @@ pub async fn run(a: &PubsubArgs) -> Result<Summary, String> {
         subscription_capacity: 8192,
         ..base.clone()
     };
+    let spread = !a.publisher_servers.is_empty() || !a.subscriber_servers.is_empty();
+    let at = |servers: &[SocketAddr], i: usize, config: &meshgate_client::ClientConfig| {
+        meshgate_client::ClientConfig {
+            server: servers
+                .get(i % servers.len().max(1))
+                .copied()
+                .unwrap_or(config.server),
+            ..config.clone()
+        }
+    };
     let mut subscribers = Vec::with_capacity(a.subscribers);
-    for _ in 0..a.subscribers {
-        let c = connect(&sub_config)
+    for i in 0..a.subscribers {
+        let c = connect(&at(&a.subscriber_servers, i, &sub_config))
             .await
             .map_err(|e| format!("subscriber: {e}"))?;
         let sub = c
@@ -136,10 +155,17 @@ pub async fn run(a: &PubsubArgs) -> Result<Summary, String> {
             .map_err(|e| format!("subscribe {pattern}: {e}"))?;
         subscribers.push((c, sub));
     }
+    if spread {
+        for (c, _) in &subscribers {
+            c.flush_mesh()
+                .await
+                .map_err(|e| format!("subscriber: waiting for the mesh: {e}"))?;
+        }
+    }
     let mut publishers = Vec::with_capacity(a.publishers);
-    for _ in 0..a.publishers {
+    for i in 0..a.publishers {
         publishers.push(
-            connect(&base)
+            connect(&at(&a.publisher_servers, i, &base))
                 .await
                 .map_err(|e| format!("publisher: {e}"))?,
         );

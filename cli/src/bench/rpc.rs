@@ -11,6 +11,7 @@
 //! The timer's own lateness (up to a millisecond) is not counted.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -51,6 +52,11 @@ pub struct RpcArgs {
     /// How long a call waits for its reply.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub call_timeout: Duration,
+    /// Connect the providers to this gateway instead of --server: with two gateways of a
+    /// mesh, every call crosses a peer link. The run starts once the providers' registrations
+    /// are in effect across the mesh.
+    #[arg(long)]
+    pub provider_server: Option<SocketAddr>,
 }
 
 /// What one slot counted in the measured window.
@@ -82,15 +88,26 @@ pub async fn run(a: &RpcArgs) -> Result<Summary, String> {
     }
     let base = a.common.client_config()?;
     let procedure = format!("bench.{}.echo", run_tag());
+    let provider_config = meshgate_client::ClientConfig {
+        server: a.provider_server.unwrap_or(base.server),
+        ..base.clone()
+    };
     let mut providers = Vec::with_capacity(a.providers);
     for _ in 0..a.providers {
-        let p = connect(&base).await.map_err(|e| format!("provider: {e}"))?;
+        let p = connect(&provider_config)
+            .await
+            .map_err(|e| format!("provider: {e}"))?;
         p.register(
             &procedure,
             |args| async move { Ok::<_, ProcedureError>(args) },
         )
         .await
         .map_err(|e| format!("provider: {e}"))?;
+        if a.provider_server.is_some() {
+            p.flush_mesh()
+                .await
+                .map_err(|e| format!("provider: waiting for the mesh: {e}"))?;
+        }
         providers.push(p);
     }
     let mut callers = Vec::with_capacity(a.callers);
@@ -183,8 +200,12 @@ fn describe(a: &RpcArgs) -> String {
         ),
         None => format!("{} callers x {} in flight", a.callers, a.in_flight),
     };
+    let across = match a.provider_server {
+        Some(addr) => format!(" on {addr} (across the mesh)"),
+        None => String::new(),
+    };
     format!(
-        "rpc: {load}, {} providers, {}-byte payload",
+        "rpc: {load}, {} providers{across}, {}-byte payload",
         a.providers, a.payload
     )
 }
