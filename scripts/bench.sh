@@ -112,7 +112,7 @@ gateway_ticks() {
 }
 
 step=0
-steps=$((runs * 6 + 7))
+steps=$((runs * 7 + 9))
 say() {
     step=$((step + 1))
     echo "bench: [$step/$steps] $*" >&2
@@ -261,6 +261,124 @@ fresh flood --max-clients 1000 -- flood --clients 2000 --duration "${duration}s"
 
 say "handshake: new connections as fast as they come"
 fresh handshake -- handshake --duration "${duration}s"
+
+# The gateway mesh: gateways of one shard each, all pinned to the gateway core (on two cores
+# they share it: a forwarded call costs both of them, on the same core).
+mesh_pids=()
+mesh_port() { echo $((port + 10 + $1)); }
+mesh_health() { echo $((health + 10 + $1)); }
+stop_mesh() {
+    for pid in "${mesh_pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${mesh_pids[@]}"; do
+        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    mesh_pids=()
+}
+trap 'stop_gateway; stop_mesh' EXIT
+
+# start_mesh NAME N: N gateways m0..m(N-1), m1.. given m0 as their seed; returns once every
+# one has N-1 up links.
+start_mesh() {
+    local name=$1 n=$2 i
+    local token="$out/logs/cluster-token"
+    head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$token"
+    for i in $(seq 0 $((n - 1))); do
+        local seed=()
+        ((i == 0)) || seed=(--peer "127.0.0.1:$(mesh_port 0)")
+        taskset -c "$gateway_cpu" "$bin" serve --shards 1 --listen "127.0.0.1:$(mesh_port "$i")" \
+            --health-listen "127.0.0.1:$(mesh_health "$i")" --node-name "m$i" \
+            --cluster-token-file "$token" "${seed[@]}" >"$out/logs/$name-m$i.log" 2>&1 &
+        mesh_pids+=($!)
+    done
+    for _ in $(seq 300); do
+        local up=0
+        for i in $(seq 0 $((n - 1))); do
+            peers=$(curl -sf "http://127.0.0.1:$(mesh_health "$i")/health" |
+                sed -n 's/.*"peers": *\([0-9]*\).*/\1/p' || true)
+            [[ "${peers:-0}" == $((n - 1)) ]] && up=$((up + 1))
+        done
+        ((up == n)) && return 0
+        sleep 0.1
+    done
+    echo "bench: the mesh did not form; its logs are in $out/logs/$name-m*.log" >&2
+    exit 1
+}
+
+# mesh_counts N: calls ended (on the callers' gateway, m0) and publishes (all gateways) so far.
+mesh_counts() {
+    local i
+    for i in $(seq 0 $(($1 - 1))); do curl -sf "http://127.0.0.1:$(mesh_health "$i")/metrics"; done |
+        awk '
+        /^meshgate_calls_total\{outcome=/ && !/shard=/ { calls += $2 }
+        /^meshgate_publishes_total / { publishes += $2 }
+        END { printf "%d %d\n", calls, publishes }'
+}
+
+# mesh_load NAME N SCENARIO [flags]: the scenario against m0 (the flags say where else its
+# sessions go); adds each gateway's CPU time and PUBLISH frames sent per peer to the JSON.
+mesh_load() {
+    local name=$1 n=$2 scenario=$3 i
+    shift 3
+    local before=() after=() counts_before counts_after
+    counts_before=$(mesh_counts "$n")
+    for i in $(seq 0 $((n - 1))); do before+=("$(awk '{print $14 + $15}' "/proc/${mesh_pids[$i]}/stat")"); done
+    taskset -c "$load_cpu" "$cli" bench "$scenario" --server "127.0.0.1:$(mesh_port 0)" --insecure \
+        --metrics "http://127.0.0.1:$(mesh_health 0)/metrics" --json "$@" >"$out/json/$name.json.tmp"
+    for i in $(seq 0 $((n - 1))); do after+=("$(awk '{print $14 + $15}' "/proc/${mesh_pids[$i]}/stat")"); done
+    counts_after=$(mesh_counts "$n")
+    for i in $(seq 0 $((n - 1))); do
+        curl -sf "http://127.0.0.1:$(mesh_health "$i")/metrics" >"$out/json/$name-m$i.metrics"
+    done
+    python3 - "$out/json/$name.json.tmp" "$out/json/$name.json" "$(getconf CLK_TCK)" \
+        "${before[*]}" "${after[*]}" "$out/json/$name" "$n" "$counts_before" "$counts_after" <<'PY'
+import json, re, sys
+src, dst, tck, before, after, prefix, n, counts_before, counts_after = sys.argv[1:]
+summary = json.load(open(src))
+b, a = [int(x) for x in before.split()], [int(x) for x in after.split()]
+summary["gateway_cpu_s"] = [(y - x) / int(tck) for x, y in zip(b, a)]
+cb, ca = [int(x) for x in counts_before.split()], [int(x) for x in counts_after.split()]
+summary["gateway_calls"] = ca[0] - cb[0]
+summary["gateway_publishes"] = ca[1] - cb[1]
+# Each gateway is fresh: its counters cover this scenario alone.
+sent, publishes = {}, {}
+for i in range(int(n)):
+    for line in open(f"{prefix}-m{i}.metrics"):
+        m = re.match(r'meshgate_peer_frames_sent_total\{peer="([^"]+)",type="PUBLISH"\} (\d+)', line)
+        if m:
+            sent[f"m{i}->{m.group(1)}"] = int(m.group(2))
+        m = re.match(r'meshgate_publishes_total (\d+)', line)
+        if m:
+            publishes[f"m{i}"] = int(m.group(1))
+summary["publish_frames_sent"] = sent
+summary["publishes_by_gateway"] = publishes
+json.dump(summary, open(dst, "w"), indent=1)
+PY
+    rm -f "$out/json/$name.json.tmp"
+}
+
+for r in $(seq "$runs"); do
+    say "mesh rpc: callers on m0, the provider on m1 (every call crosses a link), run $r of $runs"
+    start_mesh "mesh-rpc-$r" 2
+    mesh_load "mesh-rpc-$r" 2 rpc --callers 4 --providers 1 --in-flight 16 --payload 64 \
+        --provider-server "127.0.0.1:$(mesh_port 1)" --duration "${duration}s" --warmup 2s
+    stop_mesh
+done
+
+say "mesh pubsub: publishers and subscribers on each of 3 gateways"
+start_mesh mesh-pubsub 3
+mesh_load mesh-pubsub 3 pubsub --publishers 3 --subscribers 3 --pattern exact --payload 64 \
+    --publisher-servers "127.0.0.1:$(mesh_port 0),127.0.0.1:$(mesh_port 1),127.0.0.1:$(mesh_port 2)" \
+    --subscriber-servers "127.0.0.1:$(mesh_port 0),127.0.0.1:$(mesh_port 1),127.0.0.1:$(mesh_port 2)" \
+    --rate 20000 --duration "${duration}s" --warmup 2s
+stop_mesh
+
+say "mesh pubsub: a publisher on m0, subscribers on m1 only (m2 has no interest)"
+start_mesh mesh-pubsub-one 3
+mesh_load mesh-pubsub-one 3 pubsub --publishers 1 --subscribers 2 --pattern exact --payload 64 \
+    --subscriber-servers "127.0.0.1:$(mesh_port 1)" --rate 20000 --duration "${duration}s" --warmup 2s
+stop_mesh
 
 say "report"
 elapsed=$(($(date +%s) - started))

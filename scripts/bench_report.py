@@ -415,8 +415,77 @@ def main():
         f"{hs['refused']:,} refused, gateway CPU {hs['gateway_cpu_s']:.1f} s."
     )
     w("")
+    mesh_section(w, d, runs, rpc_rate, rpc_p99, rpc_cpu)
     w("The raw summaries are in `json/`, the gateways' logs in `logs/`.")
     print("\n".join(lines))
+
+
+def mesh_section(w, d, runs, rpc_rate, rpc_p99, rpc_cpu):
+    """The gateway mesh: cross-gateway RPC beside single-gateway RPC, CPU on each side,
+    PUBLISH frames per link per publish. Left out for results measured before the mesh."""
+    if not os.path.exists(os.path.join(d, "json", "mesh-rpc-1.json")):
+        return
+    mrpc = [load(d, f"mesh-rpc-{r}") for r in runs]
+    spread = load(d, "mesh-pubsub")
+    one = load(d, "mesh-pubsub-one")
+    m_rate = Figure([s["calls_per_s"] for s in mrpc])
+    m_p99 = Figure([dig(s, "latency_us", "p99") for s in mrpc])
+    sides = [
+        Figure(
+            [s["gateway_cpu_s"][i] * 1e6 / s["gateway_calls"] for s in mrpc if s["gateway_calls"]]
+        )
+        for i in (0, 1)
+    ]
+
+    def us(f):
+        return "n/a" if f.median is None else f"{f.median:.2f} µs"
+
+    w("## Gateway mesh")
+    w("")
+    w(
+        "Gateways of one shard each, all pinned to the gateway core (on two cores they share "
+        "it), linked by `--peer` and a cluster token; the load generator on the other core. "
+        "In the RPC runs the callers connect to m0 and the provider to m1, so that every call "
+        "crosses the link: m0 forwards it, m1 hands it to the provider, and the reply goes "
+        "back the same way."
+    )
+    w("")
+    w("| figure | median | spread |")
+    w("|---|---|---|")
+    w(f"| cross-gateway RPC calls/s (4 × 16 in flight, 64 B) | {count(m_rate.median)} | {m_rate.spread(count)} |")
+    w(f"| single-gateway RPC calls/s (the same run) | {count(rpc_rate.median)} | {rpc_rate.spread(count)} |")
+    w(f"| cross-gateway RPC p99 | {ms(m_p99.median)} | {m_p99.spread(ms)} |")
+    w(f"| single-gateway RPC p99 | {ms(rpc_p99.median)} | {rpc_p99.spread(ms)} |")
+    w(f"| CPU per forwarded call, caller's gateway (m0) | {us(sides[0])} | {sides[0].spread(lambda v: f'{v:.2f} µs')} |")
+    w(f"| CPU per forwarded call, provider's gateway (m1) | {us(sides[1])} | {sides[1].spread(lambda v: f'{v:.2f} µs')} |")
+    w(f"| CPU per local call (single gateway) | {us(rpc_cpu)} | {rpc_cpu.spread(lambda v: f'{v:.2f} µs')} |")
+    w("")
+
+    def per_publish(summary, link):
+        published = summary.get("publishes_by_gateway", {}).get(link.split("->")[0], 0)
+        frames = summary.get("publish_frames_sent", {}).get(link)
+        return "n/a" if frames is None or not published else f"{frames / published:.3f}"
+
+    w(
+        "PUBLISH frames per link per publish (from `meshgate_peer_frames_sent_total` on the "
+        "sending gateway, divided by the messages its clients published, warm-up included):"
+    )
+    w("")
+    w("| run | link | interest behind it | frames per publish |")
+    w("|---|---|---|---|")
+    for link in sorted(spread.get("publish_frames_sent", {})):
+        w(f"| 3 publishers, subscribers on every gateway | {link} | yes | {per_publish(spread, link)} |")
+    for link, interest in (("m0->m1", "yes"), ("m0->m2", "no")):
+        w(f"| 1 publisher on m0, subscribers on m1 | {link} | {interest} | {per_publish(one, link)} |")
+    w("")
+    w(
+        f"Deliveries: {count(spread['delivered_per_s'])}/s with {spread['losses']} losses "
+        f"(spread), {count(one['delivered_per_s'])}/s with {one['losses']} losses (one "
+        "publisher). On two cores the gateways share one core with each other, so the "
+        "cross-gateway rate is bounded by that core doing two gateways' work per call, plus "
+        "the link's own QUIC packets; these figures show the mesh's costs, not its scaling."
+    )
+    w("")
 
 
 if __name__ == "__main__":
