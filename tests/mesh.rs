@@ -187,6 +187,34 @@ async fn a_stopping_gateway_closes_its_links_at_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_accepted_peer_link_gets_the_peer_idle_timeout_not_the_client_one() {
+    // A's client idle timeout is 1 s; its links' is 60 s, keep-alive every 15 s. The link
+    // comes up, then carries nothing: it must outlive several client idle timeouts. (Were the
+    // acceptor's QUIC idle timeout the client one, the link would be lost after 1 s of quiet.)
+    let tokens = temp_file("idle", "token\n");
+    let a = start(&mesh(
+        "gw-a",
+        &tokens,
+        &["--idle-timeout", "1s", "--peer-idle-timeout", "60s"],
+    ));
+    let a_addr = a.addr.to_string();
+    let b = start(&mesh(
+        "gw-b",
+        &tokens,
+        &["--peer", &a_addr, "--peer-idle-timeout", "60s"],
+    ));
+    a.wait_up("gw-b").await;
+    b.wait_up("gw-a").await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for gw in [&a, &b] {
+        let m = gw.metrics().await;
+        assert_eq!(m.get("meshgate_peer_links_total{result=\"lost\"}"), 0);
+        assert_eq!(m.get("meshgate_peer_links_total{result=\"up\"}"), 1);
+        assert_eq!(m.get("meshgate_peers"), 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_gateways_given_one_seed_form_a_full_mesh() {
     let tokens = temp_file("three", "token\n");
     let a = start(&mesh("gw-a", &tokens, &[]));
