@@ -1154,6 +1154,78 @@ mod tests {
         assert_eq!(ConnHandle::from_token(new.token()), new);
     }
 
+    /// A connection ID of a dial of `shard`, as [`Endpoint::dial_cid`] makes them.
+    fn dial_cid_of(shard: u8) -> Cid {
+        let mut cid = cid_of(shard);
+        let mark = fnv1a64(&cid[..CID_LEN / 2]).to_be_bytes();
+        cid[CID_LEN / 2..].copy_from_slice(&mark);
+        cid
+    }
+
+    #[test]
+    fn an_initial_answering_a_dial_of_another_shard_is_forwarded_to_it_even_when_short() {
+        let cid = dial_cid_of(3);
+        assert!(is_dial_cid(&cid) && !is_dial_cid(&cid_of(3)));
+        let r = routed(&initial(VERSION_1, &cid, 200), None, arrival());
+        assert_eq!(r, Route::Forward(ShardId(3)));
+        assert!(!r.spends_accept());
+        let forwarded = Arrival {
+            forwarded: true,
+            ..arrival()
+        };
+        let r = routed(&initial(VERSION_1, &cid, 1200), None, forwarded);
+        assert_eq!(r, Route::Drop(Discard::Stray), "forwarded once already");
+        let r = routed(&initial(VERSION_1, &dial_cid_of(1), 1200), None, arrival());
+        assert_eq!(
+            r,
+            Route::Drop(Discard::Stray),
+            "a dial of this shard's that is gone"
+        );
+        // A client's Initial to a connection ID that merely names a shard opens a connection.
+        assert_eq!(
+            decide(&initial(VERSION_1, &cid_of(3), 1200), true),
+            Route::Accept
+        );
+    }
+
+    #[test]
+    fn a_dial_is_found_by_its_connection_id_and_fails_if_its_handshake_never_ended() {
+        let counts = Arc::new(GatewayCounts::default());
+        let quic = quiche::Config::new(quiche::PROTOCOL_VERSION).expect("a QUIC configuration");
+        let mut dial = quiche::Config::new(quiche::PROTOCOL_VERSION).expect("a QUIC configuration");
+        dial.set_application_protos(&[PEER_ALPN]).expect("ALPN");
+        let local = "127.0.0.1:4433".parse().expect("an address");
+        let mut ep = Endpoint::new(HERE, SHARDS, quic, Some(dial), local, counts.clone(), 1);
+        let link = LinkKey::from_u64(5);
+        let peer = "127.0.0.1:4434".parse().expect("an address");
+        let conn = ep.connect(Time::ZERO, peer, link).expect("a dial");
+        assert_eq!(counts.handshakes.get(), 0, "a dial takes no handshake unit");
+        let scid = ep.get(conn).expect("the dial").scids[0];
+        assert!(is_dial_cid(&scid) && scid[0] == HERE.0 as u8);
+        assert_eq!(ep.route(&short(&scid), arrival()), Route::Ours(conn));
+        assert_eq!(
+            ep.route(&initial(VERSION_1, &scid, 300), arrival()),
+            Route::Ours(conn),
+            "the acceptor's short Initial"
+        );
+        let c = ep.get(conn).expect("the dial");
+        assert!(c.is_peer() && c.link() == Some(link) && !c.is_established());
+        assert_eq!(ep.conn_of_link(link), Some(conn));
+        assert_eq!(ep.newly_connected(conn), None);
+        assert_eq!(ep.detach_link(conn), Some((link, LinkEnd::DialFailed)));
+        assert_eq!(ep.conn_of_link(link), None);
+        assert_eq!(ep.remove(conn), None);
+        assert_eq!(counts.handshakes.get(), 0);
+    }
+
+    #[test]
+    fn without_a_mesh_nothing_is_dialed() {
+        let hello = initial(VERSION_1, b"client-chosen", 1200);
+        let (mut ep, _, _) = one_accepted(&hello);
+        let peer = "127.0.0.1:4434".parse().expect("an address");
+        assert_eq!(ep.connect(Time::ZERO, peer, LinkKey::from_u64(1)), None);
+    }
+
     #[test]
     fn a_session_takes_its_connections_handshake_unit_and_is_found_until_detached() {
         let (mut ep, counts, conn) = one_accepted(&initial(VERSION_1, b"client-chosen", 1200));

@@ -1039,6 +1039,120 @@ mod tests {
         }
     }
 
+    fn link(name: &str, state: LinkState, dialed: Option<&str>) -> LinkReport {
+        use meshgate_shard::mesh::counters::LinkCounters;
+        LinkReport {
+            node_name: Some(name.as_bytes().into()),
+            node_id: Some(meshgate_shard::NodeId([0xab; 32])),
+            addr: Some(b"10.0.0.2:9443"[..].into()),
+            dialed: dialed.map(Into::into),
+            state,
+            since: meshgate_shard::Time::from_millis(2_500),
+            rtt_ms: Some(12),
+            patterns: 3,
+            procedures: 1,
+            shared_realms: vec![b"macula.default"[..].into()],
+            unshared_realms: vec![b"secure"[..].into()],
+            counters: LinkCounters::default(),
+            output_bytes: 100,
+            calls_out: 2,
+            calls_in: 1,
+        }
+    }
+
+    /// Shard 0 with member `gw-b` (linked from shard 1, up) and two dialed addresses: the one
+    /// where `gw-b` was found, and one in backoff with no name yet.
+    fn meshed() -> Vec<ShardReport> {
+        use meshgate_shard::{DialReport, Time};
+        let table = PeerTableReport {
+            members: vec![b"gw-b"[..].into()],
+            dials: vec![
+                DialReport {
+                    addr: "10.0.0.2:9443".into(),
+                    node_name: Some(b"gw-b"[..].into()),
+                    next_at: None,
+                },
+                DialReport {
+                    addr: "10.0.0.9:9443".into(),
+                    node_name: None,
+                    next_at: Some(Time::from_millis(9_000)),
+                },
+            ],
+        };
+        let mut up = link("gw-b", LinkState::Up, Some("10.0.0.2:9443"));
+        up.counters
+            .sent(meshgate_shard::wire::FrameType::Publish, 40);
+        up.counters.resyncs = 2;
+        let closing = link("gw-b", LinkState::Closing, None);
+        vec![
+            ShardReport {
+                shard: 0,
+                peer_table: Some(table),
+                links: vec![closing],
+                wall_clock_offset_ms: 1_000_000,
+                ..Default::default()
+            },
+            ShardReport {
+                shard: 1,
+                peers: 1,
+                links: vec![up],
+                wall_clock_offset_ms: 1_000_000,
+                ..Default::default()
+            },
+        ]
+    }
+
+    #[test]
+    fn peers_lists_members_by_their_admitted_link_and_dialed_addresses_where_none_is() {
+        let reports = meshed();
+        assert_eq!(known(&reports).len(), 2);
+        let body = render_peers(&reports);
+        let id = "ab".repeat(32);
+        assert_eq!(
+            body,
+            format!(
+                "[{{\"node_name\":\"gw-b\",\"node_id\":\"{id}\",\"addr\":\"10.0.0.2:9443\",\"state\":\"up\",\"dialed\":true,\"since\":1002,\"rtt_ms\":12,\"patterns\":3,\"procedures\":1,\"shared_realms\":[\"macula.default\"],\"unshared_realms\":[\"secure\"]}},\
+                 {{\"node_name\":null,\"node_id\":null,\"addr\":\"10.0.0.9:9443\",\"state\":\"backoff\",\"dialed\":true,\"since\":null,\"rtt_ms\":null,\"patterns\":0,\"procedures\":0,\"shared_realms\":[],\"unshared_realms\":[]}}]"
+            )
+        );
+        assert_eq!(render_peers(&[ShardReport::default()]), "[]", "no mesh");
+    }
+
+    #[test]
+    fn peer_metrics_are_labelled_by_peer_from_the_admitted_link() {
+        let text = render(&meshed(), 0);
+        for line in [
+            "meshgate_peers 1\n",
+            "meshgate_peer_up{peer=\"gw-b\"} 1\n",
+            "meshgate_peer_frames_sent_total{peer=\"gw-b\",type=\"PUBLISH\"} 1\n",
+            "meshgate_peer_frames_received_total{peer=\"gw-b\",type=\"PEER_HELLO\"} 0\n",
+            "meshgate_peer_bytes_sent_total{peer=\"gw-b\"} 40\n",
+            "meshgate_peer_rtt_seconds{peer=\"gw-b\"} 0.012\n",
+            "meshgate_peer_output_bytes{peer=\"gw-b\"} 100\n",
+            "meshgate_peer_remote_patterns{peer=\"gw-b\"} 3\n",
+            "meshgate_peer_remote_procedures{peer=\"gw-b\"} 1\n",
+            "meshgate_peer_resyncs_total{peer=\"gw-b\"} 2\n",
+            "meshgate_peer_pending_calls{peer=\"gw-b\",direction=\"out\"} 2\n",
+            "meshgate_peer_pending_calls{peer=\"gw-b\",direction=\"in\"} 1\n",
+            "meshgate_peer_links_total{result=\"dial_failed\"} 0\n",
+            "meshgate_dropped_total{reason=\"peer_slow\"} 0\n",
+            "meshgate_dropped_total{reason=\"no_interest\"} 0\n",
+        ] {
+            assert!(text.contains(line), "{line:?} missing:\n{text}");
+        }
+        assert_eq!(
+            text.matches("meshgate_peer_up{").count(),
+            1,
+            "the unnamed address has no series"
+        );
+    }
+
+    #[test]
+    fn names_from_peers_are_escaped_in_json_and_labels() {
+        assert_eq!(json_str(b"a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
+        assert_eq!(label_value(b"a\"b\\c\n"), "a\\\"b\\\\c\\n");
+    }
+
     #[test]
     fn a_whole_request_head_gives_its_method_and_path() {
         let head = b"GET /health?verbose HTTP/1.1\r\nHost: x\r\n\r\n";
