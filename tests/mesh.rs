@@ -313,6 +313,141 @@ async fn a_gateway_without_node_name_offers_no_peer_alpn_and_dials_to_it_fail() 
 }
 
 // =========================================================================================
+// --peer-ca
+// =========================================================================================
+
+/// A certificate (PEM file) for `name` and its key, signed by `issuer` (certificate and
+/// key) or by itself, a CA when `ca`.
+struct Pem {
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+    x509: boring::x509::X509,
+    pkey: boring::pkey::PKey<boring::pkey::Private>,
+}
+
+fn certificate(name: &str, issuer: Option<&Pem>, ca: bool) -> Pem {
+    use boring::asn1::Asn1Time;
+    use boring::bn::{BigNum, MsbOption};
+    use boring::ec::{EcGroup, EcKey};
+    use boring::hash::MessageDigest;
+    use boring::nid::Nid;
+    use boring::pkey::PKey;
+    use boring::x509::extension::{BasicConstraints, KeyUsage};
+    use boring::x509::{X509Builder, X509NameBuilder};
+
+    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).unwrap();
+    let pkey = PKey::from_ec_key(EcKey::generate(&group).unwrap()).unwrap();
+    let mut subject = X509NameBuilder::new().unwrap();
+    subject.append_entry_by_nid(Nid::COMMONNAME, name).unwrap();
+    let subject = subject.build();
+    let mut serial = BigNum::new().unwrap();
+    serial.rand(64, MsbOption::MAYBE_ZERO, false).unwrap();
+    let mut b = X509Builder::new().unwrap();
+    b.set_version(2).unwrap();
+    b.set_serial_number(&serial.to_asn1_integer().unwrap())
+        .unwrap();
+    b.set_subject_name(&subject).unwrap();
+    let issuer_name = issuer.map_or(&*subject, |i| i.x509.subject_name());
+    b.set_issuer_name(issuer_name).unwrap();
+    b.set_pubkey(&pkey).unwrap();
+    let now = unix_ms() / 1000;
+    let not_before = Asn1Time::from_unix((now - 3600) as libc::time_t).unwrap();
+    let not_after = Asn1Time::from_unix((now + 86_400) as libc::time_t).unwrap();
+    b.set_not_before(&not_before).unwrap();
+    b.set_not_after(&not_after).unwrap();
+    if ca {
+        b.append_extension(&BasicConstraints::new().critical().ca().build().unwrap())
+            .unwrap();
+        let usage = KeyUsage::new().critical().key_cert_sign().build().unwrap();
+        b.append_extension(&usage).unwrap();
+    }
+    let signer = issuer.map_or(&pkey, |i| &i.pkey);
+    b.sign(signer, MessageDigest::sha256()).unwrap();
+    let x509 = b.build();
+    let cert = temp_file(&format!("{name}.pem"), "");
+    std::fs::write(&cert, x509.to_pem().unwrap()).unwrap();
+    let key = temp_file(&format!("{name}.key"), "");
+    std::fs::write(&key, pkey.private_key_to_pem_pkcs8().unwrap()).unwrap();
+    Pem {
+        cert,
+        key,
+        x509,
+        pkey,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_peer_ca_only_gateways_whose_certificates_chain_to_it_link() {
+    let ca = certificate("mesh-ca", None, true);
+    let other_ca = certificate("other-ca", None, true);
+    let [a_pem, b_pem] = ["gw-a-cert", "gw-b-cert"].map(|n| certificate(n, Some(&ca), false));
+    let path = |p: &std::path::Path| p.to_str().expect("UTF-8").to_owned();
+    let pki = |pem: &Pem, ca: &Pem| {
+        vec![
+            "--cert".to_owned(),
+            path(&pem.cert),
+            "--key".to_owned(),
+            path(&pem.key),
+            "--peer-ca".to_owned(),
+            path(&ca.cert),
+        ]
+    };
+    let tokens = temp_file("peer-ca", "token\n");
+    let pki_a = pki(&a_pem, &ca);
+    let a = start(&mesh(
+        "gw-a",
+        &tokens,
+        &pki_a.iter().map(String::as_str).collect::<Vec<_>>(),
+    ));
+    let a_addr = a.addr.to_string();
+
+    // B's certificate chains to the CA, and A's does: linked.
+    let mut flags = mesh("gw-b", &tokens, &["--peer", &a_addr]);
+    flags.extend(pki(&b_pem, &ca));
+    let b = start(&flags);
+    b.wait_up("gw-a").await;
+    a.wait_up("gw-b").await;
+
+    // C trusts another CA: A's certificate does not chain to it, C's dial fails.
+    let flags = mesh(
+        "gw-c",
+        &tokens,
+        &["--peer", &a_addr, "--peer-ca", &path(&other_ca.cert)],
+    );
+    let c = start(&flags);
+    c.wait_mesh_metric("meshgate_peer_links_total{result=\"dial_failed\"}", |n| {
+        n >= 1
+    })
+    .await;
+
+    // D trusts the CA but presents a self-signed certificate: A refuses it. D's side of the
+    // QUIC handshake ends before A has checked it (TLS 1.3), so the dial is not counted as
+    // failed (9.11): it shows in D's dial schedule, backing off.
+    let flags = mesh(
+        "gw-d",
+        &tokens,
+        &["--peer", &a_addr, "--peer-ca", &path(&ca.cert)],
+    );
+    let d = start(&flags);
+    d.wait_peers("A's address backing off", |peers| {
+        peers.len() == 1 && peers[0].state() == "backoff"
+    })
+    .await;
+    for gw in [&c, &d] {
+        assert_eq!(
+            gw.metric("meshgate_peer_links_total{result=\"up\"}").await,
+            0
+        );
+        assert_eq!(peers_and_known(gw).await, (0, 1));
+    }
+    assert_eq!(
+        a.metric("meshgate_peer_links_total{result=\"up\"}").await,
+        1
+    );
+    assert_eq!(peers_and_known(&a).await, (1, 1));
+}
+
+// =========================================================================================
 // Start-up refusals (PROTOCOL.md 9.1)
 // =========================================================================================
 
