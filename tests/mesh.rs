@@ -140,6 +140,25 @@ async fn two_gateways_link_and_carry_publishes_and_calls_across() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_given_by_host_name_is_resolved_and_linked() {
+    let tokens = temp_file("host-name", "token\n");
+    let a = start(&mesh("gw-a", &tokens, &[]));
+    let by_name = format!("localhost:{}", a.addr.port());
+    let b = start(&mesh("gw-b", &tokens, &["--peer", &by_name]));
+    let a_on_b = b.wait_up("gw-a").await;
+    assert_eq!(
+        a_on_b.str("addr"),
+        Some(a.addr.to_string()),
+        "A's advertised address"
+    );
+    assert_eq!(
+        peers_and_known(&b).await,
+        (1, 1),
+        "the seed is the member found there"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_with_another_cluster_token_never_comes_up_and_both_count_it_unauthorized() {
     let a = start(&mesh("gw-a", &temp_file("token-a", "alpha\n"), &[]));
     let a_addr = a.addr.to_string();

@@ -231,11 +231,17 @@ impl Driver {
         }
     }
 
-    /// Makes a dial's connection once its address is known; `None`, or an address the
-    /// shard's socket cannot reach (another IP version), fails the dial.
+    /// Makes a dial's connection once its address is known; `None`, an address the shard's
+    /// socket cannot reach (another IP version), or a shard that began stopping meanwhile
+    /// fails the dial.
     pub(super) fn dial_resolved(&mut self, now: Time, link: LinkKey, to: Option<SocketAddr>) {
         // A link the shard closed meanwhile (its dial timed out) takes no input any more.
         if !self.shard.wants_link_input(link, LinkStream::Control) {
+            return;
+        }
+        if self.stop_by.is_some() {
+            self.shard
+                .handle_link_closed(now, link, LinkEnd::DialFailed);
             return;
         }
         let ipv4 = self.endpoint.local().is_ipv4();
