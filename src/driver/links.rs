@@ -212,7 +212,7 @@ impl Driver {
             return;
         }
         let back = self.mailbox.return_address();
-        let ipv4 = self.endpoint.local().is_ipv4();
+        let local = self.endpoint.local();
         let link = dial.link;
         let resolver = std::thread::Builder::new()
             .name("meshgate-resolve".into())
@@ -221,7 +221,7 @@ impl Driver {
                     .addr
                     .to_socket_addrs()
                     .ok()
-                    .and_then(|mut found| found.find(|a| a.is_ipv4() == ipv4));
+                    .and_then(|mut found| found.find_map(|to| reachable(local, to)));
                 back.post(Body::Resolved { link, addr });
             });
         if let Err(e) = resolver {
@@ -232,8 +232,8 @@ impl Driver {
     }
 
     /// Makes a dial's connection once its address is known; `None`, an address the shard's
-    /// socket cannot reach (another IP version), or a shard that began stopping meanwhile
-    /// fails the dial.
+    /// socket cannot reach ([`reachable`]), or a shard that began stopping meanwhile fails the
+    /// dial.
     pub(super) fn dial_resolved(&mut self, now: Time, link: LinkKey, to: Option<SocketAddr>) {
         // A link the shard closed meanwhile (its dial timed out) takes no input any more.
         if !self.shard.wants_link_input(link, LinkStream::Control) {
@@ -244,9 +244,8 @@ impl Driver {
                 .handle_link_closed(now, link, LinkEnd::DialFailed);
             return;
         }
-        let ipv4 = self.endpoint.local().is_ipv4();
         let conn = to
-            .filter(|to| to.is_ipv4() == ipv4)
+            .and_then(|to| reachable(self.endpoint.local(), to))
             .and_then(|to| self.endpoint.connect(now, to, link));
         match conn {
             Some(conn) => self.mark_dirty(conn),
@@ -266,9 +265,54 @@ impl Driver {
     }
 }
 
+/// The address by which a socket bound to `local` reaches `to`: `to` itself in the same IP
+/// version; an IPv4 address as IPv4-mapped IPv6 from a socket bound to `::` (dual-stack), and
+/// an IPv4-mapped one as IPv4 from an IPv4 socket; `None` otherwise.
+fn reachable(local: SocketAddr, to: SocketAddr) -> Option<SocketAddr> {
+    match (local, to) {
+        (SocketAddr::V4(_), SocketAddr::V4(_)) | (SocketAddr::V6(_), SocketAddr::V6(_)) => Some(to),
+        (SocketAddr::V6(l), SocketAddr::V4(t)) if l.ip().is_unspecified() => {
+            Some(SocketAddr::new(t.ip().to_ipv6_mapped().into(), t.port()))
+        }
+        (SocketAddr::V4(_), SocketAddr::V6(t)) => t
+            .ip()
+            .to_ipv4_mapped()
+            .map(|ip| SocketAddr::new(ip.into(), t.port())),
+        (SocketAddr::V6(_), SocketAddr::V4(_)) => None,
+    }
+}
+
 /// 32 random bytes for a link's handshake.
 fn nonce() -> Option<[u8; 32]> {
     let mut nonce = [0u8; 32];
     getrandom::getrandom(&mut nonce).ok()?;
     Some(nonce)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().expect("an address")
+    }
+
+    #[test]
+    fn a_dial_goes_to_an_address_of_the_sockets_ip_version_or_a_mapped_one() {
+        let v4 = addr("127.0.0.1:9443");
+        let any6 = addr("[::]:9443");
+        let lo6 = addr("[::1]:9443");
+        assert_eq!(reachable(v4, addr("10.0.0.1:1")), Some(addr("10.0.0.1:1")));
+        assert_eq!(reachable(lo6, addr("[::2]:1")), Some(addr("[::2]:1")));
+        assert_eq!(
+            reachable(any6, addr("10.0.0.1:1")),
+            Some(addr("[::ffff:10.0.0.1]:1"))
+        );
+        assert_eq!(reachable(lo6, addr("10.0.0.1:1")), None, "not dual-stack");
+        assert_eq!(
+            reachable(v4, addr("[::ffff:10.0.0.1]:1")),
+            Some(addr("10.0.0.1:1"))
+        );
+        assert_eq!(reachable(v4, addr("[::2]:1")), None);
+    }
 }
