@@ -64,6 +64,33 @@ fn parse_positive_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// A `--node-name`: 1 to 64 bytes of lowercase letters, digits, '.', '-', '_' (PROTOCOL.md 9.1).
+fn parse_node_name(s: &str) -> Result<String, String> {
+    let valid = (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b".-_".contains(&b));
+    if valid {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "{s:?} is not a node name: 1 to 64 bytes of lowercase letters, digits, '.', '-', '_'"
+        ))
+    }
+}
+
+/// A `HOST:PORT` address (`--peer`, `--advertise`): a non-empty host (a name, an IPv4 address
+/// or a bracketed IPv6 one) and a port.
+fn parse_host_port(s: &str) -> Result<String, String> {
+    let bad = || format!("{s:?} is not HOST:PORT");
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    let bracketed = host.starts_with('[') && host.ends_with(']');
+    if host.is_empty() || (host.contains(':') && !bracketed) || host.contains(char::is_whitespace) {
+        return Err(bad());
+    }
+    port.parse::<u16>().map_err(|_| bad())?;
+    Ok(s.to_owned())
+}
+
 /// A count of 1 or more.
 fn at_least_one() -> clap::builder::RangedU64ValueParser<usize> {
     clap::builder::RangedU64ValueParser::new().range(1..)
@@ -151,6 +178,45 @@ pub struct ServeArgs {
     /// gateway sent it meanwhile.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
+    /// This gateway's name in the gateway mesh, unique in the mesh; turns the mesh on. 1 to 64
+    /// bytes of lowercase letters, digits, '.', '-', '_'. Needs --cluster-token-file.
+    #[arg(long, value_name = "NAME", value_parser = parse_node_name)]
+    pub node_name: Option<String>,
+    /// A peer gateway to dial (a seed), and to dial again for as long as the gateway runs;
+    /// repeatable. Needs --node-name.
+    #[arg(long = "peer", value_name = "HOST:PORT", value_parser = parse_host_port)]
+    pub peers: Vec<String>,
+    /// The address peers are told to dial (needs --node-name) [default: the listen address;
+    /// with an unspecified listen address (0.0.0.0, ::), 127.0.0.1 with the listen port. The
+    /// protocol has peers use the source IP they see instead; until meshgate does, set
+    /// --advertise on a gateway that listens on all addresses and peers with other hosts].
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_host_port)]
+    pub advertise: Option<String>,
+    /// The mesh's shared secret, one token a line: proofs are made with the first line and
+    /// accepted if made with any line, so tokens can be rotated. Required with --node-name.
+    #[arg(long, value_name = "FILE")]
+    pub cluster_token_file: Option<PathBuf>,
+    /// Peer links at once, at least 1; beyond, the least recently used link is evicted.
+    #[arg(long, default_value_t = 1_000, value_parser = at_least_one())]
+    pub max_peers: usize,
+    /// QUIC idle timeout of a peer link; each side PINGs every quarter of it.
+    #[arg(long, default_value = "15s", value_parser = parse_positive_duration)]
+    pub peer_idle_timeout: Duration,
+    /// Bytes written to a peer's data stream and not yet taken by it, beyond which PUBLISH
+    /// frames to it are dropped and CALLs go elsewhere.
+    #[arg(long, default_value_t = 67_108_864, value_parser = at_least_one())]
+    pub max_peer_output: usize,
+    /// Period of the interest digest check with each peer.
+    #[arg(long, default_value = "60s", value_parser = parse_positive_duration)]
+    pub interest_refresh: Duration,
+    /// Distinct patterns per realm advertised to or accepted from one peer before collapsing
+    /// to `**`.
+    #[arg(long, default_value_t = 10_000, value_parser = at_least_one())]
+    pub max_advertised_patterns: usize,
+    /// CA certificates (PEM) that peer certificates must chain to, both ways [default: any
+    /// peer certificate is accepted, and the cluster token's proof authenticates the peer].
+    #[arg(long, value_name = "FILE")]
+    pub peer_ca: Option<PathBuf>,
 }
 
 #[cfg(test)]
@@ -191,6 +257,36 @@ mod tests {
         assert_eq!(a.slow_consumer_timeout, Duration::from_secs(10));
         assert_eq!(a.idle_timeout, Duration::from_secs(60));
         assert!(a.realms.is_empty() && a.cert.is_none() && a.shards.is_none());
+        assert!(a.node_name.is_none() && a.peers.is_empty() && a.advertise.is_none());
+        assert!(a.cluster_token_file.is_none() && a.peer_ca.is_none());
+        assert_eq!(
+            (a.max_peers, a.max_peer_output, a.max_advertised_patterns),
+            (1_000, 64 << 20, 10_000)
+        );
+        assert_eq!(
+            (a.peer_idle_timeout, a.interest_refresh),
+            (Duration::from_secs(15), Duration::from_secs(60))
+        );
+    }
+
+    #[test]
+    fn node_names_are_1_to_64_bytes_of_the_realm_alphabet() {
+        for good in ["a", "gw-1.eu_west", &"x".repeat(64)] {
+            assert_eq!(parse_node_name(good).as_deref(), Ok(good));
+        }
+        for bad in ["", "Gw", "gw 1", "gw:1", "gw/1", "é", &"x".repeat(65)] {
+            assert!(parse_node_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn peer_addresses_are_host_and_port() {
+        for good in ["10.0.0.1:9443", "gw.example:1", "[::1]:9443"] {
+            assert_eq!(parse_host_port(good).as_deref(), Ok(good));
+        }
+        for bad in ["10.0.0.1", ":9443", "gw:", "gw:99999", "::1:9443", "a b:1"] {
+            assert!(parse_host_port(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
@@ -225,6 +321,9 @@ mod tests {
             ("--health-max-connections", "0"),
             ("--health-max-request", "0"),
             ("--health-request-timeout", "0s"),
+            ("--max-peers", "0"),
+            ("--node-name", "Not A Name"),
+            ("--peer", "nowhere"),
         ] {
             assert!(Cli::try_parse_from(["meshgate", "serve", flag, value]).is_err());
         }

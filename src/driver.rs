@@ -17,6 +17,14 @@
 //! doorbell (see [`crate::mailbox`]): before sleeping a shard arms its doorbell and checks its
 //! inbox once more. A busy shard has no doorbell armed, so waking it costs the sender nothing.
 //! An idle gateway therefore uses no CPU, and a message to an idle shard is handled at once.
+//!
+//! # Peer links
+//!
+//! With the gateway mesh, some connections carry peer links instead of sessions: accepted
+//! ones with ALPN `meshgate-peer`, and those the shard dials. [`links`] drives them the same
+//! way: their two streams' bytes to the shard, its output back, its closes and its dials.
+
+mod links;
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -33,7 +41,8 @@ use futures_lite::future::poll_fn;
 use glommio::net::UdpSocket;
 use glommio::timer::Timer;
 use meshgate_shard::metrics::DropReason;
-use meshgate_shard::{Event, SessionKey, Shard, ShardId, StreamEnd, Time};
+use meshgate_shard::wire::LinkStream;
+use meshgate_shard::{Event, LinkState, SessionKey, Shard, ShardId, StreamEnd, Time};
 
 use crate::endpoint::{Arrival, Conn, ConnHandle, Endpoint, Header, Read, Route, Write};
 use crate::health::ShardReport;
@@ -69,6 +78,10 @@ pub struct ShardStart {
     pub max_handshakes: usize,
     /// `--idle-timeout`: a connection that has not been heard from for this long is dropped.
     pub idle_timeout: Duration,
+    /// quiche's configuration of dials to peers; `None` without the gateway mesh.
+    pub dial_quic: Option<quiche::Config>,
+    /// `--peer-idle-timeout`: the idle timeout of a peer link's connection.
+    pub peer_idle_timeout: Duration,
     /// The clock origin the shard's `Time` counts from.
     pub origin: Instant,
     /// Told once the loop runs.
@@ -224,11 +237,14 @@ struct Driver {
     endpoint: Endpoint,
     mailbox: Mailbox,
     idle_timeout: Duration,
+    peer_idle_timeout: Duration,
     origin: Instant,
     /// Connections to flush at the end of the turn.
     dirty: Vec<ConnHandle>,
     /// Connections whose output waits for stream capacity.
     blocked: Vec<ConnHandle>,
+    /// Peer links' connections whose input the shard did not take: read again each turn.
+    paused_links: Vec<ConnHandle>,
     scratch: Box<[u8]>,
     stop_by: Option<Instant>,
     refused_handshakes: u64,
@@ -255,13 +271,23 @@ impl Driver {
         let counts = start.shard.config().counts.clone();
         let d = Driver {
             id,
-            endpoint: Endpoint::new(id, shards, start.quic, local, counts, start.max_handshakes),
+            endpoint: Endpoint::new(
+                id,
+                shards,
+                start.quic,
+                start.dial_quic,
+                local,
+                counts,
+                start.max_handshakes,
+            ),
             mailbox: Mailbox::new(id, shards, start.inbox, start.shared),
             shard: start.shard,
             idle_timeout: start.idle_timeout,
+            peer_idle_timeout: start.peer_idle_timeout,
             origin: start.origin,
             dirty: Vec::new(),
             blocked: Vec::new(),
+            paused_links: Vec::new(),
             scratch: vec![0u8; 64 * 1024].into_boxed_slice(),
             stop_by: None,
             refused_handshakes: 0,
@@ -375,21 +401,26 @@ impl Driver {
             Body::Datagram { mut data, from } => self.on_datagram(now, &mut data, from, true, tx),
             Body::Report(reply) => {
                 let metrics = self.shard.metrics();
+                let links = self.shard.link_reports();
                 let report = ShardReport {
                     shard: self.id.0,
                     handshakes: self.endpoint.handshakes() as u64 + metrics.awaiting_connect,
-                    peers: 0,
+                    peers: links.iter().filter(|l| l.state == LinkState::Up).count() as u64,
                     refused_handshakes: self.refused_handshakes,
                     metrics,
+                    links,
+                    peer_table: self.shard.peer_table(),
+                    wall_clock_offset_ms: self.shard.config().wall_clock_offset_ms,
                 };
                 let _ = reply.try_send(report);
             }
+            Body::Resolved { link, addr } => self.dial_resolved(now.time, link, addr),
             Body::Shutdown => self.shutdown(now),
         }
     }
 
-    /// Ends every session, closes the connections that have none, and gives the others
-    /// [`STOP_GRACE`] to close.
+    /// Ends every session and peer link, closes the connections that have neither, and gives
+    /// the others [`STOP_GRACE`] to close.
     fn shutdown(&mut self, now: Now) {
         if self.stop_by.is_some() {
             return;
@@ -399,7 +430,7 @@ impl Driver {
         let idle: Vec<ConnHandle> = self
             .endpoint
             .iter()
-            .filter(|(_, c)| c.session().is_none())
+            .filter(|(_, c)| c.session().is_none() && c.link().is_none())
             .map(|(conn, _)| conn)
             .collect();
         for conn in idle {
@@ -499,15 +530,18 @@ impl Driver {
             let key = self.shard.handle_session_open(now);
             self.endpoint.attach(conn, key);
         }
+        self.open_link(now, conn);
         if let Some(c) = self.endpoint.get_mut(conn) {
             if let Some(key) = c.session() {
                 c.shut_other_streams();
                 self.read_control(now, conn, key);
-                if self.endpoint.get(conn).is_some_and(Conn::is_closing) {
-                    // A CONNECTION_CLOSE (or a fatal error) ends the session at once: a
-                    // datagram read next in this very batch no longer finds it.
-                    self.detach(now, conn);
-                }
+            } else if let Some(link) = c.link() {
+                self.read_link(now, conn, link);
+            }
+            if self.endpoint.get(conn).is_some_and(Conn::is_closing) {
+                // A CONNECTION_CLOSE (or a fatal error) ends the session or the link at once:
+                // a datagram read next in this very batch no longer finds it.
+                self.detach(now, conn);
             }
         }
         self.mark_dirty(conn);
@@ -552,29 +586,44 @@ impl Driver {
         }
     }
 
-    /// Hands the shard's output to the streams, and notes the sessions it ended.
+    /// Hands the shard's output to the streams, notes the sessions and links it ended and
+    /// makes its dials, until it has nothing more (one output can cause another: a link lost
+    /// answers the calls forwarded on it).
     fn pump_output(&mut self, now: Now) {
         let blocked = std::mem::take(&mut self.blocked);
         for conn in blocked {
-            if let Some(key) = self.endpoint.get_mut(conn).and_then(|c| {
-                c.blocked = false;
-                c.session()
-            }) {
-                self.write_output(now.time, key);
+            let Some(c) = self.endpoint.get_mut(conn) else {
+                continue;
+            };
+            c.blocked = false;
+            match (c.session(), c.link()) {
+                (Some(key), _) => self.write_output(now.time, key),
+                (None, Some(link)) => self.write_link(now.time, link),
+                (None, None) => {}
             }
         }
-        while let Some(key) = self.shard.poll_ready() {
-            self.write_output(now.time, key);
-        }
-        while let Some((key, reason)) = self.shard.poll_close() {
-            match self.endpoint.conn_of(key) {
-                Some(conn) => {
-                    if let Some(c) = self.endpoint.get_mut(conn) {
-                        c.close_after_flush = Some((reason, now.at + CLOSE_GRACE));
+        self.resume_links(now.time);
+        loop {
+            let mut more = false;
+            while let Some(key) = self.shard.poll_ready() {
+                self.write_output(now.time, key);
+                more = true;
+            }
+            while let Some((key, reason)) = self.shard.poll_close() {
+                more = true;
+                match self.endpoint.conn_of(key) {
+                    Some(conn) => {
+                        if let Some(c) = self.endpoint.get_mut(conn) {
+                            c.close_after_flush = Some((reason.into(), now.at + CLOSE_GRACE));
+                        }
+                        self.mark_dirty(conn);
                     }
-                    self.mark_dirty(conn);
+                    None => self.shard.handle_session_closed(now.time, key),
                 }
-                None => self.shard.handle_session_closed(now.time, key),
+            }
+            more |= self.pump_links(now);
+            if !more {
+                return;
             }
         }
     }
@@ -645,26 +694,33 @@ impl Driver {
         };
         c.dirty = false;
         io.send_ready(c).await;
-        if let Some((reason, close_by)) = c.close_after_flush {
-            let drained = c
-                .session()
-                .is_none_or(|key| self.shard.output(key).is_empty());
+        if let Some((close, close_by)) = c.close_after_flush {
+            let drained = match (c.session(), c.link()) {
+                (Some(key), _) => self.shard.output(key).is_empty(),
+                (None, Some(link)) => self.shard.link_output(link, LinkStream::Control).is_empty(),
+                (None, None) => true,
+            };
             let late = now.at >= close_by;
             let stopped = self.stop_by.is_some_and(|s| now.at >= s);
             if (drained || late || stopped) && !c.is_closed() {
-                c.close(true, reason.close_code(), reason.as_str().as_bytes());
+                c.close(true, close.code, close.reason.as_bytes());
                 c.close_after_flush = None;
                 io.send_ready(c).await;
             }
         }
-        let idle_by = c.heard + self.idle_timeout;
+        let idle = if c.is_peer() {
+            self.peer_idle_timeout
+        } else {
+            self.idle_timeout
+        };
+        let idle_by = c.heard + idle;
         if c.is_closed() || now.time >= idle_by {
             // Closed, or not heard from for the idle timeout: gone without a word.
             self.remove(now.time, conn);
             return;
         }
-        if c.session().is_some() && c.is_closing() {
-            // Closing: the session ends now, not when the draining period does.
+        if (c.session().is_some() || c.link().is_some()) && c.is_closing() {
+            // Closing: the session or link ends now, not when the draining period does.
             self.detach(now.time, conn);
         }
         self.endpoint.refresh_cids(conn);
@@ -697,11 +753,14 @@ impl Driver {
         }
     }
 
-    /// Ends the connection's session, if it still has one; the connection itself may stay
-    /// for its draining period.
+    /// Ends the connection's session or peer link, if it still has one; the connection itself
+    /// may stay for its draining period.
     fn detach(&mut self, now: Time, conn: ConnHandle) {
         if let Some(key) = self.endpoint.detach(conn) {
             self.shard.handle_session_closed(now, key);
+        }
+        if let Some((link, end)) = self.endpoint.detach_link(conn) {
+            self.shard.handle_link_closed(now, link, end);
         }
     }
 

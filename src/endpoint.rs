@@ -8,6 +8,11 @@
 //! [`route`], a pure function tested below without sockets. Everything else quiche does for the
 //! driver goes through the methods of [`Endpoint`] and [`Conn`], where quiche's "nothing more"
 //! (`Error::Done`) becomes `None`.
+//!
+//! A connection carries a client's session (ALPN `macula`) or a peer link of the gateway mesh
+//! (ALPN `meshgate-peer`): accepted, or dialed by the shard ([`Endpoint::connect`]). A dial's
+//! connection IDs name its shard as an accepted connection's do, and mark it as a dial's, so
+//! that the acceptor's Initials find the shard that dialed whichever socket they reach.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -15,10 +20,11 @@ use std::time::Instant;
 
 use ahash::AHashMap;
 use arrayvec::ArrayVec;
+use meshgate_shard::ids::LinkKey;
 use meshgate_shard::metrics::DropReason;
 use meshgate_shard::wheel::TimerKey;
-use meshgate_shard::wire::Reason;
-use meshgate_shard::{DriverToken, GatewayCounts, SessionKey, ShardId, Time};
+use meshgate_shard::wire::{LinkReason, LinkStream, Reason};
+use meshgate_shard::{DriverToken, GatewayCounts, LinkEnd, SessionKey, ShardId, Time};
 use slab::Slab;
 
 /// Length of the connection IDs the gateway chooses; byte 0 is the owning shard.
@@ -27,8 +33,12 @@ type Cid = [u8; CID_LEN];
 /// Connection IDs a connection holds at once: its first one, and those issued to replace the
 /// ones the client retires (a client moving to a new address switches to a fresh one).
 const MAX_CIDS: usize = 4;
-/// The one bidirectional stream a client opens.
+/// The one bidirectional stream a client opens; a peer link's control stream too.
 const CONTROL_STREAM: u64 = 0;
+/// A peer link's data stream, the dialer's second bidirectional stream.
+const DATA_STREAM: u64 = 4;
+/// The ALPN of peer links (PROTOCOL.md 9.2).
+pub const PEER_ALPN: &[u8] = b"meshgate-peer";
 /// The smallest datagram that may carry a client's Initial (RFC 9000 14.1).
 const MIN_INITIAL_DATAGRAM: usize = 1200;
 
@@ -172,13 +182,16 @@ pub fn route(
     arrival: Arrival,
     take_handshake: impl FnOnce() -> bool,
 ) -> Route {
-    if hdr.is_initial() && hdr.len < MIN_INITIAL_DATAGRAM {
+    // An acceptor pads only the datagrams of its Initials that ask for an acknowledgement: a
+    // short one that answers a dial is not dropped.
+    let answers_dial = is_dial_cid(hdr.dcid());
+    if hdr.is_initial() && hdr.len < MIN_INITIAL_DATAGRAM && !answers_dial {
         return Route::Drop(Discard::ShortInitial);
     }
     if let Some(conn) = known {
         return Route::Ours(conn);
     }
-    if !hdr.is_initial() {
+    if !hdr.is_initial() || answers_dial {
         // A connection ID the gateway chose names its shard in byte 0.
         let dcid = hdr.dcid();
         if dcid.len() == CID_LEN && !arrival.forwarded {
@@ -209,24 +222,24 @@ pub fn route(
 #[error(transparent)]
 pub struct QuicError(quiche::Error);
 
-/// What reading the control stream gave.
+/// What reading a stream gave.
 #[derive(Debug)]
 pub enum Read {
     /// `len` bytes, the stream's last if `fin`.
     Data { len: usize, fin: bool },
-    /// The client reset the stream.
+    /// The other side reset the stream.
     Reset,
     /// quiche failed to read it.
     Failed(QuicError),
 }
 
-/// What writing to the control stream did.
+/// What writing to a stream did.
 #[derive(Debug)]
 pub enum Write {
     /// The stream took this many bytes (maybe fewer than offered: the rest waits for room).
     Sent(usize),
-    /// The stream cannot carry output: the client never opened it, or asked the gateway to
-    /// stop sending on it.
+    /// The stream cannot carry output: the other side never opened it, or asked the gateway
+    /// to stop sending on it.
     Unsendable,
     /// quiche failed; the connection is closed.
     Failed(QuicError),
@@ -246,28 +259,80 @@ pub struct Conn {
     /// The connection ID the client chose for its first packets.
     odcid: Vec<u8>,
     session: Option<SessionKey>,
-    /// Holds a unit of the gateway's handshake count: accepted, no session yet.
+    /// The peer link on the connection, from its handshake's end (accepted) or its dial until
+    /// it is detached.
+    link: Option<LinkKey>,
+    /// The shard dialed the connection: the client side of a peer link.
+    dialed: bool,
+    /// A dialed connection's QUIC handshake ended, and the shard was told.
+    connected: bool,
+    /// Holds a unit of the gateway's handshake count: accepted, no session or link yet.
     handshaking: bool,
-    /// The shard took no more input when the control stream was last read.
+    /// The shard took no more input when a stream was last read.
     pub input_paused: bool,
     /// When a packet from the client was last processed: the idle timeout counts from here,
     /// whatever the gateway sends meanwhile.
     pub heard: Time,
     /// The connection's timer in the shard's wheel.
     pub timer: Option<TimerKey>,
-    /// The shard ended the session: close once its last output is sent, or at the instant
-    /// given, whichever comes first.
-    pub close_after_flush: Option<(Reason, Instant)>,
+    /// The shard ended the session or the link: close once its last output (of the control
+    /// stream) is sent, or at the instant given, whichever comes first.
+    pub close_after_flush: Option<(Close, Instant)>,
     /// In the driver's list of connections to flush.
     pub dirty: bool,
     /// Output is waiting for stream capacity.
     pub blocked: bool,
 }
 
+/// How the gateway closes a connection: the application close code of the reason it ended
+/// its session or link with, and the reason as the close's phrase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Close {
+    pub code: u64,
+    pub reason: &'static str,
+}
+
+impl From<Reason> for Close {
+    fn from(r: Reason) -> Close {
+        Close {
+            code: r.close_code(),
+            reason: r.as_str(),
+        }
+    }
+}
+
+impl From<LinkReason> for Close {
+    fn from(r: LinkReason) -> Close {
+        Close {
+            code: r.close_code(),
+            reason: r.as_str(),
+        }
+    }
+}
+
+/// The stream id of one of a peer link's streams.
+fn link_stream_id(stream: LinkStream) -> u64 {
+    match stream {
+        LinkStream::Control => CONTROL_STREAM,
+        LinkStream::Data => DATA_STREAM,
+    }
+}
+
 impl Conn {
     /// The session on the connection, from its handshake's end until it is detached.
     pub fn session(&self) -> Option<SessionKey> {
         self.session
+    }
+
+    /// The peer link on the connection, until it is detached.
+    pub fn link(&self) -> Option<LinkKey> {
+        self.link
+    }
+
+    /// Whether the connection is a peer link's: dialed, or accepted with ALPN `meshgate-peer`
+    /// (known once its handshake ended).
+    pub fn is_peer(&self) -> bool {
+        self.dialed || self.q.application_proto() == PEER_ALPN
     }
 
     /// Whether the connection is closing or draining: no session lives on it any longer.
@@ -278,6 +343,11 @@ impl Conn {
 
     pub fn is_closed(&self) -> bool {
         self.q.is_closed()
+    }
+
+    /// Whether the QUIC handshake has ended.
+    pub fn is_established(&self) -> bool {
+        self.q.is_established()
     }
 
     /// Whether the gateway has closed the connection (its CONNECTION_CLOSE is sent or queued),
@@ -302,6 +372,36 @@ impl Conn {
         self.q.on_timeout();
     }
 
+    /// Whether the other side opened a stream a peer link has no use for (any but 0 and 4).
+    pub fn has_foreign_link_stream(&self) -> bool {
+        self.q
+            .readable()
+            .any(|id| id != CONTROL_STREAM && id != DATA_STREAM)
+    }
+
+    /// Whether one of a peer link's streams has bytes (or its end) to read.
+    pub fn link_readable(&self, stream: LinkStream) -> bool {
+        self.q.stream_readable(link_stream_id(stream))
+    }
+
+    /// Reads one of a peer link's streams into `buf`; `None` when nothing is left to read.
+    pub fn read_link(&mut self, stream: LinkStream, buf: &mut [u8]) -> Option<Read> {
+        self.read_stream(link_stream_id(stream), buf)
+    }
+
+    /// Writes `data` to one of a peer link's streams; `None` when the stream has no room.
+    pub fn write_link(&mut self, stream: LinkStream, data: &[u8]) -> Option<Write> {
+        self.write_stream(link_stream_id(stream), data)
+    }
+
+    /// The application close code the other side closed the connection with, if it did.
+    pub fn peer_close_code(&self) -> Option<u64> {
+        self.q
+            .peer_error()
+            .filter(|e| e.is_app)
+            .map(|e| e.error_code)
+    }
+
     /// Stops reading every stream but the control stream: a client opens no other.
     pub fn shut_other_streams(&mut self) {
         for stream in self.q.readable() {
@@ -318,7 +418,11 @@ impl Conn {
 
     /// Reads the control stream into `buf`; `None` when nothing is left to read.
     pub fn read_control(&mut self, buf: &mut [u8]) -> Option<Read> {
-        match self.q.stream_recv(CONTROL_STREAM, buf) {
+        self.read_stream(CONTROL_STREAM, buf)
+    }
+
+    fn read_stream(&mut self, id: u64, buf: &mut [u8]) -> Option<Read> {
+        match self.q.stream_recv(id, buf) {
             Ok((len, fin)) => Some(Read::Data { len, fin }),
             Err(quiche::Error::Done) => None,
             Err(quiche::Error::StreamReset(_)) => Some(Read::Reset),
@@ -337,7 +441,11 @@ impl Conn {
 
     /// Writes `data` to the control stream; `None` when the stream has no room.
     pub fn write_control(&mut self, data: &[u8]) -> Option<Write> {
-        match self.q.stream_send(CONTROL_STREAM, data, false) {
+        self.write_stream(CONTROL_STREAM, data)
+    }
+
+    fn write_stream(&mut self, id: u64, data: &[u8]) -> Option<Write> {
+        match self.q.stream_send(id, data, false) {
             Ok(n) => Some(Write::Sent(n)),
             Err(quiche::Error::Done) => None,
             Err(quiche::Error::InvalidStreamState(_) | quiche::Error::StreamStopped(_)) => {
@@ -371,6 +479,8 @@ pub struct Endpoint {
     id: ShardId,
     shards: u16,
     quic: quiche::Config,
+    /// The configuration of dials to peers; `None` without the gateway mesh.
+    dial: Option<quiche::Config>,
     local: SocketAddr,
     conns: Slab<Conn>,
     /// The generation the next connection gets.
@@ -379,6 +489,8 @@ pub struct Endpoint {
     by_odcid: AHashMap<Vec<u8>, ConnHandle>,
     /// The connection of each session, indexed by `SessionKey::index`.
     by_session: Vec<Option<ConnHandle>>,
+    /// The connection of each peer link, indexed by `LinkKey::index`.
+    by_link: Vec<Option<ConnHandle>>,
     counts: Arc<GatewayCounts>,
     /// `--max-handshakes`, counted for the whole gateway in `counts`.
     max_handshakes: usize,
@@ -391,6 +503,7 @@ impl Endpoint {
         id: ShardId,
         shards: u16,
         quic: quiche::Config,
+        dial: Option<quiche::Config>,
         local: SocketAddr,
         counts: Arc<GatewayCounts>,
         max_handshakes: usize,
@@ -399,12 +512,14 @@ impl Endpoint {
             id,
             shards,
             quic,
+            dial,
             local,
             conns: Slab::new(),
             generation: 0,
             by_cid: AHashMap::new(),
             by_odcid: AHashMap::new(),
             by_session: Vec::new(),
+            by_link: Vec::new(),
             counts,
             max_handshakes,
             handshakes: 0,
@@ -441,17 +556,55 @@ impl Endpoint {
                 return None;
             }
         };
+        let conn = self.insert(now, q, scid, hdr.dcid().to_vec(), None);
+        self.by_odcid.insert(hdr.dcid().to_vec(), conn);
+        self.handshakes += 1;
+        Some(conn)
+    }
+
+    /// Dials a peer at `to` for `link`, from the shard's socket; `None` when no connection can
+    /// be made (no mesh, or quiche refused). The connection sends its first packets when next
+    /// flushed.
+    pub fn connect(&mut self, now: Time, to: SocketAddr, link: LinkKey) -> Option<ConnHandle> {
+        let scid = self.dial_cid()?;
+        let config = self.dial.as_mut()?;
+        let cid = quiche::ConnectionId::from_ref(&scid);
+        let q = match quiche::connect(None, &cid, self.local, to, config) {
+            Ok(q) => Box::new(q),
+            Err(e) => {
+                log::debug!("shard {}: dial to {to} failed: {e}", self.id.0);
+                return None;
+            }
+        };
+        let conn = self.insert(now, q, scid, Vec::new(), Some(link));
+        self.index_link(link, conn);
+        Some(conn)
+    }
+
+    /// Holds a new connection: accepted (holding a handshake unit), or dialed for `link`.
+    fn insert(
+        &mut self,
+        now: Time,
+        q: Box<quiche::Connection>,
+        scid: Cid,
+        odcid: Vec<u8>,
+        link: Option<LinkKey>,
+    ) -> ConnHandle {
         let mut scids = ArrayVec::new();
         scids.push(scid);
         self.generation = self.generation.wrapping_add(1);
         let generation = self.generation;
+        let dialed = link.is_some();
         let index = self.conns.insert(Conn {
             q,
             generation,
             scids,
-            odcid: hdr.dcid().to_vec(),
+            odcid,
             session: None,
-            handshaking: true,
+            link,
+            dialed,
+            connected: false,
+            handshaking: !dialed,
             input_paused: false,
             heard: now,
             timer: None,
@@ -464,9 +617,7 @@ impl Endpoint {
             generation,
         };
         self.by_cid.insert(scid, conn);
-        self.by_odcid.insert(hdr.dcid().to_vec(), conn);
-        self.handshakes += 1;
-        Some(conn)
+        conn
     }
 
     pub fn get(&self, conn: ConnHandle) -> Option<&Conn> {
@@ -494,6 +645,11 @@ impl Endpoint {
         (self.get(conn)?.session == Some(key)).then_some(conn)
     }
 
+    /// The shard socket's address.
+    pub fn local(&self) -> SocketAddr {
+        self.local
+    }
+
     /// Connections of this shard in their handshake.
     pub fn handshakes(&self) -> usize {
         self.handshakes
@@ -513,30 +669,81 @@ impl Endpoint {
         true
     }
 
-    /// Whether the connection's handshake has ended and it has no session yet.
+    /// Whether the accepted connection's handshake has ended with ALPN `macula`, and it has
+    /// no session yet.
     pub fn needs_session(&self, conn: ConnHandle) -> bool {
         self.get(conn)
-            .is_some_and(|c| c.handshaking && c.q.is_established())
+            .is_some_and(|c| c.handshaking && c.q.is_established() && !c.is_peer())
+    }
+
+    /// Whether the accepted connection's handshake has ended with ALPN `meshgate-peer`, and
+    /// it has no link yet.
+    pub fn needs_link(&self, conn: ConnHandle) -> bool {
+        self.get(conn)
+            .is_some_and(|c| c.handshaking && c.q.is_established() && c.is_peer())
+    }
+
+    /// The link of a dialed connection whose handshake has just ended (once: it is then
+    /// marked connected).
+    pub fn newly_connected(&mut self, conn: ConnHandle) -> Option<LinkKey> {
+        let c = slot_mut(&mut self.conns, conn)?;
+        if !c.dialed || c.connected || !c.q.is_established() {
+            return None;
+        }
+        c.connected = true;
+        c.link
     }
 
     /// Puts a session on a connection whose handshake ended: the session takes the
     /// connection's place in the gateway's handshake count until its CONNECT is admitted.
     pub fn attach(&mut self, conn: ConnHandle, key: SessionKey) {
-        let Some(c) = slot_mut(&mut self.conns, conn) else {
+        if !self.end_handshake(conn) {
             return;
-        };
-        self.counts.handshakes.give_back();
-        self.handshakes = self.handshakes.saturating_sub(1);
-        c.handshaking = false;
-        c.session = Some(key);
+        }
+        if let Some(c) = slot_mut(&mut self.conns, conn) {
+            c.session = Some(key);
+        }
         if self.by_session.len() <= key.index() {
             self.by_session.resize(key.index() + 1, None);
         }
         self.by_session[key.index()] = Some(conn);
+    }
+
+    /// Puts a peer link on an accepted connection whose handshake ended: its handshake unit
+    /// is given back (peer links do not count as clients).
+    pub fn attach_link(&mut self, conn: ConnHandle, key: LinkKey) {
+        if !self.end_handshake(conn) {
+            return;
+        }
+        if let Some(c) = slot_mut(&mut self.conns, conn) {
+            c.link = Some(key);
+        }
+        self.index_link(key, conn);
+    }
+
+    /// An accepted connection's handshake ended: it gives back its handshake unit and forgets
+    /// the client's first connection ID. False when there is no such connection.
+    fn end_handshake(&mut self, conn: ConnHandle) -> bool {
+        let Some(c) = slot_mut(&mut self.conns, conn) else {
+            return false;
+        };
+        if c.handshaking {
+            self.counts.handshakes.give_back();
+            self.handshakes = self.handshakes.saturating_sub(1);
+            c.handshaking = false;
+        }
         // The client switched to the gateway's connection ID when it first heard back, before
         // the handshake could end: its own is no longer needed to find this one.
         self.by_odcid.remove(&c.odcid);
         c.odcid = Vec::new();
+        true
+    }
+
+    fn index_link(&mut self, key: LinkKey, conn: ConnHandle) {
+        if self.by_link.len() <= key.index() {
+            self.by_link.resize(key.index() + 1, None);
+        }
+        self.by_link[key.index()] = Some(conn);
     }
 
     /// Takes the connection's session, if it still has one; the connection itself may stay
@@ -549,13 +756,38 @@ impl Endpoint {
         Some(key)
     }
 
+    /// Takes the connection's link, if it still has one, and how its connection ended as the
+    /// shard is told: a dial that never finished its handshake failed; otherwise the
+    /// connection closed, with the other side's application close code if it sent one.
+    pub fn detach_link(&mut self, conn: ConnHandle) -> Option<(LinkKey, LinkEnd)> {
+        let c = slot_mut(&mut self.conns, conn)?;
+        let key = c.link.take()?;
+        let end = if c.dialed && !c.connected {
+            LinkEnd::DialFailed
+        } else {
+            LinkEnd::Closed {
+                code: c.peer_close_code(),
+            }
+        };
+        if let Some(slot) = self.by_link.get_mut(key.index()) {
+            *slot = None;
+        }
+        Some((key, end))
+    }
+
+    /// The connection of a peer link.
+    pub fn conn_of_link(&self, key: LinkKey) -> Option<ConnHandle> {
+        let conn = (*self.by_link.get(key.index())?)?;
+        (self.get(conn)?.link == Some(key)).then_some(conn)
+    }
+
     /// Forgets a connection (detached first) and its connection IDs, and gives back its
     /// handshake unit if it holds one; returns its timer, to cancel.
     pub fn remove(&mut self, conn: ConnHandle) -> Option<TimerKey> {
         self.get(conn)?;
         let c = self.conns.try_remove(conn.index as usize)?;
         debug_assert!(
-            c.session.is_none(),
+            c.session.is_none() && c.link.is_none(),
             "a connection is detached before it is removed"
         );
         for scid in &c.scids {
@@ -631,6 +863,28 @@ impl Endpoint {
         cid[0] = self.id.0 as u8;
         (!self.by_cid.contains_key(&cid)).then_some(cid)
     }
+
+    /// A new connection ID for a dial of this shard: byte 0 names the shard, and the second
+    /// half marks it as a dial's ([`is_dial_cid`]).
+    fn dial_cid(&self) -> Option<Cid> {
+        let mut cid = self.fresh_cid()?;
+        let mark = fnv1a64(&cid[..CID_LEN / 2]).to_be_bytes();
+        cid[CID_LEN / 2..].copy_from_slice(&mark);
+        (!self.by_cid.contains_key(&cid)).then_some(cid)
+    }
+}
+
+/// Whether a connection ID is one the gateway chose for a dial: its second half is FNV-1a-64 of
+/// its first. A client's random connection ID passes with probability 2^-64, and one that does
+/// is only forwarded to a shard that drops it as stray.
+fn is_dial_cid(cid: &[u8]) -> bool {
+    cid.len() == CID_LEN && cid[CID_LEN / 2..] == fnv1a64(&cid[..CID_LEN / 2]).to_be_bytes()
+}
+
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// The connection `conn` names, if it is still the one in its slot.
@@ -845,7 +1099,7 @@ mod tests {
         let counts = Arc::new(GatewayCounts::default());
         let quic = quiche::Config::new(quiche::PROTOCOL_VERSION).expect("a QUIC configuration");
         let local = "127.0.0.1:4433".parse().expect("an address");
-        let mut ep = Endpoint::new(HERE, SHARDS, quic, local, counts.clone(), 1);
+        let mut ep = Endpoint::new(HERE, SHARDS, quic, None, local, counts.clone(), 1);
         assert_eq!(ep.route(hello, arrival()), Route::Accept);
         let from = "127.0.0.1:5555".parse().expect("an address");
         let conn = ep.accept(Time::ZERO, hello, from).expect("a connection");
@@ -898,6 +1152,78 @@ mod tests {
             "removing by the stale handle left it"
         );
         assert_eq!(ConnHandle::from_token(new.token()), new);
+    }
+
+    /// A connection ID of a dial of `shard`, as [`Endpoint::dial_cid`] makes them.
+    fn dial_cid_of(shard: u8) -> Cid {
+        let mut cid = cid_of(shard);
+        let mark = fnv1a64(&cid[..CID_LEN / 2]).to_be_bytes();
+        cid[CID_LEN / 2..].copy_from_slice(&mark);
+        cid
+    }
+
+    #[test]
+    fn an_initial_answering_a_dial_of_another_shard_is_forwarded_to_it_even_when_short() {
+        let cid = dial_cid_of(3);
+        assert!(is_dial_cid(&cid) && !is_dial_cid(&cid_of(3)));
+        let r = routed(&initial(VERSION_1, &cid, 200), None, arrival());
+        assert_eq!(r, Route::Forward(ShardId(3)));
+        assert!(!r.spends_accept());
+        let forwarded = Arrival {
+            forwarded: true,
+            ..arrival()
+        };
+        let r = routed(&initial(VERSION_1, &cid, 1200), None, forwarded);
+        assert_eq!(r, Route::Drop(Discard::Stray), "forwarded once already");
+        let r = routed(&initial(VERSION_1, &dial_cid_of(1), 1200), None, arrival());
+        assert_eq!(
+            r,
+            Route::Drop(Discard::Stray),
+            "a dial of this shard's that is gone"
+        );
+        // A client's Initial to a connection ID that merely names a shard opens a connection.
+        assert_eq!(
+            decide(&initial(VERSION_1, &cid_of(3), 1200), true),
+            Route::Accept
+        );
+    }
+
+    #[test]
+    fn a_dial_is_found_by_its_connection_id_and_fails_if_its_handshake_never_ended() {
+        let counts = Arc::new(GatewayCounts::default());
+        let quic = quiche::Config::new(quiche::PROTOCOL_VERSION).expect("a QUIC configuration");
+        let mut dial = quiche::Config::new(quiche::PROTOCOL_VERSION).expect("a QUIC configuration");
+        dial.set_application_protos(&[PEER_ALPN]).expect("ALPN");
+        let local = "127.0.0.1:4433".parse().expect("an address");
+        let mut ep = Endpoint::new(HERE, SHARDS, quic, Some(dial), local, counts.clone(), 1);
+        let link = LinkKey::from_u64(5);
+        let peer = "127.0.0.1:4434".parse().expect("an address");
+        let conn = ep.connect(Time::ZERO, peer, link).expect("a dial");
+        assert_eq!(counts.handshakes.get(), 0, "a dial takes no handshake unit");
+        let scid = ep.get(conn).expect("the dial").scids[0];
+        assert!(is_dial_cid(&scid) && scid[0] == HERE.0 as u8);
+        assert_eq!(ep.route(&short(&scid), arrival()), Route::Ours(conn));
+        assert_eq!(
+            ep.route(&initial(VERSION_1, &scid, 300), arrival()),
+            Route::Ours(conn),
+            "the acceptor's short Initial"
+        );
+        let c = ep.get(conn).expect("the dial");
+        assert!(c.is_peer() && c.link() == Some(link) && !c.is_established());
+        assert_eq!(ep.conn_of_link(link), Some(conn));
+        assert_eq!(ep.newly_connected(conn), None);
+        assert_eq!(ep.detach_link(conn), Some((link, LinkEnd::DialFailed)));
+        assert_eq!(ep.conn_of_link(link), None);
+        assert_eq!(ep.remove(conn), None);
+        assert_eq!(counts.handshakes.get(), 0);
+    }
+
+    #[test]
+    fn without_a_mesh_nothing_is_dialed() {
+        let hello = initial(VERSION_1, b"client-chosen", 1200);
+        let (mut ep, _, _) = one_accepted(&hello);
+        let peer = "127.0.0.1:4434".parse().expect("an address");
+        assert_eq!(ep.connect(Time::ZERO, peer, LinkKey::from_u64(1)), None);
     }
 
     #[test]

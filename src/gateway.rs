@@ -11,6 +11,7 @@ use meshgate_shard::{Config, GatewayCounts, Limits, NodeId, RealmConfig, Shard, 
 
 use crate::cli::ServeArgs;
 use crate::driver::ShardStart;
+use crate::endpoint::PEER_ALPN;
 use crate::health::{HealthSource, ShardReport};
 use crate::mailbox::{Body, Envelope, Shared};
 use crate::tls::Identity;
@@ -29,6 +30,9 @@ const MEMLOCK_PER_SHARD: u64 = 1 << 20;
 pub enum StartError {
     #[error("{0}")]
     Config(String),
+    /// Flags that cannot work together, refused as clap refuses a bad value (exit status 2).
+    #[error("{0}")]
+    Usage(String),
     #[error("certificate: {0}")]
     Tls(#[from] crate::tls::TlsError),
     #[error(
@@ -53,8 +57,19 @@ pub enum StartError {
     Shard { shard: u16, message: String },
 }
 
+impl StartError {
+    /// The process's exit status: 2 for flags refused (as for clap's own errors), 1 otherwise.
+    pub fn exit_status(&self) -> i32 {
+        match self {
+            StartError::Usage(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
 /// Runs the gateway until a signal stops it.
 pub fn serve(args: ServeArgs) -> Result<(), StartError> {
+    let mesh_flags = crate::mesh::check(&args).map_err(StartError::Usage)?;
     // The cores this process may run on (respecting taskset and cgroup cpusets); shard i is
     // pinned to the i-th of them.
     let cores: Vec<usize> = core_affinity::get_core_ids()
@@ -88,19 +103,24 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
     getrandom::getrandom(&mut node)
         .map_err(|e| StartError::Config(format!("no randomness: {e}")))?;
     let counts = Arc::new(GatewayCounts::default());
-    let configs: Vec<Config> = (0..shards)
-        .map(|i| Config {
-            shard: ShardId(i),
-            shards,
-            node_id: NodeId(node),
-            realms: realms.clone(),
-            limits: limits.clone(),
-            wall_clock_offset_ms: 0,
-            counts: counts.clone(),
-            mesh: None,
-            seed: u64::from(i),
+    let configs = (0..shards)
+        .map(|i| {
+            let mut seed = [0u8; 8];
+            getrandom::getrandom(&mut seed)?;
+            Ok(Config {
+                shard: ShardId(i),
+                shards,
+                node_id: NodeId(node),
+                realms: realms.clone(),
+                limits: limits.clone(),
+                wall_clock_offset_ms: 0,
+                counts: counts.clone(),
+                mesh: None,
+                seed: u64::from_ne_bytes(seed),
+            })
         })
-        .collect();
+        .collect::<Result<Vec<Config>, getrandom::Error>>()
+        .map_err(|e| StartError::Config(format!("no randomness: {e}")))?;
     if let Some(c) = configs.first() {
         c.validate()
             .map_err(|e| StartError::Config(e.to_string()))?;
@@ -157,6 +177,19 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
         })?;
     let health_addr = health.local_addr().unwrap_or(args.health_listen);
 
+    let advertise = crate::mesh::advertise(&args, addr);
+    let node_name = mesh_flags.as_ref().map(|f| f.node_name.clone());
+    let mesh = mesh_flags.map(|flags| {
+        crate::mesh::config(
+            flags,
+            &args,
+            NodeId(node),
+            &realms,
+            &advertise,
+            wall_clock_ms(),
+        )
+    });
+
     let signals = block_stop_signals();
     let origin = Instant::now();
     let wall_offset = wall_clock_ms() as i64;
@@ -166,7 +199,13 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
     for ((mut config, socket), inbox) in configs.into_iter().zip(sockets).zip(inboxes) {
         let id = config.shard;
         config.wall_clock_offset_ms = wall_offset;
+        config.mesh = mesh.clone();
         let quic = quic_config(&identity, &args)?;
+        // quiche takes a configuration per connection made: a second one for the dials.
+        let dial_quic = match &mesh {
+            Some(_) => Some(dial_config(&identity, &args)?),
+            None => None,
+        };
         let shard = Shard::new(config, Time::ZERO);
         let (ready, ready_rx) = std::sync::mpsc::channel();
         readies.push(ready_rx);
@@ -178,6 +217,8 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
             shared: shared.clone(),
             max_handshakes: args.max_handshakes,
             idle_timeout: args.idle_timeout,
+            dial_quic,
+            peer_idle_timeout: args.peer_idle_timeout,
             origin,
             ready,
         };
@@ -212,6 +253,7 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
         shared: shared.clone(),
         shards,
         ready: ready.clone(),
+        node_name: node_name.clone(),
     });
     let health_limits = crate::health::Limits {
         max_connections: args.health_max_connections,
@@ -237,8 +279,18 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
             }
         })
         .collect();
+    let (alpn, mesh_line) = match &node_name {
+        Some(name) => (
+            "macula, meshgate-peer",
+            format!(
+                ", mesh node {name} advertised at {advertise}, peers [{}]",
+                args.peers.join(", ")
+            ),
+        ),
+        None => ("macula", String::new()),
+    };
     log::info!(
-        "meshgate listening on quic://{addr} (ALPN macula), {shards} shards, realms [{}], health http://{health_addr}, certificate sha256 {}{}",
+        "meshgate listening on quic://{addr} (ALPN {alpn}), {shards} shards, realms [{}], health http://{health_addr}, certificate sha256 {}{}{mesh_line}",
         realm_names.join(", "),
         identity.fingerprint,
         if identity.self_signed { " (self-signed)" } else { "" }
@@ -315,9 +367,99 @@ fn realms(args: &ServeArgs) -> Result<Vec<RealmConfig>, StartError> {
         .collect()
 }
 
-/// quiche's configuration for one shard.
+/// quiche's configuration of the connections a shard accepts: ALPN `macula`, and with
+/// `--node-name` `meshgate-peer` too, whose connections get `--peer-idle-timeout` (and, with
+/// `--peer-ca`, must present a certificate that chains to it).
 fn quic_config(identity: &Identity, args: &ServeArgs) -> Result<quiche::Config, StartError> {
-    let bad = |e: quiche::Error| StartError::Config(format!("QUIC configuration: {e}"));
+    let mut tls = tls_context()?;
+    if args.node_name.is_some() {
+        if let Some(ca) = &args.peer_ca {
+            tls.set_ca_file(ca).map_err(|e| {
+                StartError::Config(format!(
+                    "--peer-ca {}: not a PEM CA file ({e})",
+                    ca.display()
+                ))
+            })?;
+        }
+        let peer_idle_ms = millis(args.peer_idle_timeout);
+        let verify_peers = args.peer_ca.is_some();
+        // ALPN is settled in the TLS handshake, after quiche took this configuration: the
+        // peer link's settings are made when the ClientHello shows which ALPN wins.
+        tls.set_select_certificate_callback(move |hello| {
+            use boring::ssl::{ExtensionType, SslVerifyMode};
+            use foreign_types_shared::ForeignTypeRef;
+            let offered =
+                hello.get_extension(ExtensionType::APPLICATION_LAYER_PROTOCOL_NEGOTIATION);
+            if crate::tls::chosen_alpn(offered.unwrap_or_default(), &SERVER_ALPNS)
+                != Some(PEER_ALPN)
+            {
+                return Ok(());
+            }
+            // SAFETY: the connection the callback is called for, which nothing else touches
+            // during the call; the calls below only set its verify mode and its transport
+            // parameters.
+            let ssl = unsafe { boring::ssl::SslRef::from_ptr_mut(hello.ssl().as_ptr()) };
+            let _ = <quiche::Connection>::set_max_idle_timeout_in_handshake(ssl, peer_idle_ms);
+            if verify_peers {
+                ssl.set_verify(SslVerifyMode::PEER | SslVerifyMode::FAIL_IF_NO_PEER_CERT);
+            }
+            Ok(())
+        });
+    }
+    let mut c = base_config(tls, identity)?;
+    let alpns: &[&[u8]] = if args.node_name.is_some() {
+        &SERVER_ALPNS
+    } else {
+        &SERVER_ALPNS[..1]
+    };
+    c.set_application_protos(alpns).map_err(bad)?;
+    c.set_max_idle_timeout(millis(args.idle_timeout));
+    // A client opens one stream; a dialing peer two (0 and 4).
+    c.set_initial_max_stream_data_bidi_remote(4 << 20);
+    c.set_initial_max_stream_data_bidi_local(4 << 20);
+    c.set_initial_max_streams_bidi(4);
+    Ok(c)
+}
+
+/// quiche's configuration of a shard's dials to peers: ALPN `meshgate-peer`, the gateway's own
+/// certificate (for an acceptor with `--peer-ca`), and the acceptor's certificate checked
+/// against `--peer-ca` if given (any is accepted otherwise: the proof authenticates the peer).
+fn dial_config(identity: &Identity, args: &ServeArgs) -> Result<quiche::Config, StartError> {
+    let mut c = base_config(tls_context()?, identity)?;
+    c.set_application_protos(&[PEER_ALPN]).map_err(bad)?;
+    c.set_max_idle_timeout(millis(args.peer_idle_timeout));
+    match &args.peer_ca {
+        Some(ca) => {
+            let path = ca
+                .to_str()
+                .ok_or_else(|| StartError::Config("--peer-ca path is not UTF-8".into()))?;
+            c.load_verify_locations_from_file(path).map_err(|e| {
+                StartError::Config(format!("--peer-ca {path}: not a PEM CA file ({e})"))
+            })?;
+            c.verify_peer(true);
+        }
+        None => c.verify_peer(false),
+    }
+    // The dialer opens streams 0 and 4; the acceptor opens none.
+    c.set_initial_max_stream_data_bidi_local(4 << 20);
+    c.set_initial_max_stream_data_bidi_remote(0);
+    c.set_initial_max_streams_bidi(0);
+    Ok(c)
+}
+
+/// The ALPNs the gateway accepts, `macula` first; `meshgate-peer` only with `--node-name`.
+const SERVER_ALPNS: [&[u8]; 2] = [b"macula", PEER_ALPN];
+
+fn bad(e: quiche::Error) -> StartError {
+    StartError::Config(format!("QUIC configuration: {e}"))
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A TLS context whose connections free their handshake configuration once it is over.
+fn tls_context() -> Result<boring::ssl::SslContextBuilder, StartError> {
     let mut tls = boring::ssl::SslContextBuilder::new(boring::ssl::SslMethod::tls())
         .map_err(|e| StartError::Config(format!("TLS context: {e}")))?;
     // Each connection's TLS state keeps a copy of its configuration (certificate chain,
@@ -331,6 +473,15 @@ fn quic_config(identity: &Identity, args: &ServeArgs) -> Result<quiche::Config, 
             unsafe { boring_sys::SSL_set_shed_handshake_config(ssl.as_ptr(), 1) };
         }
     });
+    Ok(tls)
+}
+
+/// What every connection of the gateway shares: the certificate, the packet sizes and the
+/// connection's flow control; no unidirectional streams.
+fn base_config(
+    tls: boring::ssl::SslContextBuilder,
+    identity: &Identity,
+) -> Result<quiche::Config, StartError> {
     let mut c =
         quiche::Config::with_boring_ssl_ctx_builder(quiche::PROTOCOL_VERSION, tls).map_err(bad)?;
     let cert = identity
@@ -348,15 +499,10 @@ fn quic_config(identity: &Identity, args: &ServeArgs) -> Result<quiche::Config, 
     })?;
     c.load_priv_key_from_pem_file(key)
         .map_err(|e| StartError::Config(format!("key {key}: not a valid PEM private key ({e})")))?;
-    c.set_application_protos(&[b"macula"]).map_err(bad)?;
-    c.set_max_idle_timeout(u64::try_from(args.idle_timeout.as_millis()).unwrap_or(u64::MAX));
     c.set_max_recv_udp_payload_size(1350);
     c.set_max_send_udp_payload_size(1350);
     c.set_initial_max_data(8 << 20);
-    c.set_initial_max_stream_data_bidi_remote(4 << 20);
-    c.set_initial_max_stream_data_bidi_local(4 << 20);
     c.set_initial_max_stream_data_uni(0);
-    c.set_initial_max_streams_bidi(4);
     c.set_initial_max_streams_uni(0);
     c.set_disable_active_migration(false);
     Ok(c)
@@ -411,6 +557,7 @@ struct Reports {
     shared: Arc<Shared>,
     shards: u16,
     ready: Arc<AtomicBool>,
+    node_name: Option<String>,
 }
 
 impl HealthSource for Reports {
@@ -420,6 +567,10 @@ impl HealthSource for Reports {
 
     fn shards(&self) -> usize {
         usize::from(self.shards)
+    }
+
+    fn node_name(&self) -> Option<&str> {
+        self.node_name.as_deref()
     }
 
     fn reports(&self) -> Vec<ShardReport> {

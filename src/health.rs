@@ -4,7 +4,8 @@
 //! idle or slow client delays no other's answer. Its bounds ([`Limits`]) close what goes past
 //! them, and each such drop is counted in `meshgate_health_dropped_total{reason}`. `/metrics`
 //! asks every shard for a report and renders the Prometheus text format, gateway-wide and per
-//! shard.
+//! shard; with the gateway mesh, `/peers` and the per-peer metrics (PROTOCOL.md 9.11) are made
+//! from the same reports: every shard's links and shard 0's peer table.
 
 use std::fmt::Write as _;
 use std::io::{ErrorKind, Read, Write};
@@ -14,8 +15,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use meshgate_shard::metrics::{reason_index, CallOutcome, DropReason, Metrics};
+use meshgate_shard::mesh::counters::LINK_FRAMES;
+use meshgate_shard::metrics::{reason_index, CallOutcome, DropReason, LinkResult, Metrics};
 use meshgate_shard::wire::Reason;
+use meshgate_shard::{LinkReport, LinkState, PeerTableReport};
 use slab::Slab;
 
 /// What one shard reports for `/metrics`.
@@ -25,10 +28,16 @@ pub struct ShardReport {
     pub metrics: Metrics,
     /// Connections in the QUIC handshake or waiting for CONNECT.
     pub handshakes: u64,
-    /// Mesh peer connections held.
+    /// Peer links of this shard that are up.
     pub peers: u64,
     /// New connections refused at the QUIC level (over `--max-handshakes`).
     pub refused_handshakes: u64,
+    /// This shard's peer links.
+    pub links: Vec<LinkReport>,
+    /// Shard 0's peer table and dial schedule (`None` on other shards, or without the mesh).
+    pub peer_table: Option<PeerTableReport>,
+    /// Added to a shard `Time` gives wall-clock milliseconds since the Unix epoch.
+    pub wall_clock_offset_ms: i64,
 }
 
 /// Reads one figure off a shard's report.
@@ -40,6 +49,8 @@ pub trait HealthSource: Send + Sync + 'static {
     /// Whether every shard is serving.
     fn ready(&self) -> bool;
     fn shards(&self) -> usize;
+    /// The gateway's `--node-name`; `None` without the mesh.
+    fn node_name(&self) -> Option<&str>;
     /// One report per shard that answered in time.
     fn reports(&self) -> Vec<ShardReport>;
 }
@@ -459,12 +470,27 @@ fn route(
     let path = path.split('?').next().unwrap_or_default();
     match path {
         "/health" => {
+            let (node_name, peers, known) = match source.node_name() {
+                Some(name) => {
+                    let reports = source.reports();
+                    let peers: u64 = reports.iter().map(|r| r.peers).sum();
+                    (json_str(name.as_bytes()), peers, known(&reports).len())
+                }
+                None => ("null".into(), 0, 0),
+            };
             let body = format!(
-                "{{\"status\":\"healthy\",\"ready\":{},\"uptime\":{},\"shards\":{}}}",
+                "{{\"status\":\"healthy\",\"ready\":{},\"uptime\":{},\"shards\":{},\"node_name\":{node_name},\"peers\":{peers},\"known\":{known}}}",
                 source.ready(),
                 started.elapsed().as_secs(),
                 source.shards()
             );
+            ("200 OK", "application/json", body)
+        }
+        "/peers" => {
+            let body = match source.node_name() {
+                Some(_) => render_peers(&source.reports()),
+                None => "[]".into(),
+            };
             ("200 OK", "application/json", body)
         }
         "/ready" if source.ready() => ("200 OK", TEXT, "Ready".into()),
@@ -538,11 +564,7 @@ const GAUGES: [(&str, &str, Field); 7] = [
     ("meshgate_pending_calls", "Calls in flight.", |r| {
         r.metrics.pending_calls
     }),
-    (
-        "meshgate_peers",
-        "Mesh peer links that are up (0 until the gateway mesh is configured).",
-        |r| r.peers,
-    ),
+    ("meshgate_peers", "Peer links that are up.", |r| r.peers),
     ("meshgate_output_bytes", "Bytes queued to sessions.", |r| {
         r.metrics.output_bytes
     }),
@@ -598,7 +620,7 @@ pub fn render(reports: &[ShardReport], resident: u64) -> String {
         Reason::Unauthorized,
         Reason::MaxClientsReached,
     ];
-    let families: [Family; 4] = [
+    let families: [Family; 5] = [
         (
             "meshgate_clients_refused_total",
             "Clients refused admission.",
@@ -647,6 +669,18 @@ pub fn render(reports: &[ShardReport], resident: u64) -> String {
                 }),
             ),
         ),
+        (
+            "meshgate_peer_links_total",
+            "Peer links ended, by result, and links that came up.",
+            by_label(
+                "result",
+                LinkResult::ALL.map(|x| {
+                    (x.as_str(), move |r: &ShardReport| {
+                        r.metrics.counters.link_results_of(x)
+                    })
+                }),
+            ),
+        ),
     ];
     for (name, help, labels) in &families {
         let refs: Vec<(&str, &Figure<'_>)> =
@@ -656,6 +690,7 @@ pub fn render(reports: &[ShardReport], resident: u64) -> String {
     for (name, help, f) in COUNTERS {
         series(&mut out, name, help, "counter", reports, &[("", &f)]);
     }
+    render_peer_metrics(&mut out, reports);
     for (name, help, value) in [
         (
             "meshgate_resident_memory_bytes",
@@ -670,6 +705,271 @@ pub fn render(reports: &[ShardReport], resident: u64) -> String {
         );
     }
     out
+}
+
+/// A gateway of the mesh that this one knows (PROTOCOL.md 9.4): a member, or an address it
+/// dials whose gateway is not a member.
+struct Known<'a> {
+    name: Option<&'a [u8]>,
+    addr: Option<&'a [u8]>,
+    /// `connecting`, `syncing`, `up` or `backoff`.
+    state: &'static str,
+    dialed: bool,
+    /// The link to it, if there is one.
+    link: Option<&'a LinkReport>,
+}
+
+/// The gateways the mesh knows, from the shards' reports: shard 0's members with their
+/// admitted links, then the addresses it dials that no member was found at.
+fn known(reports: &[ShardReport]) -> Vec<Known<'_>> {
+    let Some(table) = reports.iter().find_map(|r| r.peer_table.as_ref()) else {
+        return Vec::new();
+    };
+    let links: Vec<&LinkReport> = reports.iter().flat_map(|r| &r.links).collect();
+    // Of several links (one closing, one in its handshake), the admitted one, else any open.
+    let best = |matches: &dyn Fn(&LinkReport) -> bool| {
+        let of = || links.iter().copied().filter(|l| matches(l));
+        of().find(|l| l.state.is_admitted())
+            .or_else(|| of().find(|l| l.state != LinkState::Closing))
+    };
+    let mut known = Vec::new();
+    for name in &table.members {
+        let link = best(&|l| l.node_name.as_deref() == Some(&**name));
+        known.push(Known {
+            name: Some(name),
+            addr: link.and_then(|l| l.addr.as_deref()),
+            state: link.map_or("connecting", |l| state_name(l.state)),
+            dialed: link.is_some_and(|l| l.dialed.is_some()),
+            link,
+        });
+    }
+    for dial in &table.dials {
+        let member = dial
+            .node_name
+            .as_ref()
+            .is_some_and(|n| table.members.contains(n));
+        if member {
+            continue;
+        }
+        let link = best(&|l| l.dialed.as_deref() == Some(&*dial.addr));
+        known.push(Known {
+            name: dial
+                .node_name
+                .as_deref()
+                .or_else(|| link.and_then(|l| l.node_name.as_deref())),
+            addr: Some(dial.addr.as_bytes()),
+            state: if dial.next_at.is_some() {
+                "backoff"
+            } else {
+                link.map_or("connecting", |l| state_name(l.state))
+            },
+            dialed: true,
+            link,
+        });
+    }
+    known
+}
+
+/// A link's state as `/peers` names it: a closing link's gateway is being dialed again, or
+/// will be.
+fn state_name(state: LinkState) -> &'static str {
+    match state {
+        LinkState::Closing => "connecting",
+        s => s.as_str(),
+    }
+}
+
+/// `/peers`: one JSON object per known gateway.
+fn render_peers(reports: &[ShardReport]) -> String {
+    let offset = reports.first().map_or(0, |r| r.wall_clock_offset_ms);
+    let mut out = String::from("[");
+    for (i, k) in known(reports).iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let opt_str = |v: Option<&[u8]>| v.map_or_else(|| "null".into(), json_str);
+        let opt_num = |v: Option<u64>| v.map_or_else(|| "null".into(), |n| n.to_string());
+        let link = k.link;
+        let node_id = link.and_then(|l| l.node_id).map(|id| {
+            let hex: String = id.0.iter().map(|b| format!("{b:02x}")).collect();
+            json_str(hex.as_bytes())
+        });
+        let since = link.map(|l| {
+            let ms = (l.since.as_millis() as i64).saturating_add(offset).max(0);
+            ms as u64 / 1000
+        });
+        let realms = |names: Option<&Vec<Box<[u8]>>>| {
+            let names: Vec<String> = names.into_iter().flatten().map(|n| json_str(n)).collect();
+            format!("[{}]", names.join(","))
+        };
+        let _ = write!(
+            out,
+            "{{\"node_name\":{},\"node_id\":{},\"addr\":{},\"state\":\"{}\",\"dialed\":{},\"since\":{},\"rtt_ms\":{},\"patterns\":{},\"procedures\":{},\"shared_realms\":{},\"unshared_realms\":{}}}",
+            opt_str(k.name),
+            node_id.unwrap_or_else(|| "null".into()),
+            opt_str(k.addr),
+            k.state,
+            k.dialed,
+            opt_num(since),
+            opt_num(link.and_then(|l| l.rtt_ms)),
+            link.map_or(0, |l| l.patterns),
+            link.map_or(0, |l| l.procedures),
+            realms(link.map(|l| &l.shared_realms)),
+            realms(link.map(|l| &l.unshared_realms)),
+        );
+    }
+    out.push(']');
+    out
+}
+
+/// The per-peer metrics of 9.11, label `peer` (the peer's node_name), gateway-wide: one series
+/// per known gateway with a name, its figures those of its admitted link.
+fn render_peer_metrics(out: &mut String, reports: &[ShardReport]) {
+    let known = known(reports);
+    let named: Vec<(String, Option<&LinkReport>)> = known
+        .iter()
+        .filter_map(|k| {
+            Some((
+                label_value(k.name?),
+                k.link.filter(|l| l.state.is_admitted()),
+            ))
+        })
+        .collect();
+    let head = |out: &mut String, name: &str, help: &str, kind: &str| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    };
+    head(
+        out,
+        "meshgate_peer_up",
+        "Whether the link to a known gateway is up.",
+        "gauge",
+    );
+    for (peer, link) in &named {
+        let up = link.is_some_and(|l| l.state == LinkState::Up);
+        let _ = writeln!(out, "meshgate_peer_up{{peer=\"{peer}\"}} {}", u8::from(up));
+    }
+    for (name, help, sent) in [
+        (
+            "meshgate_peer_frames_sent_total",
+            "Frames sent on a peer link, by type.",
+            true,
+        ),
+        (
+            "meshgate_peer_frames_received_total",
+            "Frames received on a peer link, by type.",
+            false,
+        ),
+    ] {
+        head(out, name, help, "counter");
+        for (peer, link) in &named {
+            let Some(l) = link else { continue };
+            let counts = if sent {
+                &l.counters.frames_sent
+            } else {
+                &l.counters.frames_received
+            };
+            for (ty, n) in LINK_FRAMES.iter().zip(counts) {
+                let _ = writeln!(out, "{name}{{peer=\"{peer}\",type=\"{}\"}} {n}", ty.name());
+            }
+        }
+    }
+    type LinkFigure = fn(&LinkReport) -> String;
+    let figures: [(&str, &str, &str, LinkFigure); 7] = [
+        (
+            "meshgate_peer_bytes_sent_total",
+            "Bytes sent on a peer link.",
+            "counter",
+            |l| l.counters.bytes_sent.to_string(),
+        ),
+        (
+            "meshgate_peer_bytes_received_total",
+            "Bytes received on a peer link.",
+            "counter",
+            |l| l.counters.bytes_received.to_string(),
+        ),
+        (
+            "meshgate_peer_rtt_seconds",
+            "Round-trip time of a peer link, from its PING and PONG.",
+            "gauge",
+            |l| (l.rtt_ms.unwrap_or(0) as f64 / 1000.0).to_string(),
+        ),
+        (
+            "meshgate_peer_output_bytes",
+            "Bytes queued to a peer's data stream.",
+            "gauge",
+            |l| l.output_bytes.to_string(),
+        ),
+        (
+            "meshgate_peer_remote_patterns",
+            "Patterns in a peer's interest tables, all realms.",
+            "gauge",
+            |l| l.patterns.to_string(),
+        ),
+        (
+            "meshgate_peer_remote_procedures",
+            "Procedures in a peer's interest tables, all realms.",
+            "gauge",
+            |l| l.procedures.to_string(),
+        ),
+        (
+            "meshgate_peer_resyncs_total",
+            "Interest snapshots asked of a peer after a digest mismatch.",
+            "counter",
+            |l| l.counters.resyncs.to_string(),
+        ),
+    ];
+    let admitted = || {
+        named
+            .iter()
+            .filter_map(|(peer, link)| Some((peer, (*link)?)))
+    };
+    for (name, help, kind, figure) in figures {
+        head(out, name, help, kind);
+        for (peer, l) in admitted() {
+            let _ = writeln!(out, "{name}{{peer=\"{peer}\"}} {}", figure(l));
+        }
+    }
+    const PENDING: &str = "meshgate_peer_pending_calls";
+    head(
+        out,
+        PENDING,
+        "Calls in flight on a peer link: forwarded on it (out), received on it (in).",
+        "gauge",
+    );
+    for (peer, l) in admitted() {
+        for (direction, n) in [("out", l.calls_out), ("in", l.calls_in)] {
+            let _ = writeln!(
+                out,
+                "{PENDING}{{peer=\"{peer}\",direction=\"{direction}\"}} {n}"
+            );
+        }
+    }
+}
+
+/// Bytes as a JSON string (lossy UTF-8, escaped).
+fn json_str(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() + 2);
+    out.push('"');
+    for c in String::from_utf8_lossy(bytes).chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Bytes as a Prometheus label value (lossy UTF-8, escaped).
+fn label_value(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes)
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// One series per label value: `key="value"` and its figure.
@@ -737,6 +1037,120 @@ mod tests {
         for name in meshgate_shard::metrics::PROTOCOL_METRICS {
             assert!(text.contains(&format!("# TYPE {name} ")), "{name} missing");
         }
+    }
+
+    fn link(name: &str, state: LinkState, dialed: Option<&str>) -> LinkReport {
+        use meshgate_shard::mesh::counters::LinkCounters;
+        LinkReport {
+            node_name: Some(name.as_bytes().into()),
+            node_id: Some(meshgate_shard::NodeId([0xab; 32])),
+            addr: Some(b"10.0.0.2:9443"[..].into()),
+            dialed: dialed.map(Into::into),
+            state,
+            since: meshgate_shard::Time::from_millis(2_500),
+            rtt_ms: Some(12),
+            patterns: 3,
+            procedures: 1,
+            shared_realms: vec![b"macula.default"[..].into()],
+            unshared_realms: vec![b"secure"[..].into()],
+            counters: LinkCounters::default(),
+            output_bytes: 100,
+            calls_out: 2,
+            calls_in: 1,
+        }
+    }
+
+    /// Shard 0 with member `gw-b` (linked from shard 1, up) and two dialed addresses: the one
+    /// where `gw-b` was found, and one in backoff with no name yet.
+    fn meshed() -> Vec<ShardReport> {
+        use meshgate_shard::{DialReport, Time};
+        let table = PeerTableReport {
+            members: vec![b"gw-b"[..].into()],
+            dials: vec![
+                DialReport {
+                    addr: "10.0.0.2:9443".into(),
+                    node_name: Some(b"gw-b"[..].into()),
+                    next_at: None,
+                },
+                DialReport {
+                    addr: "10.0.0.9:9443".into(),
+                    node_name: None,
+                    next_at: Some(Time::from_millis(9_000)),
+                },
+            ],
+        };
+        let mut up = link("gw-b", LinkState::Up, Some("10.0.0.2:9443"));
+        up.counters
+            .sent(meshgate_shard::wire::FrameType::Publish, 40);
+        up.counters.resyncs = 2;
+        let closing = link("gw-b", LinkState::Closing, None);
+        vec![
+            ShardReport {
+                shard: 0,
+                peer_table: Some(table),
+                links: vec![closing],
+                wall_clock_offset_ms: 1_000_000,
+                ..Default::default()
+            },
+            ShardReport {
+                shard: 1,
+                peers: 1,
+                links: vec![up],
+                wall_clock_offset_ms: 1_000_000,
+                ..Default::default()
+            },
+        ]
+    }
+
+    #[test]
+    fn peers_lists_members_by_their_admitted_link_and_dialed_addresses_where_none_is() {
+        let reports = meshed();
+        assert_eq!(known(&reports).len(), 2);
+        let body = render_peers(&reports);
+        let id = "ab".repeat(32);
+        assert_eq!(
+            body,
+            format!(
+                "[{{\"node_name\":\"gw-b\",\"node_id\":\"{id}\",\"addr\":\"10.0.0.2:9443\",\"state\":\"up\",\"dialed\":true,\"since\":1002,\"rtt_ms\":12,\"patterns\":3,\"procedures\":1,\"shared_realms\":[\"macula.default\"],\"unshared_realms\":[\"secure\"]}},\
+                 {{\"node_name\":null,\"node_id\":null,\"addr\":\"10.0.0.9:9443\",\"state\":\"backoff\",\"dialed\":true,\"since\":null,\"rtt_ms\":null,\"patterns\":0,\"procedures\":0,\"shared_realms\":[],\"unshared_realms\":[]}}]"
+            )
+        );
+        assert_eq!(render_peers(&[ShardReport::default()]), "[]", "no mesh");
+    }
+
+    #[test]
+    fn peer_metrics_are_labelled_by_peer_from_the_admitted_link() {
+        let text = render(&meshed(), 0);
+        for line in [
+            "meshgate_peers 1\n",
+            "meshgate_peer_up{peer=\"gw-b\"} 1\n",
+            "meshgate_peer_frames_sent_total{peer=\"gw-b\",type=\"PUBLISH\"} 1\n",
+            "meshgate_peer_frames_received_total{peer=\"gw-b\",type=\"PEER_HELLO\"} 0\n",
+            "meshgate_peer_bytes_sent_total{peer=\"gw-b\"} 40\n",
+            "meshgate_peer_rtt_seconds{peer=\"gw-b\"} 0.012\n",
+            "meshgate_peer_output_bytes{peer=\"gw-b\"} 100\n",
+            "meshgate_peer_remote_patterns{peer=\"gw-b\"} 3\n",
+            "meshgate_peer_remote_procedures{peer=\"gw-b\"} 1\n",
+            "meshgate_peer_resyncs_total{peer=\"gw-b\"} 2\n",
+            "meshgate_peer_pending_calls{peer=\"gw-b\",direction=\"out\"} 2\n",
+            "meshgate_peer_pending_calls{peer=\"gw-b\",direction=\"in\"} 1\n",
+            "meshgate_peer_links_total{result=\"dial_failed\"} 0\n",
+            "meshgate_dropped_total{reason=\"peer_slow\"} 0\n",
+            "meshgate_dropped_total{reason=\"no_interest\"} 0\n",
+        ] {
+            assert!(text.contains(line), "{line:?} missing:\n{text}");
+        }
+        assert_eq!(
+            text.matches("meshgate_peer_up{").count(),
+            1,
+            "the unnamed address has no series"
+        );
+    }
+
+    #[test]
+    fn names_from_peers_are_escaped_in_json_and_labels() {
+        assert_eq!(json_str(b"a\"b\\c\n"), "\"a\\\"b\\\\c\\u000a\"");
+        assert_eq!(label_value(b"a\"b\\c\n"), "a\\\"b\\\\c\\n");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::task::Context;
 
 use atomic_waker::AtomicWaker;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
+use meshgate_shard::ids::LinkKey;
 use meshgate_shard::router::ShardMsg;
 use meshgate_shard::{Shard, ShardId};
 
@@ -31,6 +32,11 @@ pub enum Body {
     Datagram { data: Box<[u8]>, from: SocketAddr },
     /// A request for this shard's metrics.
     Report(std::sync::mpsc::SyncSender<ShardReport>),
+    /// The address a dial's host name resolved to, from a helper thread (`None`: it did not).
+    Resolved {
+        link: LinkKey,
+        addr: Option<SocketAddr>,
+    },
     /// End every session and stop.
     Shutdown,
 }
@@ -113,6 +119,14 @@ impl Mailbox {
         self.shared.post(owner, envelope).is_ok()
     }
 
+    /// A way for another thread to post to this shard's own inbox.
+    pub fn return_address(&self) -> ReturnAddress {
+        ReturnAddress {
+            id: self.id,
+            shared: self.shared.clone(),
+        }
+    }
+
     /// Moves the shard's outbox to the other shards' inboxes, in order, leaving what does not
     /// fit for the next turn; wakes each shard that got something.
     pub fn flush_outbox(&self, shard: &mut Shard) {
@@ -165,6 +179,32 @@ impl Mailbox {
 
     fn bell(&self) -> &AtomicWaker {
         &self.shared.bells[self.id.index()]
+    }
+}
+
+/// A shard's inbox, as a helper thread of the shard posts to it.
+pub struct ReturnAddress {
+    id: ShardId,
+    shared: Arc<Shared>,
+}
+
+impl ReturnAddress {
+    /// Posts `body` to the shard, waiting up to a second while its inbox is full; false if it
+    /// never took it.
+    pub fn post(&self, body: Body) -> bool {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        let mut envelope = Envelope {
+            from: self.id,
+            body,
+        };
+        loop {
+            match self.shared.post(self.id, envelope) {
+                Ok(()) => return true,
+                Err(_) if std::time::Instant::now() >= deadline => return false,
+                Err(back) => envelope = back,
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
 }
 

@@ -7,6 +7,7 @@ mod endpoint;
 mod gateway;
 mod health;
 mod mailbox;
+mod mesh;
 mod net;
 mod ratelog;
 mod refuse;
@@ -44,10 +45,10 @@ fn main() {
         }
     };
     let result = match cli.command {
-        cli::Command::Serve(args) => gateway::serve(args).map_err(|e| e.to_string()),
+        cli::Command::Serve(args) => gateway::serve(args),
     };
     if let Err(e) = result {
         eprintln!("meshgate: {e}");
-        std::process::exit(1);
+        std::process::exit(e.exit_status());
     }
 }

@@ -126,6 +126,21 @@ fn make_self_signed() -> Result<(X509, PKey<Private>), ErrorStack> {
     Ok((cert.build(), key))
 }
 
+/// The protocol a server that supports `supported` picks from a ClientHello's ALPN extension
+/// (`ext`, its body): the client's first that the server supports, as quiche picks it.
+pub fn chosen_alpn<'a>(ext: &[u8], supported: &[&'a [u8]]) -> Option<&'a [u8]> {
+    let list_len = usize::from(u16::from_be_bytes([*ext.first()?, *ext.get(1)?]));
+    let mut list = ext.get(2..2 + list_len)?;
+    while let Some((&len, rest)) = list.split_first() {
+        let name = rest.get(..usize::from(len))?;
+        if let Some(found) = supported.iter().find(|s| **s == name) {
+            return Some(found);
+        }
+        list = &rest[usize::from(len)..];
+    }
+    None
+}
+
 /// SHA-256 of DER bytes as `AB:CD:…`.
 pub fn fingerprint(der: &[u8]) -> String {
     let digest = Sha256::digest(der);
@@ -218,6 +233,35 @@ mod tests {
         let key = PKey::private_key_from_pem(&std::fs::read(&made.key).unwrap()).unwrap();
         assert!(cert.public_key().unwrap().public_eq(&key));
         assert!(cert.verify(&key).unwrap());
+    }
+
+    #[test]
+    fn the_chosen_alpn_is_the_clients_first_the_server_supports() {
+        let ours: [&[u8]; 2] = [b"macula", b"meshgate-peer"];
+        let ext = |names: &[&[u8]]| {
+            let mut list = Vec::new();
+            for n in names {
+                list.push(n.len() as u8);
+                list.extend_from_slice(n);
+            }
+            let mut ext = (list.len() as u16).to_be_bytes().to_vec();
+            ext.extend(list);
+            ext
+        };
+        let peer: Option<&[u8]> = Some(b"meshgate-peer");
+        assert_eq!(chosen_alpn(&ext(&[b"meshgate-peer"]), &ours), peer);
+        assert_eq!(
+            chosen_alpn(&ext(&[b"h3", b"meshgate-peer", b"macula"]), &ours),
+            peer
+        );
+        let macula: Option<&[u8]> = Some(b"macula");
+        assert_eq!(
+            chosen_alpn(&ext(&[b"macula", b"meshgate-peer"]), &ours),
+            macula
+        );
+        assert_eq!(chosen_alpn(&ext(&[b"h3"]), &ours), None);
+        assert_eq!(chosen_alpn(&[], &ours), None);
+        assert_eq!(chosen_alpn(&[0, 9, 13, b'm'], &ours), None, "cut short");
     }
 
     #[test]

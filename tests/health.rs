@@ -41,7 +41,7 @@ fn health_answers_at_once_with_200_idle_connections_and_a_dribbling_client_open(
     assert_eq!(status, 200, "{body}");
     assert!(
         body.starts_with("{\"status\":\"healthy\",\"ready\":true,\"uptime\":")
-            && body.ends_with(",\"shards\":2}"),
+            && body.ends_with(",\"shards\":2,\"node_name\":null,\"peers\":0,\"known\":0}"),
         "{body}"
     );
     assert_eq!(get_within(gw.health, "/live", guard), (200, "Live".into()));

@@ -449,6 +449,179 @@ impl Metrics {
 }
 
 // -----------------------------------------------------------------------------------------
+// The gateway mesh
+// -----------------------------------------------------------------------------------------
+
+/// How long a test waits for something of the mesh: a link to come up, a dial to fail.
+pub const MESH_PATIENCE: Duration = Duration::from_secs(30);
+
+/// A file in a private directory of this test process, holding `text` (a cluster token file).
+pub fn temp_file(name: &str, text: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("meshgate-tests-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temporary directory");
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("a temporary file");
+    path
+}
+
+/// One object of `/peers`: each key and its JSON value as written (strings keep their quotes).
+#[derive(Clone, Debug)]
+pub struct Peer(pub BTreeMap<String, String>);
+
+impl Peer {
+    /// A string field, unquoted; `None` for null or absent.
+    pub fn str(&self, key: &str) -> Option<String> {
+        let v = self.0.get(key)?;
+        v.strip_prefix('"')?.strip_suffix('"').map(str::to_owned)
+    }
+
+    /// Any field as written, e.g. `true`, `3`, `["macula.default"]`.
+    pub fn raw(&self, key: &str) -> &str {
+        self.0.get(key).map_or("", String::as_str)
+    }
+
+    pub fn name(&self) -> Option<String> {
+        self.str("node_name")
+    }
+
+    pub fn state(&self) -> String {
+        self.str("state").unwrap_or_default()
+    }
+}
+
+/// Splits `text` at the commas that are outside strings and brackets.
+fn top_level(text: &str) -> Vec<&str> {
+    let (mut parts, mut depth, mut in_str, mut escaped, mut start) =
+        (Vec::new(), 0, false, false, 0);
+    for (i, c) in text.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if in_str => escaped = true,
+            '"' => in_str = !in_str,
+            '[' | '{' if !in_str => depth += 1,
+            ']' | '}' if !in_str => depth -= 1,
+            ',' if !in_str && depth == 0 => {
+                parts.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if start < text.len() {
+        parts.push(&text[start..]);
+    }
+    parts
+}
+
+/// A `/peers` body: an array of flat objects.
+pub fn parse_peers(body: &str) -> Vec<Peer> {
+    let inner = body
+        .trim()
+        .strip_prefix('[')
+        .and_then(|b| b.strip_suffix(']'))
+        .unwrap_or_else(|| panic!("/peers is not an array: {body}"));
+    top_level(inner)
+        .into_iter()
+        .map(|object| {
+            let fields = object
+                .trim()
+                .strip_prefix('{')
+                .and_then(|o| o.strip_suffix('}'))
+                .unwrap_or_else(|| panic!("not an object: {object}"));
+            let map = top_level(fields)
+                .into_iter()
+                .map(|field| {
+                    let (key, value) = field.split_once(':').expect("key:value");
+                    (
+                        key.trim().trim_matches('"').to_owned(),
+                        value.trim().to_owned(),
+                    )
+                })
+                .collect();
+            Peer(map)
+        })
+        .collect()
+}
+
+/// A number field of a `/health` body.
+pub fn health_number(body: &str, key: &str) -> u64 {
+    let needle = format!("\"{key}\":");
+    let at = body
+        .find(&needle)
+        .unwrap_or_else(|| panic!("no {key} in {body}"))
+        + needle.len();
+    let digits: String = body[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits
+        .parse()
+        .unwrap_or_else(|_| panic!("{key} is not a number in {body}"))
+}
+
+impl Gateway {
+    /// `GET /peers`, parsed.
+    pub async fn peers(&self) -> Vec<Peer> {
+        let (status, body) = self.get("/peers").await;
+        assert_eq!(status, 200, "/peers: {body}");
+        parse_peers(&body)
+    }
+
+    /// Polls `/peers` until `done` holds for it (at most [`MESH_PATIENCE`]), and returns it.
+    pub async fn wait_peers(&self, what: &str, done: impl Fn(&[Peer]) -> bool) -> Vec<Peer> {
+        let deadline = Instant::now() + MESH_PATIENCE;
+        loop {
+            let peers = self.peers().await;
+            if done(&peers) {
+                return peers;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "/peers never showed {what} in {MESH_PATIENCE:?}: {peers:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until `/peers` shows the gateway `name` up.
+    pub async fn wait_up(&self, name: &str) -> Peer {
+        let peers = self
+            .wait_peers(&format!("{name} up"), |peers| {
+                peers
+                    .iter()
+                    .any(|p| p.name().as_deref() == Some(name) && p.state() == "up")
+            })
+            .await;
+        peers
+            .into_iter()
+            .find(|p| p.name().as_deref() == Some(name))
+            .expect("found above")
+    }
+
+    /// Polls `series` until `done` holds for its value (at most [`MESH_PATIENCE`]).
+    pub async fn wait_mesh_metric(&self, series: &str, done: impl Fn(u64) -> bool) -> u64 {
+        let deadline = Instant::now() + MESH_PATIENCE;
+        loop {
+            let value = self
+                .metrics()
+                .await
+                .series
+                .get(series)
+                .copied()
+                .unwrap_or(0);
+            if done(value) {
+                return value;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{series} is still {value} after {MESH_PATIENCE:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+// -----------------------------------------------------------------------------------------
 // Node ids
 // -----------------------------------------------------------------------------------------
 
@@ -657,6 +830,29 @@ impl Raw {
         let ts = self.next_ping;
         self.next_ping += 1;
         self.send_msg(&Message::Ping(Ping::new(ts))).await;
+        let mut before = Vec::new();
+        loop {
+            let frame = self.next().await.expect("PONG before the stream ends");
+            if let Message::Pong(p) = frame.msg() {
+                if p.timestamp == ts {
+                    return before;
+                }
+            }
+            before.push(frame);
+        }
+    }
+
+    /// Sends PING with `mesh` true (PROTOCOL.md 9.6) and reads up to its PONG: once it comes,
+    /// the session's earlier SUBSCRIBE and REGISTER_PROCEDURE are in effect on every gateway
+    /// of the mesh whose link was up. Returns the frames that came before it.
+    pub async fn mesh_ping(&mut self) -> Vec<Frame> {
+        let ts = self.next_ping;
+        self.next_ping += 1;
+        let ping = Ping {
+            timestamp: ts,
+            mesh: true,
+        };
+        self.send_msg(&Message::Ping(ping)).await;
         let mut before = Vec::new();
         loop {
             let frame = self.next().await.expect("PONG before the stream ends");

@@ -1108,11 +1108,14 @@ fn link_result(link: &Link, was: LinkState) -> Option<LinkResult> {
             _ => LinkResult::Lost,
         });
     }
-    if let Some(result) = reason.and_then(LinkResult::of_reason) {
-        return Some(result);
-    }
+    // A dial that got no QUIC handshake is `dial_failed` whoever gave up on it: the driver
+    // (the QUIC handshake failed) or the link's own 10 s deadline (`connect_timeout`, sent to
+    // no one since nothing was exchanged).
     if was == LinkState::Dialing && link.dial.is_some() {
         return Some(LinkResult::DialFailed);
+    }
+    if let Some(result) = reason.and_then(LinkResult::of_reason) {
+        return Some(result);
     }
     was.is_admitted().then_some(LinkResult::Lost)
 }

@@ -32,6 +32,9 @@ pub(super) struct ViewLink {
     pub(super) over: bool,
 }
 
+/// Links and the provider count each one's peer advertises.
+pub(super) type LinkCounts = Vec<(LinkRef, u32)>;
+
 /// The mesh state of one shard.
 pub(super) struct MeshState {
     pub(super) config: Arc<MeshConfig>,
@@ -47,7 +50,7 @@ pub(super) struct MeshState {
     /// The patterns each link's peer advertises.
     pub(super) subs: SubscriptionIndex<LinkRef>,
     /// Per (realm, procedure): the links whose peers advertise providers, and how many.
-    pub(super) procs: AHashMap<(RealmId, Box<[u8]>), Vec<(LinkRef, u32)>>,
+    pub(super) procs: AHashMap<(RealmId, Box<[u8]>), LinkCounts>,
     pub(super) wrr: AHashMap<(RealmId, Box<[u8]>), SmoothWrr>,
     /// The gateway's own interest per realm, as advertised.
     pub(super) advertised: Vec<Advertised>,
