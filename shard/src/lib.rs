@@ -30,4 +30,7 @@ mod shard;
 
 pub use config::{Config, Limits, RealmConfig};
 pub use counts::GatewayCounts;
-pub use shard::{Event, Occupancy, Shard, StreamEnd};
+pub use shard::{
+    DialReport, DialRequest, Event, LinkEnd, LinkReport, LinkState, Occupancy, PeerTableReport,
+    Shard, StreamEnd,
+};
