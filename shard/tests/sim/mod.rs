@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod mesh;
+
 use std::collections::VecDeque;
 use std::time::Duration;
 
@@ -95,7 +97,11 @@ impl Sim {
 
     /// A gateway whose config is first adjusted by `tune`.
     pub fn with(shards: u16, seed: u64, tune: impl Fn(&mut Config)) -> Sim {
-        let now = Time::from_millis(1_000_000);
+        Sim::starting_at(Time::from_millis(1_000_000), shards, seed, tune)
+    }
+
+    /// A gateway started at `now`, whose config is first adjusted by `tune`.
+    pub fn starting_at(now: Time, shards: u16, seed: u64, tune: impl Fn(&mut Config)) -> Sim {
         let counts = std::sync::Arc::new(GatewayCounts::default());
         let shard_list = (0..shards)
             .map(|i| {
@@ -341,7 +347,8 @@ impl Sim {
         panic!("the simulation did not settle");
     }
 
-    fn quiet(&self) -> bool {
+    /// Whether no shard message, session output or close is left to handle.
+    pub fn quiet(&self) -> bool {
         self.links.iter().flatten().all(VecDeque::is_empty)
             && self.shards.iter().all(|s| {
                 s.occupancy().outbox == 0 && s.occupancy().ready == 0 && s.occupancy().closes == 0
