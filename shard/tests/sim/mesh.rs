@@ -146,6 +146,8 @@ pub struct MeshSim {
     pub now: Time,
     rng: fastrand::Rng,
     pub seed: u64,
+    /// Frames every link has sent, by frame type, over the whole run.
+    pub frames_sent: HashMap<u8, u64>,
 }
 
 impl MeshSim {
@@ -165,6 +167,7 @@ impl MeshSim {
             now: Time::from_millis(1_000_000),
             rng: fastrand::Rng::with_seed(seed),
             seed,
+            frames_sent: HashMap::new(),
         };
         for i in 0..n {
             mesh.start(i);
@@ -570,6 +573,7 @@ impl MeshSim {
                 panic!("output for link {end:?}, which has no connection ({now:?})");
             };
             shard.consume_link_output(end.link, *stream, bytes.len());
+            tally(&mut self.frames_sent, &bytes);
             let wire = self.wires[w].as_mut().expect("a wire");
             let i = wire.end_of(end).expect("an end of its wire");
             wire.flight[i][s].extend(bytes);
@@ -767,6 +771,22 @@ impl MeshSim {
     /// Sum of a counter over every shard of a gateway.
     pub fn total(&self, gw: usize, f: impl Fn(&meshgate_shard::metrics::Counters) -> u64) -> u64 {
         self.gw_ref(gw).total(f)
+    }
+}
+
+/// Counts the frames of a link's output (whole frames, as the shard queues them) by type.
+fn tally(counts: &mut HashMap<u8, u64>, mut bytes: &[u8]) {
+    while bytes.len() >= 8 {
+        let len = u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
+        *counts.entry(bytes[1]).or_default() += 1;
+        bytes = &bytes[(8 + len).min(bytes.len())..];
+    }
+}
+
+/// Frames of `ty` all links sent over the whole run.
+impl MeshSim {
+    pub fn frames_sent_of(&self, ty: FrameType) -> u64 {
+        self.frames_sent.get(&(ty as u8)).copied().unwrap_or(0)
     }
 }
 
