@@ -858,3 +858,190 @@ fn a_seed_that_is_the_gateway_itself_is_not_dialed_again() {
         assert_eq!(mesh.up_peers(0), [name(1)]);
     });
 }
+
+// ------------------------------------------------------------------------------ 9.7 bound
+
+#[test]
+fn a_link_over_max_peer_output_drops_publishes_takes_no_calls_and_is_closed_slow_consumer() {
+    each_seed(8, |seed| {
+        let mut specs = specs(2, 2);
+        specs[0] = specs[0]
+            .clone()
+            .config(|c| c.limits.slow_consumer_timeout = Duration::from_secs(3))
+            .mesh(|m| m.max_peer_output = 2_000);
+        let mut mesh = full_mesh_of(seed, specs);
+        mesh.window = 1_000;
+        let provs = providers(&mut mesh, seed, &[(1, 1)]);
+        let sub = mesh.connect(1, shard_of(seed, 1, 2), node(20));
+        mesh.gw(1).subscribe(sub, &["t"]);
+        mesh.mesh_sync(1, sub);
+        let p = mesh.connect(0, shard_of(seed, 2, 2), node(10));
+        // A call in flight before the link stalls: its REPLY still comes back.
+        mesh.gw(0).call(p, "svc", 1, Some(60_000));
+        mesh.drive();
+        let (gw, provider) = provs[0];
+        let first = mesh.gw_ref(gw).calls(provider)[0].1;
+        // Gateway 1 reads nothing more from gateway 0.
+        mesh.hold(0, 1);
+        for i in 0..20u8 {
+            mesh.gw(0).publish(p, "t", &[i; 300]);
+            mesh.drive();
+        }
+        let dropped = mesh.total(0, |c| c.dropped_of(DropReason::PeerSlow));
+        assert!(dropped > 0, "PUBLISH frames dropped while over the bound");
+        let sent = mesh.sent(0, 1, FrameType::Publish);
+        assert_eq!(sent + dropped, 20);
+        assert!(mesh.link(0, 1).unwrap().output_bytes >= 2_000);
+        mesh.gw(0).call(p, "svc", 2, Some(60_000));
+        mesh.gw(gw).reply(provider, first, &ok(1));
+        mesh.drive();
+        assert_eq!(
+            mesh.gw_ref(0).replies(p),
+            vec![(2, Err("overloaded".into())), (1, Ok(ok(1)))],
+            "no CALL goes to a link over its bound; REPLY frames come back"
+        );
+        mesh.advance(Duration::from_secs(4));
+        assert_eq!(
+            mesh.up_peers(0),
+            Vec::<String>::new(),
+            "closed slow_consumer"
+        );
+        mesh.release(0, 1);
+        mesh.drive();
+        // At most what the transport had taken, if it arrived before the close; the rest
+        // was discarded with the link.
+        let got = mesh.gw_ref(1).publishes(sub).len() as u64;
+        assert!(got < sent, "{got} of {sent}");
+        mesh.advance(Duration::from_secs(5));
+        assert_eq!(mesh.up_peers(0), [name(1)]);
+        mesh.gw(0).publish(p, "t", b"again");
+        mesh.drive();
+        assert_eq!(mesh.gw_ref(1).publishes(sub).last().unwrap().1, b"again");
+    });
+}
+
+#[test]
+fn a_call_refused_by_one_peer_is_tried_on_the_next() {
+    each_seed(8, |seed| {
+        let mut mesh = full_mesh(seed, 3, 2);
+        let b = providers(&mut mesh, seed, &[(1, 1)]);
+        let caller = mesh.connect(0, shard_of(seed, 1, 2), node(10));
+        // The CALL to gateway 1 waits on the way while its provider leaves and one comes on
+        // gateway 2.
+        mesh.hold(0, 1);
+        mesh.gw(0).call(caller, "svc", 7, Some(60_000));
+        mesh.drive();
+        assert_eq!(mesh.sent(0, 1, FrameType::Call), 1);
+        let c = mesh.connect(2, shard_of(seed, 2, 2), node(30));
+        mesh.gw(2).register(c, "svc", None);
+        mesh.gw(b[0].0).unregister(b[0].1, "svc");
+        mesh.drive();
+        mesh.release(0, 1);
+        mesh.drive();
+        assert_eq!(mesh.sent(1, 0, FrameType::Reply), 1, "procedure_not_found");
+        assert_eq!(mesh.sent(0, 2, FrameType::Call), 1, "tried next");
+        let got = mesh.gw_ref(2).calls(c);
+        assert_eq!(got.len(), 1);
+        mesh.gw(2).reply(c, got[0].1, &ok(3));
+        mesh.drive();
+        assert_eq!(mesh.gw_ref(0).replies(caller), vec![(7, Ok(ok(3)))]);
+        // With no candidate left, the caller gets the last refusal's error.
+        mesh.gw(2).unregister(c, "svc");
+        mesh.mesh_sync(2, c);
+        mesh.gw(b[0].0).register(b[0].1, "svc", None);
+        mesh.mesh_sync(b[0].0, b[0].1);
+        mesh.hold(0, 1);
+        mesh.gw(0).call(caller, "svc", 8, Some(60_000));
+        mesh.drive();
+        mesh.gw(b[0].0).unregister(b[0].1, "svc");
+        mesh.drive();
+        mesh.release(0, 1);
+        mesh.drive();
+        assert_eq!(
+            mesh.gw_ref(0).replies(caller)[1],
+            (8, Err("procedure_not_found".into()))
+        );
+    });
+}
+
+#[test]
+fn a_snapshot_of_many_patterns_crosses_in_several_frames_and_agrees_with_the_digest() {
+    each_seed(4, |seed| {
+        let mut specs = specs(2, 2);
+        for spec in &mut specs {
+            *spec = spec
+                .clone()
+                .config(|c| c.limits.max_subscriptions = 2_000)
+                .mesh(|m| m.interest_refresh = Duration::from_secs(5));
+        }
+        let mut mesh = full_mesh_of(seed, specs);
+        let sub = mesh.connect(1, shard_of(seed, 1, 2), node(20));
+        let patterns: Vec<String> = (0..1_200).map(|i| format!("many.{i}")).collect();
+        let list: Vec<&str> = patterns.iter().map(String::as_str).collect();
+        mesh.gw(1).subscribe(sub, &list);
+        mesh.mesh_sync(1, sub);
+        assert_eq!(mesh.link(0, 1).unwrap().patterns, 1_200);
+        let interest_before = mesh.sent(1, 0, FrameType::Interest);
+        mesh.cut(0, 1);
+        mesh.heal(0, 1);
+        mesh.advance(Duration::from_secs(5));
+        let link = mesh.link(0, 1).expect("the link is up again");
+        assert_eq!(link.patterns, 1_200);
+        assert!(
+            mesh.sent(1, 0, FrameType::Interest) >= 3,
+            "{interest_before}"
+        );
+        mesh.advance(Duration::from_secs(12));
+        assert_eq!(mesh.total(0, |c| c.peer_resyncs), 0);
+        let p = mesh.connect(0, shard_of(seed, 2, 2), node(10));
+        mesh.gw(0).publish(p, "many.1199", b"1");
+        mesh.drive();
+        assert_eq!(mesh.gw_ref(1).publishes(sub).len(), 1);
+    });
+}
+
+// ------------------------------------------------------------------------------ 9.3 refusals
+
+#[test]
+fn a_gateway_with_another_cluster_token_is_never_admitted() {
+    each_seed(4, |seed| {
+        let mut specs = specs(2, 2);
+        specs[1] = specs[1].clone().mesh(|m| {
+            m.identity.tokens = vec![b"wrong-token"[..].into()];
+        });
+        let mut mesh = MeshSim::new(seed, specs);
+        mesh.advance(Duration::from_secs(20));
+        assert!(mesh.up_peers(0).is_empty() && mesh.up_peers(1).is_empty());
+        assert_eq!(mesh.connections(0, 1), 0);
+        use meshgate_shard::metrics::LinkResult;
+        let unauthorized = |g| mesh.total(g, |c| c.link_results_of(LinkResult::Unauthorized));
+        assert!(unauthorized(0) > 0 && unauthorized(1) > 0);
+        assert!(mesh.gw_ref(0).shards[0]
+            .peer_table()
+            .unwrap()
+            .members
+            .is_empty());
+    });
+}
+
+#[test]
+fn a_link_that_never_finishes_its_handshake_is_closed_connect_timeout() {
+    each_seed(4, |seed| {
+        let specs = vec![GatewaySpec::new(2), GatewaySpec::new(2).peers(&[0])];
+        let mut mesh = MeshSim::new(seed, specs);
+        // Gateway 0 never hears the dialer's HELLO.
+        mesh.hold(1, 0);
+        use meshgate_shard::metrics::LinkResult;
+        let timeouts =
+            |m: &MeshSim, g| m.total(g, |c| c.link_results_of(LinkResult::ConnectTimeout));
+        mesh.advance(Duration::from_millis(9_900));
+        assert_eq!(mesh.connections(0, 1), 1);
+        assert_eq!((timeouts(&mesh, 0), timeouts(&mesh, 1)), (0, 0));
+        mesh.advance(Duration::from_millis(1_100));
+        assert_eq!((timeouts(&mesh, 0), timeouts(&mesh, 1)), (1, 1));
+        assert!(mesh.up_peers(0).is_empty());
+        mesh.release(1, 0);
+        mesh.advance(Duration::from_secs(5));
+        assert_eq!(mesh.up_peers(1), [name(0)]);
+    });
+}

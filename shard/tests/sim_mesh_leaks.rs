@@ -36,6 +36,7 @@ fn spec(shards: u16, peers: &[usize], max_peers: usize) -> GatewaySpec {
             m.max_peers = max_peers;
             m.interest_refresh = Duration::from_secs(5);
             m.max_advertised_patterns = 5;
+            m.max_peer_output = 600;
         })
 }
 
@@ -43,6 +44,7 @@ fn run(seed: u64, ops: usize) {
     let _guard = SeedGuard(seed);
     let specs = vec![spec(3, &[], 8), spec(2, &[0], 8), spec(3, &[0], 1)];
     let mut mesh = MeshSim::new(seed, specs);
+    mesh.window = 600;
     let gateways = mesh.gws.len();
     let mut rng = fastrand::Rng::with_seed(seed ^ 0x1eaf);
     // Live sessions: (gateway, its start, client).
@@ -173,11 +175,24 @@ fn run(seed: u64, ops: usize) {
                 let b = (a + 1 + rng.usize(..gateways - 1)) % gateways;
                 mesh.heal(a, b);
             }
+            86 if rng.bool() => {
+                // A stall one way, until the next release.
+                let a = rng.usize(..gateways);
+                let b = (a + 1 + rng.usize(..gateways - 1)) % gateways;
+                mesh.hold(a, b);
+            }
             86 if restarts < 2 && rng.u8(..8) == 0 => {
                 restarts += 1;
                 mesh.restart(rng.usize(..gateways));
             }
-            87..=93 => mesh.advance(Duration::from_millis(rng.u64(1..400))),
+            87 => {
+                for a in 0..gateways {
+                    for b in 0..gateways {
+                        mesh.release(a, b);
+                    }
+                }
+            }
+            88..=93 => mesh.advance(Duration::from_millis(rng.u64(1..400))),
             94 => mesh.advance(Duration::from_secs(rng.u64(1..12))),
             _ => {
                 for _ in 0..rng.usize(1..40) {
@@ -193,6 +208,7 @@ fn run(seed: u64, ops: usize) {
     for a in 0..gateways {
         for b in 0..gateways {
             mesh.heal(a, b);
+            mesh.release(a, b);
         }
     }
     for g in 0..gateways {

@@ -15,7 +15,7 @@ use meshgate_shard::ids::LinkKey;
 use meshgate_shard::mesh::handshake::Identity;
 use meshgate_shard::mesh::hello::RealmAuth;
 use meshgate_shard::mesh::proof::realm_digest;
-use meshgate_shard::wire::{FrameType, LinkStream, Message, Ping};
+use meshgate_shard::wire::{FrameReader, FrameType, LinkStream, Message, Ping};
 use meshgate_shard::{Config, LinkEnd, LinkReport, LinkState, NodeId, Time};
 
 use super::{ClientId, Sim, REALM};
@@ -148,6 +148,13 @@ pub struct MeshSim {
     pub seed: u64,
     /// Frames every link has sent, by frame type, over the whole run.
     pub frames_sent: HashMap<u8, u64>,
+    /// The frames of each link's streams, as taken from its shard, to tally them.
+    readers: HashMap<(End, usize), FrameReader>,
+    /// Bytes one stream may have in flight (the transport's flow control window): output
+    /// beyond it waits in the shard.
+    pub window: usize,
+    /// Links whose output did not all fit in the window: retried at every step.
+    unsent: HashSet<End>,
 }
 
 impl MeshSim {
@@ -168,6 +175,9 @@ impl MeshSim {
             rng: fastrand::Rng::with_seed(seed),
             seed,
             frames_sent: HashMap::new(),
+            readers: HashMap::new(),
+            window: usize::MAX,
+            unsent: HashSet::new(),
         };
         for i in 0..n {
             mesh.start(i);
@@ -337,6 +347,8 @@ impl MeshSim {
             self.drop_wire(w);
         }
         self.dials.retain(|d| d.from.gw != i);
+        self.unsent.retain(|e| e.gw != i);
+        self.readers.retain(|(e, _), _| e.gw != i);
         self.timed.retain(|(_, t)| match t {
             Timed::DialFailed(e) => e.gw != i,
         });
@@ -431,6 +443,7 @@ impl MeshSim {
                 let code = wire.closed_by[from];
                 let end = wire.ends[1 - from];
                 self.by_end.remove(&end);
+                self.forget(end);
                 let now = self.now;
                 self.shard(end)
                     .handle_link_closed(now, end.link, LinkEnd::Closed { code });
@@ -517,6 +530,13 @@ impl MeshSim {
 
     /// Takes what every shard has for the driver: dials, link output, link closes.
     fn harvest(&mut self) {
+        // Like the driver, which retries a link it could not write all to at every turn.
+        let unsent: Vec<End> = self.unsent.drain().collect();
+        for end in unsent {
+            if self.gws[end.gw].is_some() && self.by_end.contains_key(&end) {
+                self.take_output(end, false);
+            }
+        }
         for g in 0..self.gws.len() {
             let Some(shards) = self.gws[g].as_ref().map(|s| s.shards.len()) else {
                 continue;
@@ -538,11 +558,12 @@ impl MeshSim {
                     let Some(key) = self.gw(g).shards[s].poll_link_ready() else {
                         break;
                     };
-                    self.take_output(End {
+                    let end = End {
                         gw: g,
                         shard: s,
                         link: key,
-                    });
+                    };
+                    self.take_output(end, false);
                 }
                 loop {
                     let Some((key, reason)) = self.gw(g).shards[s].poll_link_close() else {
@@ -559,23 +580,41 @@ impl MeshSim {
         }
     }
 
-    /// Moves a link's output on both streams into its connection.
-    fn take_output(&mut self, end: End) {
+    /// Moves a link's output on both streams into its connection, as much as the window
+    /// takes (`all`: everything, as a close flushes it).
+    fn take_output(&mut self, end: End, all: bool) {
         let now = self.now;
         let wire = self.by_end.get(&end).copied();
         let shard = &mut self.gws[end.gw].as_mut().expect("alive").shards[end.shard];
         for (s, stream) in STREAMS.iter().enumerate() {
-            let bytes = shard.link_output(end.link, *stream).to_vec();
-            if bytes.is_empty() {
+            let out = shard.link_output(end.link, *stream);
+            if out.is_empty() {
                 continue;
             }
             let Some(w) = wire else {
                 panic!("output for link {end:?}, which has no connection ({now:?})");
             };
-            shard.consume_link_output(end.link, *stream, bytes.len());
-            tally(&mut self.frames_sent, &bytes);
             let wire = self.wires[w].as_mut().expect("a wire");
             let i = wire.end_of(end).expect("an end of its wire");
+            let room = if all {
+                usize::MAX
+            } else {
+                self.window.saturating_sub(wire.flight[i][s].len())
+            };
+            let n = out.len().min(room);
+            if n < out.len() {
+                self.unsent.insert(end);
+            }
+            let bytes = out[..n].to_vec();
+            shard.consume_link_output(end.link, *stream, n);
+            let reader = self
+                .readers
+                .entry((end, s))
+                .or_insert_with(|| FrameReader::new(u32::MAX));
+            reader.push(&bytes).expect("a link sends valid frames");
+            while let Some(frame) = reader.next_frame().expect("a link sends valid frames") {
+                *self.frames_sent.entry(frame.frame_type).or_default() += 1;
+            }
             wire.flight[i][s].extend(bytes);
         }
     }
@@ -591,7 +630,8 @@ impl MeshSim {
         self.timed.retain(|(_, t)| match t {
             Timed::DialFailed(e) => *e != end,
         });
-        self.take_output(end);
+        self.take_output(end, true);
+        self.forget(end);
         if let Some(w) = self.by_end.remove(&end) {
             let wire = self.wires[w].as_mut().expect("a wire");
             let i = wire.end_of(end).expect("an end of its wire");
@@ -615,9 +655,18 @@ impl MeshSim {
             let end = wire.ends[i];
             if wire.open(i) && self.gws[end.gw].is_some() {
                 self.by_end.remove(&end);
+                self.forget(end);
                 self.shard(end)
                     .handle_link_closed(now, end.link, LinkEnd::Closed { code: None });
             }
+        }
+    }
+
+    /// Forgets what the simulator keeps of a closed link's end.
+    fn forget(&mut self, end: End) {
+        self.unsent.remove(&end);
+        for s in 0..STREAMS.len() {
+            self.readers.remove(&(end, s));
         }
     }
 
@@ -771,15 +820,6 @@ impl MeshSim {
     /// Sum of a counter over every shard of a gateway.
     pub fn total(&self, gw: usize, f: impl Fn(&meshgate_shard::metrics::Counters) -> u64) -> u64 {
         self.gw_ref(gw).total(f)
-    }
-}
-
-/// Counts the frames of a link's output (whole frames, as the shard queues them) by type.
-fn tally(counts: &mut HashMap<u8, u64>, mut bytes: &[u8]) {
-    while bytes.len() >= 8 {
-        let len = u32::from_be_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
-        *counts.entry(bytes[1]).or_default() += 1;
-        bytes = &bytes[(8 + len).min(bytes.len())..];
     }
 }
 
