@@ -126,16 +126,15 @@ impl DialSchedule {
         }
     }
 
-    /// The link to `name` is lost: a seed at which it was found is dialed again after
-    /// `delay` (30 s after an eviction, 9.3); a gossip address is forgotten until learned again.
+    /// The link to `name` is lost: the address at which it was found is dialed again after
+    /// `delay` (30 s after an eviction, 9.3). A lost link is not a failed dial: a gossip address
+    /// too is forgotten only after [`GOSSIP_ATTEMPTS`] failed dials from here (9.4).
     pub fn lost(&mut self, name: &[u8], now: Time, delay: Duration) {
-        self.dials.retain(|_, d| {
-            if d.name.as_deref() != Some(name) {
-                return true;
+        for d in self.dials.values_mut() {
+            if d.name.as_deref() == Some(name) {
+                d.next_at = Some(now + delay);
             }
-            d.next_at = Some(now + delay);
-            d.origin == Origin::Seed
-        });
+        }
     }
 
     /// Why `addr` is dialed, if it is.
@@ -222,7 +221,7 @@ mod tests {
     }
 
     #[test]
-    fn a_seeds_peer_is_redialed_when_its_link_is_lost_and_a_gossip_one_is_forgotten() {
+    fn a_lost_links_address_is_redialed_a_seed_forever_and_a_gossip_one_until_it_fails() {
         let mut s = DialSchedule::default();
         s.seed("a:1", T0);
         s.learn(b"c", "c:1", b"me", false, T0, Duration::ZERO);
@@ -232,9 +231,20 @@ mod tests {
         assert_eq!(s.next_deadline(), None, "nothing dialed while admitted");
         s.lost(b"a", T0, Duration::from_secs(30));
         s.lost(b"c", T0, Duration::from_secs(30));
-        assert_eq!(s.len(), 1);
+        assert_eq!(s.len(), 2);
         assert!(due(&mut s, 39_999).is_empty());
-        assert_eq!(due(&mut s, 40_000), ["a:1"]);
+        assert_eq!(due(&mut s, 40_000), ["a:1", "c:1"]);
+        for at in [40_000, 41_000, 43_000] {
+            s.failed("a:1", Time::from_millis(at), 0.0);
+            s.failed("c:1", Time::from_millis(at), 0.0);
+            due(&mut s, at + 10_000);
+        }
+        let left: Vec<&str> = s.entries().map(|(addr, _, _)| addr).collect();
+        assert_eq!(
+            left,
+            ["a:1"],
+            "the gossip address is forgotten after 3 failed dials"
+        );
     }
 
     #[test]
