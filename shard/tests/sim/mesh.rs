@@ -542,10 +542,7 @@ impl MeshSim {
                 continue;
             };
             for s in 0..shards {
-                loop {
-                    let Some(req) = self.gw(g).shards[s].poll_dial() else {
-                        break;
-                    };
+                while let Some(req) = self.gw(g).shards[s].poll_dial() {
                     let from = End {
                         gw: g,
                         shard: s,
@@ -554,10 +551,7 @@ impl MeshSim {
                     let addr = req.addr.to_string();
                     self.dials.push(Dialing { from, addr });
                 }
-                loop {
-                    let Some(key) = self.gw(g).shards[s].poll_link_ready() else {
-                        break;
-                    };
+                while let Some(key) = self.gw(g).shards[s].poll_link_ready() {
                     let end = End {
                         gw: g,
                         shard: s,
@@ -565,10 +559,7 @@ impl MeshSim {
                     };
                     self.take_output(end, false);
                 }
-                loop {
-                    let Some((key, reason)) = self.gw(g).shards[s].poll_link_close() else {
-                        break;
-                    };
+                while let Some((key, reason)) = self.gw(g).shards[s].poll_link_close() {
                     let end = End {
                         gw: g,
                         shard: s,
