@@ -1207,3 +1207,44 @@ fn a_gateway_that_stops_closes_its_links_shutting_down_and_its_peers_fail_its_ca
         assert_eq!(mesh.up_peers(0), [name(2)]);
     });
 }
+
+#[test]
+fn after_admission_the_members_come_first_then_the_snapshots_and_only_then_increments() {
+    each_seed(4, |seed| {
+        let specs = vec![GatewaySpec::new(1), GatewaySpec::new(1).peers(&[0])];
+        let mut mesh = MeshSim::new(seed, specs);
+        let sub = mesh.connect(0, 0, node(10));
+        mesh.gw(0).subscribe(sub, &["old"]);
+        mesh.drive();
+        // Gateway 0 gets the dialer's PEER_AUTH in the same turn as a new SUBSCRIBE.
+        mesh.hold(1, 0);
+        mesh.advance(Duration::from_secs(1));
+        mesh.deliver_all(1, 0);
+        mesh.drive();
+        assert_eq!(
+            mesh.control_log.get(&(0, 1)).map(Vec::len),
+            Some(1),
+            "HELLO"
+        );
+        mesh.gw(0).subscribe(sub, &["new"]);
+        mesh.deliver_all(1, 0);
+        mesh.release(1, 0);
+        mesh.drive();
+        assert_eq!(mesh.up_peers(0), [name(1)]);
+        let log = &mesh.control_log[&(0, 1)];
+        let first_sync = log
+            .iter()
+            .position(|&t| t == FrameType::Sync as u8)
+            .unwrap();
+        let first_interest = log
+            .iter()
+            .position(|&t| t == FrameType::Interest as u8)
+            .unwrap();
+        assert_eq!(log[1], FrameType::PeerMembers as u8, "{log:?}");
+        assert!(
+            first_sync < first_interest,
+            "an INTEREST before the snapshot: {log:?}"
+        );
+        assert_eq!(mesh.link(1, 0).unwrap().patterns, 2);
+    });
+}

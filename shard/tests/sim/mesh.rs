@@ -155,6 +155,8 @@ pub struct MeshSim {
     pub window: usize,
     /// Links whose output did not all fit in the window: retried at every step.
     unsent: HashSet<End>,
+    /// The types of the control frames each gateway sent each other gateway, in order.
+    pub control_log: HashMap<(usize, usize), Vec<u8>>,
 }
 
 impl MeshSim {
@@ -178,6 +180,7 @@ impl MeshSim {
             readers: HashMap::new(),
             window: usize::MAX,
             unsent: HashSet::new(),
+            control_log: HashMap::new(),
         };
         for i in 0..n {
             mesh.start(i);
@@ -370,6 +373,27 @@ impl MeshSim {
         let wire = self.wires[w].as_mut().expect("a wire");
         let i = usize::from(wire.ends[0].gw != from);
         wire.flight[i][stream_index(stream)].extend(bytes);
+    }
+
+    /// Hands everything in flight from gateway `from` to gateway `to` on their one link over
+    /// at once, both streams, as one turn of `to`'s driver would, with no output taken
+    /// between.
+    pub fn deliver_all(&mut self, from: usize, to: usize) {
+        let now = self.now;
+        let w = self.wire_between(from, to);
+        let wire = self.wires[w].as_mut().expect("a wire");
+        let i = usize::from(wire.ends[0].gw != from);
+        let end = wire.ends[1 - i];
+        let flights: Vec<Vec<u8>> = wire.flight[i]
+            .iter_mut()
+            .map(|f| f.drain(..).collect())
+            .collect();
+        for (s, bytes) in flights.iter().enumerate() {
+            if !bytes.is_empty() {
+                self.shard(end)
+                    .handle_link_data(now, end.link, STREAMS[s], bytes);
+            }
+        }
     }
 
     /// The one open connection between gateways `a` and `b`.
@@ -587,6 +611,7 @@ impl MeshSim {
             };
             let wire = self.wires[w].as_mut().expect("a wire");
             let i = wire.end_of(end).expect("an end of its wire");
+            let peer = wire.ends[1 - i].gw;
             let room = if all {
                 usize::MAX
             } else {
@@ -605,6 +630,10 @@ impl MeshSim {
             reader.push(&bytes).expect("a link sends valid frames");
             while let Some(frame) = reader.next_frame().expect("a link sends valid frames") {
                 *self.frames_sent.entry(frame.frame_type).or_default() += 1;
+                if *stream == LinkStream::Control {
+                    let log = self.control_log.entry((end.gw, peer)).or_default();
+                    log.push(frame.frame_type);
+                }
             }
             wire.flight[i][s].extend(bytes);
         }
