@@ -422,7 +422,10 @@ impl MeshSim {
 
     /// One random step; false when nothing is left to do.
     pub fn step(&mut self) -> bool {
-        self.harvest();
+        // The driver takes output between turns; a turn may hold several inputs.
+        if self.rng.u8(..4) == 0 && self.harvest() {
+            return true;
+        }
         let mut actions = Vec::new();
         for g in self.alive() {
             if !self.gw_ref(g).quiet() {
@@ -451,7 +454,7 @@ impl MeshSim {
             }
         }
         if actions.is_empty() {
-            return false;
+            return self.harvest();
         }
         match actions[self.rng.usize(..actions.len())] {
             Action::Gateway(g) => {
@@ -552,13 +555,15 @@ impl MeshSim {
         &mut self.gw(end.gw).shards[end.shard]
     }
 
-    /// Takes what every shard has for the driver: dials, link output, link closes.
-    fn harvest(&mut self) {
+    /// Takes what every shard has for the driver: dials, link output, link closes. Returns
+    /// whether anything moved.
+    fn harvest(&mut self) -> bool {
+        let mut moved = false;
         // Like the driver, which retries a link it could not write all to at every turn.
         let unsent: Vec<End> = self.unsent.drain().collect();
         for end in unsent {
             if self.gws[end.gw].is_some() && self.by_end.contains_key(&end) {
-                self.take_output(end, false);
+                moved |= self.take_output(end, false);
             }
         }
         for g in 0..self.gws.len() {
@@ -574,6 +579,7 @@ impl MeshSim {
                     };
                     let addr = req.addr.to_string();
                     self.dials.push(Dialing { from, addr });
+                    moved = true;
                 }
                 while let Some(key) = self.gw(g).shards[s].poll_link_ready() {
                     let end = End {
@@ -581,7 +587,7 @@ impl MeshSim {
                         shard: s,
                         link: key,
                     };
-                    self.take_output(end, false);
+                    moved |= self.take_output(end, false);
                 }
                 while let Some((key, reason)) = self.gw(g).shards[s].poll_link_close() {
                     let end = End {
@@ -590,14 +596,17 @@ impl MeshSim {
                         link: key,
                     };
                     self.close(end, reason.close_code());
+                    moved = true;
                 }
             }
         }
+        moved
     }
 
     /// Moves a link's output on both streams into its connection, as much as the window
-    /// takes (`all`: everything, as a close flushes it).
-    fn take_output(&mut self, end: End, all: bool) {
+    /// takes (`all`: everything, as a close flushes it). Returns whether any byte moved.
+    fn take_output(&mut self, end: End, all: bool) -> bool {
+        let mut moved = false;
         let now = self.now;
         let wire = self.by_end.get(&end).copied();
         let shard = &mut self.gws[end.gw].as_mut().expect("alive").shards[end.shard];
@@ -635,8 +644,10 @@ impl MeshSim {
                     log.push(frame.frame_type);
                 }
             }
+            moved |= n > 0;
             wire.flight[i][s].extend(bytes);
         }
+        moved
     }
 
     /// The shard asked to close the link: its last control output goes out, it learns the
