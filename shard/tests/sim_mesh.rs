@@ -1248,3 +1248,29 @@ fn after_admission_the_members_come_first_then_the_snapshots_and_only_then_incre
         assert_eq!(mesh.link(1, 0).unwrap().patterns, 2);
     });
 }
+
+#[test]
+fn a_gateway_answers_a_ping_on_a_link_only_once_every_shard_has_what_came_before_it() {
+    each_seed(8, |seed| {
+        let mut mesh = full_mesh(seed, 2, 3);
+        let publishers: Vec<ClientId> = (0..3)
+            .map(|shard| mesh.connect(0, shard, node(30 + u32::from(shard))))
+            .collect();
+        let sub = mesh.connect(1, shard_of(seed, 1, 3), node(20));
+        mesh.gw(1).subscribe(sub, &["fresh.topic"]);
+        mesh.mesh_ping(1, sub, 77);
+        // Gateway 0's shards stall: the INTEREST reaches its link's shard only.
+        mesh.gw(0).hold_messages = true;
+        mesh.drive();
+        assert!(!mesh.gw_ref(1).pong_timestamps(sub).contains(&77));
+        mesh.gw(0).hold_messages = false;
+        while !mesh.gw_ref(1).pong_timestamps(sub).contains(&77) {
+            assert!(mesh.step(), "the mesh PING was answered");
+        }
+        for p in publishers {
+            mesh.gw(0).publish(p, "fresh.topic", b"1");
+        }
+        mesh.drive();
+        assert_eq!(mesh.gw_ref(1).publishes(sub).len(), 3);
+    });
+}

@@ -157,6 +157,9 @@ pub struct MeshSim {
     unsent: HashSet<End>,
     /// The types of the control frames each gateway sent each other gateway, in order.
     pub control_log: HashMap<(usize, usize), Vec<u8>>,
+    /// The weight of a gateway's own step (a shard message, session output) against 8 for a
+    /// link's delivery or a dial, drawn per seed: some runs have slow shards, some slow links.
+    pub gateway_weight: u32,
 }
 
 impl MeshSim {
@@ -181,7 +184,9 @@ impl MeshSim {
             window: usize::MAX,
             unsent: HashSet::new(),
             control_log: HashMap::new(),
+            gateway_weight: 8,
         };
+        mesh.gateway_weight = [1, 8, 8, 32, 128][mesh.rng.usize(..5)];
         for i in 0..n {
             mesh.start(i);
         }
@@ -428,7 +433,7 @@ impl MeshSim {
         }
         let mut actions = Vec::new();
         for g in self.alive() {
-            if !self.gw_ref(g).quiet() {
+            if self.gw_ref(g).busy() {
                 actions.push(Action::Gateway(g));
             }
         }
@@ -456,7 +461,7 @@ impl MeshSim {
         if actions.is_empty() {
             return self.harvest();
         }
-        match actions[self.rng.usize(..actions.len())] {
+        match self.pick(&actions) {
             Action::Gateway(g) => {
                 self.gw(g).step();
             }
@@ -477,6 +482,23 @@ impl MeshSim {
             }
         }
         true
+    }
+
+    /// A random action, a gateway's own step weighted by `gateway_weight`.
+    fn pick(&mut self, actions: &[Action]) -> Action {
+        let weight = |a: &Action| match a {
+            Action::Gateway(_) => self.gateway_weight,
+            _ => 8,
+        };
+        let total: u32 = actions.iter().map(weight).sum();
+        let mut at = self.rng.u32(..total);
+        for a in actions {
+            if at < weight(a) {
+                return *a;
+            }
+            at -= weight(a);
+        }
+        unreachable!("a weight under the total")
     }
 
     /// Steps until nothing is left to do.
