@@ -1071,12 +1071,34 @@ fn a_link_that_never_finishes_its_handshake_is_closed_connect_timeout() {
 
 #[test]
 fn under_link_churn_every_call_gets_one_reply_and_no_publish_arrives_twice_or_out_of_order() {
-    each_seed(6, |seed| {
-        let mut mesh = full_mesh(seed, 3, 2);
+    each_seed(6, |seed| churn(seed, [2, 2, 2]));
+}
+
+#[test]
+fn under_churn_gateways_of_one_two_and_three_shards_keep_the_call_and_publish_rules() {
+    each_seed(6, |seed| churn(seed, [1, 2, 3]));
+}
+
+/// Random calls, replies and publishes on three gateways while links are cut, healed and
+/// stalled, and gateways' shards stall: every call gets exactly one REPLY, and no publish
+/// arrives twice or out of order.
+fn churn(seed: u64, shards: [u16; 3]) {
+    {
+        let specs = (0..3)
+            .map(|i| {
+                let spec = GatewaySpec::new(shards[i]);
+                if i == 0 {
+                    spec
+                } else {
+                    spec.peers(&[0])
+                }
+            })
+            .collect();
+        let mut mesh = full_mesh_of(seed, specs);
         let mut rng = fastrand::Rng::with_seed(seed ^ 0xc0ffee);
-        let s = |salt| shard_of(seed, salt, 2);
         let (mut callers, mut subs, mut pubs) = (Vec::new(), Vec::new(), Vec::new());
         for gw in 0..3 {
+            let s = |salt| shard_of(seed, salt, shards[gw]);
             let base = 1_000 * (gw as u32 + 1);
             callers.push(mesh.connect(gw, s(base.into()), node(base)));
             let sub = mesh.connect(gw, s(u64::from(base) + 1), node(base + 1));
@@ -1123,8 +1145,10 @@ fn under_link_churn_every_call_gets_one_reply_and_no_publish_arrives_twice_or_ou
                     let a = rng.usize(..3);
                     mesh.hold(a, (a + 1 + rng.usize(..2)) % 3);
                 }
-                77..=79 => {
+                77 => mesh.gw(rng.usize(..3)).hold_messages = true,
+                78..=79 => {
                     for a in 0..3 {
+                        mesh.gw(a).hold_messages = false;
                         for b in 0..3 {
                             mesh.release(a, b);
                         }
@@ -1139,6 +1163,7 @@ fn under_link_churn_every_call_gets_one_reply_and_no_publish_arrives_twice_or_ou
             }
         }
         for a in 0..3 {
+            mesh.gw(a).hold_messages = false;
             for b in 0..3 {
                 mesh.heal(a, b);
                 mesh.release(a, b);
@@ -1176,7 +1201,7 @@ fn under_link_churn_every_call_gets_one_reply_and_no_publish_arrives_twice_or_ou
         // Seeds are dialed forever: every gateway is back with gateway 0. (Gateways 1 and 2 met
         // by gossip, and may have forgotten each other after 3 failed dials, 9.4.)
         assert_eq!(mesh.up_peers(0), [name(1), name(2)]);
-    });
+    }
 }
 
 #[test]
@@ -1272,5 +1297,24 @@ fn a_gateway_answers_a_ping_on_a_link_only_once_every_shard_has_what_came_before
         }
         mesh.drive();
         assert_eq!(mesh.gw_ref(1).publishes(sub).len(), 3);
+    });
+}
+
+#[test]
+fn mesh_pings_are_answered_between_gateways_of_one_shard() {
+    each_seed(4, |seed| {
+        let specs = vec![GatewaySpec::new(1), GatewaySpec::new(1).peers(&[0])];
+        let mut mesh = full_mesh_of(seed, specs);
+        let sub = mesh.connect(1, 0, node(20));
+        mesh.gw(1).subscribe(sub, &["x"]);
+        mesh.mesh_sync(1, sub);
+        let p = mesh.connect(0, 0, node(10));
+        mesh.gw(0).subscribe(p, &["y"]);
+        mesh.mesh_sync(0, p);
+        mesh.gw(0).publish(p, "x", b"1");
+        mesh.gw(1).publish(sub, "y", b"2");
+        mesh.drive();
+        assert_eq!(mesh.gw_ref(1).publishes(sub).len(), 1);
+        assert_eq!(mesh.gw_ref(0).publishes(p).len(), 1);
     });
 }
