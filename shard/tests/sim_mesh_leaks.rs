@@ -40,9 +40,13 @@ fn spec(shards: u16, peers: &[usize], max_peers: usize) -> GatewaySpec {
         })
 }
 
-fn run(seed: u64, ops: usize) {
+fn run(seed: u64, ops: usize, shards: [u16; 3]) {
     let _guard = SeedGuard(seed);
-    let specs = vec![spec(3, &[], 8), spec(2, &[0], 8), spec(3, &[0], 1)];
+    let specs = vec![
+        spec(shards[0], &[], 8),
+        spec(shards[1], &[0], 8),
+        spec(shards[2], &[0], 1),
+    ];
     let mut mesh = MeshSim::new(seed, specs);
     mesh.window = 600;
     let gateways = mesh.gws.len();
@@ -185,8 +189,10 @@ fn run(seed: u64, ops: usize) {
                 restarts += 1;
                 mesh.restart(rng.usize(..gateways));
             }
+            87 if rng.bool() => mesh.gw(rng.usize(..gateways)).hold_messages = true,
             87 => {
                 for a in 0..gateways {
+                    mesh.gw(a).hold_messages = false;
                     for b in 0..gateways {
                         mesh.release(a, b);
                     }
@@ -206,6 +212,7 @@ fn run(seed: u64, ops: usize) {
     }
     mesh.drive();
     for a in 0..gateways {
+        mesh.gw(a).hold_messages = false;
         for b in 0..gateways {
             mesh.heal(a, b);
             mesh.release(a, b);
@@ -282,6 +289,13 @@ fn run(seed: u64, ops: usize) {
 #[test]
 fn every_table_of_every_gateway_is_empty_after_random_mesh_churn() {
     for seed in seeds(300, 6) {
-        run(seed, 3_000);
+        run(seed, 3_000, [3, 2, 3]);
+    }
+}
+
+#[test]
+fn every_table_is_empty_after_random_mesh_churn_with_gateways_of_one_shard() {
+    for seed in seeds(400, 4) {
+        run(seed, 3_000, [1, 2, 1]);
     }
 }
