@@ -4,9 +4,9 @@ mod sim;
 
 use std::time::Duration;
 
-use meshgate_shard::metrics::DropReason;
+use meshgate_shard::metrics::{CallOutcome, DropReason, LinkResult};
 use meshgate_shard::wire::{
-    Entries, FrameType, Interest, LinkStream, Message, PeerMessage, Ping, Strings, SyncMsg,
+    Entries, FrameType, Interest, LinkStream, Message, PeerMessage, Ping, Reason, Strings, SyncMsg,
     SyncPhase,
 };
 use meshgate_shard::NodeId;
@@ -351,6 +351,11 @@ fn calls_from_one_session_reach_each_peer_in_proportion_to_its_providers() {
         let replies = mesh.gw_ref(0).replies(caller);
         assert_eq!(replies.len(), 30);
         assert!(replies.iter().all(|(_, r)| r == &Ok(ok(1))));
+        // meshgate_calls_total counts on the caller's gateway only.
+        assert_eq!(mesh.total(0, |c| c.calls_of(CallOutcome::Ok)), 30);
+        for gw in [1, 2] {
+            assert_eq!(mesh.total(gw, |c| c.calls.iter().sum()), 0);
+        }
         mesh.assert_counters_agree();
     });
 }
@@ -960,6 +965,11 @@ fn a_call_refused_by_one_peer_is_tried_on_the_next() {
         mesh.release(0, 1);
         mesh.drive();
         assert_eq!(mesh.sent(1, 0, FrameType::Reply), 1, "procedure_not_found");
+        assert_eq!(
+            mesh.sent_by(1, FrameType::Call),
+            0,
+            "a CALL from a link is never relayed"
+        );
         assert_eq!(mesh.sent(0, 2, FrameType::Call), 1, "tried next");
         let got = mesh.gw_ref(2).calls(c);
         assert_eq!(got.len(), 1);
@@ -1034,7 +1044,6 @@ fn a_gateway_with_another_cluster_token_is_never_admitted() {
         mesh.advance(Duration::from_secs(20));
         assert!(mesh.up_peers(0).is_empty() && mesh.up_peers(1).is_empty());
         assert_eq!(mesh.connections(0, 1), 0);
-        use meshgate_shard::metrics::LinkResult;
         let unauthorized = |g| mesh.total(g, |c| c.link_results_of(LinkResult::Unauthorized));
         assert!(unauthorized(0) > 0 && unauthorized(1) > 0);
         assert!(mesh.gw_ref(0).shards[0]
@@ -1052,7 +1061,6 @@ fn a_link_that_never_finishes_its_handshake_is_closed_connect_timeout() {
         let mut mesh = MeshSim::new(seed, specs);
         // Gateway 0 never hears the dialer's HELLO.
         mesh.hold(1, 0);
-        use meshgate_shard::metrics::LinkResult;
         let timeouts =
             |m: &MeshSim, g| m.total(g, |c| c.link_results_of(LinkResult::ConnectTimeout));
         mesh.advance(Duration::from_millis(9_900));
@@ -1225,7 +1233,6 @@ fn a_gateway_that_stops_closes_its_links_shutting_down_and_its_peers_fail_its_ca
         assert_eq!(mesh.up_peers(0), [name(2)]);
         assert_eq!(mesh.up_peers(2), [name(0)]);
         assert_eq!((mesh.connections(0, 1), mesh.connections(1, 2)), (0, 0));
-        use meshgate_shard::metrics::LinkResult;
         assert_eq!(mesh.total(0, |c| c.link_results_of(LinkResult::Lost)), 1);
         mesh.kill(1);
         mesh.advance(Duration::from_secs(10));
@@ -1316,5 +1323,62 @@ fn mesh_pings_are_answered_between_gateways_of_one_shard() {
         mesh.drive();
         assert_eq!(mesh.gw_ref(1).publishes(sub).len(), 1);
         assert_eq!(mesh.gw_ref(0).publishes(p).len(), 1);
+    });
+}
+
+#[test]
+fn a_frame_on_the_wrong_stream_or_for_a_realm_not_shared_closes_the_link_protocol_error() {
+    each_seed(4, |seed| {
+        let mut specs = specs(2, 2);
+        specs[1] = specs[1].clone().config(|c| {
+            c.realms.push(meshgate_shard::RealmConfig {
+                name: b"only.here"[..].into(),
+                tokens: Vec::new(),
+            })
+        });
+        let mut mesh = full_mesh_of(seed, specs);
+        let bad_frames = [
+            (LinkStream::Control, {
+                let mut f = Vec::new();
+                let p = meshgate_shard::wire::Publish::new(b"t", b"x");
+                let node = NodeId([7; 32]);
+                PeerMessage::Publish(meshgate_shard::wire::LinkPublish::forwarded(
+                    REALM.as_bytes(),
+                    node,
+                    &p,
+                ))
+                .encode(&mut f);
+                f
+            }),
+            (LinkStream::Control, {
+                let mut f = Vec::new();
+                PeerMessage::Sync(SyncMsg {
+                    realm: b"only.here",
+                    phase: SyncPhase::Request,
+                })
+                .encode(&mut f);
+                f
+            }),
+        ];
+        for (i, (stream, frame)) in bad_frames.into_iter().enumerate() {
+            let closes = mesh.closes.len();
+            mesh.inject(1, 0, stream, &frame);
+            mesh.drive();
+            assert_eq!(mesh.connections(0, 1), 0, "frame {i}");
+            let protocol_error = (0, 1, Reason::ProtocolError.close_code());
+            assert!(mesh.closes[closes..].contains(&protocol_error), "frame {i}");
+            assert_eq!(
+                mesh.control_log[&(0, 1)].last(),
+                Some(&(FrameType::Disconnect as u8))
+            );
+            mesh.advance(Duration::from_secs(5));
+            assert_eq!(
+                mesh.up_peers(0),
+                [name(1)],
+                "frame {i}: the link comes back"
+            );
+        }
+        let lost = mesh.total(1, |c| c.link_results_of(LinkResult::Lost));
+        assert_eq!(lost, 2);
     });
 }

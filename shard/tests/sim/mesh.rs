@@ -157,6 +157,8 @@ pub struct MeshSim {
     unsent: HashSet<End>,
     /// The types of the control frames each gateway sent each other gateway, in order.
     pub control_log: HashMap<(usize, usize), Vec<u8>>,
+    /// Every connection a shard closed: (its gateway, the peer's gateway, the close code).
+    pub closes: Vec<(usize, usize, u64)>,
     /// The weight of a gateway's own step (a shard message, session output) against 8 for a
     /// link's delivery or a dial, drawn per seed: some runs have slow shards, some slow links.
     pub gateway_weight: u32,
@@ -184,6 +186,7 @@ impl MeshSim {
             window: usize::MAX,
             unsent: HashSet::new(),
             control_log: HashMap::new(),
+            closes: Vec::new(),
             gateway_weight: 8,
         };
         mesh.gateway_weight = [1, 8, 8, 32, 128][mesh.rng.usize(..5)];
@@ -688,6 +691,7 @@ impl MeshSim {
         if let Some(w) = self.by_end.remove(&end) {
             let wire = self.wires[w].as_mut().expect("a wire");
             let i = wire.end_of(end).expect("an end of its wire");
+            self.closes.push((end.gw, wire.ends[1 - i].gw, code));
             wire.closed_by[i] = Some(code);
             wire.flight[1 - i] = Default::default();
             if !wire.open(1 - i) {
