@@ -830,20 +830,35 @@ fn a_realm_served_with_other_tokens_is_not_shared_and_no_frame_crosses() {
         mesh.gw(0).register(secure_sub, "svc", None);
         mesh.mesh_sync(0, secure_sub);
         mesh.mesh_sync(0, plain_sub);
+        let other_sub = mesh.connect_to(0, s(5), node(12), "other.realm", None);
+        mesh.gw(0).subscribe(other_sub, &["**"]);
+        mesh.mesh_sync(0, other_sub);
         let secure_pub = mesh.connect_to(1, s(3), node(20), "secure", Some("other"));
         let plain_pub = mesh.connect(1, s(4), node(21));
+        let other_pub = mesh.connect_to(1, s(6), node(22), "other.realm", None);
         mesh.gw(1).publish(secure_pub, "x", b"1");
         mesh.gw(1).call(secure_pub, "svc", 1, Some(60_000));
         mesh.gw(1).publish(plain_pub, "x", b"2");
+        mesh.gw(1).publish(other_pub, "x", b"3");
         mesh.drive();
         assert_eq!(mesh.gw_ref(0).publishes(secure_sub).len(), 0);
         assert_eq!(mesh.gw_ref(0).calls(secure_sub).len(), 0);
+        // Each shared realm's frames reach that realm's sessions only.
+        assert_eq!(
+            payloads_from(&mesh, 0, plain_sub, node(21)),
+            [b"2".to_vec()]
+        );
         assert_eq!(mesh.gw_ref(0).publishes(plain_sub).len(), 1);
+        assert_eq!(
+            payloads_from(&mesh, 0, other_sub, node(22)),
+            [b"3".to_vec()]
+        );
+        assert_eq!(mesh.gw_ref(0).publishes(other_sub).len(), 1);
         assert_eq!(
             mesh.gw_ref(1).replies(secure_pub),
             vec![(1, Err("procedure_not_found".into()))]
         );
-        assert_eq!(mesh.sent(1, 0, FrameType::Publish), 1);
+        assert_eq!(mesh.sent(1, 0, FrameType::Publish), 2);
         assert_eq!(mesh.sent(1, 0, FrameType::Call), 0);
         mesh.assert_counters_agree();
     });
