@@ -81,15 +81,18 @@ impl DialSchedule {
         true
     }
 
-    /// The addresses due at `now`, each marked as being dialed (not returned again until it
-    /// fails or its link is lost).
+    /// The addresses due at `now`, in address order, each marked as being dialed (not
+    /// returned again until it fails or its link is lost). The order is fixed so that the dials
+    /// (and their `dial_seq`) do not depend on the map's per-process hash seed.
     pub fn due(&mut self, now: Time, out: &mut Vec<Box<str>>) {
+        let start = out.len();
         for (addr, dial) in &mut self.dials {
             if dial.next_at.is_some_and(|at| at <= now) {
                 dial.next_at = None;
                 out.push(addr.clone());
             }
         }
+        out[start..].sort_unstable();
     }
 
     /// When the schedule next has an address due.
@@ -245,6 +248,18 @@ mod tests {
             ["a:1"],
             "the gossip address is forgotten after 3 failed dials"
         );
+    }
+
+    #[test]
+    fn addresses_due_at_once_come_in_address_order() {
+        let mut s = DialSchedule::default();
+        for addr in ["c:1", "a:1", "d:1", "b:1"] {
+            s.seed(addr, T0);
+        }
+        let mut out = vec!["kept".into()];
+        s.due(T0, &mut out);
+        let out: Vec<&str> = out.iter().map(|a| &**a).collect();
+        assert_eq!(out, ["kept", "a:1", "b:1", "c:1", "d:1"]);
     }
 
     #[test]
