@@ -5,7 +5,7 @@
 //! clock drives every gateway; every choice is drawn from one seeded RNG.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -78,7 +78,7 @@ impl GatewaySpec {
 }
 
 /// One end of a simulated peer link: a link on a shard of a gateway.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct End {
     pub gw: usize,
     pub shard: usize,
@@ -154,7 +154,7 @@ pub struct MeshSim {
     /// beyond it waits in the shard.
     pub window: usize,
     /// Links whose output did not all fit in the window: retried at every step.
-    unsent: HashSet<End>,
+    unsent: BTreeSet<End>,
     /// The types of the control frames each gateway sent each other gateway, in order.
     pub control_log: HashMap<(usize, usize), Vec<u8>>,
     /// Every connection a shard closed: (its gateway, the peer's gateway, the close code).
@@ -184,7 +184,7 @@ impl MeshSim {
             frames_sent: HashMap::new(),
             readers: HashMap::new(),
             window: usize::MAX,
-            unsent: HashSet::new(),
+            unsent: BTreeSet::new(),
             control_log: HashMap::new(),
             closes: Vec::new(),
             gateway_weight: 8,
@@ -585,7 +585,7 @@ impl MeshSim {
     fn harvest(&mut self) -> bool {
         let mut moved = false;
         // Like the driver, which retries a link it could not write all to at every turn.
-        let unsent: Vec<End> = self.unsent.drain().collect();
+        let unsent: Vec<End> = std::mem::take(&mut self.unsent).into_iter().collect();
         for end in unsent {
             if self.gws[end.gw].is_some() && self.by_end.contains_key(&end) {
                 moved |= self.take_output(end, false);
