@@ -121,11 +121,16 @@ enum Timed {
     DialFailed(End),
 }
 
+/// What one step of the simulation can do.
 #[derive(Clone, Copy)]
 enum Action {
+    /// A step of gateway `g` of its own: a shard message, or session output.
     Gateway(usize),
+    /// The QUIC handshake of the dial at this index in `dials`.
     Connect(usize),
+    /// A piece of what end `from` of wire `w` sent on stream `s` arrives: (w, from, s).
     Deliver(usize, usize, usize),
+    /// The close end `from` of wire `w` made arrives at the other end: (w, from).
     CloseArrives(usize, usize),
 }
 
