@@ -1451,3 +1451,38 @@ fn a_mesh_simulation_replays_exactly_from_its_seed() {
     }
     each_seed(4, |seed| assert_eq!(run(seed), run(seed)));
 }
+
+#[test]
+fn a_seed_where_no_gateway_answers_is_dialed_forever_with_backoff() {
+    each_seed(2, |seed| {
+        let specs = vec![GatewaySpec::new(2).peers(&[9])];
+        let mut mesh = MeshSim::new(seed, specs);
+        mesh.advance(Duration::from_secs(60));
+        // Dials at 0, 4, 9, 16 and 35 s (+/- jitter), each failing 3 s later.
+        let failed = mesh.total(0, |c| c.link_results_of(LinkResult::DialFailed));
+        assert!((4..=6).contains(&failed), "{failed} failed dials");
+        let table = mesh.gw_ref(0).shards[0].peer_table().unwrap();
+        assert_eq!(table.dials.len(), 1, "a seed is never forgotten");
+    });
+}
+
+#[test]
+fn a_gossip_learned_gateway_that_is_gone_is_forgotten_and_learned_again_when_it_returns() {
+    each_seed(4, |seed| {
+        let mut mesh = full_mesh(seed, 3, 2);
+        mesh.kill(2);
+        mesh.advance(Duration::from_secs(60));
+        let table = mesh.gw_ref(1).shards[0].peer_table().unwrap();
+        let addrs: Vec<&str> = table.dials.iter().map(|d| &*d.addr).collect();
+        assert_eq!(
+            addrs,
+            [sim::mesh::addr(0)],
+            "gateway 2 forgotten after 3 failed dials"
+        );
+        mesh.restart(2);
+        mesh.advance(Duration::from_secs(5));
+        for gw in 0..3 {
+            assert_eq!(mesh.up_peers(gw).len(), 2, "gateway {gw}");
+        }
+    });
+}
