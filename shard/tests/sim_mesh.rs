@@ -1106,125 +1106,123 @@ fn under_churn_gateways_of_one_two_and_three_shards_keep_the_call_and_publish_ru
 /// stalled, and gateways' shards stall: every call gets exactly one REPLY, and no publish
 /// arrives twice or out of order.
 fn churn(seed: u64, shards: [u16; 3]) {
-    {
-        let specs = (0..3)
-            .map(|i| {
-                let spec = GatewaySpec::new(shards[i]);
-                if i == 0 {
-                    spec
-                } else {
-                    spec.peers(&[0])
-                }
-            })
-            .collect();
-        let mut mesh = full_mesh_of(seed, specs);
-        let mut rng = fastrand::Rng::with_seed(seed ^ 0xc0ffee);
-        let (mut callers, mut subs, mut pubs) = (Vec::new(), Vec::new(), Vec::new());
-        for gw in 0..3 {
-            let s = |salt| shard_of(seed, salt, shards[gw]);
-            let base = 1_000 * (gw as u32 + 1);
-            callers.push(mesh.connect(gw, s(base.into()), node(base)));
-            let sub = mesh.connect(gw, s(u64::from(base) + 1), node(base + 1));
-            mesh.gw(gw).subscribe(sub, &["**"]);
-            mesh.mesh_sync(gw, sub);
-            subs.push(sub);
-            pubs.push(mesh.connect(gw, s(u64::from(base) + 2), node(base + 2)));
-        }
-        let provs = providers(&mut mesh, seed, &[(1, 1), (2, 2)]);
-        let mut next_call = [0u64; 3];
-        let mut next_pub = [0u16; 3];
-        for _ in 0..1_500 {
-            match rng.u32(..100) {
-                0..=24 => {
-                    let gw = rng.usize(..3);
-                    next_call[gw] += 1;
-                    let timeout = rng.u64(100..3_000);
-                    mesh.gw(gw)
-                        .call(callers[gw], "svc", next_call[gw], Some(timeout));
-                }
-                25..=44 => {
-                    let (gw, p) = provs[rng.usize(..provs.len())];
-                    let calls = mesh.gw_ref(gw).calls(p);
-                    if !calls.is_empty() {
-                        let id = calls[rng.usize(..calls.len())].1;
-                        mesh.gw(gw).reply(p, id, &ok(1));
-                    }
-                }
-                45..=69 => {
-                    let gw = rng.usize(..3);
-                    next_pub[gw] += 1;
-                    let payload = next_pub[gw].to_be_bytes();
-                    mesh.gw(gw).publish(pubs[gw], "t", &payload);
-                }
-                70..=71 => {
-                    let a = rng.usize(..3);
-                    mesh.cut(a, (a + 1 + rng.usize(..2)) % 3);
-                }
-                72..=75 => {
-                    let a = rng.usize(..3);
-                    mesh.heal(a, (a + 1 + rng.usize(..2)) % 3);
-                }
-                76 => {
-                    let a = rng.usize(..3);
-                    mesh.hold(a, (a + 1 + rng.usize(..2)) % 3);
-                }
-                77 => mesh.gw(rng.usize(..3)).hold_messages = true,
-                78..=79 => {
-                    for a in 0..3 {
-                        mesh.gw(a).hold_messages = false;
-                        for b in 0..3 {
-                            mesh.release(a, b);
-                        }
-                    }
-                }
-                80..=89 => mesh.advance(Duration::from_millis(rng.u64(1..500))),
-                _ => {
-                    for _ in 0..rng.usize(1..30) {
-                        mesh.step();
-                    }
-                }
+    let specs = (0..3)
+        .map(|i| {
+            let spec = GatewaySpec::new(shards[i]);
+            if i == 0 {
+                spec
+            } else {
+                spec.peers(&[0])
             }
-        }
-        for a in 0..3 {
-            mesh.gw(a).hold_messages = false;
-            for b in 0..3 {
-                mesh.heal(a, b);
-                mesh.release(a, b);
-            }
-        }
-        // Past every call's deadline, and every redial's backoff.
-        mesh.advance(Duration::from_secs(40));
-        for gw in 0..3 {
-            let mut ids: Vec<u64> = mesh
-                .gw_ref(gw)
-                .replies(callers[gw])
-                .iter()
-                .map(|r| r.0)
-                .collect();
-            ids.sort_unstable();
-            let issued: Vec<u64> = (1..=next_call[gw]).collect();
-            assert_eq!(ids, issued, "gateway {gw}: one REPLY per CALL");
-        }
-        for (gw, &sub) in subs.iter().enumerate() {
-            for (from, &count) in next_pub.iter().enumerate() {
-                let publisher = node(1_000 * (from as u32 + 1) + 2);
-                let seqs: Vec<u16> = payloads_from(&mesh, gw, sub, publisher)
-                    .iter()
-                    .map(|p| u16::from_be_bytes([p[0], p[1]]))
-                    .collect();
-                assert!(
-                    seqs.windows(2).all(|w| w[0] < w[1]),
-                    "gateway {gw} got gateway {from}'s publishes twice or out of order"
-                );
-                if from == gw {
-                    assert_eq!(seqs.len(), usize::from(count), "local delivery is whole");
-                }
-            }
-        }
-        // Seeds are dialed forever: every gateway is back with gateway 0. (Gateways 1 and 2 met
-        // by gossip, and may have forgotten each other after 3 failed dials, 9.4.)
-        assert_eq!(mesh.up_peers(0), [name(1), name(2)]);
+        })
+        .collect();
+    let mut mesh = full_mesh_of(seed, specs);
+    let mut rng = fastrand::Rng::with_seed(seed ^ 0xc0ffee);
+    let (mut callers, mut subs, mut pubs) = (Vec::new(), Vec::new(), Vec::new());
+    for (gw, &count) in shards.iter().enumerate() {
+        let s = |salt| shard_of(seed, salt, count);
+        let base = 1_000 * (gw as u32 + 1);
+        callers.push(mesh.connect(gw, s(base.into()), node(base)));
+        let sub = mesh.connect(gw, s(u64::from(base) + 1), node(base + 1));
+        mesh.gw(gw).subscribe(sub, &["**"]);
+        mesh.mesh_sync(gw, sub);
+        subs.push(sub);
+        pubs.push(mesh.connect(gw, s(u64::from(base) + 2), node(base + 2)));
     }
+    let provs = providers(&mut mesh, seed, &[(1, 1), (2, 2)]);
+    let mut next_call = [0u64; 3];
+    let mut next_pub = [0u16; 3];
+    for _ in 0..1_500 {
+        match rng.u32(..100) {
+            0..=24 => {
+                let gw = rng.usize(..3);
+                next_call[gw] += 1;
+                let timeout = rng.u64(100..3_000);
+                mesh.gw(gw)
+                    .call(callers[gw], "svc", next_call[gw], Some(timeout));
+            }
+            25..=44 => {
+                let (gw, p) = provs[rng.usize(..provs.len())];
+                let calls = mesh.gw_ref(gw).calls(p);
+                if !calls.is_empty() {
+                    let id = calls[rng.usize(..calls.len())].1;
+                    mesh.gw(gw).reply(p, id, &ok(1));
+                }
+            }
+            45..=69 => {
+                let gw = rng.usize(..3);
+                next_pub[gw] += 1;
+                let payload = next_pub[gw].to_be_bytes();
+                mesh.gw(gw).publish(pubs[gw], "t", &payload);
+            }
+            70..=71 => {
+                let a = rng.usize(..3);
+                mesh.cut(a, (a + 1 + rng.usize(..2)) % 3);
+            }
+            72..=75 => {
+                let a = rng.usize(..3);
+                mesh.heal(a, (a + 1 + rng.usize(..2)) % 3);
+            }
+            76 => {
+                let a = rng.usize(..3);
+                mesh.hold(a, (a + 1 + rng.usize(..2)) % 3);
+            }
+            77 => mesh.gw(rng.usize(..3)).hold_messages = true,
+            78..=79 => {
+                for a in 0..3 {
+                    mesh.gw(a).hold_messages = false;
+                    for b in 0..3 {
+                        mesh.release(a, b);
+                    }
+                }
+            }
+            80..=89 => mesh.advance(Duration::from_millis(rng.u64(1..500))),
+            _ => {
+                for _ in 0..rng.usize(1..30) {
+                    mesh.step();
+                }
+            }
+        }
+    }
+    for a in 0..3 {
+        mesh.gw(a).hold_messages = false;
+        for b in 0..3 {
+            mesh.heal(a, b);
+            mesh.release(a, b);
+        }
+    }
+    // Past every call's deadline, and every redial's backoff.
+    mesh.advance(Duration::from_secs(40));
+    for gw in 0..3 {
+        let mut ids: Vec<u64> = mesh
+            .gw_ref(gw)
+            .replies(callers[gw])
+            .iter()
+            .map(|r| r.0)
+            .collect();
+        ids.sort_unstable();
+        let issued: Vec<u64> = (1..=next_call[gw]).collect();
+        assert_eq!(ids, issued, "gateway {gw}: one REPLY per CALL");
+    }
+    for (gw, &sub) in subs.iter().enumerate() {
+        for (from, &count) in next_pub.iter().enumerate() {
+            let publisher = node(1_000 * (from as u32 + 1) + 2);
+            let seqs: Vec<u16> = payloads_from(&mesh, gw, sub, publisher)
+                .iter()
+                .map(|p| u16::from_be_bytes([p[0], p[1]]))
+                .collect();
+            assert!(
+                seqs.windows(2).all(|w| w[0] < w[1]),
+                "gateway {gw} got gateway {from}'s publishes twice or out of order"
+            );
+            if from == gw {
+                assert_eq!(seqs.len(), usize::from(count), "local delivery is whole");
+            }
+        }
+    }
+    // Seeds are dialed forever: every gateway is back with gateway 0. (Gateways 1 and 2 met
+    // by gossip, and may have forgotten each other after 3 failed dials, 9.4.)
+    assert_eq!(mesh.up_peers(0), [name(1), name(2)]);
 }
 
 #[test]
