@@ -295,8 +295,14 @@ pub enum ShardMsg {
         link: LinkKey,
         members: Vec<OwnedMember>,
     },
-    /// From shard 0: close the link (refused, replaced or evicted).
-    CloseLink { link: LinkKey, reason: LinkReason },
+    /// From shard 0: close the link (refused, replaced or evicted). `then` is the link
+    /// admitted in its place: its shard is told only once this one is closed, so that no two
+    /// links to one peer, nor more than `--max-peers` links, are ever admitted at once.
+    CloseLink {
+        link: LinkKey,
+        reason: LinkReason,
+        then: Option<Box<Admitted>>,
+    },
     /// From shard 0: send PEER_MEMBERS with these members on the link.
     Introduce {
         link: LinkKey,
@@ -368,6 +374,14 @@ pub struct LinkPeer {
     pub dialed: Option<Box<str>>,
     /// The dialer's HELLO said the dial came from gossip.
     pub gossip: bool,
+}
+
+/// A link admitted by shard 0, to be told to its shard.
+#[derive(Clone, Debug)]
+pub struct Admitted {
+    pub shard: ShardId,
+    pub link: LinkKey,
+    pub members: Vec<OwnedMember>,
 }
 
 /// What a link's shard tells shard 0 of a link's end.

@@ -36,7 +36,7 @@ use crate::mesh::counters::LinkCounters;
 use crate::metrics::{Counters, DropReason, Metrics};
 use crate::pending::{CallKey, PendingCalls};
 use crate::registry::{Registry, Removed};
-use crate::router::ShardMsg;
+use crate::router::{Admitted, ShardMsg};
 use crate::subs::SubscriptionIndex;
 use crate::wheel::{CallWheel, TimerKey};
 use crate::wire::{LinkReason, LinkStream, Reason};
@@ -655,7 +655,17 @@ impl Shard {
             } => self.cancel_at_provider(provider, token, reason),
             ShardMsg::AdmitLink { link, peer } => self.on_admit_link(from, link, *peer),
             ShardMsg::LinkAdmitted { link, members } => self.on_link_admitted(link, &members),
-            ShardMsg::CloseLink { link, reason } => self.close_link(link, reason, ""),
+            ShardMsg::CloseLink { link, reason, then } => {
+                self.close_link(link, reason, "");
+                if let Some(admitted) = then {
+                    let Admitted {
+                        shard,
+                        link,
+                        members,
+                    } = *admitted;
+                    self.send(shard, ShardMsg::LinkAdmitted { link, members });
+                }
+            }
             ShardMsg::Introduce { link, members } => self.send_members(link, &members),
             ShardMsg::Dial { addr, seq, gossip } => self.on_dial(addr, seq, gossip),
             ShardMsg::LinkEnded { link, end } => self.on_link_ended(from, link, &end),

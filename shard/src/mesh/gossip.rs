@@ -81,15 +81,18 @@ impl DialSchedule {
         true
     }
 
-    /// The addresses due at `now`, each marked as being dialed (not returned again until it
-    /// fails or its link is lost).
+    /// The addresses due at `now`, in address order, each marked as being dialed (not
+    /// returned again until it fails or its link is lost). The order is fixed so that the dials
+    /// (and their `dial_seq`) do not depend on the map's per-process hash seed.
     pub fn due(&mut self, now: Time, out: &mut Vec<Box<str>>) {
+        let start = out.len();
         for (addr, dial) in &mut self.dials {
             if dial.next_at.is_some_and(|at| at <= now) {
                 dial.next_at = None;
                 out.push(addr.clone());
             }
         }
+        out[start..].sort_unstable();
     }
 
     /// When the schedule next has an address due.
@@ -126,16 +129,15 @@ impl DialSchedule {
         }
     }
 
-    /// The link to `name` is lost: a seed at which it was found is dialed again after
-    /// `delay` (30 s after an eviction, 9.3); a gossip address is forgotten until learned again.
+    /// The link to `name` is lost: the address at which it was found is dialed again after
+    /// `delay` (30 s after an eviction, 9.3). A lost link is not a failed dial: a gossip address
+    /// too is forgotten only after [`GOSSIP_ATTEMPTS`] failed dials from here (9.4).
     pub fn lost(&mut self, name: &[u8], now: Time, delay: Duration) {
-        self.dials.retain(|_, d| {
-            if d.name.as_deref() != Some(name) {
-                return true;
+        for d in self.dials.values_mut() {
+            if d.name.as_deref() == Some(name) {
+                d.next_at = Some(now + delay);
             }
-            d.next_at = Some(now + delay);
-            d.origin == Origin::Seed
-        });
+        }
     }
 
     /// Why `addr` is dialed, if it is.
@@ -222,7 +224,7 @@ mod tests {
     }
 
     #[test]
-    fn a_seeds_peer_is_redialed_when_its_link_is_lost_and_a_gossip_one_is_forgotten() {
+    fn a_lost_links_address_is_redialed_a_seed_forever_and_a_gossip_one_until_it_fails() {
         let mut s = DialSchedule::default();
         s.seed("a:1", T0);
         s.learn(b"c", "c:1", b"me", false, T0, Duration::ZERO);
@@ -232,9 +234,32 @@ mod tests {
         assert_eq!(s.next_deadline(), None, "nothing dialed while admitted");
         s.lost(b"a", T0, Duration::from_secs(30));
         s.lost(b"c", T0, Duration::from_secs(30));
-        assert_eq!(s.len(), 1);
+        assert_eq!(s.len(), 2);
         assert!(due(&mut s, 39_999).is_empty());
-        assert_eq!(due(&mut s, 40_000), ["a:1"]);
+        assert_eq!(due(&mut s, 40_000), ["a:1", "c:1"]);
+        for at in [40_000, 41_000, 43_000] {
+            s.failed("a:1", Time::from_millis(at), 0.0);
+            s.failed("c:1", Time::from_millis(at), 0.0);
+            due(&mut s, at + 10_000);
+        }
+        let left: Vec<&str> = s.entries().map(|(addr, _, _)| addr).collect();
+        assert_eq!(
+            left,
+            ["a:1"],
+            "the gossip address is forgotten after 3 failed dials"
+        );
+    }
+
+    #[test]
+    fn addresses_due_at_once_come_in_address_order() {
+        let mut s = DialSchedule::default();
+        for addr in ["c:1", "a:1", "d:1", "b:1"] {
+            s.seed(addr, T0);
+        }
+        let mut out = vec!["kept".into()];
+        s.due(T0, &mut out);
+        let out: Vec<&str> = out.iter().map(|a| &**a).collect();
+        assert_eq!(out, ["kept", "a:1", "b:1", "c:1", "d:1"]);
     }
 
     #[test]

@@ -506,18 +506,20 @@ impl Shard {
     /// Shard 0 admitted the link: PEER_MEMBERS, then a snapshot per shared realm.
     pub(super) fn on_link_admitted(&mut self, key: LinkKey, members: &[OwnedMember]) {
         let now = self.now;
+        if self.link(key).map(|l| l.state) != Some(LinkState::Admitting) {
+            return;
+        }
+        // The turn's changes go to the other links first: this one gets them in its
+        // snapshots, and no increment ahead of them (9.3 step 7).
+        self.flush_advertised();
         let Some(link) = self.link_mut(key) else {
             return;
         };
-        if link.state != LinkState::Admitting {
-            return;
-        }
         link.state = LinkState::Syncing;
         link.since = now;
         link.awaiting_end = link.shared.clone();
         let realms = link.shared.clone();
         self.send_members(key, members);
-        self.flush_advertised();
         for realm in realms {
             self.send_snapshot(key, realm);
         }

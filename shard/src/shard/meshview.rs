@@ -25,6 +25,9 @@ use super::{DialRequest, Shard, Timer};
 /// Patterns per INTEREST frame of a snapshot, so that a large table fits the frame limit.
 const SNAPSHOT_CHUNK: usize = 512;
 
+/// A procedure of a realm, as the mesh's tables key it.
+pub(super) type RealmProcedure = (RealmId, Box<[u8]>);
+
 /// An up link as every shard sees it.
 pub(super) struct ViewLink {
     pub(super) realms: Vec<RealmId>,
@@ -50,8 +53,8 @@ pub(super) struct MeshState {
     /// The patterns each link's peer advertises.
     pub(super) subs: SubscriptionIndex<LinkRef>,
     /// Per (realm, procedure): the links whose peers advertise providers, and how many.
-    pub(super) procs: AHashMap<(RealmId, Box<[u8]>), LinkCounts>,
-    pub(super) wrr: AHashMap<(RealmId, Box<[u8]>), SmoothWrr>,
+    pub(super) procs: AHashMap<RealmProcedure, LinkCounts>,
+    pub(super) wrr: AHashMap<RealmProcedure, SmoothWrr>,
     /// The gateway's own interest per realm, as advertised.
     pub(super) advertised: Vec<Advertised>,
     pub(super) advertise_dirty: bool,

@@ -10,7 +10,7 @@ use crate::mesh::digest::fnv1a32;
 use crate::mesh::gossip::{DialSchedule, Origin};
 use crate::mesh::links::Closed;
 use crate::mesh::peers::{Admission, PeerTable};
-use crate::router::{LinkEnding, LinkPeer, OwnedMember, ShardMsg};
+use crate::router::{Admitted, LinkEnding, LinkPeer, OwnedMember, ShardMsg};
 use crate::wheel::TimerKey;
 use crate::wire::{LinkReason, Reason};
 
@@ -85,7 +85,8 @@ impl Shard {
         let admission = p
             .table
             .admit(&peer.node_name, this, peer.facts.clone(), &peer.addr);
-        let mut closes = Vec::new();
+        // The link the new one displaces, if any: at most one (9.3 steps 5 and 6).
+        let mut displaced = None;
         match admission {
             Admission::Refused { reason } => {
                 let reason = reason.reason();
@@ -93,16 +94,21 @@ impl Shard {
                     // Another link to the peer is admitted: no dial while it lasts.
                     p.schedule.admitted(addr, &peer.node_name);
                 }
-                self.send(from, ShardMsg::CloseLink { link, reason });
+                let close = ShardMsg::CloseLink {
+                    link,
+                    reason,
+                    then: None,
+                };
+                self.send(from, close);
                 return;
             }
-            Admission::Replaced { old, reason } => closes.push((old, reason.reason())),
+            Admission::Replaced { old, reason } => displaced = Some((old, reason.reason())),
             Admission::Admitted {
                 evicted: Some((name, old)),
             } => {
                 p.schedule.lost(&name, now, EVICTION_HOLD);
                 p.held_off.insert(name, now + EVICTION_HOLD);
-                closes.push((old, LinkReason::PeerEvicted));
+                displaced = Some((old, LinkReason::PeerEvicted));
                 self.counters.peers_evicted += 1;
             }
             Admission::Admitted { evicted: None } => {}
@@ -120,16 +126,24 @@ impl Shard {
                 addr: m.addr.into(),
             })
             .collect();
-        for (old, reason) in closes {
-            self.send(
-                old.shard,
-                ShardMsg::CloseLink {
+        match displaced {
+            // The new link's shard learns of its admission from the old link's shard, once
+            // that one has closed the old link.
+            Some((old, reason)) => {
+                let then = Admitted {
+                    shard: from,
+                    link,
+                    members,
+                };
+                let close = ShardMsg::CloseLink {
                     link: old.key,
                     reason,
-                },
-            );
+                    then: Some(Box::new(then)),
+                };
+                self.send(old.shard, close);
+            }
+            None => self.send(from, ShardMsg::LinkAdmitted { link, members }),
         }
-        self.send(from, ShardMsg::LinkAdmitted { link, members });
         let new = OwnedMember {
             node_name: peer.node_name.clone(),
             node_id: peer.facts.node_id,
