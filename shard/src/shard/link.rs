@@ -647,8 +647,13 @@ impl Shard {
         link.was_up = true;
         link.since = now;
         let realms = link.shared.clone();
+        let over = link.over_since.is_some();
         self.counters.link_result(LinkResult::Up);
         self.broadcast_view(ShardMsg::LinkUp { link: key, realms });
+        if over {
+            // Replies written while it synced took it over its bound: no CALL goes there.
+            self.broadcast_view(ShardMsg::LinkBound { link: key, over });
+        }
     }
 
     /// A PING on the control stream: answered once every frame received before it is in
