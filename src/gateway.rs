@@ -336,19 +336,13 @@ fn realms(args: &ServeArgs) -> Result<Vec<RealmConfig>, StartError> {
             let tokens = match &r.token_file {
                 None => Vec::new(),
                 Some(path) => {
-                    let text = std::fs::read_to_string(path).map_err(|e| {
+                    let tokens = crate::mesh::token_lines(path).map_err(|e| {
                         StartError::Config(format!(
                             "realm {}: cannot read token file {}: {e}",
                             r.name,
                             path.display()
                         ))
                     })?;
-                    let tokens: Vec<Box<[u8]>> = text
-                        .lines()
-                        .map(str::trim)
-                        .filter(|l| !l.is_empty())
-                        .map(|l| l.as_bytes().to_vec().into_boxed_slice())
-                        .collect();
                     if tokens.is_empty() {
                         return Err(StartError::Config(format!(
                             "realm {}: token file {} holds no token",

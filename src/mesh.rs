@@ -55,25 +55,29 @@ pub fn check(args: &ServeArgs) -> Result<Option<MeshFlags>, String> {
 
 /// The lines of a cluster token file, trimmed, empty ones left out; at least one.
 fn read_tokens(path: &Path) -> Result<Vec<Box<[u8]>>, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        format!(
+    match token_lines(path) {
+        Err(e) => Err(format!(
             "--cluster-token-file {}: cannot read it: {e}",
             path.display()
-        )
-    })?;
-    let tokens: Vec<Box<[u8]>> = text
+        )),
+        Ok(tokens) if tokens.is_empty() => Err(format!(
+            "--cluster-token-file {} holds no token",
+            path.display()
+        )),
+        Ok(tokens) => Ok(tokens),
+    }
+}
+
+/// The tokens of a token file (a realm's or the cluster's): one a line, trimmed, empty lines
+/// left out.
+pub fn token_lines(path: &Path) -> std::io::Result<Vec<Box<[u8]>>> {
+    let text = std::fs::read_to_string(path)?;
+    Ok(text
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .map(|l| l.as_bytes().into())
-        .collect();
-    if tokens.is_empty() {
-        return Err(format!(
-            "--cluster-token-file {} holds no token",
-            path.display()
-        ));
-    }
-    Ok(tokens)
+        .collect())
 }
 
 /// The address peers are told to dial: `--advertise`, else the listen address (`listen`, the

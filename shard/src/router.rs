@@ -406,6 +406,16 @@ pub struct OwnedMember {
     pub addr: Box<[u8]>,
 }
 
+impl From<&crate::wire::Member<'_>> for OwnedMember {
+    fn from(m: &crate::wire::Member<'_>) -> OwnedMember {
+        OwnedMember {
+            node_name: m.node_name.into(),
+            node_id: m.node_id,
+            addr: m.addr.into(),
+        }
+    }
+}
+
 impl ShardMsg {
     /// Data messages may be shed when the link to their shard is backed up (the work fails
     /// with the protocol's error); all others carry state and are never dropped.

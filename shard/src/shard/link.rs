@@ -391,15 +391,7 @@ impl Shard {
                 self.close_link(key, Reason::ProtocolError.into(), message);
             }
             (_, PeerMessage::Members(m)) => {
-                let members = m
-                    .members
-                    .iter()
-                    .map(|m| OwnedMember {
-                        node_name: m.node_name.into(),
-                        node_id: m.node_id,
-                        addr: m.addr.into(),
-                    })
-                    .collect();
+                let members = m.members.iter().map(|m| OwnedMember::from(&m)).collect();
                 self.send(ShardId(0), ShardMsg::Learned { members });
             }
             (_, PeerMessage::Interest(i)) => self.on_peer_interest(key, i),

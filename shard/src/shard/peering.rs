@@ -118,14 +118,7 @@ impl Shard {
             p.schedule.admitted(addr, &peer.node_name);
         }
         let (members, tell) = p.table.introductions(&peer.node_name, peer.gossip);
-        let members: Vec<OwnedMember> = members
-            .iter()
-            .map(|m| OwnedMember {
-                node_name: m.node_name.into(),
-                node_id: m.node_id,
-                addr: m.addr.into(),
-            })
-            .collect();
+        let members: Vec<OwnedMember> = members.iter().map(OwnedMember::from).collect();
         match displaced {
             // The new link's shard learns of its admission from the old link's shard, once
             // that one has closed the old link.
