@@ -9,6 +9,8 @@
 #   --health-base-port N   health ports N, N+1, N+2 (default 8080)
 #   --dir DIR              where the token file and the logs go (default target/mesh)
 #   flags after --         passed to every `meshgate serve`
+# MESHGATE_BIN=PATH runs that gateway binary instead of building the release one (the tests
+# run the script with their debug build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -31,8 +33,12 @@ for n in "$base" "$health_base"; do
         { echo "mesh: '$n' is not a port number" >&2; exit 2; }
 done
 
-scripts/setup.sh
-cargo build --release --locked --bin meshgate
+bin=${MESHGATE_BIN:-}
+if [[ -z "$bin" ]]; then
+    scripts/setup.sh
+    cargo build --release --locked --bin meshgate
+    bin=target/release/meshgate
+fi
 mkdir -p "$dir"
 token="$dir/cluster-token"
 if [[ ! -s "$token" ]]; then
@@ -54,7 +60,7 @@ for i in 0 1 2; do
     port=$((base + i))
     seed=()
     ((i == 0)) || seed=(--peer "127.0.0.1:$base")
-    target/release/meshgate serve --listen "127.0.0.1:$port" \
+    "$bin" serve --listen "127.0.0.1:$port" \
         --health-listen "127.0.0.1:$((health_base + i))" \
         --node-name "$name" --cluster-token-file "$token" "${seed[@]}" "${extra[@]}" \
         >"$dir/$name.log" 2>&1 &
@@ -62,6 +68,7 @@ for i in 0 1 2; do
 done
 
 # Wait until every gateway has 2 up links (gossip from the one seed), showing progress.
+full=false
 for _ in $(seq 300); do
     up=()
     for i in 0 1 2; do
@@ -70,13 +77,14 @@ for _ in $(seq 300); do
         up+=("${names[$i]}=${peers:-?}")
     done
     printf '\rmesh: up links per gateway: %s ' "${up[*]}" >&2
-    [[ "${up[*]}" == "a=2 b=2 c=2" ]] && break
+    [[ "${up[*]}" == "a=2 b=2 c=2" ]] && { full=true; break; }
     for pid in "${pids[@]}"; do
         kill -0 "$pid" 2>/dev/null || { echo; echo "mesh: a gateway stopped; see $dir/*.log" >&2; exit 1; }
     done
     sleep 0.2
 done
 echo >&2
+$full || { echo "mesh: no full mesh after 60 s; see $dir/*.log" >&2; exit 1; }
 cat >&2 <<MSG
 mesh: three gateways, a full mesh. Try a call and a publish across gateways:
     M=target/release/meshgate-cli      (cargo build --release -p meshgate-cli)

@@ -122,10 +122,20 @@ impl Gateway {
     /// [`Gateway::raw_on_shard`], [`nodes_owned_by`]) assume [`SHARDS`]; use them only with
     /// [`Gateway::start`].
     pub fn start_with_shards(shards: u16, flags: &[&str]) -> Gateway {
+        Gateway::spawn(shards, "127.0.0.1:0", "127.0.0.1:0", flags)
+    }
+
+    /// Starts a gateway with 2 shards and `flags` on the addresses `addr` (QUIC) and `health`,
+    /// e.g. those of a gateway that was killed, to restart it.
+    pub fn start_at(addr: SocketAddr, health: SocketAddr, flags: &[&str]) -> Gateway {
+        Gateway::spawn(SHARDS, &addr.to_string(), &health.to_string(), flags)
+    }
+
+    fn spawn(shards: u16, listen: &str, health_listen: &str, flags: &[&str]) -> Gateway {
         let shards = shards.to_string();
         let mut child = Command::new(gateway_bin())
-            .args(["serve", "--shards", &shards, "--listen", "127.0.0.1:0"])
-            .args(["--health-listen", "127.0.0.1:0"])
+            .args(["serve", "--shards", &shards, "--listen", listen])
+            .args(["--health-listen", health_listen])
             .args(flags)
             // The start-up line (which holds the addresses) is logged at info level;
             // MESHGATE_TEST_LOG asks for more, e.g. `debug`.
@@ -211,6 +221,14 @@ impl Gateway {
         // SAFETY: kill has no memory preconditions; the pid is our own child's, not yet reaped.
         let rc = unsafe { libc::kill(pid as libc::pid_t, signal) };
         assert_eq!(rc, 0, "kill({pid}, {signal})");
+    }
+
+    /// Kills the process with SIGKILL (it gets no chance to close anything) and reaps it. Its
+    /// log stays readable, and is printed if the test fails while the `Gateway` lives.
+    pub fn kill(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reaped")
     }
 
     /// Waits at most `limit` for the process to exit.
@@ -1328,6 +1346,112 @@ impl Relay {
         }
         for task in self.tasks {
             let _ = task.await;
+        }
+    }
+}
+
+/// A UDP relay that can be cut and healed, for a peer link: the gateway that sends to
+/// [`Breaker::addr`] (a dialer given it as `--peer`) reaches the gateway given to
+/// [`Breaker::connect`], which sees the relay's own socket as the dialer. [`Breaker::cut`]
+/// drops every datagram either way, without a word to either end; [`Breaker::heal`] lets them
+/// pass again through the same sockets, so that the dialer's `--peer` address stays good. It
+/// is bound before it knows where to forward, so that the gateway behind it can be started
+/// with `--advertise` set to the relay's address.
+pub struct Breaker {
+    /// The address the dialer is given.
+    pub addr: SocketAddr,
+    /// The gateway behind the relay, once known.
+    to: Arc<std::sync::OnceLock<SocketAddr>>,
+    /// Whether datagrams pass.
+    open: Arc<std::sync::atomic::AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Breaker {
+    /// A relay that forwards nothing until [`Breaker::connect`].
+    pub async fn bind() -> Breaker {
+        use std::sync::atomic::Ordering;
+        let front = Arc::new(
+            tokio::net::UdpSocket::bind("127.0.0.1:0")
+                .await
+                .expect("the relay's dialer-side socket"),
+        );
+        let back = Arc::new(
+            tokio::net::UdpSocket::bind("127.0.0.1:0")
+                .await
+                .expect("the relay's gateway-side socket"),
+        );
+        let addr = front.local_addr().expect("bound");
+        let to = Arc::new(std::sync::OnceLock::<SocketAddr>::new());
+        let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let dialer: Arc<Mutex<Option<SocketAddr>>> = Arc::new(Mutex::new(None));
+        let forward = {
+            let (front, back, to, open, dialer) = (
+                front.clone(),
+                back.clone(),
+                to.clone(),
+                open.clone(),
+                dialer.clone(),
+            );
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65_536];
+                loop {
+                    let Ok((n, from)) = front.recv_from(&mut buf).await else {
+                        continue;
+                    };
+                    *dialer.lock().unwrap() = Some(from);
+                    if let (Some(&to), true) = (to.get(), open.load(Ordering::SeqCst)) {
+                        let _ = back.send_to(&buf[..n], to).await;
+                    }
+                }
+            })
+        };
+        let backward = {
+            let (to, open) = (to.clone(), open.clone());
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65_536];
+                loop {
+                    let Ok((n, from)) = back.recv_from(&mut buf).await else {
+                        continue;
+                    };
+                    if to.get() != Some(&from) || !open.load(Ordering::SeqCst) {
+                        continue;
+                    }
+                    let dialer = *dialer.lock().unwrap();
+                    if let Some(dialer) = dialer {
+                        let _ = front.send_to(&buf[..n], dialer).await;
+                    }
+                }
+            })
+        };
+        Breaker {
+            addr,
+            to,
+            open,
+            tasks: vec![forward, backward],
+        }
+    }
+
+    /// Forwards to `to` from now on.
+    pub fn connect(&self, to: SocketAddr) {
+        self.to.set(to).expect("connected once");
+    }
+
+    /// Drops every datagram, either way, from now on.
+    pub fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Lets datagrams pass again.
+    pub fn heal(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for Breaker {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
         }
     }
 }
