@@ -473,8 +473,8 @@ fn route(
             let (node_name, peers, known) = match source.node_name() {
                 Some(name) => {
                     let reports = source.reports();
-                    let peers: u64 = reports.iter().map(|r| r.peers).sum();
-                    (json_str(name.as_bytes()), peers, known(&reports).len())
+                    let known = known(&reports);
+                    (json_str(name.as_bytes()), up_peers(&known), known.len())
                 }
                 None => ("null".into(), 0, 0),
             };
@@ -546,7 +546,7 @@ type Field = fn(&ShardReport) -> u64;
 type Family = (&'static str, &'static str, Vec<(String, Getter)>);
 
 /// Gauges with one series gateway-wide and one per shard, in the order rendered.
-const GAUGES: [(&str, &str, Field); 7] = [
+const GAUGES: [(&str, &str, Field); 6] = [
     ("meshgate_clients", "Sessions past CONNECT.", |r| {
         r.metrics.clients
     }),
@@ -564,7 +564,6 @@ const GAUGES: [(&str, &str, Field); 7] = [
     ("meshgate_pending_calls", "Calls in flight.", |r| {
         r.metrics.pending_calls
     }),
-    ("meshgate_peers", "Peer links that are up.", |r| r.peers),
     ("meshgate_output_bytes", "Bytes queued to sessions.", |r| {
         r.metrics.output_bytes
     }),
@@ -615,6 +614,7 @@ pub fn render(reports: &[ShardReport], resident: u64) -> String {
     for (name, help, f) in GAUGES {
         series(&mut out, name, help, "gauge", reports, &[("", &f)]);
     }
+    peers_gauge(&mut out, reports);
     let refusals = [
         Reason::RealmMismatch,
         Reason::Unauthorized,
@@ -981,6 +981,25 @@ fn by_label<F: Fn(&ShardReport) -> u64 + 'static, const N: usize>(
         .into_iter()
         .map(|(value, f)| (format!("{key}=\"{value}\""), Box::new(f) as Getter))
         .collect()
+}
+
+/// `meshgate_peers`: up links. Gateway-wide, the members of shard 0's peer table whose link is
+/// up: the shards answer at slightly different moments, and a sum of their own counts could
+/// show an evicted link and its successor both up; the table never holds more than
+/// `--max-peers`. Per shard, the shard's own up links.
+fn peers_gauge(out: &mut String, reports: &[ShardReport]) {
+    let name = "meshgate_peers";
+    let _ = writeln!(out, "# HELP {name} Peer links that are up.");
+    let _ = writeln!(out, "# TYPE {name} gauge");
+    let _ = writeln!(out, "{name} {}", up_peers(&known(reports)));
+    for r in reports {
+        let _ = writeln!(out, "{name}{{shard=\"{}\"}} {}", r.shard, r.peers);
+    }
+}
+
+/// Known gateways whose link is up.
+fn up_peers(known: &[Known<'_>]) -> u64 {
+    known.iter().filter(|k| k.state == "up").count() as u64
 }
 
 fn series(

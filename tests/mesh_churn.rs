@@ -395,8 +395,11 @@ async fn with_max_peers_1_a_new_link_evicts_the_old_one_whose_peer_stays_away() 
         "A's /peers showed {} up links with --max-peers 1",
         most.peers
     );
-    // Not asserted here: /health's `peers` may show 2 for a moment (see the ignored test
-    // below, which catches it).
+    assert!(
+        most.health <= 1,
+        "A's /health showed {} up links with --max-peers 1",
+        most.health
+    );
     let m = a.metrics().await;
     assert_eq!(m.get("meshgate_peers"), 1);
     assert_eq!(m.get("meshgate_peers_evicted_total"), 1);
@@ -623,16 +626,12 @@ async fn scripts_mesh_sh_starts_a_full_mesh_of_three_and_stops_it() {
 }
 
 /// PROTOCOL.md 9.3: "The number of admitted links MUST never exceed `--max-peers`", and
-/// `meshgate_peers` (and `/health`'s `peers`) counts up links. Ignored because it fails today,
-/// in about one run in five alone and more often beside other tests. When a gateway evicts,
-/// shard 0 sends the evicted link's shard its CloseLink through the outbox but admits the new
-/// link at once; if that link is on shard 0 itself, it goes up in the same turn (its peer's
-/// snapshot already buffered), so for a moment both links are up on their shards. `/health`
-/// also sums reports that the shards make at slightly different instants, which can show the
-/// same overlap even without it. Each of 24 gateways in turn evicts the previous one while
-/// `/health` is watched.
+/// `meshgate_peers` (and `/health`'s `peers`) counts up links. The new link is admitted only
+/// once the evicted one is closed (shard 0 sends the admission through the evicted link's
+/// shard), and `/health` counts the members of shard 0's peer table whose link is up, not a
+/// sum of the shards' own counts, which they make at slightly different moments. Each of 24
+/// gateways in turn evicts the previous one while `/health` and `/peers` are watched.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails now: a gateway shows max-peers + 1 up links for a moment while it evicts"]
 async fn with_max_peers_1_health_never_shows_two_up_links_while_links_are_evicted() {
     let tokens = temp_file("evict-many", "token\n");
     let a = start(&mesh("gw-a", &tokens, &["--max-peers", "1"]));
