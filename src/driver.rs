@@ -410,6 +410,7 @@ impl Driver {
                     metrics,
                     links,
                     peer_table: self.shard.peer_table(),
+                    peer_counters: self.shard.peer_counters(),
                     wall_clock_offset_ms: self.shard.config().wall_clock_offset_ms,
                 };
                 let _ = reply.try_send(report);

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use meshgate_shard::mesh::counters::LINK_FRAMES;
+use meshgate_shard::mesh::counters::{LinkCounters, LINK_FRAMES};
 use meshgate_shard::metrics::{reason_index, CallOutcome, DropReason, LinkResult, Metrics};
 use meshgate_shard::wire::Reason;
 use meshgate_shard::{LinkReport, LinkState, PeerTableReport};
@@ -36,6 +36,8 @@ pub struct ShardReport {
     pub links: Vec<LinkReport>,
     /// Shard 0's peer table and dial schedule (`None` on other shards, or without the mesh).
     pub peer_table: Option<PeerTableReport>,
+    /// Per peer name, what this shard's links to it carried, ended links included.
+    pub peer_counters: Vec<(Box<[u8]>, LinkCounters)>,
     /// Added to a shard `Time` gives wall-clock milliseconds since the Unix epoch.
     pub wall_clock_offset_ms: i64,
 }
@@ -848,6 +850,8 @@ fn render_peer_metrics(out: &mut String, reports: &[ShardReport]) {
         let up = link.is_some_and(|l| l.state == LinkState::Up);
         let _ = writeln!(out, "meshgate_peer_up{{peer=\"{peer}\"}} {}", u8::from(up));
     }
+    // Counters, per peer over every link to it (they only grow when a link is replaced).
+    let totals = peer_totals(reports);
     for (name, help, sent) in [
         (
             "meshgate_peer_frames_sent_total",
@@ -861,61 +865,62 @@ fn render_peer_metrics(out: &mut String, reports: &[ShardReport]) {
         ),
     ] {
         head(out, name, help, "counter");
-        for (peer, link) in &named {
-            let Some(l) = link else { continue };
+        for (peer, c) in &totals {
             let counts = if sent {
-                &l.counters.frames_sent
+                &c.frames_sent
             } else {
-                &l.counters.frames_received
+                &c.frames_received
             };
             for (ty, n) in LINK_FRAMES.iter().zip(counts) {
                 let _ = writeln!(out, "{name}{{peer=\"{peer}\",type=\"{}\"}} {n}", ty.name());
             }
         }
     }
-    type LinkFigure = fn(&LinkReport) -> String;
-    let figures: [(&str, &str, &str, LinkFigure); 7] = [
+    type Total = fn(&LinkCounters) -> u64;
+    let counters: [(&str, &str, Total); 3] = [
         (
             "meshgate_peer_bytes_sent_total",
             "Bytes sent on a peer link.",
-            "counter",
-            |l| l.counters.bytes_sent.to_string(),
+            |c| c.bytes_sent,
         ),
         (
             "meshgate_peer_bytes_received_total",
             "Bytes received on a peer link.",
-            "counter",
-            |l| l.counters.bytes_received.to_string(),
+            |c| c.bytes_received,
         ),
+        (
+            "meshgate_peer_resyncs_total",
+            "Interest snapshots asked of a peer after a digest mismatch.",
+            |c| c.resyncs,
+        ),
+    ];
+    for (name, help, figure) in counters {
+        head(out, name, help, "counter");
+        for (peer, c) in &totals {
+            let _ = writeln!(out, "{name}{{peer=\"{peer}\"}} {}", figure(c));
+        }
+    }
+    type LinkFigure = fn(&LinkReport) -> String;
+    let gauges: [(&str, &str, LinkFigure); 4] = [
         (
             "meshgate_peer_rtt_seconds",
             "Round-trip time of a peer link, from its PING and PONG.",
-            "gauge",
             |l| (l.rtt_ms.unwrap_or(0) as f64 / 1000.0).to_string(),
         ),
         (
             "meshgate_peer_output_bytes",
             "Bytes queued to a peer's data stream.",
-            "gauge",
             |l| l.output_bytes.to_string(),
         ),
         (
             "meshgate_peer_remote_patterns",
             "Patterns in a peer's interest tables, all realms.",
-            "gauge",
             |l| l.patterns.to_string(),
         ),
         (
             "meshgate_peer_remote_procedures",
             "Procedures in a peer's interest tables, all realms.",
-            "gauge",
             |l| l.procedures.to_string(),
-        ),
-        (
-            "meshgate_peer_resyncs_total",
-            "Interest snapshots asked of a peer after a digest mismatch.",
-            "counter",
-            |l| l.counters.resyncs.to_string(),
         ),
     ];
     let admitted = || {
@@ -923,8 +928,8 @@ fn render_peer_metrics(out: &mut String, reports: &[ShardReport]) {
             .iter()
             .filter_map(|(peer, link)| Some((peer, (*link)?)))
     };
-    for (name, help, kind, figure) in figures {
-        head(out, name, help, kind);
+    for (name, help, figure) in gauges {
+        head(out, name, help, "gauge");
         for (peer, l) in admitted() {
             let _ = writeln!(out, "{name}{{peer=\"{peer}\"}} {}", figure(l));
         }
@@ -944,6 +949,16 @@ fn render_peer_metrics(out: &mut String, reports: &[ShardReport]) {
             );
         }
     }
+}
+
+/// Per peer (label value), what every shard's links to it carried, ended links included,
+/// ordered by name.
+fn peer_totals(reports: &[ShardReport]) -> Vec<(String, LinkCounters)> {
+    let mut totals: std::collections::BTreeMap<String, LinkCounters> = Default::default();
+    for (name, counts) in reports.iter().flat_map(|r| &r.peer_counters) {
+        totals.entry(label_value(name)).or_default().add(counts);
+    }
+    totals.into_iter().collect()
 }
 
 /// Bytes as a JSON string (lossy UTF-8, escaped).
@@ -1103,17 +1118,22 @@ mod tests {
             .sent(meshgate_shard::wire::FrameType::Publish, 40);
         up.counters.resyncs = 2;
         let closing = link("gw-b", LinkState::Closing, None);
+        // An earlier link to gw-b, on shard 0, ended after one PUBLISH.
+        let mut ended = meshgate_shard::mesh::counters::LinkCounters::default();
+        ended.sent(meshgate_shard::wire::FrameType::Publish, 10);
         vec![
             ShardReport {
                 shard: 0,
                 peer_table: Some(table),
                 links: vec![closing],
+                peer_counters: vec![(b"gw-b".as_slice().into(), ended)],
                 wall_clock_offset_ms: 1_000_000,
                 ..Default::default()
             },
             ShardReport {
                 shard: 1,
                 peers: 1,
+                peer_counters: vec![(b"gw-b".as_slice().into(), up.counters.clone())],
                 links: vec![up],
                 wall_clock_offset_ms: 1_000_000,
                 ..Default::default()
@@ -1138,14 +1158,14 @@ mod tests {
     }
 
     #[test]
-    fn peer_metrics_are_labelled_by_peer_from_the_admitted_link() {
+    fn peer_metrics_are_labelled_by_peer_gauges_from_the_admitted_link_counters_over_every_link() {
         let text = render(&meshed(), 0);
         for line in [
             "meshgate_peers 1\n",
             "meshgate_peer_up{peer=\"gw-b\"} 1\n",
-            "meshgate_peer_frames_sent_total{peer=\"gw-b\",type=\"PUBLISH\"} 1\n",
+            "meshgate_peer_frames_sent_total{peer=\"gw-b\",type=\"PUBLISH\"} 2\n",
             "meshgate_peer_frames_received_total{peer=\"gw-b\",type=\"PEER_HELLO\"} 0\n",
-            "meshgate_peer_bytes_sent_total{peer=\"gw-b\"} 40\n",
+            "meshgate_peer_bytes_sent_total{peer=\"gw-b\"} 50\n",
             "meshgate_peer_rtt_seconds{peer=\"gw-b\"} 0.012\n",
             "meshgate_peer_output_bytes{peer=\"gw-b\"} 100\n",
             "meshgate_peer_remote_patterns{peer=\"gw-b\"} 3\n",

@@ -433,6 +433,12 @@ impl Shard {
             .collect()
     }
 
+    /// Per peer name, the frames and bytes this shard's links to it carried, ended links
+    /// included (the per-peer counters only grow).
+    pub fn peer_counters(&self) -> Vec<(Box<[u8]>, LinkCounters)> {
+        self.peer_counts()
+    }
+
     /// Shard 0's peer table and dial schedule (`None` on other shards, or without a mesh).
     pub fn peer_table(&self) -> Option<PeerTableReport> {
         let p = self.mesh.as_ref()?.peering.as_ref()?;

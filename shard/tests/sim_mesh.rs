@@ -142,6 +142,45 @@ fn two_gateways_that_met_by_gossip_link_again_after_their_link_is_lost() {
     });
 }
 
+/// PROTOCOL.md 9.11: the per-peer counters are counters: what a lost link carried stays
+/// counted once the peer is linked again.
+#[test]
+fn the_per_peer_counters_keep_what_a_lost_link_carried() {
+    each_seed(4, |seed| {
+        let mut mesh = full_mesh(seed, 2, 2);
+        let counted = |mesh: &MeshSim, gw: usize| -> u64 {
+            let peer = sim::mesh::name(1 - gw);
+            mesh.gw_ref(gw)
+                .shards
+                .iter()
+                .flat_map(|s| s.peer_counters())
+                .filter(|(name, _)| **name == *peer.as_bytes())
+                .map(|(_, c)| c.frames_of(FrameType::Ping).0)
+                .sum()
+        };
+        mesh.advance(Duration::from_secs(20));
+        let before = [counted(&mesh, 0), counted(&mesh, 1)];
+        assert!(
+            before.iter().all(|&n| n > 0),
+            "keep-alive PINGs: {before:?}"
+        );
+        mesh.cut(0, 1);
+        mesh.advance(Duration::from_secs(20));
+        mesh.heal(0, 1);
+        mesh.advance(Duration::from_secs(40));
+        assert_eq!(mesh.up_peers(0).len(), 1, "linked again");
+        for (gw, before) in before.into_iter().enumerate() {
+            let now = counted(&mesh, gw);
+            let link = mesh.link(gw, 1 - gw).expect("the new link");
+            let on_new_link = link.counters.frames_of(FrameType::Ping).0;
+            assert!(
+                now >= on_new_link + before,
+                "gateway {gw}: {now} counted, {on_new_link} on the new link, {before} before"
+            );
+        }
+    });
+}
+
 #[test]
 fn two_gateways_dialing_each_other_at_once_keep_the_same_single_link() {
     each_seed(24, |seed| {

@@ -77,6 +77,19 @@ impl LinkCounters {
     pub fn frames_of(&self, ty: FrameType) -> (u64, u64) {
         slot(ty).map_or((0, 0), |i| (self.frames_sent[i], self.frames_received[i]))
     }
+
+    /// Adds another link's counts (one peer's links over time).
+    pub fn add(&mut self, other: &LinkCounters) {
+        for (a, b) in self.frames_sent.iter_mut().zip(&other.frames_sent) {
+            *a += b;
+        }
+        for (a, b) in self.frames_received.iter_mut().zip(&other.frames_received) {
+            *a += b;
+        }
+        self.bytes_sent += other.bytes_sent;
+        self.bytes_received += other.bytes_received;
+        self.resyncs += other.resyncs;
+    }
 }
 
 #[cfg(test)]
@@ -98,6 +111,19 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn counts_of_two_links_add_up() {
+        let (mut a, mut b) = (LinkCounters::default(), LinkCounters::default());
+        a.sent(FrameType::Publish, 10);
+        b.sent(FrameType::Publish, 20);
+        b.received(FrameType::Call, 5);
+        b.resyncs = 1;
+        a.add(&b);
+        assert_eq!(a.frames_of(FrameType::Publish), (2, 0));
+        assert_eq!(a.frames_of(FrameType::Call), (0, 1));
+        assert_eq!((a.bytes_sent, a.bytes_received, a.resyncs), (30, 5, 1));
     }
 
     #[test]

@@ -904,6 +904,15 @@ impl Shard {
         };
         let close = close.unwrap_or(LinkReason::Session(Reason::Normal));
         m.link_closes.push_back((key, close));
+        if let Some(name) = link.peer.as_ref().map(|p| p.node_name.clone()) {
+            let counts = std::mem::take(&mut link.counters);
+            match m.ended_counts.get_mut(&*name) {
+                Some(total) => total.add(&counts),
+                None => {
+                    m.ended_counts.insert(name, counts);
+                }
+            }
+        }
         if let Some(result) = result {
             self.counters.link_result(result);
         }
@@ -1050,6 +1059,27 @@ impl Shard {
             .as_ref()
             .map(|m| m.links.iter().map(|(k, _)| k).collect())
             .unwrap_or_default()
+    }
+
+    /// Per peer name, what every link of this shard to it carried, ended links included: the
+    /// per-peer counters of `/metrics`, which only grow.
+    pub(super) fn peer_counts(&self) -> Vec<(Box<[u8]>, LinkCounters)> {
+        let Some(m) = self.mesh.as_ref() else {
+            return Vec::new();
+        };
+        let mut totals: Vec<(Box<[u8]>, LinkCounters)> = m
+            .ended_counts
+            .iter()
+            .map(|(name, c)| (name.clone(), c.clone()))
+            .collect();
+        for (_, link) in m.links.iter() {
+            let Some(name) = link.name() else { continue };
+            match totals.iter_mut().find(|(n, _)| **n == *name) {
+                Some((_, total)) => total.add(&link.counters),
+                None => totals.push((name.into(), link.counters.clone())),
+            }
+        }
+        totals
     }
 
     /// The mesh's own timers in the wheel: its tick, and shard 0's dial timer when armed.

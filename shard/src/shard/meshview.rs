@@ -10,7 +10,9 @@ use ahash::AHashMap;
 use crate::config::MeshConfig;
 use crate::genslab::GenSlab;
 use crate::ids::{LinkKey, LinkRef, RealmId, SessionKey, ShardId, Time};
+use crate::lru::PeerLru;
 use crate::mesh::advertise::{Advertised, Snapshot, Update};
+use crate::mesh::counters::LinkCounters;
 use crate::mesh::interest::Change;
 use crate::mesh::wrr::SmoothWrr;
 use crate::pending::Provider;
@@ -24,6 +26,8 @@ use super::{DialRequest, Shard, Timer};
 
 /// Patterns per INTEREST frame of a snapshot, so that a large table fits the frame limit.
 const SNAPSHOT_CHUNK: usize = 512;
+/// Peers whose ended links' counts a shard keeps, at least (4 × `--max-peers` if more).
+const ENDED_COUNTS: usize = 64;
 
 /// A procedure of a realm, as the mesh's tables key it.
 pub(super) type RealmProcedure = (RealmId, Box<[u8]>);
@@ -62,6 +66,10 @@ pub(super) struct MeshState {
     /// links: how many PONGs each still waits for.
     pub(super) waits: AHashMap<(ShardId, SessionKey, u32), usize>,
     pub(super) next_digest: Time,
+    /// Per peer name, the counts of this shard's links to it that ended, so that the per-peer
+    /// counters only grow when a link is replaced or lost. Bounded (least recently updated
+    /// out first).
+    pub(super) ended_counts: PeerLru<Box<[u8]>, LinkCounters>,
 }
 
 impl MeshState {
@@ -74,6 +82,7 @@ impl MeshState {
         let peering =
             (shard == ShardId(0)).then(|| Peering::new(config.max_peers, &config.seeds, now));
         let limit = config.max_advertised_patterns;
+        let max_peers = config.max_peers;
         MeshState {
             next_digest: now + config.interest_refresh,
             config,
@@ -89,6 +98,7 @@ impl MeshState {
             advertised: (0..realms).map(|_| Advertised::new(limit)).collect(),
             advertise_dirty: false,
             waits: AHashMap::new(),
+            ended_counts: PeerLru::new(ENDED_COUNTS.max(4 * max_peers)),
         }
     }
 }
