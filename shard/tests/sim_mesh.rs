@@ -782,6 +782,42 @@ fn a_mesh_ping_waits_for_a_peer_whose_link_is_slow() {
     });
 }
 
+/// A client's mesh PINGs cannot multiply a link's: while one PING is unanswered and no
+/// INTEREST went out after it, later barriers wait for its PONG. And a session with
+/// `MAX_WAITING_PINGS` PINGs waiting is not read further until they are answered.
+#[test]
+fn mesh_pings_share_a_link_ping_and_a_session_with_too_many_waiting_is_not_read() {
+    each_seed(4, |seed| {
+        let mut mesh = full_mesh(seed, 2, 2);
+        let c = mesh.connect(1, shard_of(seed, 1, 2), node(20));
+        mesh.drive();
+        let pings_before = mesh.sent(1, 0, FrameType::Ping);
+        mesh.hold(0, 1);
+        for t in 1..=1100u64 {
+            mesh.mesh_ping(1, c, t);
+        }
+        mesh.drive();
+        let pings = mesh.sent(1, 0, FrameType::Ping) - pings_before;
+        assert!(pings <= 2, "{pings} link PINGs for 1,100 mesh PINGs");
+        let session = mesh.gw_ref(1).clients[c].session;
+        let shard = usize::from(mesh.gw_ref(1).clients[c].shard.0);
+        assert!(
+            !mesh.gw_ref(1).shards[shard].wants_input(session),
+            "1,100 PINGs waiting: the session is not read"
+        );
+        mesh.release(0, 1);
+        mesh.drive();
+        let pongs = mesh.gw_ref(1).pong_timestamps(c);
+        let expected: Vec<u64> = (1..=1100).collect();
+        assert_eq!(
+            &pongs[pongs.len() - 1100..],
+            &expected[..],
+            "every PONG, in order"
+        );
+        assert!(mesh.gw_ref(1).shards[shard].wants_input(session));
+    });
+}
+
 #[test]
 fn a_mesh_ping_is_answered_when_a_link_it_waits_for_is_lost() {
     each_seed(4, |seed| {

@@ -91,6 +91,8 @@ pub(super) struct Link {
     pub(super) counters: LinkCounters,
     barrier: Barrier,
     pings: VecDeque<SentPing>,
+    /// INTEREST or SYNC frames went out since the last PING: a mesh barrier needs a new one.
+    interest_since_ping: bool,
     next_ping: u64,
     last_keepalive: Time,
     pub(super) rtt_ms: Option<u64>,
@@ -139,6 +141,7 @@ impl Link {
             counters: LinkCounters::default(),
             barrier: Barrier::default(),
             pings: VecDeque::new(),
+            interest_since_ping: false,
             next_ping: 1,
             last_keepalive: now,
             rtt_ms: None,
@@ -689,12 +692,21 @@ impl Shard {
         }
     }
 
-    /// Sends a PING on the control stream; `waiter`, a mesh barrier, waits for its PONG.
+    /// Sends a PING on the control stream; `waiter`, a mesh barrier, waits for its PONG. A
+    /// barrier joins the last PING still unanswered instead when no INTEREST or SYNC went out
+    /// after it: its PONG says as much, and a client's PINGs cannot multiply the link's.
     pub(super) fn ping_link(&mut self, key: LinkKey, waiter: Option<(ShardId, SessionKey, u32)>) {
         let now = self.now;
         let Some(link) = self.link_mut(key) else {
             return;
         };
+        if let (Some(w), false) = (waiter, link.interest_since_ping) {
+            if let Some(last) = link.pings.back_mut() {
+                last.waiters.push(w);
+                return;
+            }
+        }
+        link.interest_since_ping = false;
         let timestamp = link.next_ping;
         link.next_ping += 1;
         link.last_keepalive = now;
@@ -743,6 +755,9 @@ impl Shard {
         if link.state == LinkState::Closing {
             return;
         }
+        if matches!(msg, PeerMessage::Interest(_) | PeerMessage::Sync(_)) {
+            link.interest_since_ping = true;
+        }
         let out = link.out_mut(stream);
         let start = out.buf.len();
         msg.encode(&mut out.buf);
@@ -766,6 +781,7 @@ impl Shard {
             return;
         }
         link.control_out.buf.extend_from_slice(frames);
+        link.interest_since_ping = true;
         count_sent(&mut link.counters, frames);
         self.mark_link_ready(key);
     }
