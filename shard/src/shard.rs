@@ -11,7 +11,8 @@
 //! - [`calls`]: CALL, REPLY and CANCEL, on the caller's and on the provider's shard;
 //! - [`barrier`]: PING as a barrier behind the replication messages a session caused;
 //! - [`outbox`]: the one way to queue a message for another shard;
-//! - [`link`]: peer links of the gateway mesh: their streams, handshake, keep-alive, loss;
+//! - [`link`]: peer links of the gateway mesh: their streams, output, keep-alive, loss;
+//! - [`linkframes`]: what a link's frames do: handshake, admission, members, interest, PING;
 //! - [`peering`]: shard 0's peer table and dial schedule;
 //! - [`meshview`]: what every shard knows of the mesh, and the interest it advertises.
 
@@ -19,6 +20,7 @@ mod admission;
 mod barrier;
 mod calls;
 mod link;
+mod linkframes;
 mod meshview;
 mod outbox;
 mod peering;
