@@ -1226,6 +1226,28 @@ mod tests {
         assert_eq!(ep.connect(Time::ZERO, peer, LinkKey::from_u64(1)), None);
     }
 
+    /// PROTOCOL.md 9.1: connections in the handshake count towards `--max-handshakes` whatever
+    /// their ALPN: the unit is taken at the Initial, before the ALPN is known, and a peer
+    /// connection gives it back only once it carries a link.
+    #[test]
+    fn a_peer_connection_holds_its_handshake_unit_until_its_link_is_attached() {
+        let (mut ep, counts, conn) = one_accepted(&initial(VERSION_1, b"peer-chosen", 1200));
+        assert_eq!(counts.handshakes.get(), 1, "taken at the Initial");
+        let hello = initial(VERSION_1, b"another-peer", 1200);
+        assert_eq!(
+            ep.route(&hello, arrival()),
+            Route::Refuse,
+            "--max-handshakes 1: the next one is refused"
+        );
+        ep.attach_link(conn, LinkKey::from_u64(3));
+        assert_eq!(counts.handshakes.get(), 0);
+        assert_eq!(ep.handshakes(), 0);
+        assert_eq!(ep.detach(conn), None, "a link, not a session");
+        let (link, _) = ep.detach_link(conn).expect("its link");
+        assert_eq!(link, LinkKey::from_u64(3));
+        assert_eq!(counts.handshakes.get(), 0, "no unit is given back twice");
+    }
+
     #[test]
     fn a_session_takes_its_connections_handshake_unit_and_is_found_until_detached() {
         let (mut ep, counts, conn) = one_accepted(&initial(VERSION_1, b"client-chosen", 1200));
