@@ -87,6 +87,28 @@ async fn connect_learns_the_gateways_node_id_and_ping_round_trips() {
     .await;
 }
 
+/// PING with `mesh` true: a gateway without a mesh answers it as a plain PING (its mesh is
+/// itself), after the client's subscription is in effect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_mesh_returns_once_the_gateway_answered_and_subscriptions_are_in_effect() {
+    within(async {
+        let gateway = TestGateway::start().await;
+        let subscriber = connect(&gateway).await;
+        let publisher = connect(&gateway).await;
+        let mut sub = subscriber
+            .subscribe(["mesh.flush"])
+            .await
+            .expect("subscribed");
+        subscriber.flush_mesh().await.expect("a PONG");
+        publisher
+            .publish("mesh.flush", b"1")
+            .await
+            .expect("published");
+        assert_eq!(next(&mut sub).await.payload, b"1");
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ca_file_holding_the_gateways_certificate_is_trusted() {
     within(async {
