@@ -587,10 +587,13 @@ impl Shard {
             closes: self.closes.len(),
             output_bytes: self.output_bytes(),
             links: self.mesh.as_ref().map_or(0, |m| m.links.len()),
-            mesh_view: self
-                .mesh
-                .as_ref()
-                .map_or([0; 3], |m| [m.up.len(), m.subs.len(), m.procs.len()]),
+            mesh_view: self.mesh.as_ref().map_or([0; 3], |m| {
+                [
+                    m.up.len(),
+                    m.subs.len(),
+                    m.procs.iter().map(|p| p.len()).sum(),
+                ]
+            }),
             peers: self
                 .mesh
                 .as_ref()

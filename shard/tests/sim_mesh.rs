@@ -348,6 +348,29 @@ fn answer_all(mesh: &mut MeshSim, providers: &[(usize, ClientId)]) {
     mesh.drive();
 }
 
+/// Calls for procedures no gateway provides fail `procedure_not_found` and leave nothing
+/// behind: the weighted choice's state lives with the peers' advertisements, not with the
+/// names callers ask for.
+#[test]
+fn calls_for_procedures_nobody_provides_leave_no_table_entry() {
+    each_seed(2, |seed| {
+        let mut mesh = full_mesh(seed, 2, 2);
+        let c = mesh.connect(0, shard_of(seed, 1, 2), node(30));
+        for i in 0..100u64 {
+            mesh.gw(0).call(c, &format!("nobody.{i}"), i, Some(5_000));
+        }
+        mesh.drive();
+        let replies = mesh.gw_ref(0).replies(c);
+        assert_eq!(replies.len(), 100);
+        assert!(replies
+            .iter()
+            .all(|(_, r)| r.as_ref().err().map(String::as_str) == Some("procedure_not_found")));
+        for s in &mesh.gw_ref(0).shards {
+            assert_eq!(s.occupancy().mesh_view[1..], [0, 0]);
+        }
+    });
+}
+
 #[test]
 fn a_call_with_a_live_local_provider_never_leaves_the_gateway() {
     each_seed(8, |seed| {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use crate::genslab::SlabKey;
 use crate::ids::{LinkKey, LinkRef, RealmId, SessionKey, SessionRef};
 use crate::mesh::choice::{Attempt, Candidate, Choice, Local};
+use crate::mesh::wrr::SmoothWrr;
 use crate::metrics::CallOutcome;
 use crate::names::is_valid_topic;
 use crate::pending::{CallKey, Caller, OwnedCallId, Provider, Relay};
@@ -177,13 +178,10 @@ impl Shard {
         call: &Outgoing<'_>,
         wire_id: Option<CallIdRef<'_>>,
     ) {
-        let candidates = self.candidates(call.realm, call.procedure);
         let mut attempt = Attempt::default();
-        let choice = match self.wrr_of(call.realm, call.procedure) {
-            Some(wrr) => attempt.first(local, &candidates, wrr),
-            None => Choice::Fail {
-                overloaded: local == Local::OverBound,
-            },
+        let choice = match self.remote_providers(call.realm, call.procedure) {
+            Some((candidates, wrr)) => attempt.first(local, &candidates, wrr),
+            None => attempt.first(local, &[], &mut SmoothWrr::default()),
         };
         let link = match choice {
             Choice::Link(link) => link,
@@ -211,37 +209,28 @@ impl Shard {
         self.send_link_call(pending, link);
     }
 
-    /// The links that may take a call of `procedure` in `realm`.
-    fn candidates(&self, realm: RealmId, procedure: &[u8]) -> Vec<Candidate<LinkRef>> {
-        let Some(m) = self.mesh.as_ref() else {
-            return Vec::new();
-        };
-        let key = (realm, Box::<[u8]>::from(procedure));
-        m.procs
-            .get(&key)
-            .map(|links| {
-                links
-                    .iter()
-                    .filter_map(|&(link, providers)| {
-                        let view = m.up.get(&link)?;
-                        view.realms.contains(&realm).then_some(Candidate {
-                            link,
-                            providers,
-                            over_bound: view.over,
-                        })
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    }
-
-    fn wrr_of(
+    /// The links that may take a call of `procedure` in `realm`, and the weighted round-robin
+    /// among them; `None` when no peer advertises it.
+    fn remote_providers(
         &mut self,
         realm: RealmId,
         procedure: &[u8],
-    ) -> Option<&mut crate::mesh::wrr::SmoothWrr> {
+    ) -> Option<(Vec<Candidate<LinkRef>>, &mut SmoothWrr)> {
         let m = self.mesh.as_mut()?;
-        Some(m.wrr.entry((realm, procedure.into())).or_default())
+        let entry = m.procs.get_mut(usize::from(realm.0))?.get_mut(procedure)?;
+        let candidates = entry
+            .links
+            .iter()
+            .filter_map(|&(link, providers)| {
+                let view = m.up.get(&link)?;
+                view.realms.contains(&realm).then_some(Candidate {
+                    link,
+                    providers,
+                    over_bound: view.over,
+                })
+            })
+            .collect();
+        Some((candidates, &mut entry.wrr))
     }
 
     /// Sends pending call `call` (forwarded across the mesh) on `link`, with the caller's
@@ -337,15 +326,16 @@ impl Shard {
             self.fail_call(call, CallError::ProviderGone);
             return;
         };
-        let candidates = self.candidates(realm, &procedure);
         let mut relay = self
             .pending
             .get_mut(call)
             .and_then(|c| c.relay.take())
             .expect("checked above");
-        let choice = match self.wrr_of(realm, &procedure) {
-            Some(wrr) => relay.attempt.refused(overloaded, &candidates, wrr),
-            None => Choice::Fail { overloaded },
+        let choice = match self.remote_providers(realm, &procedure) {
+            Some((candidates, wrr)) => relay.attempt.refused(overloaded, &candidates, wrr),
+            None => relay
+                .attempt
+                .refused(overloaded, &[], &mut SmoothWrr::default()),
         };
         if let Some(c) = self.pending.get_mut(call) {
             c.relay = Some(relay);

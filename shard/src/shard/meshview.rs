@@ -29,9 +29,6 @@ const SNAPSHOT_CHUNK: usize = 512;
 /// Peers whose ended links' counts a shard keeps, at least (4 × `--max-peers` if more).
 const ENDED_COUNTS: usize = 64;
 
-/// A procedure of a realm, as the mesh's tables key it.
-pub(super) type RealmProcedure = (RealmId, Box<[u8]>);
-
 /// An up link as every shard sees it.
 pub(super) struct ViewLink {
     pub(super) realms: Vec<RealmId>,
@@ -39,8 +36,13 @@ pub(super) struct ViewLink {
     pub(super) over: bool,
 }
 
-/// Links and the provider count each one's peer advertises.
-pub(super) type LinkCounts = Vec<(LinkRef, u32)>;
+/// The links whose peers advertise providers of one procedure: each with its count, and the
+/// weighted round-robin among them (9.8). It goes with the last link.
+#[derive(Default)]
+pub(super) struct RemoteProviders {
+    pub(super) links: Vec<(LinkRef, u32)>,
+    pub(super) wrr: SmoothWrr,
+}
 
 /// The mesh state of one shard.
 pub(super) struct MeshState {
@@ -57,8 +59,8 @@ pub(super) struct MeshState {
     /// The patterns each link's peer advertises.
     pub(super) subs: SubscriptionIndex<LinkRef>,
     /// Per (realm, procedure): the links whose peers advertise providers, and how many.
-    pub(super) procs: AHashMap<RealmProcedure, LinkCounts>,
-    pub(super) wrr: AHashMap<RealmProcedure, SmoothWrr>,
+    /// By realm id, then by name (looked up without a copy of the name).
+    pub(super) procs: Vec<AHashMap<Box<[u8]>, RemoteProviders>>,
     /// The gateway's own interest per realm, as advertised.
     pub(super) advertised: Vec<Advertised>,
     pub(super) advertise_dirty: bool,
@@ -93,8 +95,7 @@ impl MeshState {
             peering,
             up: AHashMap::new(),
             subs: SubscriptionIndex::new(),
-            procs: AHashMap::new(),
-            wrr: AHashMap::new(),
+            procs: (0..realms).map(|_| AHashMap::new()).collect(),
             advertised: (0..realms).map(|_| Advertised::new(limit)).collect(),
             advertise_dirty: false,
             waits: AHashMap::new(),
@@ -156,15 +157,16 @@ impl Shard {
                     m.subs.remove(realm, p, link);
                 }
                 Change::Procedure { name, count } => {
-                    let key = (realm, name.clone());
-                    let entry = m.procs.entry(key.clone()).or_default();
-                    entry.retain(|(l, _)| *l != link);
+                    let Some(procs) = m.procs.get_mut(usize::from(realm.0)) else {
+                        continue;
+                    };
+                    let entry = procs.entry(name.clone()).or_default();
+                    entry.links.retain(|(l, _)| *l != link);
                     if *count > 0 {
-                        entry.push((link, *count));
+                        entry.links.push((link, *count));
                     }
-                    if entry.is_empty() {
-                        m.procs.remove(&key);
-                        m.wrr.remove(&key);
+                    if entry.links.is_empty() {
+                        procs.remove(name);
                     }
                 }
             }
@@ -177,6 +179,9 @@ impl Shard {
 
     /// The gateway's count of sessions subscribed to `pattern` may have gone 0→1 or 1→0.
     pub(super) fn mesh_pattern(&mut self, realm: RealmId, pattern: &[u8]) {
+        if self.mesh.is_none() {
+            return;
+        }
         let present = self.local_subs.subscribers_of(realm, pattern) > 0
             || self.remote_subs.subscribers_of(realm, pattern) > 0;
         let Some(m) = self.mesh.as_mut() else { return };
@@ -188,6 +193,9 @@ impl Shard {
 
     /// The gateway's count of live providers of `procedure` may have changed.
     pub(super) fn mesh_procedure(&mut self, realm: RealmId, procedure: &[u8]) {
+        if self.mesh.is_none() {
+            return;
+        }
         let count = self.registry.providers_of(realm, procedure) as u32;
         let Some(m) = self.mesh.as_mut() else { return };
         if let Some(a) = m.advertised.get_mut(usize::from(realm.0)) {
