@@ -143,6 +143,11 @@ pub struct ServeArgs {
     /// Procedures per session.
     #[arg(long, default_value_t = 1_000)]
     pub max_registrations: usize,
+    /// PINGs one session may have waiting for their PONG (behind its changes reaching every
+    /// shard, or every gateway of the mesh); beyond, its input is not read until some are
+    /// answered.
+    #[arg(long, default_value_t = 1_024)]
+    pub max_waiting_pings: usize,
     /// Calls in flight from the callers of one shard (each shard holds its callers' calls).
     #[arg(long = "max-pending-calls-per-shard", default_value_t = 100_000)]
     pub max_pending_calls: usize,
@@ -250,6 +255,7 @@ mod tests {
             (1_000, 1_000, 100_000)
         );
         assert_eq!(a.max_output, 4_194_304);
+        assert_eq!(a.max_waiting_pings, 1_024);
         assert_eq!(a.call_timeout, Duration::from_secs(5));
         assert_eq!(a.max_call_timeout, Duration::from_secs(60));
         assert_eq!(a.service_ttl, Duration::from_secs(300));

@@ -89,6 +89,7 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
         max_frame: args.max_frame,
         max_subscriptions: args.max_subscriptions,
         max_registrations: args.max_registrations,
+        max_waiting_pings: args.max_waiting_pings,
         max_pending_calls: args.max_pending_calls,
         max_output: args.max_output,
         max_shard_backlog: args.max_shard_backlog,

@@ -29,6 +29,8 @@ pub struct Limits {
     pub max_subscriptions: usize,
     /// Procedures per session.
     pub max_registrations: usize,
+    /// PINGs one session may have waiting for their barrier before its input is not read.
+    pub max_waiting_pings: usize,
     /// Calls in flight from the callers of one shard.
     pub max_pending_calls: usize,
     /// Bytes queued to one session before PUBLISH frames to it are dropped.
@@ -50,6 +52,7 @@ impl Default for Limits {
             max_frame: 1 << 20,
             max_subscriptions: 1_000,
             max_registrations: 1_000,
+            max_waiting_pings: 1_024,
             max_pending_calls: 100_000,
             max_output: 4 << 20,
             max_shard_backlog: 65_536,
@@ -186,6 +189,7 @@ impl Config {
             (l.max_output, "max-output"),
             (l.max_shard_backlog, "max-shard-backlog"),
             (l.max_pending_calls, "max-pending-calls-per-shard"),
+            (l.max_waiting_pings, "max-waiting-pings"),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero(name));

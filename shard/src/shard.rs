@@ -506,15 +506,15 @@ impl Shard {
 
     /// Whether the driver should read more of the session's control stream now. Not while
     /// its output is over the bound (PROTOCOL.md 5.5), nor while frames wait for admission or
-    /// for the output to drain, nor while it has [`barrier::MAX_WAITING_PINGS`] PINGs waiting
-    /// for their barrier: the bytes then wait in the transport, whose flow control holds the
-    /// client back.
+    /// for the output to drain, nor while it has `--max-waiting-pings` PINGs waiting for their
+    /// barrier: the bytes then wait in the transport, whose flow control holds the client
+    /// back.
     pub fn wants_input(&self, key: SessionKey) -> bool {
         self.sessions.get(key).is_some_and(|s| {
             matches!(s.state, State::AwaitingConnect | State::Active)
                 && s.out.len() < self.config.limits.max_output
                 && !s.reader.has_frame()
-                && s.barrier.waiting() < barrier::MAX_WAITING_PINGS
+                && s.barrier.waiting() < self.config.limits.max_waiting_pings
         })
     }
 

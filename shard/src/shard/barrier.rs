@@ -42,10 +42,6 @@ pub(super) enum PingAnswer {
     Wait,
 }
 
-/// PINGs a session may have waiting for their barrier; beyond, its input is not read until
-/// some are answered (PROTOCOL.md 5.5: the client is held back by flow control).
-pub(super) const MAX_WAITING_PINGS: usize = 1024;
-
 impl Barrier {
     /// PINGs waiting for their PONG.
     pub(super) fn waiting(&self) -> usize {
