@@ -137,6 +137,8 @@ const LOST: &str = "meshgate_peer_links_total{result=\"lost\"}";
 // SIGKILL and restart
 // =========================================================================================
 
+/// Sessions making calls beside the tests of link loss, eviction and restarts.
+const MESH_LOAD_CALLERS: usize = 4;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_gateway_fails_the_calls_forwarded_to_it_with_provider_gone_and_rejoins_when_restarted(
 ) {
@@ -149,6 +151,8 @@ async fn a_killed_gateway_fails_the_calls_forwarded_to_it_with_provider_gone_and
     let mut c = start(&c_flags);
     wait_full_mesh(&[(&a, "gw-a"), (&b, "gw-b"), (&c, "gw-c")]).await;
     let old_c_id = a.wait_up("gw-c").await.str("node_id");
+    // B, which loses C too, serves calls of its own all along.
+    let load = Load::start(&b, MESH_LOAD_CALLERS).await;
 
     // A provider on C holds three calls made on A: they are in flight across A's link to C.
     let mut provider = session(&c).await;
@@ -234,6 +238,7 @@ async fn a_killed_gateway_fails_the_calls_forwarded_to_it_with_provider_gone_and
         1,
         "the call to the new provider"
     );
+    load.finish().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -354,7 +359,9 @@ async fn with_max_peers_1_a_new_link_evicts_the_old_one_whose_peer_stays_away() 
     a.wait_up("gw-b").await;
     b.wait_up("gw-a").await;
 
-    // From here on, A is watched: it never has more than one up link.
+    // From here on, A is watched: it never has more than one up link; it serves calls of its
+    // own all along.
+    let load = Load::start(&a, MESH_LOAD_CALLERS).await;
     let (stop, watcher) = watch_up_links(a.health);
 
     // C dials A: A admits it and evicts its least recently used link, B's, the only one.
@@ -409,6 +416,7 @@ async fn with_max_peers_1_a_new_link_evicts_the_old_one_whose_peer_stays_away() 
         "B's link, then C's; B did not come back"
     );
     assert_eq!(c.metric(evicted).await, 0);
+    load.finish().await;
 }
 
 // =========================================================================================
@@ -429,6 +437,8 @@ async fn a_link_cut_in_the_middle_is_lost_on_both_ends_and_comes_back_when_heale
     let a_on_b = b.wait_up("gw-a").await;
     assert_eq!(a_on_b.str("addr"), Some(via.clone()));
 
+    // A serves calls of its own all along.
+    let load = Load::start(&a, MESH_LOAD_CALLERS).await;
     let mut provider = session(&a).await;
     provider.write(&register_frame("svc.far", None)).await;
     assert!(provider.mesh_ping().await.is_empty());
@@ -466,6 +476,7 @@ async fn a_link_cut_in_the_middle_is_lost_on_both_ends_and_comes_back_when_heale
         1
     );
     assert_eq!(m.get("meshgate_peer_links_total{result=\"up\"}"), 2);
+    load.finish().await;
 }
 
 // =========================================================================================
