@@ -79,31 +79,35 @@ fn u(v: &Value, path: &str) -> u64 {
 }
 
 #[test]
-fn rpc_makes_calls_without_errors_unpaced_and_paced() {
+fn rpc_makes_calls_without_errors_unpaced_and_paced_on_either_engine() {
     let gateway = Gateway::start(&[]);
-    let s = gateway.bench(
-        "rpc",
-        &[
-            "--duration",
-            "2s",
-            "--warmup",
-            "300ms",
-            "--callers",
-            "2",
-            "--in-flight",
-            "4",
-            "--providers",
-            "2",
-        ],
-    );
-    assert!(u(&s, "calls") > 0, "{s}");
-    assert_eq!(u(&s, "errors"), 0, "{s}");
-    assert_eq!(u(&s, "latency_us/count"), u(&s, "calls"), "{s}");
-    assert!(s["latency_us"]["p99"].as_f64().is_some(), "{s}");
+    let pid = gateway.pid().to_string();
+    for engine in ["lean", "library"] {
+        let s = gateway.bench(
+            "rpc",
+            &[
+                "--engine",
+                engine,
+                "--duration",
+                "2s",
+                "--warmup",
+                "300ms",
+                "--callers",
+                "2",
+                "--in-flight",
+                "4",
+                "--providers",
+                "2",
+            ],
+        );
+        assert!(u(&s, "calls") > 0, "{engine}: {s}");
+        assert_eq!(u(&s, "errors"), 0, "{engine}: {s}");
+        assert_eq!(u(&s, "latency_us/count"), u(&s, "calls"), "{engine}: {s}");
+        assert!(s["latency_us"]["p99"].as_f64().is_some(), "{engine}: {s}");
 
-    let s = gateway.bench(
-        "rpc",
-        &[
+        let mut args = vec![
+            "--engine",
+            engine,
             "--duration",
             "1s",
             "--warmup",
@@ -112,11 +116,25 @@ fn rpc_makes_calls_without_errors_unpaced_and_paced() {
             "2",
             "--rate",
             "1000",
-        ],
-    );
-    assert!(u(&s, "calls") > 0, "{s}");
-    assert_eq!(u(&s, "errors"), 0, "{s}");
-    assert_eq!(s["rate_target"], 1000.0, "{s}");
+        ];
+        if engine == "lean" {
+            args.extend(["--gateway-pid", pid.as_str()]);
+        }
+        let s = gateway.bench("rpc", &args);
+        assert!(u(&s, "calls") > 0, "{engine}: {s}");
+        assert_eq!(u(&s, "errors"), 0, "{engine}: {s}");
+        assert_eq!(s["rate_target"], 1000.0, "{engine}: {s}");
+        if engine == "lean" {
+            // Both sides' CPU over the window, per call (/proc counts in ticks: maybe 0).
+            for key in [
+                "load_cpu_per_call_us",
+                "gateway_cpu_per_call_us",
+                "gateway_cpu_busy",
+            ] {
+                assert!(s[key].as_f64().is_some_and(|x| x >= 0.0), "{key}: {s}");
+            }
+        }
+    }
 }
 
 #[test]

@@ -215,6 +215,11 @@ impl Gateway {
         }
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
     /// Sends a signal to the process.
     pub fn signal(&self, signal: i32) {
         let pid = self.child.as_ref().expect("running").id();

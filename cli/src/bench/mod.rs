@@ -15,9 +15,11 @@
 mod caller_death;
 mod chart;
 mod churn;
+mod cpu;
 mod flood;
 mod handshake;
 mod idle;
+mod lean;
 mod metrics;
 mod pubsub;
 mod report;

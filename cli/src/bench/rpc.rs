@@ -15,7 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clap::Args;
+use clap::{Args, ValueEnum};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use meshgate_client::{CallError, Client, ConnectionState, ProcedureError};
 use serde_json::Value;
@@ -24,6 +24,19 @@ use tokio::task::JoinSet;
 use super::report::{counts, note, per_second, Latency, Progress, Summary};
 use super::{call_error_kind, connect, msgpack_bin, run_tag, Common};
 use crate::args::parse_duration;
+
+mod lean;
+
+/// What makes the load.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    /// Every session on one thread, on quiche with batched UDP, frames of a turn sharing
+    /// packets: a load generator that costs less than the gateway it measures.
+    Lean,
+    /// Sessions of the client library (meshgate-client, on quinn and Tokio), as an
+    /// application would use it.
+    Library,
+}
 
 #[derive(Args, Debug, Clone)]
 pub struct RpcArgs {
@@ -57,11 +70,18 @@ pub struct RpcArgs {
     /// are in effect across the mesh.
     #[arg(long)]
     pub provider_server: Option<SocketAddr>,
+    /// What makes the load.
+    #[arg(long, value_enum, default_value_t = Engine::Lean)]
+    pub engine: Engine,
+    /// The gateway's process id: its CPU time over the measured window is reported, per call
+    /// (from /proc; lean engine).
+    #[arg(long, value_name = "PID")]
+    pub gateway_pid: Option<u32>,
 }
 
-/// What one slot counted in the measured window.
+/// What the callers (or one slot) counted in the measured window.
 #[derive(Default)]
-struct SlotResult {
+struct Tally {
     ok: u64,
     errors: BTreeMap<String, u64>,
     latency: Latency,
@@ -85,6 +105,14 @@ pub async fn run(a: &RpcArgs) -> Result<Summary, String> {
     }
     if a.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
         return Err("--rate must be a positive number of calls per second".into());
+    }
+    if a.engine == Engine::Lean {
+        let progress = Progress::new(&["calls"], a.common.warmup);
+        let _line = progress.show();
+        return tokio::task::block_in_place(|| lean::run(a, progress));
+    }
+    if a.gateway_pid.is_some() {
+        return Err("--gateway-pid needs the lean engine".into());
     }
     let base = a.common.client_config()?;
     let procedure = format!("bench.{}.echo", run_tag());
@@ -114,12 +142,7 @@ pub async fn run(a: &RpcArgs) -> Result<Summary, String> {
     for _ in 0..a.callers {
         callers.push(connect(&base).await.map_err(|e| format!("caller: {e}"))?);
     }
-    note(&format!(
-        "{}, {} warmup + {} measured",
-        describe(a),
-        humantime::format_duration(a.common.warmup),
-        humantime::format_duration(a.common.duration),
-    ));
+    announce(a);
 
     let start = Instant::now();
     let measure_from = start + a.common.warmup;
@@ -152,7 +175,7 @@ pub async fn run(a: &RpcArgs) -> Result<Summary, String> {
             }
         }
     }
-    let mut total = SlotResult::default();
+    let mut total = Tally::default();
     while let Some(done) = tasks.join_next().await {
         let r = done.map_err(|e| format!("a caller task failed: {e}"))?;
         total.ok += r.ok;
@@ -164,31 +187,44 @@ pub async fn run(a: &RpcArgs) -> Result<Summary, String> {
     drop(line);
     close_all(callers.into_iter().chain(providers)).await;
 
-    let errors: u64 = total.errors.values().sum();
+    Ok(summary(a, &total))
+}
+
+/// The figures both engines report.
+fn summary(a: &RpcArgs, t: &Tally) -> Summary {
+    let errors: u64 = t.errors.values().sum();
+    let (slots_key, slots) = match a.rate {
+        Some(_) => ("max_in_flight", a.max_in_flight),
+        None => ("in_flight", a.in_flight),
+    };
     let mut s = Summary::new("rpc", describe(a));
-    s.set("callers", a.callers)
+    let engine = a
+        .engine
+        .to_possible_value()
+        .map(|v| v.get_name().to_owned());
+    s.set("engine", engine.unwrap_or_default())
+        .set("callers", a.callers)
         .set("providers", a.providers)
-        .set(
-            if a.rate.is_some() {
-                "max_in_flight"
-            } else {
-                "in_flight"
-            },
-            if a.rate.is_some() {
-                a.max_in_flight
-            } else {
-                a.in_flight
-            },
-        )
+        .set(slots_key, slots)
         .set("payload_bytes", a.payload)
         .set("rate_target", a.rate.map_or(Value::Null, Value::from))
         .set("duration_s", a.common.duration.as_secs_f64())
-        .set("calls", total.ok)
-        .set("calls_per_s", per_second(total.ok, a.common.duration))
+        .set("calls", t.ok)
+        .set("calls_per_s", per_second(t.ok, a.common.duration))
         .set("errors", errors)
-        .set("errors_by_code", counts(&total.errors))
-        .set("latency_us", total.latency.summary_us());
-    Ok(s)
+        .set("errors_by_code", counts(&t.errors))
+        .set("latency_us", t.latency.summary_us());
+    s
+}
+
+/// Says on stderr what the run does, once its sessions are up.
+fn announce(a: &RpcArgs) {
+    note(&format!(
+        "{}, {} warmup + {} measured",
+        describe(a),
+        humantime::format_duration(a.common.warmup),
+        humantime::format_duration(a.common.duration),
+    ));
 }
 
 /// What the run does, in a line.
@@ -204,15 +240,19 @@ fn describe(a: &RpcArgs) -> String {
         Some(addr) => format!(" on {addr} (across the mesh)"),
         None => String::new(),
     };
+    let engine = match a.engine {
+        Engine::Lean => "lean engine",
+        Engine::Library => "client library",
+    };
     format!(
-        "rpc: {load}, {} providers{across}, {}-byte payload",
+        "rpc: {load}, {} providers{across}, {}-byte payload, {engine}",
         a.providers, a.payload
     )
 }
 
 /// One call slot: calls until the end of the run, counting what falls in the measured window.
-async fn slot(client: Client, plan: Arc<Plan>) -> SlotResult {
-    let mut result = SlotResult::default();
+async fn slot(client: Client, plan: Arc<Plan>) -> Tally {
+    let mut result = Tally::default();
     loop {
         let sent = Instant::now();
         if sent >= plan.end {
@@ -232,8 +272,8 @@ async fn slot(client: Client, plan: Arc<Plan>) -> SlotResult {
 
 /// One caller on a schedule of `rate` calls per second, with at most `max_in_flight` at once.
 /// One task sends the calls and collects the replies, so a call costs no task of its own.
-async fn paced(client: Client, plan: Arc<Plan>, rate: f64, max_in_flight: usize) -> SlotResult {
-    let mut result = SlotResult::default();
+async fn paced(client: Client, plan: Arc<Plan>, rate: f64, max_in_flight: usize) -> Tally {
+    let mut result = Tally::default();
     let mut in_flight = FuturesUnordered::new();
     let call = |sent: Instant| {
         let (client, plan) = (&client, &plan);
@@ -286,7 +326,7 @@ async fn sleep_until(at: Option<Instant>) {
 
 impl Plan {
     /// Counts one call's outcome, if it was sent in the measured window.
-    fn count(&self, result: &mut SlotResult, sent: Instant, outcome: Result<Vec<u8>, CallError>) {
+    fn count(&self, result: &mut Tally, sent: Instant, outcome: Result<Vec<u8>, CallError>) {
         let measured = sent >= self.measure_from;
         match outcome {
             Ok(reply) if reply == self.args => {

@@ -1,0 +1,531 @@
+//! The lean load engine: many sessions on one thread, one UDP socket and quiche, with no task,
+//! channel or allocation per message, so that the load generator costs less per call than the
+//! gateway it measures.
+//!
+//! One turn: wait for the socket (or the earliest QUIC timer, or the caller's deadline), read
+//! every waiting datagram in batches (`recvmmsg`, GRO), hand each connection's packets to
+//! quiche, read each session's control stream and hand its frames to the scenario, which
+//! answers by appending frames to the session's output; then write each session's output to
+//! its stream in one piece, and send each connection's packets, equal-sized runs of them as one
+//! GSO datagram. A session's frames of one turn therefore share packets, as the gateway's do.
+//!
+//! Sessions are told apart by the connection id the engine gives each: its first four bytes
+//! are the session's index.
+
+use std::io::{self, IoSliceMut};
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use meshgate_client::random_node_id;
+use meshgate_protocol::wire::{Connect, FrameReader, Message, Ping, Pong, Reason};
+use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState, BATCH_SIZE};
+
+/// The ALPN of the Macula v0 gateway protocol, in quiche's wire form.
+const ALPN: &[u8] = b"\x06macula";
+/// Length of the connection ids the engine gives its connections.
+const CID_LEN: usize = 16;
+/// The largest UDP payload sent or taken, as the gateway's.
+const MAX_UDP_PAYLOAD: usize = 1350;
+/// Bytes per receive slot: room for a GRO batch of full-size datagrams.
+const RX_SLOT: usize = 64 * 1024;
+/// The control stream: the first bidirectional stream a client opens.
+const CONTROL: u64 = 0;
+/// Frames from the gateway may exceed the client's `max_frame` by what the gateway adds.
+const MAX_FRAME: u32 = 1 << 20;
+
+/// How sessions reach the gateway and trust its certificate.
+pub struct Target<'a> {
+    pub server: SocketAddr,
+    pub server_name: &'a str,
+    pub insecure: bool,
+    pub ca: Option<&'a Path>,
+    pub realm: &'a str,
+    pub token: Option<&'a str>,
+}
+
+/// A session's state as the engine sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    /// The QUIC handshake, then CONNECT waiting for the gateway's PONG.
+    Connecting,
+    Up,
+    /// The gateway's DISCONNECT, or the connection closed.
+    Over,
+}
+
+/// One session: its connection, the frames read from it and the frames it has yet to send.
+pub struct Session {
+    quic: quiche::Connection,
+    reader: FrameReader,
+    /// Frames not yet taken by the control stream.
+    out: Vec<u8>,
+    /// How much of `out` the stream has taken.
+    written: usize,
+    phase: Phase,
+    /// Why the session ended, when the gateway said.
+    ended: Option<String>,
+}
+
+impl Session {
+    /// Why the session is over, or `None` while it is not.
+    pub fn ended(&self) -> Option<&str> {
+        match self.phase {
+            Phase::Over => Some(self.ended.as_deref().unwrap_or("connection_closed")),
+            _ => None,
+        }
+    }
+
+    /// Frames waiting to be sent, in bytes.
+    pub fn queued(&self) -> usize {
+        self.out.len() - self.written
+    }
+
+    /// Queues a message; it goes out at the end of the turn.
+    pub fn send(&mut self, msg: &Message<'_>) {
+        self.out().send(msg);
+    }
+
+    /// The session's output.
+    pub fn out(&mut self) -> Out<'_> {
+        Out(&mut self.out)
+    }
+}
+
+/// A session's output, as a scenario sees it while it handles one of the session's frames.
+pub struct Out<'a>(&'a mut Vec<u8>);
+
+impl Out<'_> {
+    /// Queues a message; it goes out at the end of the turn.
+    pub fn send(&mut self, msg: &Message<'_>) {
+        msg.encode(self.0);
+    }
+}
+
+/// The engine: its socket, its sessions and the buffers of its batches.
+pub struct Engine {
+    socket: UdpSocket,
+    state: UdpSocketState,
+    local: SocketAddr,
+    config: quiche::Config,
+    sessions: Vec<Session>,
+    rx: Box<[u8]>,
+    meta: Vec<RecvMeta>,
+    tx: Vec<u8>,
+    scratch: Box<[u8]>,
+    /// Whether the last turn received anything: then the next one reads before it waits.
+    busy: bool,
+    /// Whether sessions may have output queued outside a turn: the next turn sends it first.
+    touched: bool,
+}
+
+impl Engine {
+    /// An engine with no session yet, its socket bound to an ephemeral port.
+    pub fn new(target: &Target<'_>) -> Result<Engine, String> {
+        let bind: SocketAddr = if target.server.is_ipv6() {
+            "[::]:0".parse().expect("an address")
+        } else {
+            "0.0.0.0:0".parse().expect("an address")
+        };
+        let socket = UdpSocket::bind(bind).map_err(|e| format!("cannot bind a UDP socket: {e}"))?;
+        let state = UdpSocketState::new(UdpSockRef::from(&socket))
+            .map_err(|e| format!("cannot set up the UDP socket: {e}"))?;
+        let _ = state.set_recv_buffer_size(UdpSockRef::from(&socket), 4 << 20);
+        let _ = state.set_send_buffer_size(UdpSockRef::from(&socket), 4 << 20);
+        let local = socket
+            .local_addr()
+            .map_err(|e| format!("the UDP socket has no address: {e}"))?;
+        Ok(Engine {
+            local,
+            config: quic_config(target)?,
+            sessions: Vec::new(),
+            rx: vec![0u8; RX_SLOT * BATCH_SIZE].into_boxed_slice(),
+            meta: vec![RecvMeta::default(); BATCH_SIZE],
+            tx: Vec::with_capacity(64 * 1024),
+            scratch: vec![0u8; 64 * 1024].into_boxed_slice(),
+            busy: false,
+            touched: false,
+            socket,
+            state,
+        })
+    }
+
+    /// Session `i`, to queue messages on: they go out before the next turn waits.
+    pub fn session(&mut self, i: usize) -> &mut Session {
+        self.touched = true;
+        &mut self.sessions[i]
+    }
+
+    pub fn sessions(&self) -> &[Session] {
+        &self.sessions
+    }
+
+    /// Opens `n` sessions at once in `target`'s realm and waits, at most `timeout`, until the
+    /// gateway has admitted all of them; returns their indexes.
+    pub fn connect(
+        &mut self,
+        target: &Target<'_>,
+        n: usize,
+        timeout: Duration,
+    ) -> Result<std::ops::Range<usize>, String> {
+        let first = self.sessions.len();
+        for i in first..first + n {
+            let mut cid = [0u8; CID_LEN];
+            cid[..4].copy_from_slice(&(i as u32).to_le_bytes());
+            cid[4..].copy_from_slice(&random_node_id().0[..CID_LEN - 4]);
+            let quic = quiche::connect(
+                Some(target.server_name),
+                &quiche::ConnectionId::from_ref(&cid),
+                self.local,
+                target.server,
+                &mut self.config,
+            )
+            .map_err(|e| format!("cannot start a QUIC connection: {e}"))?;
+            let mut s = Session {
+                quic,
+                reader: FrameReader::new(MAX_FRAME),
+                out: Vec::new(),
+                written: 0,
+                phase: Phase::Connecting,
+                ended: None,
+            };
+            s.send(&Message::Connect(Connect {
+                version: b"1.0",
+                node_id: random_node_id(),
+                realm: target.realm.as_bytes(),
+                capabilities: None,
+                token: target.token.map(str::as_bytes),
+            }));
+            self.sessions.push(s);
+        }
+        self.touched = true;
+        let range = first..first + n;
+        let by = Instant::now() + timeout;
+        while self.sessions[range.clone()]
+            .iter()
+            .any(|s| s.phase == Phase::Connecting)
+        {
+            if Instant::now() >= by {
+                return Err(format!(
+                    "sessions not admitted within {}",
+                    humantime::format_duration(timeout)
+                ));
+            }
+            self.turn(Some(by), |_, _, _| {});
+        }
+        if let Some(why) = self.sessions[range.clone()].iter().find_map(Session::ended) {
+            return Err(format!("the gateway refused a session: {why}"));
+        }
+        Ok(range)
+    }
+
+    /// Sends a PING from each of `sessions` and waits, at most `timeout`, for its PONG: once
+    /// it is in, everything the session sent before is in effect (with `mesh`, on every
+    /// gateway of the mesh).
+    pub fn barrier(
+        &mut self,
+        sessions: std::ops::Range<usize>,
+        mesh: bool,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        const MARK: u64 = u64::MAX - 1;
+        let mut waiting = sessions.len();
+        for i in sessions.clone() {
+            self.session(i).send(&Message::Ping(Ping {
+                timestamp: MARK,
+                mesh,
+            }));
+        }
+        let by = Instant::now() + timeout;
+        while waiting > 0 {
+            if Instant::now() >= by {
+                return Err("the gateway did not answer PING in time".to_owned());
+            }
+            self.turn(Some(by), |i, msg, _| {
+                if sessions.contains(&i) && matches!(msg, Message::Pong(p) if p.timestamp == MARK) {
+                    waiting -= 1;
+                }
+            });
+            if let Some(why) = self.sessions[sessions.clone()]
+                .iter()
+                .find_map(Session::ended)
+            {
+                return Err(format!("a session ended: {why}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// One turn (see the module's documentation). Waits for the socket no later than `until`
+    /// (`None`: as long as the QUIC timers allow). `on_frame(session, message, output)` sees
+    /// every message of an admitted session; what it appends to `output` is sent this turn.
+    pub fn turn(
+        &mut self,
+        until: Option<Instant>,
+        mut on_frame: impl FnMut(usize, Message<'_>, &mut Out<'_>),
+    ) {
+        if std::mem::take(&mut self.touched) {
+            self.flush();
+        }
+        if !self.busy {
+            self.wait(until);
+        }
+        self.busy = self.receive();
+        let now = Instant::now();
+        for (i, s) in self.sessions.iter_mut().enumerate() {
+            if s.quic.timeout_instant().is_some_and(|at| at <= now) {
+                s.quic.on_timeout();
+            }
+            read_frames(i, s, &mut self.scratch, &mut on_frame);
+        }
+        self.flush();
+    }
+
+    /// Writes every session's output to its stream and sends every connection's packets.
+    pub fn flush(&mut self) {
+        for s in &mut self.sessions {
+            // The stream opens once the handshake is done and the gateway's limits are known.
+            if s.queued() > 0 && s.quic.is_established() && !s.quic.is_closed() {
+                match s.quic.stream_send(CONTROL, &s.out[s.written..], false) {
+                    Ok(n) => s.written += n,
+                    Err(quiche::Error::Done) => {}
+                    Err(_) => s.phase = Phase::Over,
+                }
+                if s.written == s.out.len() {
+                    s.out.clear();
+                    s.written = 0;
+                }
+            }
+            send_packets(&self.socket, &self.state, &mut self.tx, &mut s.quic);
+        }
+    }
+
+    /// Closes every session's connection and waits, at most `timeout`, for the closes to go
+    /// out.
+    pub fn close(&mut self, timeout: Duration) {
+        for s in &mut self.sessions {
+            let _ = s.quic.close(true, 0, b"bench over");
+        }
+        let by = Instant::now() + timeout;
+        while Instant::now() < by && self.sessions.iter().any(|s| !s.quic.is_closed()) {
+            self.flush();
+            if self
+                .sessions
+                .iter()
+                .all(|s| s.quic.is_draining() || s.quic.is_closed())
+            {
+                break;
+            }
+            self.turn(Some(by), |_, _, _| {});
+        }
+    }
+
+    /// Waits until the socket is readable, `until` or the earliest QUIC timer.
+    fn wait(&self, until: Option<Instant>) {
+        let quic = self
+            .sessions
+            .iter()
+            .filter_map(|s| s.quic.timeout_instant())
+            .min();
+        let at = match (until, quic) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let ms = match at {
+            Some(at) => {
+                let d = at.saturating_duration_since(Instant::now());
+                // Round up, so that a timer is not polled for before it is due.
+                i32::try_from(d.as_micros().div_ceil(1000)).unwrap_or(i32::MAX)
+            }
+            None => 1000,
+        };
+        let mut fd = libc::pollfd {
+            fd: self.socket.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        unsafe { libc::poll(&mut fd, 1, ms) };
+    }
+
+    /// Reads every waiting datagram and hands it to its connection; true when any came.
+    fn receive(&mut self) -> bool {
+        let mut any = false;
+        loop {
+            let mut bufs: Vec<IoSliceMut<'_>> =
+                self.rx.chunks_mut(RX_SLOT).map(IoSliceMut::new).collect();
+            let n = match self
+                .state
+                .recv(UdpSockRef::from(&self.socket), &mut bufs, &mut self.meta)
+            {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return any,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return any,
+            };
+            any |= n > 0;
+            for (meta, buf) in self.meta[..n].iter().zip(bufs.iter_mut()) {
+                let stride = meta.stride.max(1);
+                for datagram in buf[..meta.len].chunks_mut(stride) {
+                    let Some(s) = session_of(&mut self.sessions, datagram) else {
+                        continue;
+                    };
+                    let info = quiche::RecvInfo {
+                        from: meta.addr,
+                        to: self.local,
+                    };
+                    let _ = s.quic.recv(datagram, info);
+                }
+            }
+            if n < BATCH_SIZE {
+                return any;
+            }
+        }
+    }
+}
+
+/// The session a datagram is for, by the connection id the engine gave it.
+fn session_of<'a>(sessions: &'a mut [Session], datagram: &[u8]) -> Option<&'a mut Session> {
+    let first = *datagram.first()?;
+    // Short header: the connection id right after the first byte. Long header: after the
+    // version and the id's length byte.
+    let at = if first & 0x80 == 0 { 1 } else { 6 };
+    let cid = datagram.get(at..at + CID_LEN)?;
+    let i = u32::from_le_bytes(cid[..4].try_into().ok()?) as usize;
+    let s = sessions.get_mut(i)?;
+    (s.quic.source_id().as_ref() == cid).then_some(s)
+}
+
+/// Reads a session's control stream and hands its frames on; notes the gateway's answer to
+/// CONNECT and its DISCONNECT.
+fn read_frames(
+    i: usize,
+    s: &mut Session,
+    scratch: &mut [u8],
+    on_frame: &mut impl FnMut(usize, Message<'_>, &mut Out<'_>),
+) {
+    if s.phase == Phase::Over {
+        return;
+    }
+    if s.quic.is_closed() || s.quic.is_draining() {
+        if s.ended.is_none() {
+            s.ended = s.quic.peer_error().map(|e| {
+                Reason::from_close_code(e.error_code).map_or_else(
+                    || format!("closed_{:#x}", e.error_code),
+                    |r| r.as_str().into(),
+                )
+            });
+        }
+        s.phase = Phase::Over;
+        return;
+    }
+    while let Ok((n, _fin)) = s.quic.stream_recv(CONTROL, scratch) {
+        if s.reader.push(&scratch[..n]).is_err() {
+            s.phase = Phase::Over;
+            s.ended = Some("protocol_error".into());
+            return;
+        }
+    }
+    let mut out = Out(&mut s.out);
+    while let Ok(Some(frame)) = s.reader.next_frame() {
+        let Ok(msg) = Message::decode(frame.frame_type, frame.payload) else {
+            continue;
+        };
+        match (s.phase, msg) {
+            (Phase::Connecting, Message::Pong(_)) => s.phase = Phase::Up,
+            (_, Message::Disconnect(d)) => {
+                s.phase = Phase::Over;
+                s.ended = Some(String::from_utf8_lossy(d.reason).into_owned());
+            }
+            (Phase::Up, Message::Ping(p)) => out.send(&Message::Pong(Pong {
+                timestamp: p.timestamp,
+                server_time: 0,
+                node_id: None,
+            })),
+            (Phase::Up, msg) => on_frame(i, msg, &mut out),
+            (Phase::Connecting | Phase::Over, _) => {}
+        }
+    }
+}
+
+/// Sends what a connection has ready: each run of equal-sized packets as one GSO datagram.
+fn send_packets(
+    socket: &UdpSocket,
+    state: &UdpSocketState,
+    tx: &mut Vec<u8>,
+    quic: &mut quiche::Connection,
+) {
+    let max_segments = state.max_gso_segments().clamp(1, 32);
+    let mut more = true;
+    while more {
+        tx.clear();
+        let (mut segment, mut count, mut to) = (0, 0, None);
+        while count < max_segments {
+            let at = tx.len();
+            tx.resize(at + MAX_UDP_PAYLOAD, 0);
+            let Ok((len, info)) = quic.send(&mut tx[at..]) else {
+                tx.truncate(at);
+                more = false;
+                break;
+            };
+            tx.truncate(at + len);
+            to = Some(info.to);
+            count += 1;
+            if count == 1 {
+                segment = len;
+            } else if len != segment {
+                // A shorter packet ends the run: only GSO's last segment may be short.
+                break;
+            }
+        }
+        let Some(destination) = to else {
+            return;
+        };
+        let transmit = Transmit {
+            destination,
+            ecn: None,
+            contents: tx,
+            segment_size: (count > 1).then_some(segment),
+            src_ip: None,
+        };
+        // A full socket buffer loses the datagrams; QUIC sends them again.
+        let _ = state.send(UdpSockRef::from(socket), &transmit);
+    }
+}
+
+/// quiche's client configuration: ALPN `macula`, the trust asked for, one bidirectional
+/// stream, windows as the client library's.
+fn quic_config(target: &Target<'_>) -> Result<quiche::Config, String> {
+    let mut c = quiche::Config::new(quiche::PROTOCOL_VERSION)
+        .map_err(|e| format!("cannot make a QUIC configuration: {e}"))?;
+    c.set_application_protos_wire_format(ALPN)
+        .map_err(|e| format!("cannot set the ALPN: {e}"))?;
+    match (target.insecure, target.ca) {
+        (true, _) => c.verify_peer(false),
+        (false, Some(ca)) => {
+            let path = ca.to_str().ok_or("the CA file's path is not UTF-8")?;
+            c.load_verify_locations_from_file(path)
+                .map_err(|e| format!("cannot read the CA file {path}: {e}"))?;
+            c.verify_peer(true);
+        }
+        (false, None) => {
+            return Err(
+                "the gateway's certificate cannot be checked: give --ca PEM_FILE, \
+                        or --insecure for a gateway with a self-signed certificate"
+                    .to_owned(),
+            )
+        }
+    }
+    c.set_max_idle_timeout(30_000);
+    c.set_max_recv_udp_payload_size(MAX_UDP_PAYLOAD);
+    c.set_max_send_udp_payload_size(MAX_UDP_PAYLOAD);
+    c.set_initial_max_data(16 << 20);
+    c.set_initial_max_stream_data_bidi_local(8 << 20);
+    c.set_initial_max_stream_data_bidi_remote(0);
+    c.set_initial_max_streams_bidi(0);
+    c.set_initial_max_stream_data_uni(0);
+    c.set_initial_max_streams_uni(0);
+    c.set_disable_active_migration(true);
+    Ok(c)
+}
