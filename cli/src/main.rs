@@ -27,6 +27,9 @@ enum Command {
     Client(commands::ClientCommand),
     /// Drives a gateway with a load scenario and reports rates and latencies.
     Bench(bench::BenchArgs),
+    /// Measures this machine's QUIC ceiling, the benchmark report's baseline: a bare quiche
+    /// echo server on one core, clients on another, round trips per second.
+    QuicEcho(bench::quic_echo::QuicEchoArgs),
 }
 
 fn main() {
@@ -60,6 +63,7 @@ fn main() {
     let result = match cli.command {
         Command::Client(command) => commands::run(command),
         Command::Bench(args) => bench::run(args),
+        Command::QuicEcho(args) => bench::quic_echo::run(&args),
     };
     if let Err(e) = result {
         eprintln!("meshgate-cli: {e}");

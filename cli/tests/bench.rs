@@ -295,3 +295,30 @@ fn idle_sessions_are_counted_by_the_gateway() {
     assert_eq!(u(&s, "gateway_clients/with_sessions"), 50, "{s}");
     assert!(s["bytes_per_idle_session"].as_f64().is_some(), "{s}");
 }
+
+#[test]
+fn quic_echo_measures_round_trips_of_a_bare_quiche_echo() {
+    let out = Command::new(env!("CARGO_BIN_EXE_meshgate-cli"))
+        .args([
+            "quic-echo",
+            "--duration",
+            "1s",
+            "--warmup",
+            "200ms",
+            "--json",
+        ])
+        .args(["--connections", "2", "--in-flight", "4"])
+        // Both threads on the first core: any machine has it.
+        .args(["--server-cpu", "0", "--client-cpu", "0"])
+        .output()
+        .expect("meshgate-cli quic-echo runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "quic-echo failed: {stderr}");
+    let s: Value = serde_json::from_slice(&out.stdout).expect("a JSON summary");
+    assert!(u(&s, "round_trips") > 0, "{s}");
+    assert_eq!(u(&s, "connections"), 2, "{s}");
+    assert!(
+        s["round_trips_per_s"].as_f64().is_some_and(|r| r > 0.0),
+        "{s}"
+    );
+}

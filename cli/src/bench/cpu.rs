@@ -17,6 +17,17 @@ pub fn own() -> Duration {
     tv(u.ru_utime) + tv(u.ru_stime)
 }
 
+/// CPU time the calling thread has used so far.
+pub fn thread() -> Duration {
+    // SAFETY: timespec is plain data and clock_gettime only writes it.
+    let mut t: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid clock id and a valid pointer.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
 /// CPU time (user and system) process `pid` has used so far, from `/proc/PID/stat`; `None`
 /// when it cannot be read.
 pub fn of_process(pid: u32) -> Option<Duration> {

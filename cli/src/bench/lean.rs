@@ -87,6 +87,11 @@ impl Session {
         self.out().send(msg);
     }
 
+    /// Queues bytes on a stream opened raw.
+    pub fn send_bytes(&mut self, bytes: &[u8]) {
+        self.out.extend_from_slice(bytes);
+    }
+
     /// The session's output.
     pub fn out(&mut self) -> Out<'_> {
         Out(&mut self.out)
@@ -103,16 +108,139 @@ impl Out<'_> {
     }
 }
 
-/// The engine: its socket, its sessions and the buffers of its batches.
-pub struct Engine {
+/// A UDP socket for quiche connections, with its batches: `recvmmsg` with GRO in, runs of
+/// equal-sized packets as one GSO datagram out.
+pub struct Udp {
     socket: UdpSocket,
     state: UdpSocketState,
     local: SocketAddr,
-    config: quiche::Config,
-    sessions: Vec<Session>,
     rx: Box<[u8]>,
     meta: Vec<RecvMeta>,
     tx: Vec<u8>,
+}
+
+impl Udp {
+    /// A socket bound to `addr`.
+    pub fn bind(addr: SocketAddr) -> Result<Udp, String> {
+        let socket = UdpSocket::bind(addr).map_err(|e| format!("cannot bind UDP {addr}: {e}"))?;
+        let state = UdpSocketState::new(UdpSockRef::from(&socket))
+            .map_err(|e| format!("cannot set up the UDP socket: {e}"))?;
+        let _ = state.set_recv_buffer_size(UdpSockRef::from(&socket), 4 << 20);
+        let _ = state.set_send_buffer_size(UdpSockRef::from(&socket), 4 << 20);
+        let local = socket
+            .local_addr()
+            .map_err(|e| format!("the UDP socket has no address: {e}"))?;
+        Ok(Udp {
+            local,
+            rx: vec![0u8; RX_SLOT * BATCH_SIZE].into_boxed_slice(),
+            meta: vec![RecvMeta::default(); BATCH_SIZE],
+            tx: Vec::with_capacity(64 * 1024),
+            socket,
+            state,
+        })
+    }
+
+    pub fn local(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Waits until the socket is readable or `at` passes (`None`: a second at most).
+    pub fn wait(&self, at: Option<Instant>) {
+        let ms = match at {
+            Some(at) => {
+                let d = at.saturating_duration_since(Instant::now());
+                // Round up, so that a timer is not polled for before it is due.
+                i32::try_from(d.as_micros().div_ceil(1000)).unwrap_or(i32::MAX)
+            }
+            None => 1000,
+        };
+        let mut fd = libc::pollfd {
+            fd: self.socket.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        unsafe { libc::poll(&mut fd, 1, ms) };
+    }
+
+    /// Reads every waiting datagram and hands it, with its sender, to `on_datagram`; true
+    /// when any came.
+    pub fn receive(&mut self, mut on_datagram: impl FnMut(&mut [u8], quiche::RecvInfo)) -> bool {
+        let mut any = false;
+        loop {
+            let mut bufs: Vec<IoSliceMut<'_>> =
+                self.rx.chunks_mut(RX_SLOT).map(IoSliceMut::new).collect();
+            let n = match self
+                .state
+                .recv(UdpSockRef::from(&self.socket), &mut bufs, &mut self.meta)
+            {
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => return any,
+            };
+            any |= n > 0;
+            for (meta, buf) in self.meta[..n].iter().zip(bufs.iter_mut()) {
+                let info = quiche::RecvInfo {
+                    from: meta.addr,
+                    to: self.local,
+                };
+                for datagram in buf[..meta.len].chunks_mut(meta.stride.max(1)) {
+                    on_datagram(datagram, info);
+                }
+            }
+            if n < BATCH_SIZE {
+                return any;
+            }
+        }
+    }
+
+    /// Sends what a connection has ready: each run of equal-sized packets as one GSO
+    /// datagram.
+    pub fn send(&mut self, quic: &mut quiche::Connection) {
+        let max_segments = self.state.max_gso_segments().clamp(1, 32);
+        let tx = &mut self.tx;
+        let mut more = true;
+        while more {
+            tx.clear();
+            let (mut segment, mut count, mut to) = (0, 0, None);
+            while count < max_segments {
+                let at = tx.len();
+                tx.resize(at + MAX_UDP_PAYLOAD, 0);
+                let Ok((len, info)) = quic.send(&mut tx[at..]) else {
+                    tx.truncate(at);
+                    more = false;
+                    break;
+                };
+                tx.truncate(at + len);
+                to = Some(info.to);
+                count += 1;
+                if count == 1 {
+                    segment = len;
+                } else if len != segment {
+                    // A shorter packet ends the run: only GSO's last segment may be short.
+                    break;
+                }
+            }
+            let Some(destination) = to else {
+                return;
+            };
+            let transmit = Transmit {
+                destination,
+                ecn: None,
+                contents: tx,
+                segment_size: (count > 1).then_some(segment),
+                src_ip: None,
+            };
+            // A full socket buffer loses the datagrams; QUIC sends them again.
+            let _ = self.state.send(UdpSockRef::from(&self.socket), &transmit);
+        }
+    }
+}
+
+/// The engine: its socket and its sessions.
+pub struct Engine {
+    udp: Udp,
+    sessions: Vec<Session>,
     scratch: Box<[u8]>,
     /// Whether the last turn received anything: then the next one reads before it waits.
     busy: bool,
@@ -121,33 +249,20 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// An engine with no session yet, its socket bound to an ephemeral port.
-    pub fn new(target: &Target<'_>) -> Result<Engine, String> {
-        let bind: SocketAddr = if target.server.is_ipv6() {
+    /// An engine with no session yet, its socket bound to an ephemeral port of the family of
+    /// `server`'s address.
+    pub fn new(server: SocketAddr) -> Result<Engine, String> {
+        let bind: SocketAddr = if server.is_ipv6() {
             "[::]:0".parse().expect("an address")
         } else {
             "0.0.0.0:0".parse().expect("an address")
         };
-        let socket = UdpSocket::bind(bind).map_err(|e| format!("cannot bind a UDP socket: {e}"))?;
-        let state = UdpSocketState::new(UdpSockRef::from(&socket))
-            .map_err(|e| format!("cannot set up the UDP socket: {e}"))?;
-        let _ = state.set_recv_buffer_size(UdpSockRef::from(&socket), 4 << 20);
-        let _ = state.set_send_buffer_size(UdpSockRef::from(&socket), 4 << 20);
-        let local = socket
-            .local_addr()
-            .map_err(|e| format!("the UDP socket has no address: {e}"))?;
         Ok(Engine {
-            local,
-            config: quic_config(target)?,
+            udp: Udp::bind(bind)?,
             sessions: Vec::new(),
-            rx: vec![0u8; RX_SLOT * BATCH_SIZE].into_boxed_slice(),
-            meta: vec![RecvMeta::default(); BATCH_SIZE],
-            tx: Vec::with_capacity(64 * 1024),
             scratch: vec![0u8; 64 * 1024].into_boxed_slice(),
             busy: false,
             touched: false,
-            socket,
-            state,
         })
     }
 
@@ -169,38 +284,7 @@ impl Engine {
         n: usize,
         timeout: Duration,
     ) -> Result<std::ops::Range<usize>, String> {
-        let first = self.sessions.len();
-        for i in first..first + n {
-            let mut cid = [0u8; CID_LEN];
-            cid[..4].copy_from_slice(&(i as u32).to_le_bytes());
-            cid[4..].copy_from_slice(&random_node_id().0[..CID_LEN - 4]);
-            let quic = quiche::connect(
-                Some(target.server_name),
-                &quiche::ConnectionId::from_ref(&cid),
-                self.local,
-                target.server,
-                &mut self.config,
-            )
-            .map_err(|e| format!("cannot start a QUIC connection: {e}"))?;
-            let mut s = Session {
-                quic,
-                reader: FrameReader::new(MAX_FRAME),
-                out: Vec::new(),
-                written: 0,
-                phase: Phase::Connecting,
-                ended: None,
-            };
-            s.send(&Message::Connect(Connect {
-                version: b"1.0",
-                node_id: random_node_id(),
-                realm: target.realm.as_bytes(),
-                capabilities: None,
-                token: target.token.map(str::as_bytes),
-            }));
-            self.sessions.push(s);
-        }
-        self.touched = true;
-        let range = first..first + n;
+        let range = self.open(target, n, ALPN, false)?;
         let by = Instant::now() + timeout;
         while self.sessions[range.clone()]
             .iter()
@@ -218,6 +302,53 @@ impl Engine {
             return Err(format!("the gateway refused a session: {why}"));
         }
         Ok(range)
+    }
+
+    /// Opens `n` connections to `target.server` with ALPN `alpn` (quiche's wire form),
+    /// without waiting for them; `raw`: their stream carries bytes, not Macula frames (and no
+    /// CONNECT).
+    pub fn open(
+        &mut self,
+        target: &Target<'_>,
+        n: usize,
+        alpn: &[u8],
+        raw: bool,
+    ) -> Result<std::ops::Range<usize>, String> {
+        let mut config = quic_config(target, alpn)?;
+        let first = self.sessions.len();
+        for i in first..first + n {
+            let mut cid = [0u8; CID_LEN];
+            cid[..4].copy_from_slice(&(i as u32).to_le_bytes());
+            cid[4..].copy_from_slice(&random_node_id().0[..CID_LEN - 4]);
+            let quic = quiche::connect(
+                Some(target.server_name),
+                &quiche::ConnectionId::from_ref(&cid),
+                self.udp.local,
+                target.server,
+                &mut config,
+            )
+            .map_err(|e| format!("cannot start a QUIC connection: {e}"))?;
+            let mut s = Session {
+                quic,
+                reader: FrameReader::new(MAX_FRAME),
+                out: Vec::new(),
+                written: 0,
+                phase: Phase::Connecting,
+                ended: None,
+            };
+            if !raw {
+                s.send(&Message::Connect(Connect {
+                    version: b"1.0",
+                    node_id: random_node_id(),
+                    realm: target.realm.as_bytes(),
+                    capabilities: None,
+                    token: target.token.map(str::as_bytes),
+                }));
+            }
+            self.sessions.push(s);
+        }
+        self.touched = true;
+        Ok(first..first + n)
     }
 
     /// Sends a PING from each of `sessions` and waits, at most `timeout`, for its PONG: once
@@ -265,21 +396,70 @@ impl Engine {
         until: Option<Instant>,
         mut on_frame: impl FnMut(usize, Message<'_>, &mut Out<'_>),
     ) {
+        self.poll(until);
+        for (i, s) in self.sessions.iter_mut().enumerate() {
+            read_frames(i, s, &mut self.scratch, &mut on_frame);
+        }
+        self.flush();
+    }
+
+    /// A turn of sessions opened `raw`: `on_bytes(session, bytes, output)` sees what each
+    /// stream brought; what it appends to `output` is sent this turn.
+    pub fn turn_raw(
+        &mut self,
+        until: Option<Instant>,
+        mut on_bytes: impl FnMut(usize, &[u8], &mut Vec<u8>),
+    ) {
+        self.poll(until);
+        for (i, s) in self.sessions.iter_mut().enumerate() {
+            if s.phase == Phase::Connecting && s.quic.is_established() {
+                s.phase = Phase::Up;
+            }
+            if s.quic.is_closed() {
+                s.phase = Phase::Over;
+            }
+            while let Ok((n, _fin)) = s.quic.stream_recv(CONTROL, &mut self.scratch) {
+                on_bytes(i, &self.scratch[..n], &mut s.out);
+            }
+        }
+        self.flush();
+    }
+
+    /// Whether every session is up (raw: its handshake done).
+    pub fn all_up(&self) -> bool {
+        self.sessions.iter().all(|s| s.phase == Phase::Up)
+    }
+
+    /// The first part of a turn: sends what was queued outside turns, waits (unless the last
+    /// turn was busy), reads the socket and fires the due QUIC timers.
+    fn poll(&mut self, until: Option<Instant>) {
         if std::mem::take(&mut self.touched) {
             self.flush();
         }
         if !self.busy {
-            self.wait(until);
+            let quic = self
+                .sessions
+                .iter()
+                .filter_map(|s| s.quic.timeout_instant())
+                .min();
+            let at = match (until, quic) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            self.udp.wait(at);
         }
-        self.busy = self.receive();
+        let sessions = &mut self.sessions;
+        self.busy = self.udp.receive(|datagram, info| {
+            if let Some(s) = session_of(sessions, datagram) {
+                let _ = s.quic.recv(datagram, info);
+            }
+        });
         let now = Instant::now();
-        for (i, s) in self.sessions.iter_mut().enumerate() {
+        for s in &mut self.sessions {
             if s.quic.timeout_instant().is_some_and(|at| at <= now) {
                 s.quic.on_timeout();
             }
-            read_frames(i, s, &mut self.scratch, &mut on_frame);
         }
-        self.flush();
     }
 
     /// Writes every session's output to its stream and sends every connection's packets.
@@ -297,7 +477,7 @@ impl Engine {
                     s.written = 0;
                 }
             }
-            send_packets(&self.socket, &self.state, &mut self.tx, &mut s.quic);
+            self.udp.send(&mut s.quic);
         }
     }
 
@@ -318,69 +498,6 @@ impl Engine {
                 break;
             }
             self.turn(Some(by), |_, _, _| {});
-        }
-    }
-
-    /// Waits until the socket is readable, `until` or the earliest QUIC timer.
-    fn wait(&self, until: Option<Instant>) {
-        let quic = self
-            .sessions
-            .iter()
-            .filter_map(|s| s.quic.timeout_instant())
-            .min();
-        let at = match (until, quic) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
-        let ms = match at {
-            Some(at) => {
-                let d = at.saturating_duration_since(Instant::now());
-                // Round up, so that a timer is not polled for before it is due.
-                i32::try_from(d.as_micros().div_ceil(1000)).unwrap_or(i32::MAX)
-            }
-            None => 1000,
-        };
-        let mut fd = libc::pollfd {
-            fd: self.socket.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd for the duration of the call.
-        unsafe { libc::poll(&mut fd, 1, ms) };
-    }
-
-    /// Reads every waiting datagram and hands it to its connection; true when any came.
-    fn receive(&mut self) -> bool {
-        let mut any = false;
-        loop {
-            let mut bufs: Vec<IoSliceMut<'_>> =
-                self.rx.chunks_mut(RX_SLOT).map(IoSliceMut::new).collect();
-            let n = match self
-                .state
-                .recv(UdpSockRef::from(&self.socket), &mut bufs, &mut self.meta)
-            {
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return any,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => return any,
-            };
-            any |= n > 0;
-            for (meta, buf) in self.meta[..n].iter().zip(bufs.iter_mut()) {
-                let stride = meta.stride.max(1);
-                for datagram in buf[..meta.len].chunks_mut(stride) {
-                    let Some(s) = session_of(&mut self.sessions, datagram) else {
-                        continue;
-                    };
-                    let info = quiche::RecvInfo {
-                        from: meta.addr,
-                        to: self.local,
-                    };
-                    let _ = s.quic.recv(datagram, info);
-                }
-            }
-            if n < BATCH_SIZE {
-                return any;
-            }
         }
     }
 }
@@ -449,57 +566,12 @@ fn read_frames(
     }
 }
 
-/// Sends what a connection has ready: each run of equal-sized packets as one GSO datagram.
-fn send_packets(
-    socket: &UdpSocket,
-    state: &UdpSocketState,
-    tx: &mut Vec<u8>,
-    quic: &mut quiche::Connection,
-) {
-    let max_segments = state.max_gso_segments().clamp(1, 32);
-    let mut more = true;
-    while more {
-        tx.clear();
-        let (mut segment, mut count, mut to) = (0, 0, None);
-        while count < max_segments {
-            let at = tx.len();
-            tx.resize(at + MAX_UDP_PAYLOAD, 0);
-            let Ok((len, info)) = quic.send(&mut tx[at..]) else {
-                tx.truncate(at);
-                more = false;
-                break;
-            };
-            tx.truncate(at + len);
-            to = Some(info.to);
-            count += 1;
-            if count == 1 {
-                segment = len;
-            } else if len != segment {
-                // A shorter packet ends the run: only GSO's last segment may be short.
-                break;
-            }
-        }
-        let Some(destination) = to else {
-            return;
-        };
-        let transmit = Transmit {
-            destination,
-            ecn: None,
-            contents: tx,
-            segment_size: (count > 1).then_some(segment),
-            src_ip: None,
-        };
-        // A full socket buffer loses the datagrams; QUIC sends them again.
-        let _ = state.send(UdpSockRef::from(socket), &transmit);
-    }
-}
-
-/// quiche's client configuration: ALPN `macula`, the trust asked for, one bidirectional
-/// stream, windows as the client library's.
-fn quic_config(target: &Target<'_>) -> Result<quiche::Config, String> {
+/// quiche's client configuration: ALPN `alpn`, the trust asked for, one bidirectional
+/// stream, large windows.
+fn quic_config(target: &Target<'_>, alpn: &[u8]) -> Result<quiche::Config, String> {
     let mut c = quiche::Config::new(quiche::PROTOCOL_VERSION)
         .map_err(|e| format!("cannot make a QUIC configuration: {e}"))?;
-    c.set_application_protos_wire_format(ALPN)
+    c.set_application_protos_wire_format(alpn)
         .map_err(|e| format!("cannot set the ALPN: {e}"))?;
     match (target.insecure, target.ca) {
         (true, _) => c.verify_peer(false),

@@ -22,6 +22,7 @@ mod idle;
 mod lean;
 mod metrics;
 mod pubsub;
+pub mod quic_echo;
 mod report;
 mod rpc;
 mod slow_consumer;

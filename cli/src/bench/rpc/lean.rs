@@ -51,7 +51,7 @@ pub fn run(a: &RpcArgs, progress: Arc<Progress>) -> Result<Summary, String> {
     };
     let to_callers = target(c.server);
     let to_providers = target(a.provider_server.unwrap_or(c.server));
-    let mut engine = Engine::new(&to_callers)?;
+    let mut engine = Engine::new(c.server)?;
     let procedure = format!("bench.{}.echo", run_tag()).into_bytes();
 
     let providers = engine
