@@ -3,16 +3,19 @@
 #
 # Builds meshgate in release mode, then for each scenario starts a fresh gateway with one shard
 # pinned to one core and runs the load generator, `meshgate-cli bench`, pinned to another, so
-# that the two never share a core. Throughput scenarios run --runs times and the report gives their medians. The same
-# run measures the machine's baseline (a plain UDP echo between the same two cores) and gives
-# the gateway's RPC rate as a ratio of it. The report goes to OUT/report.md, with the charts
+# that the two never share a core. Throughput scenarios run --runs times and the report gives
+# their medians. The same run measures the machine's baseline (`meshgate-cli quic-echo`: a bare
+# quiche echo between the same two cores) and gives the gateway's RPC rate as a fraction of
+# half its rate (a call is two hops). With --nats DIR (natsbench, see its README) the same run
+# also measures nats-server, plain and with TLS, in the same shapes, interleaved with the
+# meshgate runs, and the report checks the targets against it. The report goes to OUT/report.md, with the charts
 # (SVG), the raw JSON of every run and the gateways' logs beside it. The raw results also record
 # the machine that measured (OUT/json/machine.json) and the commit measured (OUT/json/commit.txt):
 # scripts/bench_report.py reads them from there, so the report can be made again elsewhere.
 #
 # Usage: scripts/bench.sh [--out DIR] [--runs N] [--duration SECONDS] [--gateway-cpu N]
 #                         [--load-cpu N] [--churn-cycles N] [--churn-rate N] [--idle-clients N]
-#                         [--pubsub-rate N] [--quick]
+#                         [--pubsub-rate N] [--nats NATSBENCH_DIR] [--quick]
 #   --quick   a short pass (1 run, 3 s windows, 2,000 churn cycles, 500 idle clients) that
 #             checks the script and the scenarios, not figures to quote.
 set -euo pipefail
@@ -28,6 +31,7 @@ churn_cycles=100000
 churn_rate=1000
 idle_clients=5000
 pubsub_rate=150000
+nats=""
 while (($#)); do
     case "$1" in
         --out) out=$2; shift 2 ;;
@@ -39,6 +43,7 @@ while (($#)); do
         --churn-rate) churn_rate=$2; shift 2 ;;
         --idle-clients) idle_clients=$2; shift 2 ;;
         --pubsub-rate) pubsub_rate=$2; shift 2 ;;
+        --nats) nats=$2; shift 2 ;;
         --quick) runs=1; duration=3; churn_cycles=2000; idle_clients=500; shift ;;
         -h|--help) sed -n '2,/^set /{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench: unknown argument $1 (see --help)" >&2; exit 2 ;;
@@ -49,6 +54,7 @@ for n in "$runs" "$duration" "$gateway_cpu" "$load_cpu" "$churn_cycles" "$churn_
     [[ "$n" =~ ^[0-9]+$ ]] || { echo "bench: '$n' is not a whole number" >&2; exit 2; }
 done
 ((runs >= 1 && duration >= 1)) || { echo "bench: --runs and --duration must be at least 1" >&2; exit 2; }
+out=$(realpath -m "$out")
 cpus=$(nproc)
 if ((gateway_cpu >= cpus || load_cpu >= cpus || gateway_cpu == load_cpu)); then
     echo "bench: needs two distinct cores (--gateway-cpu $gateway_cpu, --load-cpu $load_cpu; this machine has $cpus)" >&2
@@ -56,10 +62,16 @@ if ((gateway_cpu >= cpus || load_cpu >= cpus || gateway_cpu == load_cpu)); then
 fi
 command -v python3 >/dev/null || { echo "bench: python3 is needed to write the report" >&2; exit 1; }
 command -v curl >/dev/null || { echo "bench: curl is needed to wait for the gateway" >&2; exit 1; }
+if [[ -n "$nats" ]]; then
+    [[ -x "$nats/run.sh" ]] || { echo "bench: --nats $nats: no run.sh there (give natsbench's folder)" >&2; exit 2; }
+    command -v nats-server >/dev/null ||
+        { echo "bench: --nats needs nats-server (apt-get install nats-server)" >&2; exit 2; }
+    nats=$(cd "$nats" && pwd)
+fi
 
 scripts/setup.sh
 echo "bench: building (release)" >&2
-cargo build --release --locked --bin meshgate --example udp_baseline >&2
+cargo build --release --locked --bin meshgate >&2
 cargo build --release --locked -p meshgate-cli >&2
 
 bin=target/release/meshgate
@@ -113,6 +125,7 @@ gateway_ticks() {
 
 step=0
 steps=$((runs * 7 + 9))
+[[ -n "$nats" ]] && steps=$((steps + runs))
 say() {
     step=$((step + 1))
     echo "bench: [$step/$steps] $*" >&2
@@ -135,9 +148,12 @@ load() {
     local ticks_before ticks_after counts_before counts_after
     counts_before=$(gateway_counts)
     ticks_before=$(gateway_ticks)
+    # rpc reports both sides' CPU over its measured window.
+    local pid=()
+    [[ "$scenario" == rpc ]] && pid=(--gateway-pid "$gateway_pid")
     # --insecure: the gateway runs with the self-signed certificate it makes at start.
     taskset -c "$load_cpu" "$cli" bench "$scenario" --server "$server" --insecure \
-        --metrics "$metrics" --json "$@" >"$out/json/$name.json.tmp"
+        --metrics "$metrics" --json "${pid[@]}" "$@" >"$out/json/$name.json.tmp"
     ticks_after=$(gateway_ticks)
     counts_after=$(gateway_counts)
     python3 - "$out/json/$name.json.tmp" "$out/json/$name.json" "$ticks_before" "$ticks_after" \
@@ -197,16 +213,22 @@ machine = {
 }
 json.dump(machine, open(sys.argv[1], "w"), indent=1)
 PY
+rm -rf "$out/nats"
 for r in $(seq "$runs"); do
-    say "baseline: UDP echo, run $r of $runs"
-    "target/release/examples/udp_baseline" "$duration" 64 64 "$gateway_cpu" "$load_cpu" \
-        >"$out/json/baseline-$r.txt"
-done
-
-for r in $(seq "$runs"); do
-    say "rpc: 4 callers x 16 in flight, 64-byte payloads, run $r of $runs"
-    fresh "rpc-$r" -- rpc --callers 4 --providers 1 --in-flight 16 --payload 64 \
+    say "baseline: QUIC echo, 4 connections x 16 in flight, 64 B, run $r of $runs"
+    "$cli" quic-echo --server-cpu "$gateway_cpu" --client-cpu "$load_cpu" --connections 4 \
+        --in-flight 16 --payload 64 --duration "${duration}s" --warmup 2s --json \
+        >"$out/json/baseline-$r.json"
+    say "rpc: 4 callers x 16 in flight, 2 providers, 64-byte payloads, run $r of $runs"
+    fresh "rpc-$r" -- rpc --callers 4 --providers 2 --in-flight 16 --payload 64 \
         --duration "${duration}s" --warmup 2s
+    if [[ -n "$nats" ]]; then
+        say "nats-server, plain and TLS, the same shapes (natsbench), run $r of $runs"
+        mkdir -p "$out/nats"
+        OUT="$out/nats/run-$r" DUR="$duration" SERVER_CPU="$gateway_cpu" CLIENT_CPU="$load_cpu" \
+            "$nats/run.sh" >"$out/logs/nats-$r.log" 2>&1 ||
+            echo "bench: natsbench run $r failed; see $out/logs/nats-$r.log" >&2
+    fi
 done
 
 half=$(python3 - "$out/json" "$runs" <<'PY'
@@ -218,13 +240,13 @@ PY
 )
 for r in $(seq "$runs"); do
     say "rpc at half the maximum rate ($half calls/s), run $r of $runs"
-    fresh "rpc-half-$r" -- rpc --callers 4 --providers 1 --payload 64 --rate "$half" \
+    fresh "rpc-half-$r" -- rpc --callers 4 --providers 2 --payload 64 --rate "$half" \
         --duration "${duration}s" --warmup 2s
 done
 
 for r in $(seq "$runs"); do
     say "rpc at the target's half rate (25,000 calls/s), run $r of $runs"
-    fresh "rpc-25k-$r" -- rpc --callers 4 --providers 1 --payload 64 --rate 25000 \
+    fresh "rpc-25k-$r" -- rpc --callers 4 --providers 2 --payload 64 --rate 25000 \
         --duration "${duration}s" --warmup 2s
 done
 
@@ -361,7 +383,7 @@ PY
 for r in $(seq "$runs"); do
     say "mesh rpc: callers on m0, the provider on m1 (every call crosses a link), run $r of $runs"
     start_mesh "mesh-rpc-$r" 2
-    mesh_load "mesh-rpc-$r" 2 rpc --callers 4 --providers 1 --in-flight 16 --payload 64 \
+    mesh_load "mesh-rpc-$r" 2 rpc --callers 4 --providers 2 --in-flight 16 --payload 64 \
         --provider-server "127.0.0.1:$(mesh_port 1)" --duration "${duration}s" --warmup 2s
     stop_mesh
 done
