@@ -10,6 +10,14 @@
 //! output to the streams; send every packet quiche has ready (`sendmmsg`, many per call); move
 //! the shard's outbox to the other shards' channels; then sleep.
 //!
+//! # Delayed acknowledgements
+//!
+//! A packet that brings a session's connection nothing to answer this turn (a CALL whose reply
+//! comes from another session later) is not acknowledged by a packet of its own at once: the
+//! ACK waits, [`ACK_DELAY`] at most, for output that carries it, unless a second packet came
+//! meanwhile. At moderate rates, where each call travels alone, that spares a packet each way
+//! per call.
+//!
 //! # Sleeping and waking
 //!
 //! A shard sleeps until the earliest of: its socket becomes readable (a one-byte `MSG_PEEK`
@@ -63,6 +71,13 @@ const ACCEPTS_PER_TURN: usize = 8;
 const DEFERRED_INITIALS: usize = 1024;
 /// How long a stopping shard waits for its connections to close.
 const STOP_GRACE: Duration = Duration::from_millis(1500);
+/// How long a session's connection may hold the acknowledgement of packets that brought it
+/// nothing to answer, waiting for output to carry it (a reply, a delivery): well under the
+/// peer's allowance for a delayed ACK (quiche's `max_ack_delay`, 25 ms).
+const ACK_DELAY: Duration = Duration::from_millis(2);
+/// Received packets after which a session's connection acknowledges at once, output or not
+/// (RFC 9000 13.2.2: at least every second ack-eliciting packet).
+const ACK_EVERY: u8 = 2;
 /// How long a session the shard ended may take to send its last output (its DISCONNECT)
 /// before its connection is closed anyway: a client that reads nothing is closed all the same.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
@@ -545,7 +560,31 @@ impl Driver {
                 self.detach(now, conn);
             }
         }
-        self.mark_dirty(conn);
+        self.owe_ack(now, conn);
+    }
+
+    /// After a packet: flushes the connection this turn, or, for an established session's
+    /// connection with nothing else to send, lets the ACK wait (see the module's
+    /// documentation). Output written to it this turn flushes it anyway.
+    fn owe_ack(&mut self, now: Time, conn: ConnHandle) {
+        let Some(c) = self.endpoint.get_mut(conn) else {
+            return;
+        };
+        c.unacked = c.unacked.saturating_add(1);
+        let may_wait = c.session().is_some()
+            && c.is_established()
+            && !c.is_closing()
+            && c.close_after_flush.is_none()
+            && c.unacked < ACK_EVERY;
+        if !may_wait {
+            self.mark_dirty(conn);
+            return;
+        }
+        if c.ack_by.is_none() && !c.dirty {
+            c.ack_by = Some(now + ACK_DELAY);
+            let idle_by = c.heard + self.idle_timeout;
+            self.rearm(conn, idle_by);
+        }
     }
 
     /// Hands the control stream's bytes to the shard while it takes input. When it does not
@@ -695,6 +734,8 @@ impl Driver {
         };
         c.dirty = false;
         io.send_ready(c).await;
+        c.unacked = 0;
+        c.ack_by = None;
         if let Some((close, close_by)) = c.close_after_flush {
             let drained = match (c.session(), c.link()) {
                 (Some(key), _) => self.shard.output(key).is_empty(),
@@ -728,8 +769,8 @@ impl Driver {
         self.rearm(conn, idle_by);
     }
 
-    /// Sets the connection's timer to the earliest of quiche's timer, its close grace and its
-    /// idle timeout.
+    /// Sets the connection's timer to the earliest of quiche's timer, its close grace, the ACK
+    /// it owes and its idle timeout.
     fn rearm(&mut self, conn: ConnHandle, idle_by: Time) {
         let Some(c) = self.endpoint.get_mut(conn) else {
             return;
@@ -737,7 +778,7 @@ impl Driver {
         let origin = self.origin;
         let quic_by = c.timeout().map(|at| time_since(origin, at));
         let close_by = c.close_after_flush.map(|(_, at)| time_since(origin, at));
-        let at = [quic_by, close_by]
+        let at = [quic_by, close_by, c.ack_by]
             .into_iter()
             .flatten()
             .fold(idle_by, Time::min);

@@ -282,6 +282,10 @@ pub struct Conn {
     pub dirty: bool,
     /// Output is waiting for stream capacity.
     pub blocked: bool,
+    /// Packets received since the connection last sent, and when it must send their ACK at
+    /// the latest (see the driver's delayed acknowledgements).
+    pub unacked: u8,
+    pub ack_by: Option<Time>,
 }
 
 /// How the gateway closes a connection: the application close code of the reason it ended
@@ -611,6 +615,8 @@ impl Endpoint {
             close_after_flush: None,
             dirty: false,
             blocked: false,
+            unacked: 0,
+            ack_by: None,
         });
         let conn = ConnHandle {
             index: index as u32,

@@ -32,6 +32,10 @@ const MAX_UDP_PAYLOAD: usize = 1350;
 const RX_SLOT: usize = 64 * 1024;
 /// The control stream: the first bidirectional stream a client opens.
 const CONTROL: u64 = 0;
+/// How long an ACK may wait for output to carry it (the gateway allows 25 ms).
+const ACK_DELAY: Duration = Duration::from_millis(2);
+/// Received packets after which a connection acknowledges at once.
+const ACK_EVERY: u8 = 2;
 /// Frames from the gateway may exceed the client's `max_frame` by what the gateway adds.
 const MAX_FRAME: u32 = 1 << 20;
 
@@ -66,6 +70,12 @@ pub struct Session {
     phase: Phase,
     /// Why the session ended, when the gateway said.
     ended: Option<String>,
+    /// Packets received since the connection last sent, and when their ACK is due at the
+    /// latest: an ACK waits for output to carry it, as in any QUIC stack that delays them.
+    unacked: u8,
+    ack_by: Option<Instant>,
+    /// The connection has something to send this turn beyond a delayed ACK.
+    send_now: bool,
 }
 
 impl Session {
@@ -144,23 +154,23 @@ impl Udp {
         self.local
     }
 
-    /// Waits until the socket is readable or `at` passes (`None`: a second at most).
+    /// Waits until the socket is readable or `at` passes (`None`: a second at most), to the
+    /// microsecond.
     pub fn wait(&self, at: Option<Instant>) {
-        let ms = match at {
-            Some(at) => {
-                let d = at.saturating_duration_since(Instant::now());
-                // Round up, so that a timer is not polled for before it is due.
-                i32::try_from(d.as_micros().div_ceil(1000)).unwrap_or(i32::MAX)
-            }
-            None => 1000,
+        let d = at.map_or(Duration::from_secs(1), |at| {
+            at.saturating_duration_since(Instant::now())
+        });
+        let timeout = libc::timespec {
+            tv_sec: d.as_secs() as libc::time_t,
+            tv_nsec: libc::c_long::from(d.subsec_nanos() as i32),
         };
         let mut fd = libc::pollfd {
             fd: self.socket.as_raw_fd(),
             events: libc::POLLIN,
             revents: 0,
         };
-        // SAFETY: one valid pollfd for the duration of the call.
-        unsafe { libc::poll(&mut fd, 1, ms) };
+        // SAFETY: one valid pollfd and a valid timespec for the duration of the call.
+        unsafe { libc::ppoll(&mut fd, 1, &timeout, std::ptr::null()) };
     }
 
     /// Reads every waiting datagram and hands it, with its sender, to `on_datagram`; true
@@ -335,6 +345,9 @@ impl Engine {
                 written: 0,
                 phase: Phase::Connecting,
                 ended: None,
+                unacked: 0,
+                ack_by: None,
+                send_now: true,
             };
             if !raw {
                 s.send(&Message::Connect(Connect {
@@ -440,7 +453,8 @@ impl Engine {
             let quic = self
                 .sessions
                 .iter()
-                .filter_map(|s| s.quic.timeout_instant())
+                .flat_map(|s| [s.quic.timeout_instant(), s.ack_by])
+                .flatten()
                 .min();
             let at = match (until, quic) {
                 (Some(a), Some(b)) => Some(a.min(b)),
@@ -449,16 +463,25 @@ impl Engine {
             self.udp.wait(at);
         }
         let sessions = &mut self.sessions;
+        let now = Instant::now();
         self.busy = self.udp.receive(|datagram, info| {
             if let Some(s) = session_of(sessions, datagram) {
                 let _ = s.quic.recv(datagram, info);
+                s.unacked = s.unacked.saturating_add(1);
+                s.ack_by.get_or_insert(now + ACK_DELAY);
             }
         });
         let now = Instant::now();
         for s in &mut self.sessions {
             if s.quic.timeout_instant().is_some_and(|at| at <= now) {
                 s.quic.on_timeout();
+                s.send_now = true;
             }
+            s.send_now |= s.unacked >= ACK_EVERY
+                || s.ack_by.is_some_and(|at| at <= now)
+                || !s.quic.is_established()
+                || s.quic.is_closed()
+                || s.quic.is_draining();
         }
     }
 
@@ -468,7 +491,10 @@ impl Engine {
             // The stream opens once the handshake is done and the gateway's limits are known.
             if s.queued() > 0 && s.quic.is_established() && !s.quic.is_closed() {
                 match s.quic.stream_send(CONTROL, &s.out[s.written..], false) {
-                    Ok(n) => s.written += n,
+                    Ok(n) => {
+                        s.written += n;
+                        s.send_now = true;
+                    }
                     Err(quiche::Error::Done) => {}
                     Err(_) => s.phase = Phase::Over,
                 }
@@ -477,7 +503,11 @@ impl Engine {
                     s.written = 0;
                 }
             }
-            self.udp.send(&mut s.quic);
+            if std::mem::take(&mut s.send_now) {
+                self.udp.send(&mut s.quic);
+                s.unacked = 0;
+                s.ack_by = None;
+            }
         }
     }
 
@@ -486,6 +516,7 @@ impl Engine {
     pub fn close(&mut self, timeout: Duration) {
         for s in &mut self.sessions {
             let _ = s.quic.close(true, 0, b"bench over");
+            s.send_now = true;
         }
         let by = Instant::now() + timeout;
         while Instant::now() < by && self.sessions.iter().any(|s| !s.quic.is_closed()) {

@@ -6,9 +6,11 @@
 //! With `--rate`, the calls follow a fixed schedule instead, the total rate shared evenly
 //! among the callers, each call sent whether or not earlier ones were answered, with at most
 //! `--max-in-flight` in flight per caller. A call is timed from when it went out, or, when it went
-//! out late (the caller was at its in-flight limit, or behind its schedule), from when it was
-//! due: a gateway that falls behind shows in the latency instead of quietly lowering the rate.
-//! The timer's own lateness (up to a millisecond) is not counted.
+//! out late because the caller was at its in-flight limit (with the client library, also
+//! when it was behind its schedule), from when it was due: a gateway that falls behind shows
+//! in the latency instead of quietly lowering the rate. The timer's own lateness is not
+//! counted: the lean engine wakes when the next call is due, to the microsecond; the client
+//! library's timer ticks once a millisecond.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

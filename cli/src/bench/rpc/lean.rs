@@ -27,6 +27,8 @@ struct Caller {
     free: Vec<u32>,
     /// Calls made so far (the schedule's position, with --rate).
     issued: u64,
+    /// With --rate: calls were held back by the in-flight limit and are not yet caught up.
+    held: bool,
 }
 
 /// The run's fixed parts.
@@ -84,6 +86,7 @@ pub fn run(a: &RpcArgs, progress: Arc<Progress>) -> Result<Summary, String> {
             sent: vec![None; slots],
             free: (0..slots as u32).rev().collect(),
             issued: 0,
+            held: false,
         })
         .collect();
     announce(a);
@@ -110,6 +113,7 @@ pub fn run(a: &RpcArgs, progress: Arc<Progress>) -> Result<Summary, String> {
         }
     }
     let mut lost = None;
+    let mut next_due = plan.end;
     loop {
         let now = Instant::now();
         if window.is_none() && now >= plan.measure_from {
@@ -124,19 +128,24 @@ pub fn run(a: &RpcArgs, progress: Arc<Progress>) -> Result<Summary, String> {
                 break;
             }
         } else if let Some(rate) = per_caller {
+            next_due = plan.end;
             for caller in &mut callers {
                 let mut out = engine.session(caller.session).out();
-                caller.pace(&plan, start, rate, now, &mut out);
+                next_due = next_due.min(caller.pace(&plan, start, rate, now, &mut out));
             }
         }
         if let Some(why) = engine.sessions().iter().find_map(|s| s.ended()) {
             lost = Some(why.to_owned());
             break;
         }
-        // With a schedule, wake at least once a millisecond to send what is due.
-        let until = per_caller.map(|_| now + Duration::from_millis(1));
+        // With a schedule, wake when the next call is due.
+        let until = if now < plan.end {
+            next_due
+        } else {
+            plan.end + a.call_timeout
+        };
         let closed_loop = per_caller.is_none() && now < plan.end;
-        engine.turn(until.or(Some(plan.end)), |i, msg, out| {
+        engine.turn(Some(until), |i, msg, out| {
             match msg {
                 Message::Call(call) => {
                     // A provider: the echo.
@@ -202,17 +211,29 @@ impl Caller {
     }
 
     /// Makes the calls the schedule of `rate` calls per second has due by `now`, as slots
-    /// allow. A call that goes out late is timed from when it was due; the lateness of the
-    /// engine's turn itself (up to a millisecond) is not counted.
-    fn pace(&mut self, plan: &Plan, start: Instant, rate: f64, now: Instant, out: &mut Out<'_>) {
-        let due = (now.duration_since(start).as_secs_f64() * rate) as u64;
-        let on_time = now.checked_sub(Duration::from_millis(1)).unwrap_or(now);
-        while self.issued < due {
-            let scheduled = start + Duration::from_secs_f64(self.issued as f64 / rate);
-            if !self.call(plan, scheduled.max(on_time), out) {
-                break;
+    /// allow; returns when the next one is due. A call goes out when the engine wakes for it
+    /// and is timed from then, unless it was held back by the in-flight limit: then it is
+    /// timed from when it was due, so that a gateway that falls behind shows in the latency
+    /// instead of quietly lowering the rate.
+    fn pace(
+        &mut self,
+        plan: &Plan,
+        start: Instant,
+        rate: f64,
+        now: Instant,
+        out: &mut Out<'_>,
+    ) -> Instant {
+        let due_at = |n: u64| start + Duration::from_secs_f64(n as f64 / rate);
+        while due_at(self.issued) <= now {
+            let sent = if self.held { due_at(self.issued) } else { now };
+            if !self.call(plan, sent, out) {
+                // Every slot is taken: the next reply frees one.
+                self.held = true;
+                return plan.end;
             }
         }
+        self.held = false;
+        due_at(self.issued)
     }
 
     /// Frees the reply's slot and counts its outcome, if its call went out in the window.
