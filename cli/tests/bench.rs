@@ -140,24 +140,33 @@ fn rpc_makes_calls_without_errors_unpaced_and_paced_on_either_engine() {
 #[test]
 fn pubsub_delivers_every_message_to_every_subscriber_below_the_slow_consumer_bound() {
     let gateway = Gateway::start(&[]);
-    for pattern in ["exact", "wildcard"] {
-        let s = gateway.bench(
-            "pubsub",
-            &[
-                "--duration",
-                "1s",
-                "--warmup",
-                "200ms",
-                "--publishers",
-                "2",
-                "--subscribers",
-                "3",
-                "--rate",
-                "2000",
-                "--pattern",
-                pattern,
-            ],
-        );
+    let pid = gateway.pid().to_string();
+    for (engine, pattern) in [
+        ("lean", "exact"),
+        ("lean", "wildcard"),
+        ("library", "exact"),
+        ("library", "wildcard"),
+    ] {
+        let mut args = vec![
+            "--engine",
+            engine,
+            "--duration",
+            "1s",
+            "--warmup",
+            "200ms",
+            "--publishers",
+            "2",
+            "--subscribers",
+            "3",
+            "--rate",
+            "2000",
+            "--pattern",
+            pattern,
+        ];
+        if engine == "lean" {
+            args.extend(["--gateway-pid", pid.as_str()]);
+        }
+        let s = gateway.bench("pubsub", &args);
         assert!(u(&s, "published") > 0, "{s}");
         assert_eq!(u(&s, "losses"), 0, "{s}");
         assert_eq!(u(&s, "out_of_order"), 0, "{s}");
@@ -167,6 +176,12 @@ fn pubsub_delivers_every_message_to_every_subscriber_below_the_slow_consumer_bou
             "{s}"
         );
         assert!(u(&s, "latency_us/count") > 0, "{s}");
+        if engine == "lean" {
+            // Both sides' CPU over the window, per delivery (/proc counts in ticks: maybe 0).
+            for key in ["load_cpu_per_delivery_us", "gateway_cpu_per_delivery_us"] {
+                assert!(s[key].as_f64().is_some_and(|x| x >= 0.0), "{key}: {s}");
+            }
+        }
     }
 }
 

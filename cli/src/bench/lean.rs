@@ -49,6 +49,20 @@ pub struct Target<'a> {
     pub token: Option<&'a str>,
 }
 
+impl<'a> Target<'a> {
+    /// `server`, reached with the connection flags of the command line.
+    pub fn new(c: &'a crate::args::Connection, server: SocketAddr) -> Target<'a> {
+        Target {
+            server,
+            server_name: &c.server_name,
+            insecure: c.insecure,
+            ca: c.ca.as_deref(),
+            realm: &c.realm,
+            token: c.token.as_deref(),
+        }
+    }
+}
+
 /// A session's state as the engine sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {

@@ -82,6 +82,17 @@ impl Scenario {
     }
 }
 
+/// What makes the load (rpc, pubsub).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Engine {
+    /// Every session on one thread, on quiche with batched UDP, frames of a turn sharing
+    /// packets: a load generator that costs less than the gateway it measures.
+    Lean,
+    /// Sessions of the client library (meshgate-client, on quinn and Tokio), as an
+    /// application would use it.
+    Library,
+}
+
 /// Flags every scenario takes.
 #[derive(Args, Debug, Clone)]
 pub struct Common {

@@ -21,8 +21,10 @@ use tokio::task::JoinSet;
 
 use super::report::{note, per_second, Latency, Progress, Summary};
 use super::rpc::close_all;
-use super::{connect, run_tag, Common};
+use super::{connect, run_tag, Common, Engine};
 use crate::args::parse_duration;
+
+mod lean;
 
 /// Bytes of the header every message carries: time, publisher, sequence number.
 const HEADER: usize = 20;
@@ -61,6 +63,13 @@ pub struct PubsubArgs {
     /// starts once every subscription is in effect across the mesh.
     #[arg(long, value_delimiter = ',')]
     pub subscriber_servers: Vec<SocketAddr>,
+    /// What makes the load.
+    #[arg(long, value_enum, default_value_t = Engine::Lean)]
+    pub engine: Engine,
+    /// The gateway's process id: its CPU time over the measured window is reported, per
+    /// delivery (from /proc; lean engine).
+    #[arg(long, value_name = "PID")]
+    pub gateway_pid: Option<u32>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,6 +104,45 @@ struct Received {
     latency: Latency,
 }
 
+impl Received {
+    /// Counts a delivery, checks its order among its publisher's messages, and times it if it
+    /// was published in the window from `measure_from` to `end`.
+    fn note(
+        &mut self,
+        payload: &[u8],
+        origin: Instant,
+        measure_from: Instant,
+        end: Instant,
+        next_seq: &mut [u64],
+    ) {
+        let now = Instant::now();
+        self.total += 1;
+        let Some(header) = payload.get(..HEADER) else {
+            return;
+        };
+        let word = |r: std::ops::Range<usize>| {
+            header[r]
+                .iter()
+                .fold(0u64, |acc, b| acc << 8 | u64::from(*b))
+        };
+        let sent_ns = word(0..8);
+        let publisher = word(8..12) as usize;
+        let seq = word(12..20);
+        if let Some(next) = next_seq.get_mut(publisher) {
+            if seq < *next {
+                self.out_of_order += 1;
+            } else {
+                *next = seq + 1;
+            }
+        }
+        let sent = origin + Duration::from_nanos(sent_ns);
+        if sent >= measure_from && sent < end {
+            self.in_window += 1;
+            self.latency.record(now.saturating_duration_since(sent));
+        }
+    }
+}
+
 /// What every task shares.
 struct Plan {
     origin: Instant,
@@ -117,6 +165,14 @@ pub async fn run(a: &PubsubArgs) -> Result<Summary, String> {
     }
     if a.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
         return Err("--rate must be a positive number of messages per second".into());
+    }
+    if a.engine == Engine::Lean {
+        let progress = Progress::new(&["published", "delivered"], a.common.warmup);
+        let _line = progress.show();
+        return tokio::task::block_in_place(|| lean::run(a, progress));
+    }
+    if a.gateway_pid.is_some() {
+        return Err("--gateway-pid needs the lean engine".into());
     }
     let payload = a.payload.max(HEADER);
     let base = a.common.client_config()?;
@@ -170,14 +226,7 @@ pub async fn run(a: &PubsubArgs) -> Result<Summary, String> {
                 .map_err(|e| format!("publisher: {e}"))?,
         );
     }
-    note(&format!(
-        "pubsub: {} publishers, {} subscribers of {pattern}, {payload}-byte messages, {}, {} warmup + {} measured",
-        a.publishers,
-        a.subscribers,
-        a.rate.map_or("unpaced".to_owned(), |r| format!("{r} messages/s")),
-        humantime::format_duration(a.common.warmup),
-        humantime::format_duration(a.common.duration),
-    ));
+    announce(a, &pattern, payload);
 
     let origin = Instant::now();
     let measure_from = origin + a.common.warmup;
@@ -254,20 +303,44 @@ pub async fn run(a: &PubsubArgs) -> Result<Summary, String> {
         return Err(format!("a publisher failed: {e}"));
     }
 
+    Ok(summary(a, payload, &published, &received))
+}
+
+/// Says on stderr what the run does, once its sessions are up.
+fn announce(a: &PubsubArgs, pattern: &str, payload: usize) {
+    note(&format!(
+        "pubsub: {} publishers, {} subscribers of {pattern}, {payload}-byte messages, {}, {} warmup + {} measured",
+        a.publishers,
+        a.subscribers,
+        a.rate.map_or("unpaced".to_owned(), |r| format!("{r} messages/s")),
+        humantime::format_duration(a.common.warmup),
+        humantime::format_duration(a.common.duration),
+    ));
+}
+
+/// The figures both engines report.
+fn summary(a: &PubsubArgs, payload: usize, published: &Published, received: &Received) -> Summary {
+    let expected = published.total * a.subscribers as u64;
     let losses = expected.saturating_sub(received.total);
+    let engine = a
+        .engine
+        .to_possible_value()
+        .map(|v| v.get_name().to_owned());
     let mut s = Summary::new(
         "pubsub",
         format!(
-            "pubsub: {} publishers, {} subscribers ({} pattern), {payload}-byte messages{}",
+            "pubsub: {} publishers, {} subscribers ({} pattern), {payload}-byte messages{}, {}",
             a.publishers,
             a.subscribers,
             a.pattern.name(),
             a.rate
                 .map(|r| format!(", paced at {r} messages/s"))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            engine.as_deref().unwrap_or_default(),
         ),
     );
-    s.set("publishers", a.publishers)
+    s.set("engine", engine.unwrap_or_default())
+        .set("publishers", a.publishers)
         .set("subscribers", a.subscribers)
         .set("pattern", a.pattern.name())
         .set("payload_bytes", payload)
@@ -289,7 +362,7 @@ pub async fn run(a: &PubsubArgs) -> Result<Summary, String> {
         .set("losses", losses)
         .set("out_of_order", received.out_of_order)
         .set("latency_us", received.latency.summary_us());
-    Ok(s)
+    s
 }
 
 /// Publishes until the end of the run, paced at `rate` messages per second if given.
@@ -355,32 +428,14 @@ async fn receive(mut sub: Subscription, plan: Arc<Plan>, publishers: usize) -> R
             () = stopped => break,
         };
         let Some(d) = delivery else { break };
-        let now = Instant::now();
         plan.progress.add(1, 1);
-        got.total += 1;
-        let Some(header) = d.payload.get(..HEADER) else {
-            continue;
-        };
-        let word = |r: std::ops::Range<usize>| {
-            header[r]
-                .iter()
-                .fold(0u64, |acc, b| acc << 8 | u64::from(*b))
-        };
-        let sent_ns = word(0..8);
-        let publisher = word(8..12) as usize;
-        let seq = word(12..20);
-        if let Some(next) = next_seq.get_mut(publisher) {
-            if seq < *next {
-                got.out_of_order += 1;
-            } else {
-                *next = seq + 1;
-            }
-        }
-        let sent = plan.origin + Duration::from_nanos(sent_ns);
-        if sent >= plan.measure_from && sent < plan.end {
-            got.in_window += 1;
-            got.latency.record(now.saturating_duration_since(sent));
-        }
+        got.note(
+            &d.payload,
+            plan.origin,
+            plan.measure_from,
+            plan.end,
+            &mut next_seq,
+        );
     }
     got
 }

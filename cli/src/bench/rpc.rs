@@ -24,21 +24,10 @@ use serde_json::Value;
 use tokio::task::JoinSet;
 
 use super::report::{counts, note, per_second, Latency, Progress, Summary};
-use super::{call_error_kind, connect, msgpack_bin, run_tag, Common};
+use super::{call_error_kind, connect, msgpack_bin, run_tag, Common, Engine};
 use crate::args::parse_duration;
 
 mod lean;
-
-/// What makes the load.
-#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Engine {
-    /// Every session on one thread, on quiche with batched UDP, frames of a turn sharing
-    /// packets: a load generator that costs less than the gateway it measures.
-    Lean,
-    /// Sessions of the client library (meshgate-client, on quinn and Tokio), as an
-    /// application would use it.
-    Library,
-}
 
 #[derive(Args, Debug, Clone)]
 pub struct RpcArgs {

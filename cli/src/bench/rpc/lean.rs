@@ -43,14 +43,7 @@ struct Plan {
 
 pub fn run(a: &RpcArgs, progress: Arc<Progress>) -> Result<Summary, String> {
     let c = &a.common.connection;
-    let target = |server| Target {
-        server,
-        server_name: &c.server_name,
-        insecure: c.insecure,
-        ca: c.ca.as_deref(),
-        realm: &c.realm,
-        token: c.token.as_deref(),
-    };
+    let target = |server| Target::new(c, server);
     let to_callers = target(c.server);
     let to_providers = target(a.provider_server.unwrap_or(c.server));
     let mut engine = Engine::new(c.server)?;

@@ -344,12 +344,6 @@ impl RecoveryEpoch {
     fn lost_frames_count(&self) -> usize {
         self.lost_frames_ack.len() + self.lost_frames_pto.len()
     }
-
-    /// Clears all lost frames (both ACK and PTO).
-    fn clear_lost_frames(&mut self) {
-        self.lost_frames_ack.clear();
-        self.lost_frames_pto.clear();
-    }
 }
 
 pub struct LegacyRecovery {
@@ -855,14 +849,20 @@ impl RecoveryOps for LegacyRecovery {
 
         self.bytes_in_flight.saturating_subtract(unacked_bytes, now);
 
-        epoch.sent_packets.clear();
-        epoch.clear_lost_frames();
-        epoch.acked_frames.clear();
+        // meshgate: the space is never used again (Initial and Handshake, once the handshake
+        // is done): free its buffers, which the handshake grew, instead of keeping their
+        // capacity for the connection's lifetime; and the acknowledgement scratch vector,
+        // which the handshake's acknowledgements grew too.
+        epoch.sent_packets = VecDeque::new();
+        epoch.lost_frames_ack = Vec::new();
+        epoch.lost_frames_pto = Vec::new();
+        epoch.acked_frames = Vec::new();
 
         epoch.time_of_last_ack_eliciting_packet = None;
         epoch.loss_time = None;
         epoch.loss_probes = 0;
         epoch.in_flight_count = 0;
+        self.newly_acked = Vec::new();
 
         self.set_loss_detection_timer(handshake_status, now);
     }
