@@ -148,9 +148,9 @@ load() {
     local ticks_before ticks_after counts_before counts_after
     counts_before=$(gateway_counts)
     ticks_before=$(gateway_ticks)
-    # rpc and pubsub report both sides' CPU over their measured window.
+    # rpc, pubsub and handshake report both sides' CPU over their measured window.
     local pid=()
-    [[ "$scenario" == rpc || "$scenario" == pubsub ]] && pid=(--gateway-pid "$gateway_pid")
+    [[ "$scenario" =~ ^(rpc|pubsub|handshake)$ ]] && pid=(--gateway-pid "$gateway_pid")
     # --insecure: the gateway runs with the self-signed certificate it makes at start.
     taskset -c "$load_cpu" "$cli" bench "$scenario" --server "$server" --insecure \
         --metrics "$metrics" --json "${pid[@]}" "$@" >"$out/json/$name.json.tmp"

@@ -264,6 +264,38 @@ fn flood_counts_the_sessions_refused_past_max_clients() {
 }
 
 #[test]
+fn handshake_on_the_lean_engine_closes_every_session_it_made() {
+    let gateway = Gateway::start(&[]);
+    let pid = gateway.pid().to_string();
+    let s = gateway.bench(
+        "handshake",
+        &[
+            "--concurrency",
+            "4",
+            "--duration",
+            "1s",
+            "--gateway-pid",
+            &pid,
+        ],
+    );
+    assert_eq!(s["engine"], "lean", "{s}");
+    assert!(u(&s, "connections") > 0, "{s}");
+    assert_eq!(u(&s, "refused"), 0, "{s}");
+    assert!(s["gateway_cpu_per_connection_us"].as_f64().is_some(), "{s}");
+    // Each session was closed once admitted: the gateway holds none of them afterwards.
+    let (status, body) = support::http_get(gateway.health, "/metrics").expect("/metrics");
+    assert_eq!(status, 200);
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let mut clients = support::Metrics::parse(&body).get("meshgate_clients");
+    while clients != 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        let (_, body) = support::http_get(gateway.health, "/metrics").expect("/metrics");
+        clients = support::Metrics::parse(&body).get("meshgate_clients");
+    }
+    assert_eq!(clients, 0, "sessions left on the gateway");
+}
+
+#[test]
 fn handshake_holding_sessions_stops_at_the_full_client_table() {
     let gateway = Gateway::start(&["--max-clients", "20"]);
     let s = gateway.bench(

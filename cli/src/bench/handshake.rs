@@ -19,7 +19,9 @@ use tokio::task::JoinSet;
 
 use super::report::{counts, note, per_second, Latency, Progress, Summary};
 use super::rpc::close_all;
-use super::{client_error_kind, connect, Common};
+use super::{client_error_kind, connect, Common, Engine};
+
+mod lean;
 
 #[derive(Args, Debug, Clone)]
 pub struct HandshakeArgs {
@@ -32,6 +34,13 @@ pub struct HandshakeArgs {
     /// admitted.
     #[arg(long)]
     pub hold: bool,
+    /// What makes the connections (--hold needs the client library).
+    #[arg(long, value_enum, default_value_t = Engine::Lean)]
+    pub engine: Engine,
+    /// The gateway's process id: its CPU time over the run is reported, per connection
+    /// (from /proc; lean engine).
+    #[arg(long, value_name = "PID")]
+    pub gateway_pid: Option<u32>,
 }
 
 /// What one worker counted.
@@ -55,6 +64,20 @@ struct Plan {
 pub async fn run(a: &HandshakeArgs) -> Result<Summary, String> {
     if a.concurrency == 0 {
         return Err("--concurrency must be at least 1".into());
+    }
+    let engine = if a.hold { Engine::Library } else { a.engine };
+    if engine == Engine::Lean {
+        note(&format!(
+            "handshake: new sessions, {} at a time, for {}, each closed once admitted (lean engine)",
+            a.concurrency,
+            humantime::format_duration(a.common.duration),
+        ));
+        let progress = Progress::new(&["connections"], Duration::ZERO);
+        let _line = progress.show();
+        return tokio::task::block_in_place(|| lean::run(a, progress));
+    }
+    if a.gateway_pid.is_some() {
+        return Err("--gateway-pid needs the lean engine (and no --hold)".into());
     }
     note(&format!(
         "handshake: new sessions, {} at a time, for {}{}",

@@ -93,6 +93,11 @@ pub struct Session {
 }
 
 impl Session {
+    /// Whether the gateway admitted the session (answered its CONNECT) and it is not over.
+    pub fn is_up(&self) -> bool {
+        self.phase == Phase::Up
+    }
+
     /// Why the session is over, or `None` while it is not.
     pub fn ended(&self) -> Option<&str> {
         match self.phase {
@@ -341,41 +346,76 @@ impl Engine {
         let mut config = quic_config(target, alpn)?;
         let first = self.sessions.len();
         for i in first..first + n {
-            let mut cid = [0u8; CID_LEN];
-            cid[..4].copy_from_slice(&(i as u32).to_le_bytes());
-            cid[4..].copy_from_slice(&random_node_id().0[..CID_LEN - 4]);
-            let quic = quiche::connect(
-                Some(target.server_name),
-                &quiche::ConnectionId::from_ref(&cid),
-                self.udp.local,
-                target.server,
-                &mut config,
-            )
-            .map_err(|e| format!("cannot start a QUIC connection: {e}"))?;
-            let mut s = Session {
-                quic,
-                reader: FrameReader::new(MAX_FRAME),
-                out: Vec::new(),
-                written: 0,
-                phase: Phase::Connecting,
-                ended: None,
-                unacked: 0,
-                ack_by: None,
-                send_now: true,
-            };
-            if !raw {
-                s.send(&Message::Connect(Connect {
-                    version: b"1.0",
-                    node_id: random_node_id(),
-                    realm: target.realm.as_bytes(),
-                    capabilities: None,
-                    token: target.token.map(str::as_bytes),
-                }));
-            }
+            let s = self.new_session(i, target, &mut config, raw)?;
             self.sessions.push(s);
         }
         self.touched = true;
         Ok(first..first + n)
+    }
+
+    /// Closes session `i`'s connection (its CONNECTION_CLOSE goes out at once) and puts a new
+    /// Macula session to `target` in its place, made with `config` (see [`Engine::config`]).
+    pub fn reopen(
+        &mut self,
+        i: usize,
+        target: &Target<'_>,
+        config: &mut quiche::Config,
+    ) -> Result<(), String> {
+        let s = self.new_session(i, target, config, false)?;
+        let mut old = std::mem::replace(&mut self.sessions[i], s);
+        if !old.quic.is_closed() {
+            let _ = old.quic.close(true, 0, b"");
+            self.udp.send(&mut old.quic);
+        }
+        self.touched = true;
+        Ok(())
+    }
+
+    /// The QUIC configuration of Macula sessions to `target`, for [`Engine::reopen`].
+    pub fn config(target: &Target<'_>) -> Result<quiche::Config, String> {
+        quic_config(target, ALPN)
+    }
+
+    /// A new connection whose connection id names slot `i`, its CONNECT queued unless `raw`.
+    fn new_session(
+        &self,
+        i: usize,
+        target: &Target<'_>,
+        config: &mut quiche::Config,
+        raw: bool,
+    ) -> Result<Session, String> {
+        let mut cid = [0u8; CID_LEN];
+        cid[..4].copy_from_slice(&(i as u32).to_le_bytes());
+        cid[4..].copy_from_slice(&random_node_id().0[..CID_LEN - 4]);
+        let quic = quiche::connect(
+            Some(target.server_name),
+            &quiche::ConnectionId::from_ref(&cid),
+            self.udp.local,
+            target.server,
+            config,
+        )
+        .map_err(|e| format!("cannot start a QUIC connection: {e}"))?;
+        let mut s = Session {
+            quic,
+            reader: FrameReader::new(MAX_FRAME),
+            out: Vec::new(),
+            written: 0,
+            phase: Phase::Connecting,
+            ended: None,
+            unacked: 0,
+            ack_by: None,
+            send_now: true,
+        };
+        if !raw {
+            s.send(&Message::Connect(Connect {
+                version: b"1.0",
+                node_id: random_node_id(),
+                realm: target.realm.as_bytes(),
+                capabilities: None,
+                token: target.token.map(str::as_bytes),
+            }));
+        }
+        Ok(s)
     }
 
     /// Sends a PING from each of `sessions` and waits, at most `timeout`, for its PONG: once
