@@ -108,19 +108,24 @@ fn the_committed_report_is_regenerated_from_its_raw_results() {
     let made = made(report(Path::new("docs/bench"), elapsed, command));
     assert_eq!(without_date(&made), without_date(&committed));
     for figure in [
-        "151,563",
-        "75,732",
-        "95,086",
-        "6.53 µs",
-        "12.51 µs",
-        "0.63 ms",
-        "944,514",
-        "0.32",
-        "26.0 KiB",
-        "-2.1 %",
-        "52,206",
-        "10.22 µs",
-        "8.99 µs",
+        "157,855",
+        "65,473",
+        "83,053",
+        "6.24 µs",
+        "14.53 µs",
+        "0.61 ms",
+        "885,950",
+        "0.36",
+        "23.0 KiB",
+        "1,574",
+        "497.30 µs",
+        "599,997",
+        "1.65 µs",
+        "0.48 µs",
+        "+1.6 %",
+        "44,883",
+        "11.48 µs",
+        "10.06 µs",
     ] {
         assert!(made.contains(figure), "the report gives {figure}");
     }
