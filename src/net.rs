@@ -114,13 +114,25 @@ impl BatchRx {
     }
 }
 
-/// Collects outgoing datagrams in fixed slots and sends them with `sendmmsg`.
+/// Room for one control message carrying a `u16` (UDP_SEGMENT), 8-byte aligned.
+type Cmsg = [u64; 4];
+
+/// Collects outgoing datagrams in fixed slots and sends them with `sendmmsg`. Consecutive
+/// datagrams to one destination, all of one size but the last (a connection's burst), go as
+/// one message with UDP_SEGMENT (GSO): the kernel then carries them as one buffer as far as it
+/// can, and a receiver with GRO gets them in one read.
 pub struct BatchTx {
     buf: Box<[u8]>,
     lens: Vec<usize>,
     dst: Vec<SockAddr>,
+    to: Vec<SocketAddr>,
     iov: Box<[libc::iovec]>,
     hdrs: Box<[libc::mmsghdr]>,
+    cmsgs: Box<[Cmsg]>,
+    /// The first datagram of each message of the last `sendmmsg`.
+    starts: Vec<usize>,
+    /// Whether the kernel takes UDP_SEGMENT; cleared the first time it refuses it.
+    gso: bool,
 }
 
 impl BatchTx {
@@ -129,9 +141,13 @@ impl BatchTx {
             buf: vec![0u8; SLOT * BATCH].into_boxed_slice(),
             lens: Vec::with_capacity(BATCH),
             dst: Vec::with_capacity(BATCH),
+            to: Vec::with_capacity(BATCH),
             // SAFETY: these C structs are plain data, valid when zeroed.
             iov: (0..BATCH).map(|_| unsafe { zeroed() }).collect(),
             hdrs: (0..BATCH).map(|_| unsafe { zeroed() }).collect(),
+            cmsgs: vec![[0u64; 4]; BATCH].into_boxed_slice(),
+            starts: Vec::with_capacity(BATCH + 1),
+            gso: true,
         }
     }
 
@@ -149,12 +165,31 @@ impl BatchTx {
     pub fn commit(&mut self, len: usize, to: SocketAddr) {
         self.lens.push(len.min(SLOT));
         self.dst.push(SockAddr::from(to));
+        self.to.push(to);
     }
 
     /// The first queued datagram.
     pub fn first(&self) -> Option<(&[u8], SocketAddr)> {
-        let to = self.dst.first()?.as_socket()?;
+        let to = *self.to.first()?;
         Some((&self.buf[..self.lens[0]], to))
+    }
+
+    /// How many datagrams from `first` one GSO message takes: those that follow to the same
+    /// destination, each of the first one's size, and at most one shorter to end it.
+    fn run_from(&self, first: usize) -> usize {
+        if !self.gso {
+            return 1;
+        }
+        let size = self.lens[first];
+        let mut k = 1;
+        while first + k < self.lens.len()
+            && self.to[first + k] == self.to[first]
+            && self.lens[first + k - 1] == size
+            && self.lens[first + k] <= size
+        {
+            k += 1;
+        }
+        k
     }
 
     /// Sends what the kernel takes: `Ok(true)` when the queue is empty, `Ok(false)` when the
@@ -162,24 +197,36 @@ impl BatchTx {
     pub fn flush(&mut self, fd: RawFd) -> io::Result<bool> {
         let mut off = 0;
         while off < self.lens.len() {
-            let cnt = self.lens.len() - off;
-            for j in 0..cnt {
-                let i = off + j;
-                self.iov[j] = libc::iovec {
-                    iov_base: self.buf[i * SLOT..].as_mut_ptr().cast(),
-                    iov_len: self.lens[i],
-                };
+            self.starts.clear();
+            let mut entry = off;
+            while entry < self.lens.len() {
+                let j = self.starts.len();
+                self.starts.push(entry);
+                let k = self.run_from(entry);
+                for s in 0..k {
+                    let i = entry + s;
+                    self.iov[i] = libc::iovec {
+                        iov_base: self.buf[i * SLOT..].as_mut_ptr().cast(),
+                        iov_len: self.lens[i],
+                    };
+                }
                 let h = &mut self.hdrs[j];
                 // SAFETY: msghdr is plain data.
                 h.msg_hdr = unsafe { zeroed() };
-                h.msg_hdr.msg_name = self.dst[i].as_ptr() as *mut libc::c_void;
-                h.msg_hdr.msg_namelen = self.dst[i].len();
-                h.msg_hdr.msg_iov = &mut self.iov[j];
-                h.msg_hdr.msg_iovlen = 1;
+                h.msg_hdr.msg_name = self.dst[entry].as_ptr() as *mut libc::c_void;
+                h.msg_hdr.msg_namelen = self.dst[entry].len();
+                h.msg_hdr.msg_iov = &mut self.iov[entry];
+                h.msg_hdr.msg_iovlen = k;
+                if k > 1 {
+                    set_segment(h, &mut self.cmsgs[j], self.lens[entry]);
+                }
+                entry += k;
             }
+            let count = self.starts.len();
+            self.starts.push(entry);
             // SAFETY: every header points into buffers owned by self that outlive the call.
             let n = unsafe {
-                libc::sendmmsg(fd, self.hdrs.as_mut_ptr(), cnt as u32, libc::MSG_DONTWAIT)
+                libc::sendmmsg(fd, self.hdrs.as_mut_ptr(), count as u32, libc::MSG_DONTWAIT)
             };
             if n < 0 {
                 let e = io::Error::last_os_error();
@@ -187,14 +234,22 @@ impl BatchTx {
                     self.drop_front(off);
                     return Ok(false);
                 }
-                // An error for one destination (an ICMP unreachable, say): drop that datagram.
-                off += 1;
+                let segmented = self.starts[1] - self.starts[0] > 1;
+                if segmented && matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL)) {
+                    // The kernel or the device does not segment: send one datagram per
+                    // message from now on.
+                    self.gso = false;
+                    continue;
+                }
+                // An error for one destination (an ICMP unreachable, say): drop that message.
+                off = self.starts[1];
                 continue;
             }
-            off += n as usize;
+            off = self.starts[n as usize];
         }
         self.lens.clear();
         self.dst.clear();
+        self.to.clear();
         Ok(true)
     }
 
@@ -210,6 +265,23 @@ impl BatchTx {
         }
         self.lens.drain(..k);
         self.dst.drain(..k);
+        self.to.drain(..k);
+    }
+}
+
+/// Attaches a UDP_SEGMENT control message of `size` to `h`, in `space`.
+fn set_segment(h: &mut libc::mmsghdr, space: &mut Cmsg, size: usize) {
+    h.msg_hdr.msg_control = space.as_mut_ptr().cast();
+    // SAFETY: CMSG_SPACE only computes a size.
+    h.msg_hdr.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<u16>() as u32) } as _;
+    // SAFETY: the control buffer is 8-byte aligned and holds CMSG_SPACE(2) bytes, so the
+    // first header and its data fit in it.
+    unsafe {
+        let c = libc::CMSG_FIRSTHDR(&h.msg_hdr);
+        (*c).cmsg_level = libc::SOL_UDP;
+        (*c).cmsg_type = libc::UDP_SEGMENT;
+        (*c).cmsg_len = libc::CMSG_LEN(size_of::<u16>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), size as u16);
     }
 }
 
@@ -225,5 +297,87 @@ pub fn memlock_limit() -> u64 {
         u64::MAX
     } else {
         r.rlim_cur
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::UdpSocket;
+    use std::os::fd::AsRawFd;
+
+    fn queue(tx: &mut BatchTx, len: usize, to: SocketAddr) {
+        let slot = tx.next_slot();
+        slot[..len].fill(len as u8);
+        tx.commit(len, to);
+    }
+
+    #[test]
+    fn a_burst_to_one_destination_is_one_message_up_to_its_first_short_datagram() {
+        let a: SocketAddr = "127.0.0.1:1000".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:2000".parse().unwrap();
+        let mut tx = BatchTx::new();
+        for (len, to) in [
+            (1200, a),
+            (1200, a),
+            (700, a),
+            (1200, a),
+            (1200, b),
+            (900, b),
+            (900, b),
+        ] {
+            queue(&mut tx, len, to);
+        }
+        assert_eq!(
+            tx.run_from(0),
+            3,
+            "two full-size and the short one that ends the run"
+        );
+        assert_eq!(
+            tx.run_from(3),
+            1,
+            "the next destination starts a new message"
+        );
+        assert_eq!(tx.run_from(4), 2, "1200 then a shorter 900 ends it");
+        assert_eq!(tx.run_from(6), 1);
+        tx.gso = false;
+        assert_eq!(tx.run_from(0), 1, "without GSO, one datagram per message");
+    }
+
+    #[test]
+    fn every_datagram_of_a_segmented_batch_arrives_whole_and_in_order() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(std::time::Duration::from_secs(2)))
+            .unwrap();
+        let to = rx.local_addr().unwrap();
+        let other = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx_socket = reuseport_udp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut tx = BatchTx::new();
+        let lens = [1300, 1300, 1300, 400, 1300, 1300, 1000];
+        for (i, &len) in lens.iter().enumerate() {
+            // One datagram to another destination in the middle splits the runs.
+            let dest = if i == 4 {
+                other.local_addr().unwrap()
+            } else {
+                to
+            };
+            queue(&mut tx, len, dest);
+        }
+        assert!(tx.flush(tx_socket.as_raw_fd()).unwrap());
+        let mut buf = [0u8; 2048];
+        for &len in lens
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != 4)
+            .map(|(_, l)| l)
+        {
+            let n = rx.recv(&mut buf).expect("a datagram");
+            assert_eq!(n, len, "each datagram whole, as queued");
+            assert!(buf[..n].iter().all(|&b| b == len as u8));
+        }
+        let n = other
+            .recv(&mut buf)
+            .expect("the datagram to the other destination");
+        assert_eq!(n, 1300);
     }
 }
