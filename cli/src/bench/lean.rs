@@ -23,7 +23,7 @@ use meshgate_protocol::wire::{Connect, FrameReader, Message, Ping, Pong, Reason}
 use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState, BATCH_SIZE};
 
 /// The ALPN of the Macula v0 gateway protocol, in quiche's wire form.
-const ALPN: &[u8] = b"\x06macula";
+pub const ALPN: &[u8] = b"\x06macula";
 /// Length of the connection ids the engine gives its connections.
 const CID_LEN: usize = 16;
 /// The largest UDP payload sent or taken, as the gateway's.
@@ -197,8 +197,9 @@ impl Udp {
     pub fn receive(&mut self, mut on_datagram: impl FnMut(&mut [u8], quiche::RecvInfo)) -> bool {
         let mut any = false;
         loop {
-            let mut bufs: Vec<IoSliceMut<'_>> =
-                self.rx.chunks_mut(RX_SLOT).map(IoSliceMut::new).collect();
+            let mut slots = self.rx.chunks_mut(RX_SLOT);
+            let mut bufs: [IoSliceMut<'_>; BATCH_SIZE] =
+                std::array::from_fn(|_| IoSliceMut::new(slots.next().expect("a slot per entry")));
             let n = match self
                 .state
                 .recv(UdpSockRef::from(&self.socket), &mut bufs, &mut self.meta)

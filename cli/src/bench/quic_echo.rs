@@ -200,8 +200,8 @@ fn serve(mut udp: Udp, mut config: quiche::Config, stop: &AtomicBool) {
             if c.timeout_instant().is_some_and(|at| at <= now) {
                 c.on_timeout();
             }
-            let readable: Vec<u64> = c.readable().collect();
-            for stream in readable {
+            // The iterator owns its stream ids: the connection is free to read and write.
+            for stream in c.readable() {
                 while let Ok((n, _)) = c.stream_recv(stream, &mut buf) {
                     // The client's window holds far more than it keeps in flight.
                     let _ = c.stream_send(stream, &buf[..n], false);

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::super::cpu;
-use super::super::lean::{Engine, Target};
+use super::super::lean::{Engine, Target, ALPN};
 use super::super::report::{counts, per_second, round, Latency, Progress, Summary};
 use super::HandshakeArgs;
 
@@ -19,7 +19,7 @@ pub fn run(a: &HandshakeArgs, progress: Arc<Progress>) -> Result<Summary, String
     let target = Target::new(c, c.server);
     let mut config = Engine::config(&target)?;
     let mut engine = Engine::new(c.server)?;
-    let slots = engine.open(&target, a.concurrency, b"\x06macula", false)?;
+    let slots = engine.open(&target, a.concurrency, ALPN, false)?;
     let start = Instant::now();
     let mut began = vec![start; a.concurrency];
     let end = start + a.common.duration;
