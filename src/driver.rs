@@ -82,6 +82,11 @@ const ACK_EVERY: u8 = 2;
 /// before its connection is closed anyway: a client that reads nothing is closed all the same.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
+/// A connection not heard from for this long hands back the spare capacity of its empty
+/// buffers (quiche's stream, recovery and connection ID lists), which its last burst grew:
+/// an idle session then costs only what it holds.
+const SHRINK_AFTER: Duration = Duration::from_secs(1);
+
 /// Everything a shard's thread starts with.
 pub struct ShardStart {
     pub shard: Shard,
@@ -761,6 +766,9 @@ impl Driver {
             self.remove(now.time, conn);
             return;
         }
+        if !c.shrunk && now.time >= c.heard + SHRINK_AFTER {
+            c.shrink_to_fit();
+        }
         if (c.session().is_some() || c.link().is_some()) && c.is_closing() {
             // Closing: the session or link ends now, not when the draining period does.
             self.detach(now.time, conn);
@@ -770,7 +778,7 @@ impl Driver {
     }
 
     /// Sets the connection's timer to the earliest of quiche's timer, its close grace, the ACK
-    /// it owes and its idle timeout.
+    /// it owes, when its buffers shrink and its idle timeout.
     fn rearm(&mut self, conn: ConnHandle, idle_by: Time) {
         let Some(c) = self.endpoint.get_mut(conn) else {
             return;
@@ -778,7 +786,8 @@ impl Driver {
         let origin = self.origin;
         let quic_by = c.timeout().map(|at| time_since(origin, at));
         let close_by = c.close_after_flush.map(|(_, at)| time_since(origin, at));
-        let at = [quic_by, close_by, c.ack_by]
+        let shrink_by = (!c.shrunk).then(|| c.heard + SHRINK_AFTER);
+        let at = [quic_by, close_by, c.ack_by, shrink_by]
             .into_iter()
             .flatten()
             .fold(idle_by, Time::min);

@@ -286,6 +286,8 @@ pub struct Conn {
     /// the latest (see the driver's delayed acknowledgements).
     pub unacked: u8,
     pub ack_by: Option<Time>,
+    /// The connection's empty buffers were shrunk since a packet was last heard.
+    pub shrunk: bool,
 }
 
 /// How the gateway closes a connection: the application close code of the reason it ended
@@ -369,6 +371,12 @@ impl Conn {
     /// When quiche's timer fires next.
     pub fn timeout(&self) -> Option<Instant> {
         self.q.timeout_instant()
+    }
+
+    /// Hands back the spare capacity of quiche's empty buffers (a quiet connection's).
+    pub fn shrink_to_fit(&mut self) {
+        self.q.shrink_to_fit();
+        self.shrunk = true;
     }
 
     /// quiche's timer fired.
@@ -617,6 +625,7 @@ impl Endpoint {
             blocked: false,
             unacked: 0,
             ack_by: None,
+            shrunk: false,
         });
         let conn = ConnHandle {
             index: index as u32,
@@ -671,6 +680,7 @@ impl Endpoint {
         };
         if c.q.recv(buf, quiche::RecvInfo { from, to }).is_ok() {
             c.heard = now;
+            c.shrunk = false;
         }
         true
     }

@@ -597,6 +597,44 @@ async fn many_calls_pipelined_on_one_connection_are_all_answered() {
     assert_eq!(gw.metric("meshgate_calls_total{outcome=\"ok\"}").await, 300);
 }
 
+/// A connection the gateway has not heard from for a second hands back the spare capacity of
+/// its empty buffers; its session goes on as before, the buffers growing again with the next
+/// burst (a large publish, delivered; a large call, answered), quiet after quiet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_go_on_working_after_their_quiet_connections_shrink_their_buffers() {
+    let gw = Gateway::start(&[]);
+    let provider = gw.client_on_shard(1).await;
+    provider
+        .register(
+            "quiet.echo",
+            |args| async move { Ok::<_, ProcedureError>(args) },
+        )
+        .await
+        .expect("register");
+    let mut sub = gw.raw_on_shard(0).await;
+    sub.subscribe(&["quiet.*"]).await;
+    let mut caller = gw.raw_on_shard(1).await;
+    for round in 0..3u8 {
+        let payload = vec![round; 100_000];
+        caller.publish("quiet.big", &payload).await;
+        assert_eq!(
+            sub.expect(FrameType::Publish).await.publish().payload,
+            payload
+        );
+        // The arguments as MessagePack bin 32.
+        let mut args = vec![0xc6];
+        args.extend((payload.len() as u32).to_be_bytes());
+        args.extend(&payload);
+        caller
+            .call("quiet.echo", &args, &Id::B(vec![b'q', round]))
+            .await;
+        let reply = caller.expect(FrameType::Reply).await.reply();
+        assert_eq!(reply.outcome, Ok(args), "round {round}");
+        // Quiet for longer than the gateway waits before shrinking (1 s).
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+}
+
 // =========================================================================================
 // 5.1 and 5.2 Publish and subscribe
 // =========================================================================================

@@ -259,6 +259,13 @@ pub struct ConnectionIdentifiers {
 }
 
 impl ConnectionIdentifiers {
+    /// meshgate: frees the spare capacity of the identifier lists.
+    pub fn shrink_to_fit(&mut self) {
+        self.dcids.inner.shrink_to_fit();
+        self.scids.inner.shrink_to_fit();
+        self.retired_scids.shrink_to_fit();
+    }
+
     /// Creates a new `ConnectionIdentifiers` with the specified destination
     /// connection ID limit and initial source Connection ID. The destination
     /// Connection ID is set to the empty one.

@@ -2275,8 +2275,8 @@ impl<F: BufFactory> Connection<F> {
                 active_path_id,
             )?;
 
-            conn.crypto_ctx[packet::Epoch::Initial].crypto_open = Some(aead_open);
-            conn.crypto_ctx[packet::Epoch::Initial].crypto_seal = Some(aead_seal);
+            conn.crypto_ctx[packet::Epoch::Initial].crypto_open = Some(Box::new(aead_open));
+            conn.crypto_ctx[packet::Epoch::Initial].crypto_seal = Some(Box::new(aead_seal));
 
             conn.derived_initial_secrets = true;
         }
@@ -3080,8 +3080,8 @@ impl<F: BufFactory> Connection<F> {
             self.got_peer_conn_id = false;
             self.handshake.clear()?;
 
-            self.crypto_ctx[packet::Epoch::Initial].crypto_open = Some(aead_open);
-            self.crypto_ctx[packet::Epoch::Initial].crypto_seal = Some(aead_seal);
+            self.crypto_ctx[packet::Epoch::Initial].crypto_open = Some(Box::new(aead_open));
+            self.crypto_ctx[packet::Epoch::Initial].crypto_seal = Some(Box::new(aead_seal));
 
             self.handshake
                 .use_legacy_codepoint(self.version != PROTOCOL_VERSION_V1);
@@ -3144,8 +3144,8 @@ impl<F: BufFactory> Connection<F> {
             self.got_peer_conn_id = false;
             self.handshake.clear()?;
 
-            self.crypto_ctx[packet::Epoch::Initial].crypto_open = Some(aead_open);
-            self.crypto_ctx[packet::Epoch::Initial].crypto_seal = Some(aead_seal);
+            self.crypto_ctx[packet::Epoch::Initial].crypto_open = Some(Box::new(aead_open));
+            self.crypto_ctx[packet::Epoch::Initial].crypto_seal = Some(Box::new(aead_seal));
 
             return Err(Error::Done);
         }
@@ -3207,8 +3207,8 @@ impl<F: BufFactory> Connection<F> {
                 false,
             )?;
 
-            self.crypto_ctx[packet::Epoch::Initial].crypto_open = Some(aead_open);
-            self.crypto_ctx[packet::Epoch::Initial].crypto_seal = Some(aead_seal);
+            self.crypto_ctx[packet::Epoch::Initial].crypto_open = Some(Box::new(aead_open));
+            self.crypto_ctx[packet::Epoch::Initial].crypto_seal = Some(Box::new(aead_seal));
 
             self.derived_initial_secrets = true;
         }
@@ -3219,10 +3219,10 @@ impl<F: BufFactory> Connection<F> {
         // Select AEAD context used to open incoming packet.
         let aead = if hdr.ty == Type::ZeroRTT {
             // Only use 0-RTT key if incoming packet is 0-RTT.
-            self.crypto_ctx[epoch].crypto_0rtt_open.as_ref()
+            self.crypto_ctx[epoch].crypto_0rtt_open.as_deref()
         } else {
             // Otherwise use the packet number space's main key.
-            self.crypto_ctx[epoch].crypto_open.as_ref()
+            self.crypto_ctx[epoch].crypto_open.as_deref()
         };
 
         // Finally, discard packet if no usable key is available.
@@ -3366,21 +3366,21 @@ impl<F: BufFactory> Connection<F> {
 
             trace!("{} key update verified", self.trace_id);
 
-            let _ = self.crypto_ctx[epoch].crypto_seal.replace(seal_next);
+            let _ = self.crypto_ctx[epoch].crypto_seal.replace(Box::new(seal_next));
 
             let open_prev = self.crypto_ctx[epoch]
                 .crypto_open
-                .replace(open_next)
+                .replace(Box::new(open_next))
                 .unwrap();
 
             let recv_path = self.paths.get_mut(recv_pid)?;
 
-            self.crypto_ctx[epoch].key_update = Some(packet::KeyUpdate {
+            self.crypto_ctx[epoch].key_update = Some(Box::new(packet::KeyUpdate {
                 crypto_open: open_prev,
                 pn_on_update: pn,
                 update_acked: false,
                 timer: now + (recv_path.recovery.pto() * 3),
-            });
+            }));
 
             self.key_phase = !self.key_phase;
 
@@ -7113,6 +7113,22 @@ impl<F: BufFactory> Connection<F> {
                 timeout.duration_since(now)
             }
         })
+    }
+
+    /// meshgate: frees the spare capacity of the connection's buffers that
+    /// are empty (its streams', the crypto streams', loss recovery's, the
+    /// connection ID lists'). Buffers grow back when needed: meant for a
+    /// connection that has gone quiet, whose buffers would otherwise keep the
+    /// size its last burst grew them to.
+    pub fn shrink_to_fit(&mut self) {
+        self.streams.shrink_to_fit();
+        for ctx in self.crypto_ctx.iter_mut() {
+            ctx.crypto_stream.shrink_to_fit();
+        }
+        for (_, path) in self.paths.iter_mut() {
+            path.recovery.shrink_to_fit();
+        }
+        self.ids.shrink_to_fit();
     }
 
     /// Processes a timeout event.

@@ -847,7 +847,7 @@ fn compute_retry_integrity_tag(
 
 pub struct KeyUpdate {
     /// 1-RTT key used prior to a key update.
-    pub crypto_open: crypto::Open,
+    pub crypto_open: Box<crypto::Open>,
 
     /// The packet number triggered the latest key-update.
     ///
@@ -913,10 +913,10 @@ impl PktNumSpace {
 }
 
 pub struct CryptoContext {
-    pub key_update: Option<KeyUpdate>,
-    pub crypto_open: Option<crypto::Open>,
-    pub crypto_seal: Option<crypto::Seal>,
-    pub crypto_0rtt_open: Option<crypto::Open>,
+    pub key_update: Option<Box<KeyUpdate>>,
+    pub crypto_open: Option<Box<crypto::Open>>,
+    pub crypto_seal: Option<Box<crypto::Seal>>,
+    pub crypto_0rtt_open: Option<Box<crypto::Open>>,
     pub crypto_stream: stream::Stream,
 }
 

@@ -24,7 +24,6 @@
 // NEGLIGENCE OR OTHERWISE) ARISING IN ANY WAY OUT OF THE USE OF THIS
 // SOFTWARE, EVEN IF ADVISED OF THE POSSIBILITY OF SUCH DAMAGE.
 
-use std::collections::BTreeMap;
 use std::collections::VecDeque;
 
 use std::net::SocketAddr;
@@ -649,15 +648,13 @@ impl ExactSizeIterator for SocketAddrIter {
 /// All path-related information.
 pub struct PathMap {
     /// The paths of the connection. Each of them has an internal identifier
-    /// that is used by `addrs_to_paths` and `ConnectionEntry`.
+    /// that is used by `ConnectionEntry`. A path's addresses never change, so
+    /// the path of an address pair is found by looking through these (there
+    /// are at most `max_concurrent_paths`, most often one).
     paths: Slab<Path>,
 
     /// The maximum number of concurrent paths allowed.
     max_concurrent_paths: usize,
-
-    /// The mapping from the (local `SocketAddr`, peer `SocketAddr`) to the
-    /// `Path` structure identifier.
-    addrs_to_paths: BTreeMap<(SocketAddr, SocketAddr), usize>,
 
     /// Path-specific events to be notified to the application.
     events: VecDeque<PathEvent>,
@@ -674,21 +671,15 @@ impl PathMap {
     ) -> Self {
         // Most connections only have one path.
         let mut paths = Slab::with_capacity(1);
-        let mut addrs_to_paths = BTreeMap::new();
-
-        let local_addr = initial_path.local_addr;
-        let peer_addr = initial_path.peer_addr;
 
         // As it is the first path, it is active by default.
         initial_path.active = true;
 
-        let active_path_id = paths.insert(initial_path);
-        addrs_to_paths.insert((local_addr, peer_addr), active_path_id);
+        paths.insert(initial_path);
 
         Self {
             paths,
             max_concurrent_paths,
-            addrs_to_paths,
             events: VecDeque::new(),
             is_server,
         }
@@ -788,7 +779,10 @@ impl PathMap {
     pub fn path_id_from_addrs(
         &self, addrs: &(SocketAddr, SocketAddr),
     ) -> Option<usize> {
-        self.addrs_to_paths.get(addrs).copied()
+        self.paths
+            .iter()
+            .find(|(_, p)| p.local_addr == addrs.0 && p.peer_addr == addrs.1)
+            .map(|(pid, _)| pid)
     }
 
     /// Checks if creating a new path will not exceed the current `self.paths`
@@ -808,8 +802,6 @@ impl PathMap {
             .ok_or(Error::Done)?;
 
         let path = self.paths.remove(pid_to_remove);
-        self.addrs_to_paths
-            .remove(&(path.local_addr, path.peer_addr));
 
         self.notify_event(PathEvent::Closed(path.local_addr, path.peer_addr));
 
@@ -833,7 +825,6 @@ impl PathMap {
         let peer_addr = path.peer_addr;
 
         let pid = self.paths.insert(path);
-        self.addrs_to_paths.insert((local_addr, peer_addr), pid);
 
         // Notifies the application if we are in server mode.
         if is_server {

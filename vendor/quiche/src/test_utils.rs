@@ -409,15 +409,15 @@ impl<F: BufFactory> Pipe<F> {
             .unwrap()
             .derive_next_packet_key()?;
 
-        let open_prev = crypto_ctx.crypto_open.replace(open_next);
-        crypto_ctx.crypto_seal.replace(seal_next);
+        let open_prev = crypto_ctx.crypto_open.replace(Box::new(open_next));
+        crypto_ctx.crypto_seal.replace(Box::new(seal_next));
 
-        crypto_ctx.key_update = Some(packet::KeyUpdate {
+        crypto_ctx.key_update = Some(Box::new(packet::KeyUpdate {
             crypto_open: open_prev.unwrap(),
             pn_on_update: self.client.next_pkt_num,
             update_acked: true,
             timer: Instant::now(),
-        });
+        }));
 
         self.client.key_phase = !self.client.key_phase;
 

@@ -142,7 +142,7 @@ impl CollectedStreams {
 #[derive(Default)]
 pub struct StreamMap<F: BufFactory = DefaultBufFactory> {
     /// Map of streams indexed by stream ID.
-    streams: StreamIdHashMap<Stream<F>>,
+    streams: StreamIdHashMap<Box<Stream<F>>>,
 
     /// Set of streams that were completed and garbage collected.
     ///
@@ -228,6 +228,13 @@ pub struct StreamMap<F: BufFactory = DefaultBufFactory> {
 }
 
 impl<F: BufFactory> StreamMap<F> {
+    /// meshgate: frees the spare capacity of every stream's empty buffers.
+    pub fn shrink_to_fit(&mut self) {
+        for stream in self.streams.values_mut() {
+            stream.shrink_to_fit();
+        }
+    }
+
     pub fn new(
         max_streams_bidi: u64, max_streams_uni: u64, max_stream_window: u64,
     ) -> Self {
@@ -248,12 +255,12 @@ impl<F: BufFactory> StreamMap<F> {
 
     /// Returns the stream with the given ID if it exists.
     pub fn get(&self, id: u64) -> Option<&Stream<F>> {
-        self.streams.get(&id)
+        self.streams.get(&id).map(|s| &**s)
     }
 
     /// Returns the mutable stream with the given ID if it exists.
     pub fn get_mut(&mut self, id: u64) -> Option<&mut Stream<F>> {
-        self.streams.get_mut(&id)
+        self.streams.get_mut(&id).map(|s| &mut **s)
     }
 
     /// Returns the mutable stream with the given ID if it exists, or creates
@@ -376,10 +383,10 @@ impl<F: BufFactory> StreamMap<F> {
 
                 let is_writable = s.is_writable();
 
-                (v.insert(s), is_writable)
+                (&mut **v.insert(Box::new(s)), is_writable)
             },
 
-            hash_map::Entry::Occupied(v) => (v.into_mut(), false),
+            hash_map::Entry::Occupied(v) => (&mut **v.into_mut(), false),
         };
 
         // Newly created stream might already be writable due to initial flow
@@ -828,6 +835,12 @@ pub struct Stream<F: BufFactory = DefaultBufFactory> {
 }
 
 impl<F: BufFactory> Stream<F> {
+    /// meshgate: frees the spare capacity of the stream's empty buffers.
+    pub fn shrink_to_fit(&mut self) {
+        self.recv.shrink_to_fit();
+        self.send.shrink_to_fit();
+    }
+
     /// Creates a new stream with the given flow control limits.
     pub fn new(
         id: u64, max_rx_data: u64, max_tx_data: u64, local: bool,

@@ -72,6 +72,14 @@ pub struct RecvBuf {
 }
 
 impl RecvBuf {
+    /// meshgate: frees the buffer map's node if it holds nothing (an emptied
+    /// `BTreeMap` keeps its root node).
+    pub fn shrink_to_fit(&mut self) {
+        if self.data.is_empty() {
+            self.data = BTreeMap::new();
+        }
+    }
+
     /// Creates a new receive buffer.
     pub fn new(max_data: u64, initial_window: u64, max_window: u64) -> RecvBuf {
         RecvBuf {

@@ -133,6 +133,13 @@ where
 }
 
 impl<F: BufFactory> SendBuf<F> {
+    /// meshgate: frees the buffer list's capacity if it holds nothing.
+    pub fn shrink_to_fit(&mut self) {
+        if self.data.is_empty() && self.pos == 0 {
+            self.data = VecDeque::new();
+        }
+    }
+
     /// Creates a new send buffer.
     pub fn new(max_data: u64) -> SendBuf<F> {
         SendBuf {

@@ -806,11 +806,11 @@ extern "C" fn set_read_secret(
         };
 
         if level == crypto::Level::ZeroRTT {
-            space.crypto_0rtt_open = Some(open);
+            space.crypto_0rtt_open = Some(Box::new(open));
             return 1;
         }
 
-        space.crypto_open = Some(open);
+        space.crypto_open = Some(Box::new(open));
     }
 
     1
@@ -854,7 +854,7 @@ extern "C" fn set_write_secret(
             Err(_) => return 0,
         };
 
-        space.crypto_seal = Some(seal);
+        space.crypto_seal = Some(Box::new(seal));
     }
 
     1

@@ -867,6 +867,24 @@ impl RecoveryOps for LegacyRecovery {
         self.set_loss_detection_timer(handshake_status, now);
     }
 
+    fn shrink_to_fit(&mut self) {
+        for epoch in self.epochs.iter_mut() {
+            if epoch.sent_packets.is_empty() {
+                epoch.sent_packets = VecDeque::new();
+            }
+            if epoch.acked_frames.is_empty() {
+                epoch.acked_frames = Vec::new();
+            }
+            if epoch.lost_frames_ack.is_empty() {
+                epoch.lost_frames_ack = Vec::new();
+            }
+            if epoch.lost_frames_pto.is_empty() {
+                epoch.lost_frames_pto = Vec::new();
+            }
+        }
+        self.newly_acked = Vec::new();
+    }
+
     fn on_path_change(
         &mut self, epoch: Epoch, now: Instant, trace_id: &str,
     ) -> (usize, usize) {

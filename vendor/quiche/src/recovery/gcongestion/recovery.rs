@@ -497,7 +497,7 @@ pub struct GRecovery {
     /// [`Self::detect_and_remove_lost_packets`] to avoid allocations
     lost_reuse: Vec<Lost>,
 
-    pacer: Pacer,
+    pacer: Box<Pacer>,
 }
 
 impl GRecovery {
@@ -552,13 +552,13 @@ impl GRecovery {
 
             outstanding_non_ack_eliciting: 0,
 
-            pacer: Pacer::new(
+            pacer: Box::new(Pacer::new(
                 recovery_config.pacing,
                 cc,
                 recovery_config
                     .max_pacing_rate
                     .map(Bandwidth::from_mbits_per_second),
-            ),
+            )),
 
             newly_acked: Vec::new(),
             lost_reuse: Vec::new(),
@@ -1013,6 +1013,25 @@ impl RecoveryOps for GRecovery {
         self.bytes_in_flight
             .saturating_subtract(epoch.discard(&mut self.pacer), now);
         self.set_loss_detection_timer(handshake_status, now);
+    }
+
+    fn shrink_to_fit(&mut self) {
+        for epoch in self.epochs.iter_mut() {
+            if epoch.sent_packets.is_empty() {
+                epoch.sent_packets = VecDeque::new();
+            }
+            if epoch.acked_frames.is_empty() {
+                epoch.acked_frames = VecDeque::new();
+            }
+            if epoch.lost_frames_ack.is_empty() {
+                epoch.lost_frames_ack = VecDeque::new();
+            }
+            if epoch.lost_frames_pto.is_empty() {
+                epoch.lost_frames_pto = VecDeque::new();
+            }
+        }
+        self.newly_acked = Vec::new();
+        self.lost_reuse = Vec::new();
     }
 
     fn on_path_change(
