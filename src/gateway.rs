@@ -366,7 +366,7 @@ fn realms(args: &ServeArgs) -> Result<Vec<RealmConfig>, StartError> {
 /// `--node-name` `meshgate-peer` too, whose connections get `--peer-idle-timeout` (and, with
 /// `--peer-ca`, must present a certificate that chains to it).
 fn quic_config(identity: &Identity, args: &ServeArgs) -> Result<quiche::Config, StartError> {
-    let mut tls = tls_context()?;
+    let mut tls = tls_context(args)?;
     if args.node_name.is_some() {
         if let Some(ca) = &args.peer_ca {
             tls.set_ca_file(ca).map_err(|e| {
@@ -420,7 +420,7 @@ fn quic_config(identity: &Identity, args: &ServeArgs) -> Result<quiche::Config, 
 /// certificate (for an acceptor with `--peer-ca`), and the acceptor's certificate checked
 /// against `--peer-ca` if given (any is accepted otherwise: the proof authenticates the peer).
 fn dial_config(identity: &Identity, args: &ServeArgs) -> Result<quiche::Config, StartError> {
-    let mut c = base_config(tls_context()?, identity)?;
+    let mut c = base_config(tls_context(args)?, identity)?;
     c.set_application_protos(&[PEER_ALPN]).map_err(bad)?;
     c.set_max_idle_timeout(millis(args.peer_idle_timeout));
     match &args.peer_ca {
@@ -454,9 +454,16 @@ fn millis(d: Duration) -> u64 {
 }
 
 /// A TLS context whose connections free their handshake configuration once it is over.
-fn tls_context() -> Result<boring::ssl::SslContextBuilder, StartError> {
+fn tls_context(args: &ServeArgs) -> Result<boring::ssl::SslContextBuilder, StartError> {
     let mut tls = boring::ssl::SslContextBuilder::new(boring::ssl::SslMethod::tls())
         .map_err(|e| StartError::Config(format!("TLS context: {e}")))?;
+    tls.set_curves_list(&args.tls_groups).map_err(|_| {
+        StartError::Config(format!(
+            "--tls-groups {}: not a colon-separated list of TLS groups BoringSSL knows \
+             (such as X25519, P-256, P-384, X25519MLKEM768)",
+            args.tls_groups
+        ))
+    })?;
     // Each connection's TLS state keeps a copy of its configuration (certificate chain,
     // ciphers, ALPN, transport parameters) that nothing reads once the handshake is over:
     // asked at the handshake's start, BoringSSL frees it at the end.

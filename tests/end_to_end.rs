@@ -1913,6 +1913,33 @@ async fn a_udp_port_in_use_is_one_line_on_stderr_and_a_failure_status() {
     assert_one_line_failure(&exited, &addr);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_tls_group_is_one_line_on_stderr_and_a_failure_status() {
+    let exited = run_to_exit(&[
+        "serve",
+        "--shards",
+        "1",
+        "--listen",
+        "127.0.0.1:0",
+        "--health-listen",
+        "127.0.0.1:0",
+        "--tls-groups",
+        "X25519:NO-SUCH-GROUP",
+    ]);
+    assert_one_line_failure(&exited, "--tls-groups X25519:NO-SUCH-GROUP");
+}
+
+/// The post-quantum hybrid preferred, or only P-256 (which the client library offers second:
+/// the gateway asks for it with a HelloRetryRequest): clients connect all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_connect_whichever_key_exchange_groups_the_gateway_accepts() {
+    for groups in ["X25519MLKEM768:X25519", "P-256"] {
+        let gw = Gateway::start(&["--tls-groups", groups]);
+        let mut raw = gw.raw().await;
+        assert!(raw.ping().await.is_empty(), "--tls-groups {groups}");
+    }
+}
+
 // =========================================================================================
 // Connection migration
 // =========================================================================================
