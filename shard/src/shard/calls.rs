@@ -248,7 +248,8 @@ impl Shard {
         };
         let remaining = relay.deadline_at.saturating_since(self.now).as_millis() as u64;
         let realm = &self.config.realms[usize::from(s.realm.0)].name;
-        let mut frame = Vec::new();
+        let mut frame = std::mem::take(&mut self.scratch.frame);
+        frame.clear();
         let msg = PeerMessage::Call(LinkCall {
             realm,
             procedure: &relay.procedure,
@@ -264,10 +265,11 @@ impl Shard {
             let msg = ShardMsg::LinkCall {
                 link: link.key,
                 token,
-                frame: frame.into(),
+                frame: frame.as_slice().into(),
             };
             self.send(link.shard, msg);
         }
+        self.scratch.frame = frame;
     }
 
     /// The provider's shard could not deliver call `token`.

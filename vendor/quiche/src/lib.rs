@@ -8095,6 +8095,16 @@ impl<F: BufFactory> Connection<F> {
     ///
     /// If the connection is already established, it does nothing.
     fn do_handshake(&mut self, now: Instant) -> Result<()> {
+        // meshgate: once the handshake is complete this is called for every
+        // packet sent and most received, and has nothing to do unless the
+        // peer sent post-handshake data: return before building `ExData`,
+        // whose copy of the transport parameters allocates.
+        if self.handshake_completed &&
+            !self.handshake.post_handshake_data_outstanding()
+        {
+            return Ok(());
+        }
+
         let mut ex_data = tls::ExData {
             application_protos: &self.application_protos,
 

@@ -560,6 +560,11 @@ impl Handshake {
         self.map_result_ssl(rc)
     }
 
+    /// meshgate: whether `process_post_handshake` has data to process.
+    pub fn post_handshake_data_outstanding(&self) -> bool {
+        self.provided_data_outstanding
+    }
+
     pub fn process_post_handshake(&mut self, ex_data: &mut ExData) -> Result<()> {
         // If SSL_provide_quic_data hasn't been called since we last called
         // SSL_process_quic_post_handshake, then there's nothing to do.
