@@ -15,7 +15,9 @@
 #
 # Usage: scripts/bench.sh [--out DIR] [--runs N] [--duration SECONDS] [--gateway-cpu N]
 #                         [--load-cpu N] [--churn-cycles N] [--churn-rate N] [--idle-clients N]
-#                         [--pubsub-rate N] [--nats NATSBENCH_DIR] [--quick]
+#                         [--pubsub-rate N] [--mesh-rate N] [--nats NATSBENCH_DIR] [--quick]
+#   --mesh-rate  the paced rate (calls/s) at which a forwarded call's CPU on each gateway is
+#             compared with a local call's, both on the same two gateways (default 20,000)
 #   --quick   a short pass (1 run, 3 s windows, 2,000 churn cycles, 500 idle clients) that
 #             checks the script and the scenarios, not figures to quote.
 set -euo pipefail
@@ -31,6 +33,7 @@ churn_cycles=100000
 churn_rate=1000
 idle_clients=5000
 pubsub_rate=150000
+mesh_rate=20000
 nats=""
 while (($#)); do
     case "$1" in
@@ -43,6 +46,7 @@ while (($#)); do
         --churn-rate) churn_rate=$2; shift 2 ;;
         --idle-clients) idle_clients=$2; shift 2 ;;
         --pubsub-rate) pubsub_rate=$2; shift 2 ;;
+        --mesh-rate) mesh_rate=$2; shift 2 ;;
         --nats) nats=$2; shift 2 ;;
         --quick) runs=1; duration=3; churn_cycles=2000; idle_clients=500; shift ;;
         -h|--help) sed -n '2,/^set /{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
@@ -50,7 +54,7 @@ while (($#)); do
     esac
 done
 for n in "$runs" "$duration" "$gateway_cpu" "$load_cpu" "$churn_cycles" "$churn_rate" "$idle_clients" \
-    "$pubsub_rate"; do
+    "$pubsub_rate" "$mesh_rate"; do
     [[ "$n" =~ ^[0-9]+$ ]] || { echo "bench: '$n' is not a whole number" >&2; exit 2; }
 done
 ((runs >= 1 && duration >= 1)) || { echo "bench: --runs and --duration must be at least 1" >&2; exit 2; }
@@ -124,7 +128,7 @@ gateway_ticks() {
 }
 
 step=0
-steps=$((runs * 7 + 9))
+steps=$((runs * 9 + 9))
 [[ -n "$nats" ]] && steps=$((steps + runs))
 say() {
     step=$((step + 1))
@@ -385,6 +389,16 @@ for r in $(seq "$runs"); do
     start_mesh "mesh-rpc-$r" 2
     mesh_load "mesh-rpc-$r" 2 rpc --callers 4 --providers 2 --in-flight 16 --payload 64 \
         --provider-server "127.0.0.1:$(mesh_port 1)" --duration "${duration}s" --warmup 2s
+    # A gateway's CPU per call depends on the rate (at a low one, each packet carries one
+    # call): the cost of a forwarded call on each side against a local call's is measured at
+    # one paced rate, on the same two gateways, the local calls' callers and provider on m0.
+    say "mesh rpc: forwarded calls at $mesh_rate/s, run $r of $runs"
+    mesh_load "mesh-rpc-paced-$r" 2 rpc --callers 4 --providers 2 \
+        --payload 64 --rate "$mesh_rate" --provider-server "127.0.0.1:$(mesh_port 1)" \
+        --duration "${duration}s" --warmup 2s
+    say "mesh rpc: local calls on m0 at $mesh_rate/s, run $r of $runs"
+    mesh_load "mesh-rpc-local-$r" 2 rpc --callers 4 --providers 2 \
+        --payload 64 --rate "$mesh_rate" --duration "${duration}s" --warmup 2s
     stop_mesh
 done
 
@@ -407,6 +421,6 @@ elapsed=$(($(date +%s) - started))
 python3 scripts/bench_report.py --dir "$out" --runs "$runs" --duration "$duration" \
     --gateway-cpu "$gateway_cpu" --load-cpu "$load_cpu" --churn-cycles "$churn_cycles" \
     --churn-rate "$churn_rate" --idle-clients "$idle_clients" --pubsub-rate "$pubsub_rate" \
-    --elapsed "$elapsed" \
+    --mesh-rate "$mesh_rate" --elapsed "$elapsed" \
     --command "$command" >"$out/report.md"
 echo "bench: done in ${elapsed}s; report in $out/report.md" >&2
