@@ -634,12 +634,19 @@ def mesh_section(w, d, runs, rpc_rate, rpc_p99, rpc_cpu, mesh_rate):
             (f"CPU per local call at {mesh_rate:,}/s, m0 (callers and provider on m0)", local),
         ):
             w(f"| {name} | {us(f)} | {f.spread(lambda v: f'{v:.2f} µs')} |")
+        if None not in (paced[0].median, paced[1].median, local.median):
+            both = (paced[0].median + paced[1].median) * mesh_rate / 1e6
+            w(
+                f"| gateway core busy at {mesh_rate:,}/s (CPU per call × rate): forwarded "
+                f"(m0 + m1), local (m0) | {both:.0%}, {local.median * mesh_rate / 1e6:.0%} | |"
+            )
     w("")
     w(
         "A gateway's CPU per call depends on the rate: unpaced, many calls share each packet; "
         f"paced at {mesh_rate:,} calls/s, most packets carry one. The target compares a "
         "forwarded call with a local call at that one paced rate, on the same two gateways "
-        "sharing the gateway core (m1 idle in the local runs)."
+        "sharing the gateway core (m1 idle in the local runs), at a rate low enough that "
+        "neither saturates it (the busy row)."
     )
     w("")
 

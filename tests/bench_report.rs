@@ -29,7 +29,7 @@ fn report(dir: &Path, elapsed: &str, command: &str) -> Output {
             "1",
         ])
         .args(["--churn-cycles", "100000", "--churn-rate", "1000"])
-        .args(["--idle-clients", "5000", "--pubsub-rate", "150000", "--mesh-rate", "20000"])
+        .args(["--idle-clients", "5000", "--pubsub-rate", "150000", "--mesh-rate", "5000"])
         .args(["--elapsed", elapsed, "--command", command])
         .output()
         .expect("python3 runs")
