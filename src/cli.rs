@@ -112,7 +112,7 @@ pub struct ServeArgs {
     pub key: Option<PathBuf>,
     /// TLS key exchange groups the gateway accepts, in its order of preference (BoringSSL's
     /// names, colon-separated). The default leaves out the post-quantum hybrid
-    /// X25519MLKEM768, which adds about an eighth to the gateway's CPU per handshake; put it
+    /// X25519MLKEM768, whose ML-KEM work would add to every handshake's CPU; put it
     /// first to prefer it.
     #[arg(long, default_value = "X25519:P-256", value_name = "LIST")]
     pub tls_groups: String,
