@@ -20,10 +20,10 @@
 //!
 //! # Sleeping and waking
 //!
-//! A shard sleeps until the earliest of: its socket becomes readable (a one-byte `MSG_PEEK`
-//! through glommio's io_uring), the next deadline of its wheel (a glommio timer), or its
-//! doorbell (see [`crate::mailbox`]): before sleeping a shard arms its doorbell and checks its
-//! inbox once more. A busy shard has no doorbell armed, so waking it costs the sender nothing.
+//! A shard sleeps until the earliest of: its socket becomes readable, the next deadline of its
+//! wheel, or its doorbell's eventfd is written (see [`crate::mailbox`]): one `ppoll` on the
+//! socket and the eventfd, with the deadline as its timeout. Before sleeping a shard arms its
+//! doorbell and checks its inbox once more. A busy shard has no doorbell armed, so waking it costs the sender nothing.
 //! An idle gateway therefore uses no CPU, and a message to an idle shard is handled at once.
 //!
 //! # Peer links
@@ -35,19 +35,14 @@
 mod links;
 
 use std::collections::VecDeque;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, RawFd};
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
-use futures_lite::future::poll_fn;
 use glommio::net::UdpSocket;
-use glommio::timer::Timer;
 use meshgate_shard::metrics::DropReason;
 use meshgate_shard::wire::LinkStream;
 use meshgate_shard::{Event, LinkState, SessionKey, Shard, ShardId, StreamEnd, Time};
@@ -126,7 +121,7 @@ pub async fn run(start: ShardStart) {
         if socket_busy || backlog {
             glommio::yield_if_needed().await;
         } else {
-            io.sleep(&d.mailbox, d.deadline()).await;
+            io.sleep(&d.mailbox, d.deadline());
         }
     }
     log::debug!("shard {} stopped", d.id.0);
@@ -162,8 +157,6 @@ struct Io {
     fd: RawFd,
     rx: BatchRx,
     tx: BatchTx,
-    /// Waits for the socket to become readable; kept across sleeps until it completes.
-    readable: Option<Pin<Box<dyn Future<Output = ()>>>>,
 }
 
 impl Io {
@@ -217,37 +210,44 @@ impl Io {
         }
     }
 
-    /// Sleeps until a datagram arrives, the doorbell rings or `deadline` passes.
-    async fn sleep(&mut self, mailbox: &Mailbox, deadline: Option<Instant>) {
-        // glommio's timers take a duration: the clock is read here to convert the deadline,
-        // so that the time the turn took does not delay the wake-up.
-        let mut timer = deadline.map(|at| Timer::new(at.saturating_duration_since(Instant::now())));
-        if self.readable.is_none() {
-            let s = self.socket.clone();
-            self.readable = Some(Box::pin(async move {
-                let mut b = [0u8; 1];
-                let _ = s.peek_from(&mut b).await;
-            }));
+    /// Sleeps until a datagram arrives, the doorbell rings or `deadline` passes: one `ppoll`
+    /// on the socket and the doorbell's eventfd. The shard's loop is its executor's only task,
+    /// so blocking the thread here holds nothing else up, and a sleep costs one system call
+    /// (and a wake-up).
+    fn sleep(&mut self, mailbox: &Mailbox, deadline: Option<Instant>) {
+        if mailbox.arm_bell() {
+            mailbox.disarm_bell(false);
+            return;
         }
-        poll_fn(|cx| {
-            if let Some(r) = self.readable.as_mut() {
-                if r.as_mut().poll(cx).is_ready() {
-                    self.readable = None;
-                    return Poll::Ready(());
-                }
+        let mut fds = [
+            libc::pollfd {
+                fd: self.fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: mailbox.bell_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // The clock is read here to convert the deadline, so that the time the turn took does
+        // not delay the wake-up.
+        let timeout = deadline.map(|at| {
+            let wait = at.saturating_duration_since(Instant::now());
+            libc::timespec {
+                tv_sec: wait.as_secs().min(i64::MAX as u64) as libc::time_t,
+                tv_nsec: libc::c_long::from(wait.subsec_nanos() as i32),
             }
-            if mailbox.arm_bell(cx) {
-                return Poll::Ready(());
-            }
-            if let Some(t) = timer.as_mut() {
-                if Pin::new(t).poll(cx).is_ready() {
-                    return Poll::Ready(());
-                }
-            }
-            Poll::Pending
-        })
-        .await;
-        mailbox.disarm_bell();
+        });
+        let timeout_ptr = timeout
+            .as_ref()
+            .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+        // SAFETY: `fds` is a valid array of two pollfd for the call's duration, `timeout_ptr`
+        // is null or points to `timeout`, which outlives the call, and no signal mask is given.
+        // An error (EINTR) is a wake-up like any other: the loop looks again.
+        unsafe { libc::ppoll(fds.as_mut_ptr(), 2, timeout_ptr, std::ptr::null()) };
+        mailbox.disarm_bell(fds[1].revents != 0);
     }
 }
 
@@ -319,7 +319,6 @@ impl Driver {
             socket,
             rx: BatchRx::new(),
             tx: BatchTx::new(),
-            readable: None,
         };
         let _ = start.ready.send(id);
         Some((d, io))

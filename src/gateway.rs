@@ -194,7 +194,9 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
     let signals = block_stop_signals();
     let origin = Instant::now();
     let wall_offset = wall_clock_ms() as i64;
-    let (shared, inboxes) = Shared::new(usize::from(shards), args.max_inbox);
+    let (shared, inboxes) = Shared::new(usize::from(shards), args.max_inbox).map_err(|e| {
+        StartError::Config(format!("cannot make the shards' doorbells (eventfd): {e}"))
+    })?;
     let mut handles = Vec::new();
     let mut readies = Vec::new();
     for ((mut config, socket), inbox) in configs.into_iter().zip(sockets).zip(inboxes) {

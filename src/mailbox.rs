@@ -1,17 +1,17 @@
 //! The shards' mailboxes: one bounded inbox and one doorbell per shard, shared by every thread.
 //!
-//! A sender pushes an [`Envelope`] to the receiving shard's crossbeam channel and then wakes
-//! its doorbell, an [`AtomicWaker`] that crosses threads through glommio's foreign-wake path.
-//! A shard registers its waker only before it sleeps, and checks its inbox once more after
-//! registering (the two fences pair up), so a busy shard costs its senders nothing and an idle
-//! one is woken at once.
+//! A sender pushes an [`Envelope`] to the receiving shard's crossbeam channel and then rings
+//! its doorbell, an eventfd the shard waits on beside its socket. A shard arms its bell only
+//! before it sleeps, and checks its inbox once more after arming (the two fences pair up); a
+//! sender writes the eventfd only when it finds the bell armed, and disarms it, so a busy
+//! shard costs its senders nothing, an idle one is woken at once, and one sleep costs at most
+//! one write.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{fence, Ordering};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{fence, AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::Context;
 
-use atomic_waker::AtomicWaker;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 use meshgate_shard::ids::LinkKey;
 use meshgate_shard::router::ShardMsg;
@@ -44,17 +44,58 @@ pub enum Body {
 /// The channels and doorbells of every shard, shared by all threads.
 pub struct Shared {
     inboxes: Vec<Sender<Envelope>>,
-    bells: Vec<AtomicWaker>,
+    bells: Vec<Bell>,
+}
+
+/// A shard's doorbell: armed while the shard sleeps, rung by writing its eventfd.
+struct Bell {
+    armed: AtomicBool,
+    fd: OwnedFd,
+}
+
+impl Bell {
+    fn new() -> std::io::Result<Bell> {
+        // SAFETY: eventfd takes no pointers; a non-negative result is a new descriptor.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Bell {
+            armed: AtomicBool::new(false),
+            // SAFETY: `fd` was just made and nothing else owns it.
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// Wakes the shard if it sleeps (or is about to): once per sleep.
+    fn ring(&self) {
+        if self.armed.swap(false, Ordering::SeqCst) {
+            let one: u64 = 1;
+            // SAFETY: writes the 8 bytes of `one` to the eventfd. It cannot fail short of the
+            // counter's overflow, which one write per sleep never reaches.
+            unsafe { libc::write(self.fd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        }
+    }
+
+    /// Empties the eventfd's counter after a ring.
+    fn clear(&self) {
+        let mut count: u64 = 0;
+        // SAFETY: reads at most 8 bytes into `count`; EAGAIN (nothing rung) leaves it alone.
+        unsafe { libc::read(self.fd.as_raw_fd(), (&mut count as *mut u64).cast(), 8) };
+    }
 }
 
 impl Shared {
-    /// Bounded inboxes of `capacity` messages, one per shard.
-    pub fn new(shards: usize, capacity: usize) -> (Arc<Shared>, Vec<Receiver<Envelope>>) {
+    /// Bounded inboxes of `capacity` messages, one per shard, and their doorbells.
+    pub fn new(
+        shards: usize,
+        capacity: usize,
+    ) -> std::io::Result<(Arc<Shared>, Vec<Receiver<Envelope>>)> {
         let (inboxes, receivers) = (0..shards)
             .map(|_| crossbeam_channel::bounded(capacity))
             .unzip();
-        let bells = (0..shards).map(|_| AtomicWaker::new()).collect();
-        (Arc::new(Shared { inboxes, bells }), receivers)
+        let bells = (0..shards).map(|_| Bell::new()).collect::<Result<_, _>>()?;
+        Ok((Arc::new(Shared { inboxes, bells }), receivers))
     }
 
     /// Queues an envelope for shard `to` and wakes it; gives the envelope back when the inbox
@@ -73,9 +114,9 @@ impl Shared {
     }
 
     fn wake(&self, to: ShardId) {
-        // Pairs with the fence between registering the waker and the last inbox check.
+        // Pairs with the fence between arming the bell and the last inbox check.
         fence(Ordering::SeqCst);
-        self.bells[to.index()].wake();
+        self.bells[to.index()].ring();
     }
 }
 
@@ -162,22 +203,31 @@ impl Mailbox {
         }
     }
 
-    /// Arms the doorbell with the task about to sleep, then looks at the inbox once more: true
-    /// when something is waiting, so the shard must not sleep.
-    pub fn arm_bell(&self, cx: &Context<'_>) -> bool {
-        self.bell().register(cx.waker());
+    /// Arms the doorbell before the shard sleeps, then looks at the inbox once more: true when
+    /// something is waiting, so the shard must not sleep.
+    pub fn arm_bell(&self) -> bool {
+        self.bell().armed.store(true, Ordering::SeqCst);
         // Pairs with the fence of `Shared::wake`: a sender that pushed before this point is
-        // seen below, and one that pushes after it finds the waker registered.
+        // seen below, and one that pushes after it finds the bell armed.
         fence(Ordering::SeqCst);
         !self.inbox.is_empty()
     }
 
-    /// Disarms the doorbell once the shard is awake: senders need not wake a busy shard.
-    pub fn disarm_bell(&self) {
-        self.bell().take();
+    /// Disarms the doorbell once the shard is awake (senders need not wake a busy shard), and
+    /// empties its eventfd if it `rang`.
+    pub fn disarm_bell(&self, rang: bool) {
+        self.bell().armed.store(false, Ordering::SeqCst);
+        if rang {
+            self.bell().clear();
+        }
     }
 
-    fn bell(&self) -> &AtomicWaker {
+    /// The doorbell's eventfd, readable once a sender rang it.
+    pub fn bell_fd(&self) -> RawFd {
+        self.bell().fd.as_raw_fd()
+    }
+
+    fn bell(&self) -> &Bell {
         &self.shared.bells[self.id.index()]
     }
 }
@@ -251,7 +301,7 @@ mod tests {
 
     #[test]
     fn the_outbox_moves_what_the_inbox_takes_in_order_and_keeps_the_rest() {
-        let (shared, inboxes) = Shared::new(3, 2);
+        let (shared, inboxes) = Shared::new(3, 2).expect("eventfds");
         let mut inboxes = inboxes.into_iter();
         let mine = inboxes.next().expect("shard 0's inbox");
         let (one, two) = (inboxes.next(), inboxes.next());
@@ -273,7 +323,7 @@ mod tests {
 
     #[test]
     fn a_datagram_forwarded_to_a_full_inbox_is_refused() {
-        let (shared, inboxes) = Shared::new(2, 1);
+        let (shared, inboxes) = Shared::new(2, 1).expect("eventfds");
         let mut inboxes = inboxes.into_iter();
         let mine = inboxes.next().expect("shard 0's inbox");
         let other = inboxes.next().expect("shard 1's inbox");
