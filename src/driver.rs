@@ -23,8 +23,9 @@
 //! A shard sleeps until the earliest of: its socket becomes readable, the next deadline of its
 //! wheel, or its doorbell's eventfd is written (see [`crate::mailbox`]): one `ppoll` on the
 //! socket and the eventfd, with the deadline as its timeout. Before sleeping a shard arms its
-//! doorbell and checks its inbox once more. A busy shard has no doorbell armed, so waking it costs the sender nothing.
-//! An idle gateway therefore uses no CPU, and a message to an idle shard is handled at once.
+//! doorbell and checks its inbox once more. A busy shard has no doorbell armed, so waking it
+//! costs the sender nothing. An idle gateway therefore uses no CPU, and a message to an idle
+//! shard is handled at once.
 //!
 //! # Peer links
 //!

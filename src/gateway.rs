@@ -466,12 +466,12 @@ fn tls_context(args: &ServeArgs) -> Result<boring::ssl::SslContextBuilder, Start
             args.tls_groups
         ))
     })?;
-    // Each connection's TLS state keeps a copy of its configuration (certificate chain,
-    // ciphers, ALPN, transport parameters) that nothing reads once the handshake is over:
-    // asked at the handshake's start, BoringSSL frees it at the end.
     // No client of the gateway resumes a session: a ticket would cost each handshake its
     // encryption and each connection the ticket's bytes until they are acknowledged.
     tls.set_options(boring::ssl::SslOptions::NO_TICKET);
+    // Each connection's TLS state keeps a copy of its configuration (certificate chain,
+    // ciphers, ALPN, transport parameters) that nothing reads once the handshake is over:
+    // asked at the handshake's start, BoringSSL frees it at the end.
     tls.set_info_callback(|ssl, mode, _| {
         if mode == boring::ssl::SslInfoCallbackMode::HANDSHAKE_START {
             use foreign_types_shared::ForeignTypeRef;

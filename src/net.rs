@@ -125,7 +125,6 @@ pub struct BatchTx {
     buf: Box<[u8]>,
     lens: Vec<usize>,
     dst: Vec<SockAddr>,
-    to: Vec<SocketAddr>,
     iov: Box<[libc::iovec]>,
     hdrs: Box<[libc::mmsghdr]>,
     cmsgs: Box<[Cmsg]>,
@@ -141,7 +140,6 @@ impl BatchTx {
             buf: vec![0u8; SLOT * BATCH].into_boxed_slice(),
             lens: Vec::with_capacity(BATCH),
             dst: Vec::with_capacity(BATCH),
-            to: Vec::with_capacity(BATCH),
             // SAFETY: these C structs are plain data, valid when zeroed.
             iov: (0..BATCH).map(|_| unsafe { zeroed() }).collect(),
             hdrs: (0..BATCH).map(|_| unsafe { zeroed() }).collect(),
@@ -165,12 +163,11 @@ impl BatchTx {
     pub fn commit(&mut self, len: usize, to: SocketAddr) {
         self.lens.push(len.min(SLOT));
         self.dst.push(SockAddr::from(to));
-        self.to.push(to);
     }
 
     /// The first queued datagram.
     pub fn first(&self) -> Option<(&[u8], SocketAddr)> {
-        let to = *self.to.first()?;
+        let to = self.dst.first()?.as_socket()?;
         Some((&self.buf[..self.lens[0]], to))
     }
 
@@ -183,7 +180,7 @@ impl BatchTx {
         let size = self.lens[first];
         let mut k = 1;
         while first + k < self.lens.len()
-            && self.to[first + k] == self.to[first]
+            && self.dst[first + k] == self.dst[first]
             && self.lens[first + k - 1] == size
             && self.lens[first + k] <= size
         {
@@ -249,7 +246,6 @@ impl BatchTx {
         }
         self.lens.clear();
         self.dst.clear();
-        self.to.clear();
         Ok(true)
     }
 
@@ -265,7 +261,6 @@ impl BatchTx {
         }
         self.lens.drain(..k);
         self.dst.drain(..k);
-        self.to.drain(..k);
     }
 }
 
