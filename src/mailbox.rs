@@ -335,4 +335,57 @@ mod tests {
         assert_eq!(envelope.from, ShardId(0));
         assert!(matches!(envelope.body, Body::Datagram { data, .. } if &*data == b"first"));
     }
+
+    /// Whether the doorbell's eventfd is readable now (a zero-timeout poll).
+    fn rung(mailbox: &Mailbox) -> bool {
+        let mut fd = libc::pollfd {
+            fd: mailbox.bell_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        unsafe { libc::poll(&mut fd, 1, 0) == 1 }
+    }
+
+    #[test]
+    fn the_doorbell_rings_only_for_an_armed_shard_and_once_per_sleep() {
+        let (shared, inboxes) = Shared::new(2, 8).expect("eventfds");
+        let mut inboxes = inboxes.into_iter();
+        let zero = inboxes.next().expect("shard 0's inbox");
+        let one = inboxes.next().expect("shard 1's inbox");
+        let sleeper = Mailbox::new(ShardId(0), 2, zero, shared.clone());
+        let sender = Mailbox::new(ShardId(1), 2, one, shared);
+        let post = || assert!(sender.forward(ShardId(0), b"x", "127.0.0.1:1".parse().unwrap()));
+
+        // A busy shard (bell not armed): a post queues but does not ring.
+        post();
+        assert!(!rung(&sleeper));
+        // Arming with something waiting says so: the shard must not sleep.
+        assert!(sleeper.arm_bell());
+        sleeper.disarm_bell(false);
+        while sleeper.next().is_some() {}
+
+        // An armed, empty shard: the first post rings, the second finds the bell disarmed.
+        assert!(!sleeper.arm_bell());
+        post();
+        post();
+        let mut count: u64 = 0;
+        // SAFETY: reads the eventfd's 8-byte counter into `count`.
+        let read = unsafe { libc::read(sleeper.bell_fd(), (&mut count as *mut u64).cast(), 8) };
+        assert_eq!((read, count), (8, 1), "one write for two posts");
+        sleeper.disarm_bell(false);
+        while sleeper.next().is_some() {}
+
+        // The shard disarms the bell it woke by, emptying its eventfd.
+        assert!(!sleeper.arm_bell());
+        post();
+        assert!(rung(&sleeper));
+        sleeper.disarm_bell(true);
+        assert!(
+            !rung(&sleeper),
+            "disarming after a ring empties the eventfd"
+        );
+        post();
+        assert!(!rung(&sleeper), "awake again: posts do not ring");
+    }
 }
