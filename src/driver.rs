@@ -79,8 +79,9 @@ const ACK_EVERY: u8 = 2;
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// A connection not heard from for this long hands back the spare capacity of its empty
-/// buffers (quiche's stream, recovery and connection ID lists), which its last burst grew:
-/// an idle session then costs only what it holds.
+/// buffers (quiche's stream, recovery and connection ID lists, and the shard's output buffer
+/// of its session or link), which its last burst grew: an idle session then costs only what
+/// it holds.
 const SHRINK_AFTER: Duration = Duration::from_secs(1);
 
 /// Everything a shard's thread starts with.
@@ -768,6 +769,11 @@ impl Driver {
         }
         if !c.shrunk && now.time >= c.heard + SHRINK_AFTER {
             c.shrink_to_fit();
+            match (c.session(), c.link()) {
+                (Some(key), _) => self.shard.shrink_output(key),
+                (None, Some(link)) => self.shard.shrink_link_output(link),
+                (None, None) => {}
+            }
         }
         if (c.session().is_some() || c.link().is_some()) && c.is_closing() {
             // Closing: the session or link ends now, not when the draining period does.

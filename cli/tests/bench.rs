@@ -186,6 +186,36 @@ fn pubsub_delivers_every_message_to_every_subscriber_below_the_slow_consumer_bou
 }
 
 #[test]
+fn a_publisher_paced_in_ticks_publishes_at_the_rate_and_loses_nothing() {
+    let gateway = Gateway::start(&[]);
+    for engine in ["lean", "library"] {
+        let s = gateway.bench(
+            "pubsub",
+            &[
+                "--engine",
+                engine,
+                "--duration",
+                "1s",
+                "--warmup",
+                "200ms",
+                "--subscribers",
+                "2",
+                "--rate",
+                "5000",
+                "--tick",
+                "20ms",
+            ],
+        );
+        assert_eq!(s["tick_us"], 20_000, "{engine}: {s}");
+        // A burst of 100 at the start of each 20 ms tick: over 1.2 s, 6,000 at most.
+        let total = u(&s, "published_total");
+        assert!((5_000..=6_000).contains(&total), "{engine}: {s}");
+        assert_eq!(u(&s, "losses"), 0, "{engine}: {s}");
+        assert_eq!(u(&s, "received_deliveries"), 2 * total, "{engine}: {s}");
+    }
+}
+
+#[test]
 fn churn_leaves_the_gauges_at_zero_and_draws_its_chart() {
     let gateway = Gateway::start(&[]);
     let dir = std::env::temp_dir().join(format!("meshgate-bench-churn-{}", std::process::id()));

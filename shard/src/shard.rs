@@ -415,6 +415,12 @@ impl Shard {
         self.link_consumed(link, stream, n);
     }
 
+    /// Releases the spare capacity of a link's drained output buffers: for a link gone quiet
+    /// (a busy one keeps it, so as not to grow it again for every burst).
+    pub fn shrink_link_output(&mut self, link: LinkKey) {
+        self.shrink_link_output_bufs(link);
+    }
+
     /// Whether the driver should read more of a link's stream now (not while frames wait for
     /// the link's admission).
     pub fn wants_link_input(&self, link: LinkKey, stream: LinkStream) -> bool {
@@ -476,6 +482,12 @@ impl Shard {
     /// `n` bytes of [`Shard::output`] were handed to the session's stream.
     pub fn consume_output(&mut self, key: SessionKey, n: usize) {
         self.output_consumed(key, n);
+    }
+
+    /// Releases the spare capacity of a session's drained output buffer: for a session gone
+    /// quiet (a busy one keeps it, so as not to grow it again for every burst).
+    pub fn shrink_output(&mut self, key: SessionKey) {
+        self.shrink_session_output(key);
     }
 
     /// Counts a drop the driver made at one of its limits.

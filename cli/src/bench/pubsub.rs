@@ -52,6 +52,11 @@ pub struct PubsubArgs {
     /// fast as their sessions take messages.
     #[arg(long)]
     pub rate: Option<f64>,
+    /// With --rate: publishers publish the messages due in each tick of this length together,
+    /// at its start, as a publisher flushing its buffer on a timer does (0: each message when
+    /// it is due).
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    pub tick: Duration,
     /// How long the subscribers may take to receive the last messages after publishing stops.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub drain: Duration,
@@ -159,6 +164,32 @@ impl Plan {
     }
 }
 
+/// When a paced publisher publishes: each message when it is due, or, with a tick, the
+/// messages due in each tick together at its start.
+#[derive(Clone, Copy, Debug)]
+pub struct Pace {
+    /// Messages per second.
+    pub rate: f64,
+    pub tick: Duration,
+}
+
+impl Pace {
+    /// How many messages are due `elapsed` after the start, and when, `published` having been
+    /// published, the next ones are due (also since the start).
+    pub fn due(&self, elapsed: Duration, published: u64) -> (u64, Duration) {
+        let tick = u64::try_from(self.tick.as_nanos()).unwrap_or(u64::MAX);
+        if tick == 0 {
+            let due = (elapsed.as_secs_f64() * self.rate) as u64;
+            let next = Duration::from_secs_f64((published.max(due) + 1) as f64 / self.rate);
+            return (due, next);
+        }
+        let elapsed = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let tick_end =
+            Duration::from_nanos((elapsed / tick).saturating_add(1).saturating_mul(tick));
+        ((tick_end.as_secs_f64() * self.rate) as u64, tick_end)
+    }
+}
+
 pub async fn run(a: &PubsubArgs) -> Result<Summary, String> {
     if a.publishers == 0 || a.subscribers == 0 {
         return Err("--publishers and --subscribers must be at least 1".into());
@@ -246,7 +277,10 @@ pub async fn run(a: &PubsubArgs) -> Result<Summary, String> {
         subscriber_clients.push(c);
         receiving.spawn(receive(sub, plan.clone(), a.publishers));
     }
-    let per_publisher = a.rate.map(|r| r / a.publishers as f64);
+    let per_publisher = a.rate.map(|r| Pace {
+        rate: r / a.publishers as f64,
+        tick: a.tick,
+    });
     let mut publishing = JoinSet::new();
     for (i, p) in publishers.iter().enumerate() {
         let topic = topic(i);
@@ -312,10 +346,23 @@ fn announce(a: &PubsubArgs, pattern: &str, payload: usize) {
         "pubsub: {} publishers, {} subscribers of {pattern}, {payload}-byte messages, {}, {} warmup + {} measured",
         a.publishers,
         a.subscribers,
-        a.rate.map_or("unpaced".to_owned(), |r| format!("{r} messages/s")),
+        a.rate
+            .map_or("unpaced".to_owned(), |r| paced(r, a.tick)[2..].to_owned()),
         humantime::format_duration(a.common.warmup),
         humantime::format_duration(a.common.duration),
     ));
+}
+
+/// ", paced at R messages/s", and how: each message when due, or in bursts of a tick.
+fn paced(rate: f64, tick: Duration) -> String {
+    if tick.is_zero() {
+        format!(", paced at {rate} messages/s")
+    } else {
+        format!(
+            ", paced at {rate} messages/s in bursts every {}",
+            humantime::format_duration(tick)
+        )
+    }
 }
 
 /// The figures both engines report.
@@ -333,9 +380,7 @@ fn summary(a: &PubsubArgs, payload: usize, published: &Published, received: &Rec
             a.publishers,
             a.subscribers,
             a.pattern.name(),
-            a.rate
-                .map(|r| format!(", paced at {r} messages/s"))
-                .unwrap_or_default(),
+            a.rate.map(|r| paced(r, a.tick)).unwrap_or_default(),
             engine.as_deref().unwrap_or_default(),
         ),
     );
@@ -345,6 +390,11 @@ fn summary(a: &PubsubArgs, payload: usize, published: &Published, received: &Rec
         .set("pattern", a.pattern.name())
         .set("payload_bytes", payload)
         .set("rate_target", a.rate.map_or(Value::Null, Value::from))
+        .set(
+            "tick_us",
+            a.rate
+                .map_or(Value::Null, |_| Value::from(a.tick.as_micros() as u64)),
+        )
         .set("duration_s", a.common.duration.as_secs_f64())
         .set("published", published.in_window)
         .set(
@@ -365,13 +415,13 @@ fn summary(a: &PubsubArgs, payload: usize, published: &Published, received: &Rec
     s
 }
 
-/// Publishes until the end of the run, paced at `rate` messages per second if given.
+/// Publishes until the end of the run, paced if told to.
 async fn publish(
     client: Client,
     topic: String,
     index: u32,
     payload: usize,
-    rate: Option<f64>,
+    pace: Option<Pace>,
     plan: Arc<Plan>,
 ) -> Result<Published, String> {
     let mut message = vec![0x2au8; payload];
@@ -382,12 +432,11 @@ async fn publish(
     };
     let start = Instant::now();
     loop {
-        if let Some(rate) = rate {
-            // The messages due by now go out together; then sleep until the next one is due.
-            let due = (start.elapsed().as_secs_f64() * rate) as u64;
+        if let Some(pace) = pace {
+            // The messages due by now go out together; then sleep until the next are due.
+            let (due, next) = pace.due(start.elapsed(), done.total);
             if done.total >= due {
-                let next = start + Duration::from_secs_f64((done.total + 1) as f64 / rate);
-                tokio::time::sleep_until(next.into()).await;
+                tokio::time::sleep_until((start + next).into()).await;
                 continue;
             }
         } else if done.total % BURST == BURST - 1 {
@@ -438,4 +487,52 @@ async fn receive(mut sub: Subscription, plan: Arc<Plan>, publishers: usize) -> R
         );
     }
     got
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_a_tick_each_message_is_due_at_its_own_time() {
+        let pace = Pace {
+            rate: 1000.0,
+            tick: Duration::ZERO,
+        };
+        assert_eq!(
+            pace.due(Duration::from_micros(2500), 0),
+            (2, Duration::from_millis(3))
+        );
+        // Behind: the next is due once the late ones are out.
+        assert_eq!(
+            pace.due(Duration::from_micros(2500), 2),
+            (2, Duration::from_millis(3))
+        );
+        assert_eq!(
+            pace.due(Duration::from_micros(2500), 5),
+            (2, Duration::from_millis(6))
+        );
+    }
+
+    #[test]
+    fn with_a_tick_the_messages_of_a_tick_are_due_at_its_start() {
+        let pace = Pace {
+            rate: 1000.0,
+            tick: Duration::from_millis(10),
+        };
+        // From 0 to 10 ms: the ten messages of the first tick, the next due at 10 ms.
+        assert_eq!(pace.due(Duration::ZERO, 0), (10, Duration::from_millis(10)));
+        assert_eq!(
+            pace.due(Duration::from_micros(9_999), 10),
+            (10, Duration::from_millis(10))
+        );
+        assert_eq!(
+            pace.due(Duration::from_millis(10), 10),
+            (20, Duration::from_millis(20))
+        );
+        assert_eq!(
+            pace.due(Duration::from_millis(35), 20),
+            (40, Duration::from_millis(40))
+        );
+    }
 }

@@ -442,6 +442,14 @@ impl Shard {
         }
     }
 
+    /// Releases the capacity of the link's drained output buffers.
+    pub(super) fn shrink_link_output_bufs(&mut self, key: LinkKey) {
+        if let Some(link) = self.link_mut(key) {
+            link.control_out.shrink();
+            link.data_out.shrink();
+        }
+    }
+
     /// Whether the link's data output is over `--max-peer-output`.
     pub(super) fn link_over_bound(&self, key: LinkKey) -> bool {
         let max = self

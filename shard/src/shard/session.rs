@@ -49,15 +49,14 @@ pub(super) struct Session {
     pub(super) barrier: Barrier,
 }
 
-/// Bytes queued to a session: appended at the end, consumed from `start`.
+/// Bytes queued to a session: appended at the end, consumed from `start`. A drained buffer
+/// keeps its capacity, so that a busy session does not grow it again for every burst; the
+/// driver releases it once the session has gone quiet ([`OutBuf::shrink`]).
 #[derive(Default)]
 pub(super) struct OutBuf {
     pub(super) buf: Vec<u8>,
     start: usize,
 }
-
-/// Output capacity above which a drained buffer is released, so idle sessions stay small.
-const OUT_KEEP_CAPACITY: usize = 16 * 1024;
 
 impl OutBuf {
     pub(super) fn len(&self) -> usize {
@@ -73,11 +72,16 @@ impl OutBuf {
         if self.start == self.buf.len() {
             self.buf.clear();
             self.start = 0;
-            if self.buf.capacity() > OUT_KEEP_CAPACITY {
-                self.buf = Vec::new();
-            }
         } else if self.start > self.buf.len() / 2 && self.start > 4096 {
             self.buf.drain(..self.start);
+            self.start = 0;
+        }
+    }
+
+    /// Releases the capacity of a drained buffer (a buffer still holding bytes keeps it).
+    pub(super) fn shrink(&mut self) {
+        if self.len() == 0 {
+            self.buf = Vec::new();
             self.start = 0;
         }
     }
@@ -162,6 +166,13 @@ impl Shard {
                 // Frames held back while the output was over its bound.
                 self.process_frames(key);
             }
+        }
+    }
+
+    /// Releases the capacity of the session's output buffer if it is drained.
+    pub(super) fn shrink_session_output(&mut self, key: SessionKey) {
+        if let Some(s) = self.sessions.get_mut(key) {
+            s.out.shrink();
         }
     }
 
@@ -360,5 +371,27 @@ impl Shard {
             message: Some(error.message().as_bytes()),
         };
         self.write(key, &Message::Reply(Reply { call_id, outcome }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::OutBuf;
+
+    #[test]
+    fn a_drained_output_buffer_keeps_its_capacity_until_it_is_shrunk() {
+        let mut out = OutBuf::default();
+        out.buf.extend_from_slice(&[7; 40_000]);
+        out.consume(30_000);
+        assert_eq!(out.bytes(), &[7; 10_000][..]);
+        out.shrink();
+        assert_eq!(out.len(), 10_000, "a buffer holding bytes keeps them");
+        out.consume(10_000);
+        assert_eq!(out.len(), 0);
+        assert!(out.buf.capacity() >= 40_000, "the next burst reuses it");
+        out.shrink();
+        assert_eq!(out.buf.capacity(), 0);
+        out.buf.extend_from_slice(b"next");
+        assert_eq!(out.bytes(), b"next");
     }
 }

@@ -13,7 +13,7 @@ use super::super::cpu;
 use super::super::lean::{Engine, Target};
 use super::super::report::{round, Progress, Summary};
 use super::super::run_tag;
-use super::{announce, summary, PatternKind, Published, PubsubArgs, Received, HEADER};
+use super::{announce, summary, Pace, PatternKind, Published, PubsubArgs, Received, HEADER};
 
 /// How long sessions may take to be admitted, and subscriptions to be in effect.
 const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -73,7 +73,10 @@ pub fn run(a: &PubsubArgs, progress: Arc<Progress>) -> Result<Summary, String> {
     let origin = Instant::now();
     let measure_from = origin + a.common.warmup;
     let end = measure_from + a.common.duration;
-    let per_publisher = a.rate.map(|r| r / a.publishers as f64);
+    let per_publisher = a.rate.map(|r| Pace {
+        rate: r / a.publishers as f64,
+        tick: a.tick,
+    });
     let mut message = vec![0x2au8; payload];
     let mut published = vec![0u64; a.publishers];
     let mut published_in_window = 0u64;
@@ -108,11 +111,9 @@ pub fn run(a: &PubsubArgs, progress: Arc<Progress>) -> Result<Summary, String> {
             for (p, session) in publishers.clone().enumerate() {
                 let s = engine.session(session);
                 let due = match per_publisher {
-                    Some(rate) => {
-                        let due = (now.duration_since(origin).as_secs_f64() * rate) as u64;
-                        let next = origin
-                            + Duration::from_secs_f64((published[p].max(due) + 1) as f64 / rate);
-                        next_due = next_due.min(next);
+                    Some(pace) => {
+                        let (due, next) = pace.due(now.duration_since(origin), published[p]);
+                        next_due = next_due.min(origin + next);
                         due
                     }
                     None => u64::MAX,
