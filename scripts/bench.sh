@@ -15,7 +15,12 @@
 #
 # Usage: scripts/bench.sh [--out DIR] [--runs N] [--duration SECONDS] [--gateway-cpu N]
 #                         [--load-cpu N] [--churn-cycles N] [--churn-rate N] [--idle-clients N]
-#                         [--pubsub-rate N] [--mesh-rate N] [--nats NATSBENCH_DIR] [--quick]
+#                         [--pubsub-rate N] [--pubsub-burst-rate N] [--pubsub-tick MS]
+#                         [--mesh-rate N] [--nats NATSBENCH_DIR] [--quick]
+#   --pubsub-rate  the publisher's rate in the pub/sub runs paced message by message (150,000)
+#   --pubsub-burst-rate, --pubsub-tick  the pub/sub runs whose publisher writes the messages
+#             of each tick together, as a client flushing its buffer on a timer does (300,000
+#             messages/s, 1 ms): the shape compared with nats-server's, whose publisher batches
 #   --mesh-rate  the paced rate (calls/s) at which a forwarded call's CPU on each gateway is
 #             compared with a local call's, both on the same two gateways (default 5,000: low
 #             enough that neither run saturates the core the gateways share)
@@ -34,6 +39,8 @@ churn_cycles=100000
 churn_rate=1000
 idle_clients=5000
 pubsub_rate=150000
+pubsub_burst_rate=300000
+pubsub_tick=1
 mesh_rate=5000
 nats=""
 while (($#)); do
@@ -47,6 +54,8 @@ while (($#)); do
         --churn-rate) churn_rate=$2; shift 2 ;;
         --idle-clients) idle_clients=$2; shift 2 ;;
         --pubsub-rate) pubsub_rate=$2; shift 2 ;;
+        --pubsub-burst-rate) pubsub_burst_rate=$2; shift 2 ;;
+        --pubsub-tick) pubsub_tick=$2; shift 2 ;;
         --mesh-rate) mesh_rate=$2; shift 2 ;;
         --nats) nats=$2; shift 2 ;;
         --quick) runs=1; duration=3; churn_cycles=2000; idle_clients=500; shift ;;
@@ -55,7 +64,7 @@ while (($#)); do
     esac
 done
 for n in "$runs" "$duration" "$gateway_cpu" "$load_cpu" "$churn_cycles" "$churn_rate" "$idle_clients" \
-    "$pubsub_rate" "$mesh_rate"; do
+    "$pubsub_rate" "$pubsub_burst_rate" "$pubsub_tick" "$mesh_rate"; do
     [[ "$n" =~ ^[0-9]+$ ]] || { echo "bench: '$n' is not a whole number" >&2; exit 2; }
 done
 ((runs >= 1 && duration >= 1)) || { echo "bench: --runs and --duration must be at least 1" >&2; exit 2; }
@@ -129,7 +138,7 @@ gateway_ticks() {
 }
 
 step=0
-steps=$((runs * 9 + 9))
+steps=$((runs * 10 + 9))
 [[ -n "$nats" ]] && steps=$((steps + runs))
 say() {
     step=$((step + 1))
@@ -259,6 +268,12 @@ for r in $(seq "$runs"); do
     say "pubsub: 1 publisher at $pubsub_rate/s, 4 subscribers (exact topic), 64-byte payloads, run $r of $runs"
     fresh "pubsub-$r" -- pubsub --publishers 1 --subscribers 4 --pattern exact --payload 64 \
         --rate "$pubsub_rate" --duration "${duration}s" --warmup 2s
+done
+
+for r in $(seq "$runs"); do
+    say "pubsub in bursts: 1 publisher at $pubsub_burst_rate/s, each ${pubsub_tick} ms's messages together, 4 subscribers, run $r of $runs"
+    fresh "pubsub-burst-$r" -- pubsub --publishers 1 --subscribers 4 --pattern exact --payload 64 \
+        --rate "$pubsub_burst_rate" --tick "${pubsub_tick}ms" --duration "${duration}s" --warmup 2s
 done
 
 say "pubsub unpaced: as fast as the publisher goes (past what the gateway delivers: losses)"
@@ -422,6 +437,7 @@ elapsed=$(($(date +%s) - started))
 python3 scripts/bench_report.py --dir "$out" --runs "$runs" --duration "$duration" \
     --gateway-cpu "$gateway_cpu" --load-cpu "$load_cpu" --churn-cycles "$churn_cycles" \
     --churn-rate "$churn_rate" --idle-clients "$idle_clients" --pubsub-rate "$pubsub_rate" \
+    --pubsub-burst-rate "$pubsub_burst_rate" --pubsub-tick "$pubsub_tick" \
     --mesh-rate "$mesh_rate" --elapsed "$elapsed" \
     --command "$command" >"$out/report.md"
 echo "bench: done in ${elapsed}s; report in $out/report.md" >&2
