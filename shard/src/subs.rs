@@ -39,6 +39,34 @@ pub struct SubscriptionIndex<K> {
     next: Cell<Vec<usize>>,
     /// The nodes from a root to the end of a pattern, kept between removals.
     path: Vec<usize>,
+    /// The last match made by walking the trie, until the index changes.
+    last: Cell<LastMatch<K>>,
+}
+
+/// Topics longer than this are not remembered by [`LastMatch`].
+const LAST_TOPIC_MAX: usize = 256;
+/// Matches with more subscribers than this are not remembered by [`LastMatch`]: copying them
+/// for the next call would cost as much as the walk it saves.
+const LAST_FOUND_MAX: usize = 64;
+
+/// The topic [`SubscriptionIndex::matches`] last walked the trie for, and the subscribers it
+/// found, kept until a subscription is added or removed: a publisher that publishes to one
+/// topic again and again (a sensor, a stream of events) is answered without the walk.
+struct LastMatch<K> {
+    /// `None`: nothing remembered.
+    realm: Option<RealmId>,
+    topic: Vec<u8>,
+    found: Vec<K>,
+}
+
+impl<K> Default for LastMatch<K> {
+    fn default() -> Self {
+        LastMatch {
+            realm: None,
+            topic: Vec::new(),
+            found: Vec::new(),
+        }
+    }
 }
 
 struct Node<K> {
@@ -91,6 +119,7 @@ impl<K: Copy + Eq + std::hash::Hash + Ord> SubscriptionIndex<K> {
             active: Cell::new(Vec::new()),
             next: Cell::new(Vec::new()),
             path: Vec::new(),
+            last: Cell::new(LastMatch::default()),
         }
     }
 
@@ -131,6 +160,7 @@ impl<K: Copy + Eq + std::hash::Hash + Ord> SubscriptionIndex<K> {
             Err(at) => {
                 subscribers.insert(at, who);
                 self.pairs += 1;
+                self.last.get_mut().realm = None;
                 true
             }
         }
@@ -159,6 +189,7 @@ impl<K: Copy + Eq + std::hash::Hash + Ord> SubscriptionIndex<K> {
             Err(_) => return false,
         }
         self.pairs -= 1;
+        self.last.get_mut().realm = None;
         self.prune_path(realm, pattern);
         true
     }
@@ -180,8 +211,31 @@ impl<K: Copy + Eq + std::hash::Hash + Ord> SubscriptionIndex<K> {
     /// Appends to `out` every subscriber with at least one pattern matching `topic`, each once.
     ///
     /// The appended subscribers are in ascending order. Apart from growing `out`, this
-    /// allocates nothing in steady state: the sets of active nodes are kept between calls.
+    /// allocates nothing in steady state: the sets of active nodes are kept between calls,
+    /// and so is the last match ([`LastMatch`]), which answers the same topic again until a
+    /// subscription is added or removed.
     pub fn matches(&self, realm: RealmId, topic: &[u8], out: &mut Vec<K>) {
+        let mut last = self.last.take();
+        if last.realm == Some(realm) && last.topic == topic {
+            out.extend_from_slice(&last.found);
+        } else {
+            let start = out.len();
+            self.walk(realm, topic, out);
+            let found = &out[start..];
+            last.realm = None;
+            if topic.len() <= LAST_TOPIC_MAX && found.len() <= LAST_FOUND_MAX {
+                last.topic.clear();
+                last.topic.extend_from_slice(topic);
+                last.found.clear();
+                last.found.extend_from_slice(found);
+                last.realm = Some(realm);
+            }
+        }
+        self.last.set(last);
+    }
+
+    /// [`Self::matches`] by walking the trie.
+    fn walk(&self, realm: RealmId, topic: &[u8], out: &mut Vec<K>) {
         let Some(root) = self.root(realm) else { return };
         let mut active = self.active.take();
         let mut next = self.next.take();
@@ -318,6 +372,51 @@ fn dedup_tail<K: Copy + Ord>(out: &mut Vec<K>, start: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_last_match_is_answered_again_only_while_the_index_is_unchanged() {
+        let mut index = SubscriptionIndex::new();
+        let (realm, other) = (RealmId(1), RealmId(2));
+        index.insert(realm, b"a.*", 1u32);
+        let matched = |index: &SubscriptionIndex<u32>, realm, topic: &[u8]| {
+            let mut out = vec![99];
+            index.matches(realm, topic, &mut out);
+            out
+        };
+        assert_eq!(matched(&index, realm, b"a.b"), [99, 1]);
+        assert_eq!(matched(&index, realm, b"a.b"), [99, 1], "remembered");
+        assert_eq!(matched(&index, other, b"a.b"), [99], "another realm");
+        assert_eq!(matched(&index, realm, b"a.c"), [99, 1]);
+        index.insert(realm, b"a.c", 0);
+        assert_eq!(
+            matched(&index, realm, b"a.c"),
+            [99, 0, 1],
+            "an insert forgets"
+        );
+        assert!(index.remove(realm, b"a.*", 1));
+        assert_eq!(matched(&index, realm, b"a.c"), [99, 0], "a removal forgets");
+        assert!(!index.insert(realm, b"a.c", 0), "already there");
+        assert_eq!(matched(&index, realm, b"a.c"), [99, 0]);
+    }
+
+    #[test]
+    fn long_topics_and_large_matches_are_walked_every_time() {
+        let mut index = SubscriptionIndex::new();
+        let realm = RealmId(0);
+        for who in 0..=LAST_FOUND_MAX as u32 {
+            index.insert(realm, b"big", who);
+        }
+        let mut out = Vec::new();
+        index.matches(realm, b"big", &mut out);
+        assert_eq!(out.len(), LAST_FOUND_MAX + 1);
+        assert!(index.last.take().realm.is_none(), "too many to remember");
+        let long = vec![b'x'; LAST_TOPIC_MAX + 1];
+        index.insert(realm, &long, 7);
+        out.clear();
+        index.matches(realm, &long, &mut out);
+        assert_eq!(out, [7]);
+        assert!(index.last.take().realm.is_none(), "too long to remember");
+    }
 
     const R: RealmId = RealmId(0);
 

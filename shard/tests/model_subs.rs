@@ -130,6 +130,27 @@ proptest! {
     }
 
     #[test]
+    fn matches_agree_with_the_reference_matcher_after_every_change(
+        ops in prop::collection::vec(sub_op(), 0..60),
+        topics in prop::collection::vec((0..REALMS, topic()), 1..4),
+    ) {
+        // A few topics matched again and again between changes: the index's memory of its
+        // last match must never outlive a change.
+        let mut index = SubscriptionIndex::new();
+        let mut model = SubModel::new();
+        let mut out = Vec::new();
+        for (i, op) in ops.iter().enumerate() {
+            apply_sub(&mut index, &mut model, op);
+            for (realm, topic) in [&topics[i % topics.len()], &topics[0]] {
+                out.clear();
+                index.matches(RealmId(*realm), topic, &mut out);
+                prop_assert_eq!(&out, &model_matches(&model, *realm, topic), "topic {:?}",
+                    String::from_utf8_lossy(topic));
+            }
+        }
+    }
+
+    #[test]
     fn removing_every_subscription_leaves_no_node(
         ops in prop::collection::vec(sub_op(), 0..60),
     ) {
