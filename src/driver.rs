@@ -339,11 +339,9 @@ impl Driver {
         for _ in 0..RX_BATCHES_PER_TURN {
             let n = io.recv_batch(self.id);
             for i in 0..n {
-                let (buf, from, segment) = io.rx.get(i);
+                let (buf, from) = io.rx.get(i);
                 if let Some(from) = from {
-                    for datagram in buf.chunks_mut(segment) {
-                        self.on_datagram(now, datagram, from, false, &mut io.tx);
-                    }
+                    self.on_datagram(now, buf, from, false, &mut io.tx);
                 }
             }
             if n < BATCH {

@@ -1,11 +1,10 @@
 //! UDP for the shards: one SO_REUSEPORT socket per core, and batched `recvmmsg`/`sendmmsg` on
-//! its descriptor, so that one wake-up moves many datagrams; GSO out and GRO in, so that a burst
-//! to or from one address crosses the kernel as one buffer.
+//! its descriptor, so that one wake-up moves many datagrams.
 
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::RawFd;
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
@@ -13,9 +12,6 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 pub const SLOT: usize = 1500;
 /// Datagrams per `recvmmsg`/`sendmmsg` call.
 pub const BATCH: usize = 32;
-/// Bytes per receive slot: room for a GRO batch (the kernel coalesces at most 64 KiB). The
-/// slots are allocated zeroed, so their pages cost memory only once a batch that large came.
-const RX_SLOT: usize = 64 * 1024;
 
 /// A non-blocking UDP socket bound to `addr` with SO_REUSEPORT, so that every shard binds the
 /// same address and the kernel spreads flows among them.
@@ -27,25 +23,7 @@ pub fn reuseport_udp(addr: SocketAddr) -> io::Result<Socket> {
     let _ = s.set_recv_buffer_size(4 << 20);
     let _ = s.set_send_buffer_size(4 << 20);
     s.bind(&addr.into())?;
-    enable_gro(&s);
     Ok(s)
-}
-
-/// Asks the kernel to hand over a burst of same-sized datagrams from one sender as one buffer
-/// and its segment size ([`BatchRx::get`] splits it). A kernel without UDP_GRO hands them over
-/// one by one, which works the same.
-fn enable_gro(s: &Socket) {
-    let on: libc::c_int = 1;
-    // SAFETY: a valid descriptor, and a pointer to an int of the length given.
-    unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_UDP,
-            libc::UDP_GRO,
-            (&on as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
 }
 
 fn sockaddr_to_std(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
@@ -72,25 +50,22 @@ fn sockaddr_to_std(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
     }
 }
 
-/// Receives up to [`BATCH`] messages per call into fixed slots; with GRO, a message may hold
-/// several datagrams of one sender.
+/// Receives up to [`BATCH`] datagrams per call into fixed slots.
 pub struct BatchRx {
     buf: Box<[u8]>,
     addrs: Box<[libc::sockaddr_storage]>,
     iov: Box<[libc::iovec]>,
     hdrs: Box<[libc::mmsghdr]>,
-    cmsgs: Box<[Cmsg]>,
 }
 
 impl BatchRx {
     pub fn new() -> Self {
         BatchRx {
-            buf: vec![0u8; RX_SLOT * BATCH].into_boxed_slice(),
+            buf: vec![0u8; SLOT * BATCH].into_boxed_slice(),
             // SAFETY: these C structs are plain data, valid when zeroed.
             addrs: (0..BATCH).map(|_| unsafe { zeroed() }).collect(),
             iov: (0..BATCH).map(|_| unsafe { zeroed() }).collect(),
             hdrs: (0..BATCH).map(|_| unsafe { zeroed() }).collect(),
-            cmsgs: vec![[0u64; 4]; BATCH].into_boxed_slice(),
         }
     }
 
@@ -98,8 +73,8 @@ impl BatchRx {
     pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
         for i in 0..BATCH {
             self.iov[i] = libc::iovec {
-                iov_base: self.buf[i * RX_SLOT..].as_mut_ptr().cast(),
-                iov_len: RX_SLOT,
+                iov_base: self.buf[i * SLOT..].as_mut_ptr().cast(),
+                iov_len: SLOT,
             };
             let h = &mut self.hdrs[i];
             // SAFETY: msghdr is plain data.
@@ -108,8 +83,6 @@ impl BatchRx {
             h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as u32;
             h.msg_hdr.msg_iov = &mut self.iov[i];
             h.msg_hdr.msg_iovlen = 1;
-            h.msg_hdr.msg_control = self.cmsgs[i].as_mut_ptr().cast();
-            h.msg_hdr.msg_controllen = size_of::<Cmsg>() as _;
             h.msg_len = 0;
         }
         // SAFETY: every header points into buffers owned by self that outlive the call.
@@ -133,13 +106,11 @@ impl BatchRx {
         Ok(n as usize)
     }
 
-    /// Message `i` of the last batch, its sender, and the size of each datagram in it (all
-    /// but the last, which may be shorter): the message's length when GRO did not coalesce it.
-    pub fn get(&mut self, i: usize) -> (&mut [u8], Option<SocketAddr>, usize) {
-        let len = (self.hdrs[i].msg_len as usize).min(RX_SLOT);
+    /// Datagram `i` of the last batch and its sender.
+    pub fn get(&mut self, i: usize) -> (&mut [u8], Option<SocketAddr>) {
+        let len = (self.hdrs[i].msg_len as usize).min(SLOT);
         let from = sockaddr_to_std(&self.addrs[i]);
-        let segment = gro_segment(&self.hdrs[i].msg_hdr).unwrap_or(len).max(1);
-        (&mut self.buf[i * RX_SLOT..i * RX_SLOT + len], from, segment)
+        (&mut self.buf[i * SLOT..i * SLOT + len], from)
     }
 }
 
@@ -293,23 +264,6 @@ impl BatchTx {
     }
 }
 
-/// The segment size of a GRO message, from its UDP_GRO control message.
-fn gro_segment(h: &libc::msghdr) -> Option<usize> {
-    // SAFETY: the kernel filled msg_control and msg_controllen (within the buffer it was
-    // given); CMSG_FIRSTHDR and CMSG_NXTHDR stay within msg_controllen.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(h);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == libc::UDP_GRO {
-                let size = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
-                return usize::try_from(size).ok().filter(|&s| s > 0);
-            }
-            c = libc::CMSG_NXTHDR(h, c);
-        }
-    }
-    None
-}
-
 /// Attaches a UDP_SEGMENT control message of `size` to `h`, in `space`.
 fn set_segment(h: &mut libc::mmsghdr, space: &mut Cmsg, size: usize) {
     h.msg_hdr.msg_control = space.as_mut_ptr().cast();
@@ -383,35 +337,6 @@ mod tests {
         assert_eq!(tx.run_from(6), 1);
         tx.gso = false;
         assert_eq!(tx.run_from(0), 1, "without GSO, one datagram per message");
-    }
-
-    #[test]
-    fn a_burst_received_in_one_read_is_split_back_into_its_datagrams() {
-        let rx_socket = reuseport_udp("127.0.0.1:0".parse().unwrap()).unwrap();
-        let to = rx_socket.local_addr().unwrap().as_socket().unwrap();
-        let tx_socket = reuseport_udp("127.0.0.1:0".parse().unwrap()).unwrap();
-        let mut tx = BatchTx::new();
-        // One run (one GSO message), then a datagram of another size on its own.
-        let lens = [1300, 1300, 1300, 400, 900];
-        for &len in &lens {
-            queue(&mut tx, len, to);
-        }
-        assert!(tx.flush(tx_socket.as_raw_fd()).unwrap());
-        let mut rx = BatchRx::new();
-        let mut got = Vec::new();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-        while got.len() < lens.len() && std::time::Instant::now() < deadline {
-            let n = rx.recv(rx_socket.as_raw_fd()).unwrap();
-            for i in 0..n {
-                let (buf, from, segment) = rx.get(i);
-                assert_eq!(from, tx_socket.local_addr().unwrap().as_socket());
-                for datagram in buf.chunks(segment) {
-                    assert!(datagram.iter().all(|&b| b == datagram.len() as u8));
-                    got.push(datagram.len());
-                }
-            }
-        }
-        assert_eq!(got, lens, "every datagram, whole and in order");
     }
 
     #[test]
