@@ -346,20 +346,19 @@ fn announce(a: &PubsubArgs, pattern: &str, payload: usize) {
         "pubsub: {} publishers, {} subscribers of {pattern}, {payload}-byte messages, {}, {} warmup + {} measured",
         a.publishers,
         a.subscribers,
-        a.rate
-            .map_or("unpaced".to_owned(), |r| paced(r, a.tick)[2..].to_owned()),
+        a.rate.map_or("unpaced".to_owned(), |r| paced(r, a.tick)),
         humantime::format_duration(a.common.warmup),
         humantime::format_duration(a.common.duration),
     ));
 }
 
-/// ", paced at R messages/s", and how: each message when due, or in bursts of a tick.
+/// "paced at R messages/s", and how: each message when due, or in bursts of a tick.
 fn paced(rate: f64, tick: Duration) -> String {
     if tick.is_zero() {
-        format!(", paced at {rate} messages/s")
+        format!("paced at {rate} messages/s")
     } else {
         format!(
-            ", paced at {rate} messages/s in bursts every {}",
+            "paced at {rate} messages/s in bursts every {}",
             humantime::format_duration(tick)
         )
     }
@@ -380,7 +379,9 @@ fn summary(a: &PubsubArgs, payload: usize, published: &Published, received: &Rec
             a.publishers,
             a.subscribers,
             a.pattern.name(),
-            a.rate.map(|r| paced(r, a.tick)).unwrap_or_default(),
+            a.rate
+                .map(|r| format!(", {}", paced(r, a.tick)))
+                .unwrap_or_default(),
             engine.as_deref().unwrap_or_default(),
         ),
     );
