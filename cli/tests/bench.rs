@@ -356,6 +356,10 @@ fn slow_consumer_is_disconnected_and_its_messages_dropped() {
             "65536",
             "--sample-every",
             "200ms",
+            // A window the traffic fills within a few milliseconds, however slow the machine:
+            // the gateway's queue to the slow subscriber then only grows.
+            "--slow-window",
+            "262144",
         ],
     );
     assert_eq!(s["disconnected"], true, "{s}");

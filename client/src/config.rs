@@ -57,6 +57,10 @@ pub struct ClientConfig {
     /// Bytes queued for sending beyond which [`publish`](crate::Client::publish) and
     /// [`call`](crate::Client::call) wait. Default 8 MiB.
     pub max_queued_bytes: usize,
+    /// The QUIC receive window of the stream the gateway's frames arrive on: bytes the gateway
+    /// may send ahead of what the client has read (the connection's window is twice it).
+    /// Large, so that a burst of deliveries does not wait for window updates. Default 8 MiB.
+    pub receive_window: u32,
 }
 
 impl Default for ClientConfig {
@@ -80,6 +84,7 @@ impl Default for ClientConfig {
             subscription_overflow: Overflow::Drop,
             max_frame: 1 << 20,
             max_queued_bytes: 8 << 20,
+            receive_window: 8 << 20,
         }
     }
 }

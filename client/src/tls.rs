@@ -17,10 +17,8 @@ use crate::error::ClientError;
 /// The ALPN protocol of the Macula v0 gateway protocol.
 pub const ALPN: &[u8] = b"macula";
 
-/// Receive window of the control stream: large, so that a burst of deliveries does not wait
-/// for window updates.
-const STREAM_WINDOW: u32 = 8 << 20;
-const CONNECTION_WINDOW: u32 = 16 << 20;
+/// Bytes the client may have sent and not yet had acknowledged, on all its streams.
+const SEND_WINDOW: u64 = 16 << 20;
 
 pub(crate) fn quic_config(config: &ClientConfig) -> Result<quinn::ClientConfig, ClientError> {
     let mut transport = quinn::TransportConfig::default();
@@ -28,9 +26,12 @@ pub(crate) fn quic_config(config: &ClientConfig) -> Result<quinn::ClientConfig, 
         .map_err(|_| ClientError::Tls("the idle timeout is out of range".to_owned()))?;
     transport
         .max_idle_timeout(Some(idle))
-        .stream_receive_window(quinn::VarInt::from_u32(STREAM_WINDOW))
-        .receive_window(quinn::VarInt::from_u32(CONNECTION_WINDOW))
-        .send_window(u64::from(CONNECTION_WINDOW));
+        .stream_receive_window(quinn::VarInt::from_u32(config.receive_window))
+        .receive_window(
+            quinn::VarInt::from_u64(2 * u64::from(config.receive_window))
+                .map_err(|_| ClientError::Tls("the receive window is out of range".to_owned()))?,
+        )
+        .send_window(SEND_WINDOW);
     quic_client_config(&config.tls, transport)
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use meshgate_shard::metrics::{CallOutcome, DropReason};
 use meshgate_shard::wire::{Message, Ping, Reason};
 use meshgate_shard::{NodeId, StreamEnd};
-use sim::{node, node_owned_by, seeds, SeedGuard, Sim, REALM};
+use sim::{node, node_owned_by, seeds, ClientId, SeedGuard, Sim, REALM};
 
 fn each_seed(count: u64, test: impl Fn(u64)) {
     for seed in seeds(0, count) {
@@ -595,6 +595,67 @@ fn a_slow_consumer_loses_publishes_over_its_bound_and_is_disconnected_after_the_
     sim.advance(Duration::from_secs(2));
     assert_eq!(sim.clients[slow].closed, Some(Reason::SlowConsumer));
     assert_eq!(sim.clients[fine].closed, None);
+}
+
+/// A gateway with a 2,000-byte `--max-output` and a 10 s timeout, a publisher on shard 0 and,
+/// on the last shard, a subscriber to `feed` that stopped reading, 30 messages of 100 bytes
+/// over its bound.
+fn a_subscriber_over_its_bound(shards: u16, seed: u64) -> (Sim, ClientId, ClientId) {
+    let mut sim = Sim::with(shards, seed, |c| {
+        c.limits.max_output = 2_000;
+        c.limits.slow_consumer_timeout = Duration::from_secs(10);
+    });
+    let slow = sim.connect(shards - 1, node(1));
+    let publisher = sim.connect(0, node(2));
+    sim.subscribe(slow, &["feed"]);
+    sim.sync(slow);
+    sim.clients[slow].reading = false;
+    publish_feed(&mut sim, publisher, 30);
+    (sim, slow, publisher)
+}
+
+fn publish_feed(sim: &mut Sim, publisher: ClientId, n: usize) {
+    for _ in 0..n {
+        sim.publish(publisher, "feed", &[0u8; 100]);
+    }
+    sim.drive();
+}
+
+#[test]
+fn a_consumer_that_takes_a_little_at_a_time_stays_slow_and_is_disconnected() {
+    each_seed(4, |seed| {
+        let (mut sim, slow, publisher) = a_subscriber_over_its_bound(2, seed);
+        // Every half second it takes 300 bytes, under its bound but never down to half of
+        // it, and new messages fill it up again at once.
+        for _ in 0..19 {
+            sim.advance(Duration::from_millis(500));
+            sim.read(slow, 300);
+            publish_feed(&mut sim, publisher, 5);
+            assert_eq!(sim.clients[slow].closed, None, "seed {seed}");
+        }
+        sim.advance(Duration::from_secs(1));
+        assert_eq!(
+            sim.clients[slow].closed,
+            Some(Reason::SlowConsumer),
+            "seed {seed}"
+        );
+        assert!(!sim.publishes(slow).is_empty(), "it got what it read");
+    });
+}
+
+#[test]
+fn a_consumer_that_drains_to_half_its_bound_starts_its_timeout_again() {
+    let (mut sim, slow, publisher) = a_subscriber_over_its_bound(1, 0);
+    sim.advance(Duration::from_secs(6));
+    // Down to half its bound: caught up, though it reads nothing more.
+    let queued = sim.shards[0].metrics().output_bytes as usize;
+    sim.read(slow, queued - 1_000);
+    publish_feed(&mut sim, publisher, 30);
+    // Over its bound again since just now: the timeout counts from here.
+    sim.advance(Duration::from_secs(9));
+    assert_eq!(sim.clients[slow].closed, None);
+    sim.advance(Duration::from_secs(2));
+    assert_eq!(sim.clients[slow].closed, Some(Reason::SlowConsumer));
 }
 
 #[test]

@@ -1,13 +1,13 @@
 //! `bench slow-consumer`: a subscriber that stops reading while publishers go on.
 //!
 //! The slow subscriber subscribes, then reads nothing: once its client has buffered a QUIC
-//! receive window of data (8 MiB in the client library), flow control stops the gateway's
-//! sends, and the gateway's queue to it grows to `--max-output`, past which its PUBLISH
-//! frames are dropped and, after `--slow-consumer-timeout`, it is disconnected with
-//! `slow_consumer`. (The traffic must be over that window for the gateway to see anything.) `--readers` other
-//! subscribers read normally all along. The gateway's metrics are read every
-//! `--sample-every`; its memory counts as bounded when its peak growth stays within
-//! 4 × `--max-output` + 16 MiB (room for the QUIC buffers and the allocator).
+//! receive window of data (`--slow-window`, by default the client library's 8 MiB), flow
+//! control stops the gateway's sends, and the gateway's queue to it grows to `--max-output`,
+//! past which its PUBLISH frames are dropped and, after `--slow-consumer-timeout`, it is
+//! disconnected with `slow_consumer`. (The traffic must be over that window for the gateway
+//! to see anything.) `--readers` other subscribers read normally all along. The gateway's
+//! metrics are read every `--sample-every`; its memory counts as bounded when its peak growth
+//! stays within 4 × `--max-output` + 16 MiB (room for the QUIC buffers and the allocator).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -47,6 +47,10 @@ pub struct SlowConsumerArgs {
     /// Messages per second in all; without it the publishers go as fast as they can.
     #[arg(long)]
     pub rate: Option<f64>,
+    /// The slow subscriber's QUIC receive window, in bytes: what the gateway can send it
+    /// before flow control stops the sends and its queue there starts to grow.
+    #[arg(long, default_value_t = ClientConfig::default().receive_window)]
+    pub slow_window: u32,
     /// The gateway's --max-output, to compare its memory growth with.
     #[arg(long, default_value_t = 4_194_304)]
     pub max_output: u64,
@@ -68,6 +72,9 @@ pub async fn run(a: &SlowConsumerArgs) -> Result<Summary, String> {
     if a.rate.is_some_and(|r| !(r > 0.0 && r.is_finite())) {
         return Err("--rate must be a positive number of messages per second".into());
     }
+    if a.slow_window == 0 {
+        return Err("--slow-window must be at least 1 byte".into());
+    }
     if a.sample_every.is_zero() {
         return Err("--sample-every must be more than 0".into());
     }
@@ -80,6 +87,7 @@ pub async fn run(a: &SlowConsumerArgs) -> Result<Summary, String> {
     let slow_config = ClientConfig {
         subscription_capacity: 1,
         subscription_overflow: Overflow::Wait,
+        receive_window: a.slow_window,
         ..base.clone()
     };
     let slow = connect(&slow_config)

@@ -150,8 +150,10 @@ impl Shard {
         }
     }
 
-    /// `n` bytes of the session's output were sent: once under its bound, its slow-consumer
-    /// timer stops and the frames held back are handled.
+    /// `n` bytes of the session's output were sent: once under its bound, the frames held
+    /// back are handled; once down to half of it, the session has caught up and its
+    /// slow-consumer timer stops. (A client that takes a little at a time, its output dipping
+    /// under the bound and refilled at once, stays a slow consumer.)
     pub(super) fn output_consumed(&mut self, key: SessionKey, n: usize) {
         let max_output = self.config.limits.max_output;
         let Some(s) = self.sessions.get_mut(key) else {
@@ -159,8 +161,10 @@ impl Shard {
         };
         s.out.consume(n);
         if s.state == State::Active && s.out.len() < max_output {
-            if let Some(timer) = s.timer.take() {
-                self.wheel.cancel(timer);
+            if s.out.len() <= max_output / 2 {
+                if let Some(timer) = s.timer.take() {
+                    self.wheel.cancel(timer);
+                }
             }
             if s.reader.has_frame() {
                 // Frames held back while the output was over its bound.
@@ -274,13 +278,13 @@ impl Shard {
         }
     }
 
-    /// The session's output stayed over its bound until its slow-consumer timer fired.
+    /// The session's output went over its bound and has not drained to half of it since.
     pub(super) fn on_slow_consumer_timeout(&mut self, key: SessionKey) {
         let Some(s) = self.sessions.get_mut(key) else {
             return;
         };
         s.timer = None;
-        if s.state == State::Active && s.out.len() >= self.config.limits.max_output {
+        if s.state == State::Active {
             let message = "output over its bound for too long";
             self.close(key, Reason::SlowConsumer, message);
         }

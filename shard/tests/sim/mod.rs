@@ -438,21 +438,7 @@ impl Sim {
                     continue;
                 }
                 moved = true;
-                let bytes = self.shards[shard].output(key).to_vec();
-                self.shards[shard].consume_output(key, bytes.len());
-                let c = &mut self.clients[id];
-                c.reader
-                    .push(&bytes)
-                    .expect("the gateway sends valid frames");
-                while let Some(frame) = c
-                    .reader
-                    .next_frame()
-                    .expect("the gateway sends valid frames")
-                {
-                    Message::decode(frame.frame_type, frame.payload)
-                        .expect("the gateway sends decodable frames");
-                    c.frames.push((frame.frame_type, frame.payload.to_vec()));
-                }
+                self.read(id, usize::MAX);
             }
             while let Some((key, reason)) = self.shards[shard].poll_close() {
                 moved = true;
@@ -473,6 +459,29 @@ impl Sim {
             }
         }
         moved
+    }
+
+    /// Moves up to `n` bytes of a client's output to it, as its transport would, whether or
+    /// not the client is `reading`: a client on a slow link reads a little at a time.
+    pub fn read(&mut self, id: ClientId, n: usize) {
+        let c = &self.clients[id];
+        let (shard, key) = (c.shard.index(), c.session);
+        let output = self.shards[shard].output(key);
+        let bytes = output[..n.min(output.len())].to_vec();
+        self.shards[shard].consume_output(key, bytes.len());
+        let c = &mut self.clients[id];
+        c.reader
+            .push(&bytes)
+            .expect("the gateway sends valid frames");
+        while let Some(frame) = c
+            .reader
+            .next_frame()
+            .expect("the gateway sends valid frames")
+        {
+            Message::decode(frame.frame_type, frame.payload)
+                .expect("the gateway sends decodable frames");
+            c.frames.push((frame.frame_type, frame.payload.to_vec()));
+        }
     }
 
     fn client_of(&self, shard: usize, key: SessionKey) -> Option<ClientId> {
