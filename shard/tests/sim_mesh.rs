@@ -1000,21 +1000,31 @@ fn a_seed_that_is_the_gateway_itself_is_not_dialed_again() {
 
 // ------------------------------------------------------------------------------ 9.7 bound
 
+/// Two gateways of two shards; gateway 0 bounds its peer output to 2,000 bytes, for 3 s.
+fn a_mesh_with_a_2000_byte_peer_bound(seed: u64) -> MeshSim {
+    let mut specs = specs(2, 2);
+    specs[0] = specs[0]
+        .clone()
+        .config(|c| c.limits.slow_consumer_timeout = Duration::from_secs(3))
+        .mesh(|m| m.max_peer_output = 2_000);
+    full_mesh_of(seed, specs)
+}
+
+/// A subscriber to `t` on gateway 1, known across the mesh, and a client on gateway 0.
+fn subscriber_on_1_publisher_on_0(mesh: &mut MeshSim, seed: u64) -> (ClientId, ClientId) {
+    let sub = mesh.connect(1, shard_of(seed, 1, 2), node(20));
+    mesh.gw(1).subscribe(sub, &["t"]);
+    mesh.mesh_sync(1, sub);
+    (sub, mesh.connect(0, shard_of(seed, 2, 2), node(10)))
+}
+
 #[test]
 fn a_link_over_max_peer_output_drops_publishes_takes_no_calls_and_is_closed_slow_consumer() {
     each_seed(8, |seed| {
-        let mut specs = specs(2, 2);
-        specs[0] = specs[0]
-            .clone()
-            .config(|c| c.limits.slow_consumer_timeout = Duration::from_secs(3))
-            .mesh(|m| m.max_peer_output = 2_000);
-        let mut mesh = full_mesh_of(seed, specs);
+        let mut mesh = a_mesh_with_a_2000_byte_peer_bound(seed);
         mesh.window = 1_000;
         let provs = providers(&mut mesh, seed, &[(1, 1)]);
-        let sub = mesh.connect(1, shard_of(seed, 1, 2), node(20));
-        mesh.gw(1).subscribe(sub, &["t"]);
-        mesh.mesh_sync(1, sub);
-        let p = mesh.connect(0, shard_of(seed, 2, 2), node(10));
+        let (sub, p) = subscriber_on_1_publisher_on_0(&mut mesh, seed);
         // A call in flight before the link stalls: its REPLY still comes back.
         mesh.gw(0).call(p, "svc", 1, Some(60_000));
         mesh.drive();
@@ -1056,6 +1066,39 @@ fn a_link_over_max_peer_output_drops_publishes_takes_no_calls_and_is_closed_slow
         mesh.gw(0).publish(p, "t", b"again");
         mesh.drive();
         assert_eq!(mesh.gw_ref(1).publishes(sub).last().unwrap().1, b"again");
+    });
+}
+
+#[test]
+fn a_link_that_takes_a_little_at_a_time_stays_slow_and_is_closed() {
+    each_seed(4, |seed| {
+        let mut mesh = a_mesh_with_a_2000_byte_peer_bound(seed);
+        mesh.window = 500;
+        let (sub, p) = subscriber_on_1_publisher_on_0(&mut mesh, seed);
+        mesh.hold(0, 1);
+        for i in 0..10u8 {
+            mesh.gw(0).publish(p, "t", &[i; 300]);
+        }
+        mesh.drive();
+        // Every half second gateway 1 takes one window's worth: the output dips under its
+        // bound without draining to half of it, and new messages fill it up again.
+        for i in 0..5u8 {
+            mesh.advance(Duration::from_millis(500));
+            mesh.deliver_all(0, 1);
+            mesh.drive();
+            assert!(mesh.link(0, 1).unwrap().output_bytes > 1_000, "seed {seed}");
+            for _ in 0..3 {
+                mesh.gw(0).publish(p, "t", &[i; 300]);
+            }
+            mesh.drive();
+            assert_eq!(mesh.up_peers(0), [name(1)], "seed {seed}");
+        }
+        mesh.advance(Duration::from_secs(1));
+        assert_eq!(mesh.up_peers(0), Vec::<String>::new(), "seed {seed}");
+        assert!(
+            !mesh.gw_ref(1).publishes(sub).is_empty(),
+            "it got what it took"
+        );
     });
 }
 

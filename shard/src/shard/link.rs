@@ -100,6 +100,9 @@ pub(super) struct Link {
     pub(super) used: bool,
     /// Since when the data output has been over `--max-peer-output`.
     pub(super) over_since: Option<Time>,
+    /// Since when the data output has been slow: from going over `--max-peer-output` until
+    /// it drains to half of it (dipping under the bound and filling up again does not end it).
+    pub(super) slow_since: Option<Time>,
     /// When the link entered its state.
     pub(super) since: Time,
     /// When a link that is not yet admitted gives up.
@@ -147,6 +150,7 @@ impl Link {
             rtt_ms: None,
             used: false,
             over_since: None,
+            slow_since: None,
             since: now,
             deadline: now + DIAL_TIMEOUT,
             queued: false,
@@ -459,13 +463,23 @@ impl Shard {
         self.link(key).is_some_and(|l| l.data_out.len() >= max)
     }
 
-    /// Tells every shard when the link goes over its bound or back under it.
+    /// Tells every shard when the link goes over its bound or back under it, and keeps the
+    /// start of its slow spell.
     fn check_link_bound(&mut self, key: LinkKey) {
         let now = self.now;
         let over = self.link_over_bound(key);
+        let half = self
+            .mesh
+            .as_ref()
+            .map_or(usize::MAX, |m| m.config.max_peer_output / 2);
         let Some(link) = self.link_mut(key) else {
             return;
         };
+        if over {
+            link.slow_since.get_or_insert(now);
+        } else if link.data_out.len() <= half {
+            link.slow_since = None;
+        }
         if over == link.over_since.is_some() {
             return;
         }
@@ -630,7 +644,7 @@ impl Shard {
                         }
                     }
                     if link
-                        .over_since
+                        .slow_since
                         .is_some_and(|at| now.saturating_since(at) >= slow)
                     {
                         let message = "data output over its bound for too long";
