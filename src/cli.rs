@@ -179,7 +179,8 @@ pub struct ServeArgs {
     /// How often expired registrations are removed.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub prune_interval: Duration,
-    /// How long a session may stay over --max-output before it is disconnected.
+    /// How long a session (or a peer link's data stream, against --max-peer-output) may stay
+    /// over --max-output, without draining to half of it, before it is disconnected.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub slow_consumer_timeout: Duration,
     /// How long a connection may wait before sending CONNECT.
