@@ -180,7 +180,8 @@ pub struct ServeArgs {
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub prune_interval: Duration,
     /// How long a session (or a peer link's data stream, against --max-peer-output) may stay
-    /// over --max-output, without draining to half of it, before it is disconnected.
+    /// over --max-output before it is disconnected: dipping under the bound and filling up
+    /// again counts as over; draining to half of it ends the spell.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub slow_consumer_timeout: Duration,
     /// How long a connection may wait before sending CONNECT.

@@ -1069,17 +1069,52 @@ fn a_link_over_max_peer_output_drops_publishes_takes_no_calls_and_is_closed_slow
     });
 }
 
+/// The link from gateway 0 to gateway 1 with a 500-byte window, held, and 10 PUBLISH frames of
+/// 300 bytes for it: over its bound. Returns the subscriber on 1 and the publisher on 0.
+fn a_link_that_spilled(seed: u64) -> (MeshSim, ClientId, ClientId) {
+    let mut mesh = a_mesh_with_a_2000_byte_peer_bound(seed);
+    mesh.window = 500;
+    let (sub, p) = subscriber_on_1_publisher_on_0(&mut mesh, seed);
+    mesh.hold(0, 1);
+    for i in 0..10u8 {
+        mesh.gw(0).publish(p, "t", &[i; 300]);
+    }
+    mesh.drive();
+    (mesh, sub, p)
+}
+
 #[test]
-fn a_link_that_takes_a_little_at_a_time_stays_slow_and_is_closed() {
+fn a_link_that_stays_under_its_bound_after_a_spill_is_not_closed() {
     each_seed(4, |seed| {
-        let mut mesh = a_mesh_with_a_2000_byte_peer_bound(seed);
-        mesh.window = 500;
-        let (sub, p) = subscriber_on_1_publisher_on_0(&mut mesh, seed);
-        mesh.hold(0, 1);
-        for i in 0..10u8 {
+        let (mut mesh, _, p) = a_link_that_spilled(seed);
+        let spilled = mesh.total(0, |c| c.dropped_of(DropReason::PeerSlow));
+        assert!(spilled > 0, "seed {seed}");
+        // One window taken: under its bound, above half of it, and no more traffic.
+        mesh.deliver_all(0, 1);
+        mesh.drive();
+        let queued = mesh.link(0, 1).unwrap().output_bytes;
+        assert!(
+            queued > 1_000 && queued < 2_000,
+            "{queued} bytes, seed {seed}"
+        );
+        mesh.advance(Duration::from_secs(6));
+        assert_eq!(mesh.up_peers(0), [name(1)], "seed {seed}");
+        // A new spill starts a new spell.
+        for i in 0..5u8 {
             mesh.gw(0).publish(p, "t", &[i; 300]);
         }
         mesh.drive();
+        mesh.advance(Duration::from_secs(2));
+        assert_eq!(mesh.up_peers(0), [name(1)], "seed {seed}");
+        mesh.advance(Duration::from_secs(3));
+        assert_eq!(mesh.up_peers(0), Vec::<String>::new(), "seed {seed}");
+    });
+}
+
+#[test]
+fn a_link_that_takes_a_little_at_a_time_stays_slow_and_is_closed() {
+    each_seed(4, |seed| {
+        let (mut mesh, sub, p) = a_link_that_spilled(seed);
         // Every half second gateway 1 takes one window's worth: the output dips under its
         // bound without draining to half of it, and new messages fill it up again.
         for i in 0..5u8 {

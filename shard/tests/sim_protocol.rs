@@ -659,6 +659,33 @@ fn a_consumer_that_drains_to_half_its_bound_starts_its_timeout_again() {
 }
 
 #[test]
+fn a_consumer_that_stays_under_its_bound_after_a_spill_is_not_disconnected() {
+    let (mut sim, slow, publisher) = a_subscriber_over_its_bound(1, 0);
+    // Under its bound but above half of it, and kept there: the traffic goes on at the
+    // rate the client reads, and nothing more is dropped.
+    let queued = |sim: &Sim| sim.shards[0].metrics().output_bytes as usize;
+    let dropped = sim.total(|c| c.dropped_of(DropReason::SlowConsumer));
+    for _ in 0..22 {
+        let excess = queued(&sim) - 1_500;
+        sim.read(slow, excess);
+        sim.advance(Duration::from_millis(500));
+        publish_feed(&mut sim, publisher, 2);
+        assert!(queued(&sim) < 2_000, "{} bytes queued", queued(&sim));
+        assert_eq!(sim.clients[slow].closed, None);
+    }
+    assert_eq!(
+        sim.total(|c| c.dropped_of(DropReason::SlowConsumer)),
+        dropped
+    );
+    // A new spill starts the timeout again.
+    publish_feed(&mut sim, publisher, 10);
+    sim.advance(Duration::from_secs(9));
+    assert_eq!(sim.clients[slow].closed, None);
+    sim.advance(Duration::from_secs(2));
+    assert_eq!(sim.clients[slow].closed, Some(Reason::SlowConsumer));
+}
+
+#[test]
 fn a_client_that_does_not_read_cannot_grow_its_own_output_past_the_bound() {
     each_seed(4, |seed| {
         let max_output = 2_000;

@@ -5,7 +5,7 @@
 //! Every frame reaches a session through [`Shard::write`] (frames never dropped) or
 //! [`Shard::queue_output`] (frames already encoded), and both end with that rule.
 
-use crate::ids::{NodeId, RealmId, SessionKey};
+use crate::ids::{NodeId, RealmId, SessionKey, Time};
 use crate::router::{CallError, ErrorCode};
 use crate::wheel::TimerKey;
 use crate::wire::{
@@ -35,6 +35,8 @@ pub(super) struct Session {
     pub(super) out: OutBuf,
     /// The connect timeout before admission; the slow-consumer timer after.
     pub(super) timer: Option<TimerKey>,
+    /// When the output was last seen at its bound (a frame written past it, or dropped).
+    pub(super) at_bound: Time,
     /// Whether the node's owner may hold a directory entry for this session.
     pub(super) in_directory: bool,
     /// Whether the session ever registered a procedure: its end is then told to every shard.
@@ -102,6 +104,7 @@ impl Shard {
             reader: FrameReader::new(self.config.limits.max_frame),
             out: OutBuf::default(),
             timer: Some(timer),
+            at_bound: Time::ZERO,
             in_directory: false,
             provider: false,
             queued: false,
@@ -152,8 +155,7 @@ impl Shard {
 
     /// `n` bytes of the session's output were sent: once under its bound, the frames held
     /// back are handled; once down to half of it, the session has caught up and its
-    /// slow-consumer timer stops. (A client that takes a little at a time, its output dipping
-    /// under the bound and refilled at once, stays a slow consumer.)
+    /// slow-consumer timer stops (see [`Self::on_slow_consumer_timeout`]).
     pub(super) fn output_consumed(&mut self, key: SessionKey, n: usize) {
         let max_output = self.config.limits.max_output;
         let Some(s) = self.sessions.get_mut(key) else {
@@ -278,13 +280,19 @@ impl Shard {
         }
     }
 
-    /// The session's output went over its bound and has not drained to half of it since.
+    /// The session's output went over its bound and has not drained to half of it since: it
+    /// is a slow consumer if it is still at its bound, or was within the last quarter of the
+    /// timeout (a client that takes a little at a time dips under its bound and is filled up
+    /// again at once). One that stays under it after a spill is left alone; its next spill
+    /// starts the timeout again.
     pub(super) fn on_slow_consumer_timeout(&mut self, key: SessionKey) {
+        let limits = &self.config.limits;
         let Some(s) = self.sessions.get_mut(key) else {
             return;
         };
         s.timer = None;
-        if s.state == State::Active {
+        let lately = self.now.saturating_since(s.at_bound) <= limits.slow_consumer_timeout / 4;
+        if s.state == State::Active && (s.out.len() >= limits.max_output || lately) {
             let message = "output over its bound for too long";
             self.close(key, Reason::SlowConsumer, message);
         }
@@ -325,9 +333,12 @@ impl Shard {
             s.queued = true;
             self.ready.push_back(key);
         }
-        if s.state == State::Active && s.timer.is_none() && s.out.len() >= limits.max_output {
-            let at = self.now + limits.slow_consumer_timeout;
-            s.timer = Some(self.wheel.insert(at, Timer::SlowConsumer(key)));
+        if s.state == State::Active && s.out.len() >= limits.max_output {
+            s.at_bound = self.now;
+            if s.timer.is_none() {
+                let at = self.now + limits.slow_consumer_timeout;
+                s.timer = Some(self.wheel.insert(at, Timer::SlowConsumer(key)));
+            }
         }
     }
 
