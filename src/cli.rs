@@ -179,9 +179,11 @@ pub struct ServeArgs {
     /// How often expired registrations are removed.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub prune_interval: Duration,
-    /// How long a session (or a peer link's data stream, against --max-peer-output) may stay
-    /// over --max-output before it is disconnected: dipping under the bound and filling up
-    /// again counts as over; draining to half of it ends the spell.
+    /// How long a session may be slow before it is disconnected: a slow spell runs from
+    /// reaching --max-output until the output drains to half of it, and once it has lasted
+    /// this long the session is disconnected if its output was at the bound within the last
+    /// quarter of it (checked again every quarter). The same for a peer link's data stream
+    /// against --max-peer-output.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub slow_consumer_timeout: Duration,
     /// How long a connection may wait before sending CONNECT.

@@ -59,7 +59,8 @@ pub struct ClientConfig {
     pub max_queued_bytes: usize,
     /// The QUIC receive window of the stream the gateway's frames arrive on: bytes the gateway
     /// may send ahead of what the client has read (the connection's window is twice it).
-    /// Large, so that a burst of deliveries does not wait for window updates. Default 8 MiB.
+    /// Large, so that a burst of deliveries does not wait for window updates; at least 1.
+    /// Default 8 MiB.
     pub receive_window: u32,
 }
 
@@ -200,6 +201,23 @@ mod tests {
             assert!(third >= Duration::from_millis(200) && third <= Duration::from_millis(400));
             assert!(b.delay(30) <= Duration::from_secs(1));
         }
+    }
+
+    #[test]
+    fn a_receive_window_of_zero_is_refused_with_a_reason() {
+        let config = ClientConfig {
+            receive_window: 0,
+            tls: Tls::Insecure,
+            ..ClientConfig::default()
+        };
+        let e = crate::tls::quic_config(&config).expect_err("a zero window is refused");
+        assert!(e.to_string().contains("receive window"), "{e}");
+        let config = ClientConfig {
+            receive_window: 1,
+            tls: Tls::Insecure,
+            ..ClientConfig::default()
+        };
+        assert!(crate::tls::quic_config(&config).is_ok());
     }
 
     #[test]

@@ -21,6 +21,11 @@ pub const ALPN: &[u8] = b"macula";
 const SEND_WINDOW: u64 = 16 << 20;
 
 pub(crate) fn quic_config(config: &ClientConfig) -> Result<quinn::ClientConfig, ClientError> {
+    if config.receive_window == 0 {
+        return Err(ClientError::Tls(
+            "the receive window must be at least 1 byte".to_owned(),
+        ));
+    }
     let mut transport = quinn::TransportConfig::default();
     let idle = quinn::IdleTimeout::try_from(config.idle_timeout)
         .map_err(|_| ClientError::Tls("the idle timeout is out of range".to_owned()))?;

@@ -195,6 +195,9 @@ impl Config {
                 return Err(ConfigError::Zero(name));
             }
         }
+        if self.mesh.as_ref().is_some_and(|m| m.max_peer_output == 0) {
+            return Err(ConfigError::Zero("max-peer-output"));
+        }
         if l.max_pending_calls > MAX_PENDING_PER_SHARD {
             return Err(ConfigError::TooManyPendingCalls);
         }
@@ -222,5 +225,31 @@ mod tests {
             tokens: Vec::new(),
         });
         assert!(matches!(c.validate(), Err(ConfigError::RealmName(_))));
+    }
+
+    #[test]
+    fn a_zero_bound_is_refused_with_its_flag() {
+        let mut c = Config::new(ShardId(0), 1, NodeId([0; 32]));
+        c.limits.max_output = 0;
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "max-output must be at least 1"
+        );
+        let mut c = Config::new(ShardId(0), 1, NodeId([0; 32]));
+        let mut mesh = MeshConfig::new(Identity {
+            node_id: NodeId([0; 32]),
+            node_name: b"gw".as_slice().into(),
+            incarnation: 1,
+            advertise: b"127.0.0.1:9443".as_slice().into(),
+            realms: Vec::new(),
+            max_frame: 1 << 20,
+            tokens: Vec::new(),
+        });
+        mesh.max_peer_output = 0;
+        c.mesh = Some(Arc::new(mesh));
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "max-peer-output must be at least 1"
+        );
     }
 }

@@ -254,7 +254,7 @@ impl Shard {
         let mut wheel = CallWheel::new(now);
         wheel.insert(now + config.limits.prune_interval, Timer::Prune);
         let mesh = config.mesh.clone().map(|m| {
-            wheel.insert(now + std::time::Duration::from_secs(1), Timer::MeshTick);
+            wheel.insert(now + meshview::MESH_TICK, Timer::MeshTick);
             Box::new(MeshState::new(m, config.shard, config.realms.len(), now))
         });
         let mut shard = Shard {

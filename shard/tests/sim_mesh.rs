@@ -1000,12 +1000,13 @@ fn a_seed_that_is_the_gateway_itself_is_not_dialed_again() {
 
 // ------------------------------------------------------------------------------ 9.7 bound
 
-/// Two gateways of two shards; gateway 0 bounds its peer output to 2,000 bytes, for 3 s.
-fn a_mesh_with_a_2000_byte_peer_bound(seed: u64) -> MeshSim {
+/// Two gateways of two shards; gateway 0 bounds its peer output to 2,000 bytes, for
+/// `timeout`.
+fn a_mesh_with_a_2000_byte_peer_bound(seed: u64, timeout: Duration) -> MeshSim {
     let mut specs = specs(2, 2);
     specs[0] = specs[0]
         .clone()
-        .config(|c| c.limits.slow_consumer_timeout = Duration::from_secs(3))
+        .config(move |c| c.limits.slow_consumer_timeout = timeout)
         .mesh(|m| m.max_peer_output = 2_000);
     full_mesh_of(seed, specs)
 }
@@ -1021,7 +1022,7 @@ fn subscriber_on_1_publisher_on_0(mesh: &mut MeshSim, seed: u64) -> (ClientId, C
 #[test]
 fn a_link_over_max_peer_output_drops_publishes_takes_no_calls_and_is_closed_slow_consumer() {
     each_seed(8, |seed| {
-        let mut mesh = a_mesh_with_a_2000_byte_peer_bound(seed);
+        let mut mesh = a_mesh_with_a_2000_byte_peer_bound(seed, Duration::from_secs(3));
         mesh.window = 1_000;
         let provs = providers(&mut mesh, seed, &[(1, 1)]);
         let (sub, p) = subscriber_on_1_publisher_on_0(&mut mesh, seed);
@@ -1071,42 +1072,69 @@ fn a_link_over_max_peer_output_drops_publishes_takes_no_calls_and_is_closed_slow
 
 /// The link from gateway 0 to gateway 1 with a 500-byte window, held, and 10 PUBLISH frames of
 /// 300 bytes for it: over its bound. Returns the subscriber on 1 and the publisher on 0.
-fn a_link_that_spilled(seed: u64) -> (MeshSim, ClientId, ClientId) {
-    let mut mesh = a_mesh_with_a_2000_byte_peer_bound(seed);
+fn a_link_that_spilled(seed: u64, timeout: Duration) -> (MeshSim, ClientId, ClientId) {
+    let mut mesh = a_mesh_with_a_2000_byte_peer_bound(seed, timeout);
     mesh.window = 500;
     let (sub, p) = subscriber_on_1_publisher_on_0(&mut mesh, seed);
     mesh.hold(0, 1);
-    for i in 0..10u8 {
+    publish_300(&mut mesh, p, 10);
+    (mesh, sub, p)
+}
+
+/// `n` PUBLISH frames of 300 bytes to `t` from client `p` of gateway 0.
+fn publish_300(mesh: &mut MeshSim, p: ClientId, n: u8) {
+    for i in 0..n {
         mesh.gw(0).publish(p, "t", &[i; 300]);
     }
     mesh.drive();
-    (mesh, sub, p)
+}
+
+/// Gateway 1 takes one window of the link from 0: its output goes under its bound but not
+/// down to half of it.
+fn take_one_window_to_between_half_and_the_bound(mesh: &mut MeshSim, seed: u64) {
+    mesh.deliver_all(0, 1);
+    mesh.drive();
+    let queued = mesh.link(0, 1).unwrap().output_bytes;
+    assert!(
+        queued > 1_000 && queued < 2_000,
+        "{queued} bytes, seed {seed}"
+    );
 }
 
 #[test]
 fn a_link_that_stays_under_its_bound_after_a_spill_is_not_closed() {
     each_seed(4, |seed| {
-        let (mut mesh, _, p) = a_link_that_spilled(seed);
+        let (mut mesh, _, p) = a_link_that_spilled(seed, Duration::from_secs(3));
         let spilled = mesh.total(0, |c| c.dropped_of(DropReason::PeerSlow));
         assert!(spilled > 0, "seed {seed}");
         // One window taken: under its bound, above half of it, and no more traffic.
-        mesh.deliver_all(0, 1);
-        mesh.drive();
-        let queued = mesh.link(0, 1).unwrap().output_bytes;
-        assert!(
-            queued > 1_000 && queued < 2_000,
-            "{queued} bytes, seed {seed}"
-        );
+        take_one_window_to_between_half_and_the_bound(&mut mesh, seed);
         mesh.advance(Duration::from_secs(6));
         assert_eq!(mesh.up_peers(0), [name(1)], "seed {seed}");
-        // A new spill starts a new spell.
-        for i in 0..5u8 {
-            mesh.gw(0).publish(p, "t", &[i; 300]);
-        }
-        mesh.drive();
-        mesh.advance(Duration::from_secs(2));
+        // It never drained to half its bound: its spell goes on, and the next spill ends it
+        // at the next tick.
+        publish_300(&mut mesh, p, 5);
+        mesh.advance(Duration::from_millis(1_100));
+        assert_eq!(mesh.up_peers(0), Vec::<String>::new(), "seed {seed}");
+    });
+}
+
+#[test]
+fn a_link_under_its_bound_at_the_timeout_but_over_it_in_the_last_quarter_is_closed() {
+    each_seed(4, |seed| {
+        // An 8 s timeout: its last quarter (2 s) is longer than the tick the links are
+        // checked at (1 s), whatever the tick's phase.
+        let (mut mesh, _, p) = a_link_that_spilled(seed, Duration::from_secs(8));
+        mesh.advance(Duration::from_millis(7_500));
         assert_eq!(mesh.up_peers(0), [name(1)], "seed {seed}");
-        mesh.advance(Duration::from_secs(3));
+        // Over its bound (again, if it had gone under), then one window taken.
+        publish_300(&mut mesh, p, 3);
+        assert!(
+            mesh.link(0, 1).unwrap().output_bytes >= 2_000,
+            "seed {seed}"
+        );
+        take_one_window_to_between_half_and_the_bound(&mut mesh, seed);
+        mesh.advance(Duration::from_millis(1_600));
         assert_eq!(mesh.up_peers(0), Vec::<String>::new(), "seed {seed}");
     });
 }
@@ -1114,7 +1142,7 @@ fn a_link_that_stays_under_its_bound_after_a_spill_is_not_closed() {
 #[test]
 fn a_link_that_takes_a_little_at_a_time_stays_slow_and_is_closed() {
     each_seed(4, |seed| {
-        let (mut mesh, sub, p) = a_link_that_spilled(seed);
+        let (mut mesh, sub, p) = a_link_that_spilled(seed, Duration::from_secs(3));
         // Every half second gateway 1 takes one window's worth: the output dips under its
         // bound without draining to half of it, and new messages fill it up again.
         for i in 0..5u8 {

@@ -677,11 +677,23 @@ fn a_consumer_that_stays_under_its_bound_after_a_spill_is_not_disconnected() {
         sim.total(|c| c.dropped_of(DropReason::SlowConsumer)),
         dropped
     );
-    // A new spill starts the timeout again.
+    // It never drained to half its bound: its spell goes on, checked every quarter of the
+    // timeout, and the next spill ends it.
     publish_feed(&mut sim, publisher, 10);
-    sim.advance(Duration::from_secs(9));
+    sim.advance(Duration::from_millis(2_600));
+    assert_eq!(sim.clients[slow].closed, Some(Reason::SlowConsumer));
+}
+
+#[test]
+fn a_consumer_under_its_bound_at_the_timeout_but_at_it_in_the_last_quarter_is_disconnected() {
+    let (mut sim, slow, _) = a_subscriber_over_its_bound(1, 0);
+    sim.advance(Duration::from_secs(8));
+    // Just under its bound, two seconds before the timeout, and nothing more to read.
+    let queued = sim.shards[0].metrics().output_bytes as usize;
+    sim.read(slow, queued - 1_900);
+    sim.advance(Duration::from_millis(1_900));
     assert_eq!(sim.clients[slow].closed, None);
-    sim.advance(Duration::from_secs(2));
+    sim.advance(Duration::from_millis(200));
     assert_eq!(sim.clients[slow].closed, Some(Reason::SlowConsumer));
 }
 

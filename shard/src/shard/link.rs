@@ -21,6 +21,7 @@ use crate::wire::{
 };
 
 use super::barrier::Barrier;
+use super::meshview::MESH_TICK;
 use super::session::OutBuf;
 use super::Shard;
 
@@ -103,8 +104,8 @@ pub(super) struct Link {
     /// Since when the data output has been slow: from going over `--max-peer-output` until
     /// it drains to half of it (dipping under the bound and filling up again does not end it).
     pub(super) slow_since: Option<Time>,
-    /// When the data output was last seen over its bound.
-    pub(super) at_bound: Time,
+    /// When the data output last went from its bound to under it.
+    pub(super) left_bound: Time,
     /// When the link entered its state.
     pub(super) since: Time,
     /// When a link that is not yet admitted gives up.
@@ -153,7 +154,7 @@ impl Link {
             used: false,
             over_since: None,
             slow_since: None,
-            at_bound: now,
+            left_bound: now,
             since: now,
             deadline: now + DIAL_TIMEOUT,
             queued: false,
@@ -480,9 +481,11 @@ impl Shard {
         };
         if over {
             link.slow_since.get_or_insert(now);
-            link.at_bound = now;
         } else if link.data_out.len() <= half {
             link.slow_since = None;
+        }
+        if !over && link.over_since.is_some() {
+            link.left_bound = now;
         }
         if over == link.over_since.is_some() {
             return;
@@ -647,22 +650,17 @@ impl Shard {
                             used.push(name.into());
                         }
                     }
+                    // As for a session: a slow spell that has lasted the timeout, and the
+                    // output over its bound now or lately (since the tick before, at least).
                     let spell_over = link
                         .slow_since
                         .is_some_and(|at| now.saturating_since(at) >= slow);
-                    // As for a session: still over its bound, or over it lately.
                     let lately = link.over_since.is_some()
-                        || now.saturating_since(link.at_bound) <= slow / 4;
+                        || now.saturating_since(link.left_bound) <= (slow / 4).max(MESH_TICK);
                     if spell_over && lately {
                         let message = "data output over its bound for too long";
                         self.close_link(key, Reason::SlowConsumer.into(), message);
-                        continue;
-                    }
-                    if spell_over {
-                        // Under its bound since a spill: the next one starts a new spell.
-                        link.slow_since = None;
-                    }
-                    if now.saturating_since(link.last_keepalive) >= keepalive {
+                    } else if now.saturating_since(link.last_keepalive) >= keepalive {
                         self.ping_link(key, None);
                     }
                 }

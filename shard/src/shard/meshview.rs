@@ -24,6 +24,9 @@ use super::link::{Link, LinkState};
 use super::peering::Peering;
 use super::{DialRequest, Shard, Timer};
 
+/// The period of the mesh's timers: link deadlines, keep-alives, digests.
+pub(super) const MESH_TICK: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Patterns per INTEREST frame of a snapshot, so that a large table fits the frame limit.
 const SNAPSHOT_CHUNK: usize = 512;
 /// Peers whose ended links' counts a shard keeps, at least (4 × `--max-peers` if more).
@@ -384,11 +387,11 @@ impl Shard {
         }
     }
 
-    /// The dial and refresh timers of the mesh, once a second.
+    /// The dial and refresh timers of the mesh, once a [`MESH_TICK`].
     pub(super) fn on_mesh_tick(&mut self) {
         self.link_tick();
         self.send_digests();
-        let next = self.now + std::time::Duration::from_secs(1);
+        let next = self.now + MESH_TICK;
         self.wheel.insert(next, Timer::MeshTick);
     }
 }

@@ -180,11 +180,10 @@ impl Shard {
             if Some(target) == publisher {
                 continue;
             }
-            let Some(s) = self.sessions.get_mut(target) else {
+            let Some(s) = self.sessions.get(target) else {
                 continue;
             };
             if s.out.len() >= max_output {
-                s.at_bound = self.now;
                 self.counters.drop(DropReason::SlowConsumer);
                 continue;
             }

@@ -5,6 +5,8 @@
 //! Every frame reaches a session through [`Shard::write`] (frames never dropped) or
 //! [`Shard::queue_output`] (frames already encoded), and both end with that rule.
 
+use std::time::Duration;
+
 use crate::ids::{NodeId, RealmId, SessionKey, Time};
 use crate::router::{CallError, ErrorCode};
 use crate::wheel::TimerKey;
@@ -35,8 +37,8 @@ pub(super) struct Session {
     pub(super) out: OutBuf,
     /// The connect timeout before admission; the slow-consumer timer after.
     pub(super) timer: Option<TimerKey>,
-    /// When the output was last seen at its bound (a frame written past it, or dropped).
-    pub(super) at_bound: Time,
+    /// When the output last went from its bound to under it.
+    pub(super) left_bound: Time,
     /// Whether the node's owner may hold a directory entry for this session.
     pub(super) in_directory: bool,
     /// Whether the session ever registered a procedure: its end is then told to every shard.
@@ -104,7 +106,7 @@ impl Shard {
             reader: FrameReader::new(self.config.limits.max_frame),
             out: OutBuf::default(),
             timer: Some(timer),
-            at_bound: Time::ZERO,
+            left_bound: Time::ZERO,
             in_directory: false,
             provider: false,
             queued: false,
@@ -154,15 +156,19 @@ impl Shard {
     }
 
     /// `n` bytes of the session's output were sent: once under its bound, the frames held
-    /// back are handled; once down to half of it, the session has caught up and its
-    /// slow-consumer timer stops (see [`Self::on_slow_consumer_timeout`]).
+    /// back are handled; once down to half of it, the session has caught up, its slow spell
+    /// is over and its slow-consumer timer stops (see [`Self::on_slow_consumer_timeout`]).
     pub(super) fn output_consumed(&mut self, key: SessionKey, n: usize) {
         let max_output = self.config.limits.max_output;
         let Some(s) = self.sessions.get_mut(key) else {
             return;
         };
+        let was_at_bound = s.out.len() >= max_output;
         s.out.consume(n);
         if s.state == State::Active && s.out.len() < max_output {
+            if was_at_bound {
+                s.left_bound = self.now;
+            }
             if s.out.len() <= max_output / 2 {
                 if let Some(timer) = s.timer.take() {
                     self.wheel.cancel(timer);
@@ -280,21 +286,30 @@ impl Shard {
         }
     }
 
-    /// The session's output went over its bound and has not drained to half of it since: it
-    /// is a slow consumer if it is still at its bound, or was within the last quarter of the
-    /// timeout (a client that takes a little at a time dips under its bound and is filled up
-    /// again at once). One that stays under it after a spill is left alone; its next spill
-    /// starts the timeout again.
+    /// The session's slow spell, from going over its bound until draining to half of it,
+    /// has lasted the timeout (or a quarter more since the last check): it is a slow consumer
+    /// if it is at its bound, or was within the last quarter of the timeout (a client that
+    /// takes a little at a time dips under its bound and is filled up again at once). One
+    /// that has stayed under it since is checked again a quarter of the timeout later, until
+    /// it drains to half of it.
     pub(super) fn on_slow_consumer_timeout(&mut self, key: SessionKey) {
         let limits = &self.config.limits;
+        let quarter = limits.slow_consumer_timeout / 4;
         let Some(s) = self.sessions.get_mut(key) else {
             return;
         };
         s.timer = None;
-        let lately = self.now.saturating_since(s.at_bound) <= limits.slow_consumer_timeout / 4;
-        if s.state == State::Active && (s.out.len() >= limits.max_output || lately) {
+        if s.state != State::Active {
+            return;
+        }
+        let lately =
+            s.out.len() >= limits.max_output || self.now.saturating_since(s.left_bound) <= quarter;
+        if lately {
             let message = "output over its bound for too long";
             self.close(key, Reason::SlowConsumer, message);
+        } else {
+            let at = self.now + quarter.max(Duration::from_millis(1));
+            s.timer = Some(self.wheel.insert(at, Timer::SlowConsumer(key)));
         }
     }
 
@@ -323,7 +338,7 @@ impl Shard {
     }
 
     /// Queues a session that got output for the driver, and starts its slow-consumer timer
-    /// if the output just went over its bound.
+    /// if the output is at its bound and no slow spell is on.
     pub(super) fn mark_ready(&mut self, key: SessionKey) {
         let limits = &self.config.limits;
         let Some(s) = self.sessions.get_mut(key) else {
@@ -333,12 +348,9 @@ impl Shard {
             s.queued = true;
             self.ready.push_back(key);
         }
-        if s.state == State::Active && s.out.len() >= limits.max_output {
-            s.at_bound = self.now;
-            if s.timer.is_none() {
-                let at = self.now + limits.slow_consumer_timeout;
-                s.timer = Some(self.wheel.insert(at, Timer::SlowConsumer(key)));
-            }
+        if s.state == State::Active && s.timer.is_none() && s.out.len() >= limits.max_output {
+            let at = self.now + limits.slow_consumer_timeout;
+            s.timer = Some(self.wheel.insert(at, Timer::SlowConsumer(key)));
         }
     }
 
