@@ -183,7 +183,7 @@ pub struct ServeArgs {
     /// reaching --max-output until the output drains to half of it, and once it has lasted
     /// this long the session is disconnected if its output was at the bound within the last
     /// quarter of it (checked again every quarter). The same for a peer link's data stream
-    /// against --max-peer-output.
+    /// against --max-peer-output, checked once a second.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub slow_consumer_timeout: Duration,
     /// How long a connection may wait before sending CONNECT.

@@ -62,7 +62,7 @@ pub fn refused(shard: ShardId, reason: Reason) {
 pub fn evicted(shard: ShardId) {
     limited(&EVICTED, |skipped| {
         log::info!(
-            "shard {}: evicted a slow consumer (over --max-output for --slow-consumer-timeout){}",
+            "shard {}: evicted a slow consumer (at --max-output, without draining to half of it, for --slow-consumer-timeout){}",
             shard.0,
             more(skipped, "evictions")
         );

@@ -678,9 +678,14 @@ fn a_consumer_that_stays_under_its_bound_after_a_spill_is_not_disconnected() {
         dropped
     );
     // It never drained to half its bound: its spell goes on, checked every quarter of the
-    // timeout, and the next spill ends it.
+    // timeout (the first check at 10 s, the next at 12.5 s). A spill between two checks,
+    // even one read at once, ends it at the next.
     publish_feed(&mut sim, publisher, 10);
-    sim.advance(Duration::from_millis(2_600));
+    let excess = queued(&sim) - 1_500;
+    sim.read(slow, excess);
+    sim.advance(Duration::from_millis(1_400));
+    assert_eq!(sim.clients[slow].closed, None);
+    sim.advance(Duration::from_millis(200));
     assert_eq!(sim.clients[slow].closed, Some(Reason::SlowConsumer));
 }
 

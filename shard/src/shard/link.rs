@@ -21,7 +21,6 @@ use crate::wire::{
 };
 
 use super::barrier::Barrier;
-use super::meshview::MESH_TICK;
 use super::session::OutBuf;
 use super::Shard;
 
@@ -628,8 +627,9 @@ impl Shard {
     /// the report of used links to shard 0.
     pub(super) fn link_tick(&mut self) {
         let now = self.now;
-        let Some(m) = self.mesh.as_ref() else { return };
+        let Some(m) = self.mesh.as_mut() else { return };
         let keepalive = m.config.peer_idle_timeout / 4;
+        let last_tick = std::mem::replace(&mut m.last_tick, now);
         let slow = self.config.limits.slow_consumer_timeout;
         let keys: Vec<LinkKey> = m.links.iter().map(|(k, _)| k).collect();
         let mut used = Vec::new();
@@ -651,12 +651,15 @@ impl Shard {
                         }
                     }
                     // As for a session: a slow spell that has lasted the timeout, and the
-                    // output over its bound now or lately (since the tick before, at least).
-                    let spell_over = link
-                        .slow_since
-                        .is_some_and(|at| now.saturating_since(at) >= slow);
-                    let lately = link.over_since.is_some()
-                        || now.saturating_since(link.left_bound) <= (slow / 4).max(MESH_TICK);
+                    // output over its bound now, or gone under it since the last quarter of
+                    // the timeout began or since the tick before, whichever is earlier.
+                    let (spell_over, lately) = match link.slow_since {
+                        Some(since) if now.saturating_since(since) >= slow => {
+                            let from = (since + (slow - slow / 4)).min(last_tick);
+                            (true, link.over_since.is_some() || link.left_bound >= from)
+                        }
+                        _ => (false, false),
+                    };
                     if spell_over && lately {
                         let message = "data output over its bound for too long";
                         self.close_link(key, Reason::SlowConsumer.into(), message);

@@ -71,6 +71,8 @@ pub(super) struct MeshState {
     /// links: how many PONGs each still waits for.
     pub(super) waits: AHashMap<(ShardId, SessionKey, u32), usize>,
     pub(super) next_digest: Time,
+    /// When the links were last checked ([`Shard::link_tick`]).
+    pub(super) last_tick: Time,
     /// Per peer name, the counts of this shard's links to it that ended, so that the per-peer
     /// counters only grow when a link is replaced or lost. Bounded (least recently updated
     /// out first).
@@ -90,6 +92,7 @@ impl MeshState {
         let max_peers = config.max_peers;
         MeshState {
             next_digest: now + config.interest_refresh,
+            last_tick: now,
             config,
             links: GenSlab::new(),
             link_ready: VecDeque::new(),

@@ -1,7 +1,8 @@
 //! Sessions: their state, the frames read from them and the output queued to them.
 //!
 //! Output has one rule, [`Shard::mark_ready`]: a session that got output is queued for the
-//! driver once, and its slow-consumer timer starts when the output goes over `--max-output`.
+//! driver once, and its slow spell starts when the output reaches `--max-output`
+//! ([`Shard::on_slow_consumer_timeout`]).
 //! Every frame reaches a session through [`Shard::write`] (frames never dropped) or
 //! [`Shard::queue_output`] (frames already encoded), and both end with that rule.
 
@@ -39,6 +40,9 @@ pub(super) struct Session {
     pub(super) timer: Option<TimerKey>,
     /// When the output last went from its bound to under it.
     pub(super) left_bound: Time,
+    /// Where the window of the slow spell's next check starts: the last quarter of the
+    /// timeout for the first, the check before for the next ones.
+    pub(super) watch_from: Time,
     /// Whether the node's owner may hold a directory entry for this session.
     pub(super) in_directory: bool,
     /// Whether the session ever registered a procedure: its end is then told to every shard.
@@ -107,6 +111,7 @@ impl Shard {
             out: OutBuf::default(),
             timer: Some(timer),
             left_bound: Time::ZERO,
+            watch_from: Time::ZERO,
             in_directory: false,
             provider: false,
             queued: false,
@@ -286,12 +291,11 @@ impl Shard {
         }
     }
 
-    /// The session's slow spell, from going over its bound until draining to half of it,
-    /// has lasted the timeout (or a quarter more since the last check): it is a slow consumer
-    /// if it is at its bound, or was within the last quarter of the timeout (a client that
-    /// takes a little at a time dips under its bound and is filled up again at once). One
-    /// that has stayed under it since is checked again a quarter of the timeout later, until
-    /// it drains to half of it.
+    /// The session's slow spell, from reaching its bound until draining to half of it, has
+    /// lasted the timeout: it is a slow consumer if its output is at its bound, or left it
+    /// within the last quarter of the timeout (a client that takes a little at a time dips
+    /// under its bound and is filled up again at once). One that has stayed under it is
+    /// checked again a quarter of the timeout later, for what it did since this check.
     pub(super) fn on_slow_consumer_timeout(&mut self, key: SessionKey) {
         let limits = &self.config.limits;
         let quarter = limits.slow_consumer_timeout / 4;
@@ -302,12 +306,11 @@ impl Shard {
         if s.state != State::Active {
             return;
         }
-        let lately =
-            s.out.len() >= limits.max_output || self.now.saturating_since(s.left_bound) <= quarter;
-        if lately {
+        if s.out.len() >= limits.max_output || s.left_bound >= s.watch_from {
             let message = "output over its bound for too long";
             self.close(key, Reason::SlowConsumer, message);
         } else {
+            s.watch_from = self.now;
             let at = self.now + quarter.max(Duration::from_millis(1));
             s.timer = Some(self.wheel.insert(at, Timer::SlowConsumer(key)));
         }
@@ -349,7 +352,9 @@ impl Shard {
             self.ready.push_back(key);
         }
         if s.state == State::Active && s.timer.is_none() && s.out.len() >= limits.max_output {
-            let at = self.now + limits.slow_consumer_timeout;
+            let timeout = limits.slow_consumer_timeout;
+            s.watch_from = self.now + (timeout - timeout / 4);
+            let at = self.now + timeout;
             s.timer = Some(self.wheel.insert(at, Timer::SlowConsumer(key)));
         }
     }
