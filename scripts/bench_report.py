@@ -17,6 +17,7 @@ import json
 import os
 import statistics
 import sys
+import types
 
 
 def load(d, name):
@@ -193,6 +194,20 @@ def commit(d):
     return measured
 
 
+def pubsub_figures(runs):
+    """The figures of a set of pub/sub runs: deliveries/s, published/s, delivery p99, losses
+    over all of them, gateway CPU per delivery, and both cores' busy shares."""
+    return types.SimpleNamespace(
+        rate=Figure([s["delivered_per_s"] for s in runs]),
+        pub=Figure([s["published_per_s"] for s in runs]),
+        p99=Figure([dig(s, "latency_us", "p99") for s in runs]),
+        losses=sum(s["losses"] for s in runs),
+        cpu=Figure([window_cpu_per_delivery(s) for s in runs]),
+        gw_busy=Figure([s.get("gateway_cpu_busy") for s in runs]),
+        load_busy=Figure([s.get("load_cpu_busy") for s in runs]),
+    )
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--dir", required=True)
@@ -243,19 +258,8 @@ def main():
     half_p99 = Figure([dig(s, "latency_us", "p99") for s in half])
     half_errors = sum(s["errors"] for s in half)
     half_target = half[0].get("rate_target")
-    ps_rate = Figure([s["delivered_per_s"] for s in pubsub])
-    ps_pub = Figure([s["published_per_s"] for s in pubsub])
-    ps_p99 = Figure([dig(s, "latency_us", "p99") for s in pubsub])
-    ps_losses = sum(s["losses"] for s in pubsub)
-    ps_cpu = Figure([window_cpu_per_delivery(s) for s in pubsub])
-    ps_gw_busy = Figure([s.get("gateway_cpu_busy") for s in pubsub])
-    ps_load_busy = Figure([s.get("load_cpu_busy") for s in pubsub])
-    pb_rate = Figure([s["delivered_per_s"] for s in burst])
-    pb_p99 = Figure([dig(s, "latency_us", "p99") for s in burst])
-    pb_losses = sum(s["losses"] for s in burst)
-    pb_cpu = Figure([window_cpu_per_delivery(s) for s in burst])
-    pb_gw_busy = Figure([s.get("gateway_cpu_busy") for s in burst])
-    pb_load_busy = Figure([s.get("load_cpu_busy") for s in burst])
+    ps = pubsub_figures(pubsub)
+    pb = pubsub_figures(burst)
     t25_p99 = Figure([dig(s, "latency_us", "p99") for s in at25k])
     t25_errors = sum(s["errors"] for s in at25k)
     t25_cpu = Figure([window_cpu_per_call(s) for s in at25k])
@@ -292,7 +296,7 @@ def main():
     w("## Targets")
     w("")
     targets(w, a, theirs, rpc_rate, rpc_cpu, rpc_p99, rpc_gw_busy, rpc_load_busy, ratio,
-            idle_per, hs, hs_cpu, pb_cpu, pubsub + burst, d, runs)
+            idle_per, hs, hs_cpu, pb.cpu, pubsub + burst, d, runs)
     w("")
     w("## Other figures")
     w("")
@@ -309,13 +313,13 @@ def main():
     )
     w(
         f"| pub/sub deliveries/s (1 publisher at {a.pubsub_rate:,}/s, 4 subscribers, 64 B) | "
-        f"{count(ps_rate.median)} | {ps_rate.spread(count)} | ≥ 300,000, no loss | "
-        f"{verdict(bool(ps_rate.median and ps_rate.median >= 300000 and ps_losses == 0))} |"
+        f"{count(ps.rate.median)} | {ps.rate.spread(count)} | ≥ 300,000, no loss | "
+        f"{verdict(bool(ps.rate.median and ps.rate.median >= 300000 and ps.losses == 0))} |"
     )
     w(
         f"| pub/sub deliveries/s (1 publisher at {a.pubsub_burst_rate:,}/s in {a.pubsub_tick} ms "
-        f"bursts, 4 subscribers, 64 B) | {count(pb_rate.median)} | {pb_rate.spread(count)} | "
-        f"no loss | {verdict(bool(pb_rate.median) and pb_losses == 0)} |"
+        f"bursts, 4 subscribers, 64 B) | {count(pb.rate.median)} | {pb.rate.spread(count)} | "
+        f"no loss | {verdict(bool(pb.rate.median) and pb.losses == 0)} |"
     )
     w(
         f"| churn: memory after {a.churn_cycles:,} cycles vs after the first 10 % | "
@@ -346,11 +350,11 @@ def main():
     w(f"| gateway CPU per call at 25,000 calls/s | {us(t25_cpu.median)} | {t25_cpu.spread(us)} |")
     w(
         f"| gateway CPU per delivery (pub/sub, 1 → 4 at {a.pubsub_rate:,}/s, paced message by "
-        f"message) | {us(ps_cpu.median)} | {ps_cpu.spread(us)} |"
+        f"message) | {us(ps.cpu.median)} | {ps.cpu.spread(us)} |"
     )
     w(
         f"| gateway CPU per delivery (pub/sub, 1 → 4 at {a.pubsub_burst_rate:,}/s in "
-        f"{a.pubsub_tick} ms bursts) | {us(pb_cpu.median)} | {pb_cpu.spread(us)} |"
+        f"{a.pubsub_tick} ms bursts) | {us(pb.cpu.median)} | {pb.cpu.spread(us)} |"
     )
     w(f"| gateway CPU per new connection | {us(hs_cpu)} | 1 run |")
     w("")
@@ -396,8 +400,8 @@ def main():
         )
     w("")
     w(
-        f"Paced runs: gateway core {pct_of(ps_gw_busy.median)} busy, load generator core "
-        f"{pct_of(ps_load_busy.median)}, gateway CPU per delivery {us(ps_cpu.median)} "
+        f"Paced runs: gateway core {pct_of(ps.gw_busy.median)} busy, load generator core "
+        f"{pct_of(ps.load_busy.median)}, gateway CPU per delivery {us(ps.cpu.median)} "
         "(over the measured window)."
     )
     w("")
@@ -406,16 +410,16 @@ def main():
         f"{a.pubsub_tick} ms tick together, as a client flushing its buffer on a timer does, and "
         "as the nats-server runs' publisher does (unpaced, writing through its client's buffer)): "
         "gateway core "
-        f"{pct_of(pb_gw_busy.median)} busy, load generator core {pct_of(pb_load_busy.median)}, "
-        f"gateway CPU per delivery {us(pb_cpu.median)}, delivered {count(pb_rate.median)}/s, "
-        f"delivery p99 {ms_fig(pb_p99)}, losses {pb_losses}. This is the shape the target "
+        f"{pct_of(pb.gw_busy.median)} busy, load generator core {pct_of(pb.load_busy.median)}, "
+        f"gateway CPU per delivery {us(pb.cpu.median)}, delivered {count(pb.rate.median)}/s, "
+        f"delivery p99 {ms_fig(pb.p99)}, losses {pb.losses}. This is the shape the target "
         "compares with nats-server: per message the gateway's cost is per packet, and a "
         "publisher paced message by message sends a packet per message or two."
     )
     w("")
     w(
-        f"Median published {count(ps_pub.median)}/s, delivered {count(ps_rate.median)}/s, "
-        f"delivery p99 {ms_fig(ps_p99)}; losses over the paced runs: {ps_losses}. "
+        f"Median published {count(ps.pub.median)}/s, delivered {count(ps.rate.median)}/s, "
+        f"delivery p99 {ms_fig(ps.p99)}; losses over the paced runs: {ps.losses}. "
         "Unpaced, the publisher (on the lean engine) publishes faster than the gateway "
         "delivers to four subscribers: the gateway drops their PUBLISH frames once each has "
         "--max-output queued, as it should, and the losses count them."

@@ -483,11 +483,11 @@ impl Shard {
         } else if link.data_out.len() <= half {
             link.slow_since = None;
         }
-        if !over && link.over_since.is_some() {
-            link.left_bound = now;
-        }
         if over == link.over_since.is_some() {
             return;
+        }
+        if !over {
+            link.left_bound = now;
         }
         link.over_since = over.then_some(now);
         if link.state == LinkState::Up {
