@@ -12,11 +12,11 @@
 //!
 //! # Delayed acknowledgements
 //!
-//! A packet that brings a session's connection nothing to answer this turn (a CALL whose reply
-//! comes from another session later) is not acknowledged by a packet of its own at once: the
-//! ACK waits, [`ACK_DELAY`] at most, for output that carries it, unless a second packet came
-//! meanwhile. At moderate rates, where each call travels alone, that spares a packet each way
-//! per call.
+//! A packet that brings a session's or a peer link's connection nothing to answer this turn (a
+//! CALL whose reply comes from another session later, a REPLY the link brings back) is not
+//! acknowledged by a packet of its own at once: the ACK waits, [`ACK_DELAY`] at most, for output
+//! that carries it, unless a second packet came meanwhile. At moderate rates, where each call
+//! travels alone, that spares a packet each way per call, on each connection the call crosses.
 //!
 //! # Sleeping and waking
 //!
@@ -258,8 +258,7 @@ struct Driver {
     shard: Shard,
     endpoint: Endpoint,
     mailbox: Mailbox,
-    idle_timeout: Duration,
-    peer_idle_timeout: Duration,
+    idle_timeouts: IdleTimeouts,
     origin: Instant,
     /// Connections to flush at the end of the turn.
     dirty: Vec<ConnHandle>,
@@ -274,6 +273,24 @@ struct Driver {
     accepted: usize,
     /// Initials over this turn's accept budget, oldest first.
     deferred: VecDeque<(Box<[u8]>, SocketAddr)>,
+}
+
+/// `--idle-timeout` and `--peer-idle-timeout`.
+#[derive(Clone, Copy)]
+struct IdleTimeouts {
+    session: Duration,
+    peer: Duration,
+}
+
+impl IdleTimeouts {
+    /// How long the connection may go unheard from before it is dropped.
+    fn of(self, c: &Conn) -> Duration {
+        if c.is_peer() {
+            self.peer
+        } else {
+            self.session
+        }
+    }
 }
 
 impl Driver {
@@ -304,8 +321,10 @@ impl Driver {
             ),
             mailbox: Mailbox::new(id, shards, start.inbox, start.shared),
             shard: start.shard,
-            idle_timeout: start.idle_timeout,
-            peer_idle_timeout: start.peer_idle_timeout,
+            idle_timeouts: IdleTimeouts {
+                session: start.idle_timeout,
+                peer: start.peer_idle_timeout,
+            },
             origin: start.origin,
             dirty: Vec::new(),
             blocked: Vec::new(),
@@ -569,15 +588,15 @@ impl Driver {
         self.owe_ack(now, conn);
     }
 
-    /// After a packet: flushes the connection this turn, or, for an established session's
-    /// connection with nothing else to send, lets the ACK wait (see the module's
+    /// After a packet: flushes the connection this turn, or, for an established session's or
+    /// link's connection with nothing else to send, lets the ACK wait (see the module's
     /// documentation). Output written to it this turn flushes it anyway.
     fn owe_ack(&mut self, now: Time, conn: ConnHandle) {
         let Some(c) = self.endpoint.get_mut(conn) else {
             return;
         };
         c.unacked = c.unacked.saturating_add(1);
-        let may_wait = c.session().is_some()
+        let may_wait = (c.session().is_some() || c.link().is_some())
             && c.is_established()
             && !c.is_closing()
             && c.close_after_flush.is_none()
@@ -588,7 +607,7 @@ impl Driver {
         }
         if c.ack_by.is_none() && !c.dirty {
             c.ack_by = Some(now + ACK_DELAY);
-            let idle_by = c.heard + self.idle_timeout;
+            let idle_by = c.heard + self.idle_timeouts.of(c);
             self.rearm(conn, idle_by);
         }
     }
@@ -756,12 +775,7 @@ impl Driver {
                 io.send_ready(c).await;
             }
         }
-        let idle = if c.is_peer() {
-            self.peer_idle_timeout
-        } else {
-            self.idle_timeout
-        };
-        let idle_by = c.heard + idle;
+        let idle_by = c.heard + self.idle_timeouts.of(c);
         if c.is_closed() || now.time >= idle_by {
             // Closed, or not heard from for the idle timeout: gone without a word.
             self.remove(now.time, conn);
