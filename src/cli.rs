@@ -186,6 +186,14 @@ pub struct ServeArgs {
     /// against --max-peer-output, checked once a second.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub slow_consumer_timeout: Duration,
+    /// The largest UDP payload the gateway sends and takes, in bytes (1200 to 16383). 1350
+    /// fits any Internet path. On a network whose every path carries jumbo frames (MTU 9000),
+    /// 8952 (9000 less the IPv6 and UDP headers) sends a busy connection's data in a sixth as
+    /// many packets. A client's own limit (its max_udp_payload_size) still bounds what it is
+    /// sent.
+    #[arg(long, value_name = "BYTES", default_value_t = 1350,
+          value_parser = clap::value_parser!(u16).range(1200..=16383))]
+    pub max_udp_payload: u16,
     /// How long a connection may wait before sending CONNECT.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
@@ -272,6 +280,7 @@ mod tests {
         assert_eq!(a.prune_interval, Duration::from_secs(60));
         assert_eq!(a.slow_consumer_timeout, Duration::from_secs(10));
         assert_eq!(a.idle_timeout, Duration::from_secs(60));
+        assert_eq!(a.max_udp_payload, 1350);
         assert!(a.realms.is_empty() && a.cert.is_none() && a.shards.is_none());
         assert!(a.node_name.is_none() && a.peers.is_empty() && a.advertise.is_none());
         assert!(a.cluster_token_file.is_none() && a.peer_ca.is_none());
@@ -284,6 +293,23 @@ mod tests {
             (a.peer_idle_timeout, a.interest_refresh),
             (Duration::from_secs(15), Duration::from_secs(60))
         );
+    }
+
+    #[test]
+    fn the_udp_payload_is_1200_to_16383_bytes() {
+        let parse = |v: &str| {
+            Cli::try_parse_from(["meshgate", "serve", "--max-udp-payload", v]).map(|cli| {
+                let Command::Serve(a) = cli.command;
+                a.max_udp_payload
+            })
+        };
+        assert_eq!(parse("1200").unwrap(), 1200);
+        assert_eq!(parse("8952").unwrap(), 8952);
+        assert_eq!(parse("16383").unwrap(), 16383);
+        for bad in ["1199", "16384", "0", "jumbo"] {
+            let e = parse(bad).expect_err(bad).to_string();
+            assert!(e.contains("--max-udp-payload"), "{bad}: {e}");
+        }
     }
 
     #[test]

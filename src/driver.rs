@@ -93,6 +93,8 @@ pub struct ShardStart {
     pub shared: Arc<Shared>,
     /// `--max-handshakes`, counted for the whole gateway.
     pub max_handshakes: usize,
+    /// `--max-udp-payload`: the largest datagram sent or taken.
+    pub max_udp_payload: usize,
     /// `--idle-timeout`: a connection that has not been heard from for this long is dropped.
     pub idle_timeout: Duration,
     /// quiche's configuration of dials to peers; `None` without the gateway mesh.
@@ -338,8 +340,8 @@ impl Driver {
         let io = Io {
             fd: socket.as_raw_fd(),
             socket,
-            rx: BatchRx::new(),
-            tx: BatchTx::new(),
+            rx: BatchRx::new(start.max_udp_payload),
+            tx: BatchTx::new(start.max_udp_payload),
         };
         let _ = start.ready.send(id);
         Some((d, io))

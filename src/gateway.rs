@@ -219,6 +219,7 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
             inbox,
             shared: shared.clone(),
             max_handshakes: args.max_handshakes,
+            max_udp_payload: args.max_udp_payload.into(),
             idle_timeout: args.idle_timeout,
             dial_quic,
             peer_idle_timeout: args.peer_idle_timeout,
@@ -403,7 +404,7 @@ fn quic_config(identity: &Identity, args: &ServeArgs) -> Result<quiche::Config, 
             Ok(())
         });
     }
-    let mut c = base_config(tls, identity)?;
+    let mut c = base_config(tls, identity, args)?;
     let alpns: &[&[u8]] = if args.node_name.is_some() {
         &SERVER_ALPNS
     } else {
@@ -422,7 +423,7 @@ fn quic_config(identity: &Identity, args: &ServeArgs) -> Result<quiche::Config, 
 /// certificate (for an acceptor with `--peer-ca`), and the acceptor's certificate checked
 /// against `--peer-ca` if given (any is accepted otherwise: the proof authenticates the peer).
 fn dial_config(identity: &Identity, args: &ServeArgs) -> Result<quiche::Config, StartError> {
-    let mut c = base_config(tls_context(args)?, identity)?;
+    let mut c = base_config(tls_context(args)?, identity, args)?;
     c.set_application_protos(&[PEER_ALPN]).map_err(bad)?;
     c.set_max_idle_timeout(millis(args.peer_idle_timeout));
     match &args.peer_ca {
@@ -488,6 +489,7 @@ fn tls_context(args: &ServeArgs) -> Result<boring::ssl::SslContextBuilder, Start
 fn base_config(
     tls: boring::ssl::SslContextBuilder,
     identity: &Identity,
+    args: &ServeArgs,
 ) -> Result<quiche::Config, StartError> {
     let mut c =
         quiche::Config::with_boring_ssl_ctx_builder(quiche::PROTOCOL_VERSION, tls).map_err(bad)?;
@@ -506,8 +508,8 @@ fn base_config(
     })?;
     c.load_priv_key_from_pem_file(key)
         .map_err(|e| StartError::Config(format!("key {key}: not a valid PEM private key ({e})")))?;
-    c.set_max_recv_udp_payload_size(1350);
-    c.set_max_send_udp_payload_size(1350);
+    c.set_max_recv_udp_payload_size(args.max_udp_payload.into());
+    c.set_max_send_udp_payload_size(args.max_udp_payload.into());
     c.set_initial_max_data(8 << 20);
     c.set_initial_max_stream_data_uni(0);
     c.set_initial_max_streams_uni(0);

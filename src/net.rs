@@ -8,10 +8,19 @@ use std::os::fd::RawFd;
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
-/// Bytes per datagram slot: above the largest UDP payload quiche is configured to take.
-pub const SLOT: usize = 1500;
+/// Bytes per datagram slot at the least: room for a client's Initial, which it may send larger
+/// than the gateway's `--max-udp-payload` before it has learnt that limit.
+const MIN_SLOT: usize = 1500;
 /// Datagrams per `recvmmsg`/`sendmmsg` call.
 pub const BATCH: usize = 32;
+/// Bytes of one GSO message at most: its segments travel as one UDP datagram as far as the
+/// kernel can carry them, so together they must fit in one (65,507 bytes over IPv4).
+const GSO_MAX_BYTES: usize = 65_000;
+
+/// The slot size for datagrams of up to `max_payload` bytes.
+fn slot_for(max_payload: usize) -> usize {
+    max_payload.max(MIN_SLOT)
+}
 
 /// A non-blocking UDP socket bound to `addr` with SO_REUSEPORT, so that every shard binds the
 /// same address and the kernel spreads flows among them.
@@ -52,6 +61,8 @@ fn sockaddr_to_std(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
 
 /// Receives up to [`BATCH`] datagrams per call into fixed slots.
 pub struct BatchRx {
+    /// Bytes per datagram slot.
+    slot: usize,
     buf: Box<[u8]>,
     addrs: Box<[libc::sockaddr_storage]>,
     iov: Box<[libc::iovec]>,
@@ -59,9 +70,13 @@ pub struct BatchRx {
 }
 
 impl BatchRx {
-    pub fn new() -> Self {
+    /// Receives datagrams of up to `max_payload` bytes (larger ones are cut short, and so
+    /// fail quiche's authentication).
+    pub fn new(max_payload: usize) -> Self {
+        let slot = slot_for(max_payload);
         BatchRx {
-            buf: vec![0u8; SLOT * BATCH].into_boxed_slice(),
+            slot,
+            buf: vec![0u8; slot * BATCH].into_boxed_slice(),
             // SAFETY: these C structs are plain data, valid when zeroed.
             addrs: (0..BATCH).map(|_| unsafe { zeroed() }).collect(),
             iov: (0..BATCH).map(|_| unsafe { zeroed() }).collect(),
@@ -73,8 +88,8 @@ impl BatchRx {
     pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
         for i in 0..BATCH {
             self.iov[i] = libc::iovec {
-                iov_base: self.buf[i * SLOT..].as_mut_ptr().cast(),
-                iov_len: SLOT,
+                iov_base: self.buf[i * self.slot..].as_mut_ptr().cast(),
+                iov_len: self.slot,
             };
             let h = &mut self.hdrs[i];
             // SAFETY: msghdr is plain data.
@@ -108,9 +123,9 @@ impl BatchRx {
 
     /// Datagram `i` of the last batch and its sender.
     pub fn get(&mut self, i: usize) -> (&mut [u8], Option<SocketAddr>) {
-        let len = (self.hdrs[i].msg_len as usize).min(SLOT);
+        let len = (self.hdrs[i].msg_len as usize).min(self.slot);
         let from = sockaddr_to_std(&self.addrs[i]);
-        (&mut self.buf[i * SLOT..i * SLOT + len], from)
+        (&mut self.buf[i * self.slot..i * self.slot + len], from)
     }
 }
 
@@ -119,9 +134,11 @@ type Cmsg = [u64; 4];
 
 /// Collects outgoing datagrams in fixed slots and sends them with `sendmmsg`. Consecutive
 /// datagrams to one destination, all of one size but the last (a connection's burst), go as
-/// one message with UDP_SEGMENT (GSO): the kernel then carries them as one buffer as far as it
-/// can, and a receiver with GRO gets them in one read.
+/// one message with UDP_SEGMENT (GSO), up to [`GSO_MAX_BYTES`]: the kernel then carries them as
+/// one buffer as far as it can, and a receiver with GRO gets them in one read.
 pub struct BatchTx {
+    /// Bytes per datagram slot.
+    slot: usize,
     buf: Box<[u8]>,
     lens: Vec<usize>,
     dst: Vec<SockAddr>,
@@ -135,9 +152,12 @@ pub struct BatchTx {
 }
 
 impl BatchTx {
-    pub fn new() -> Self {
+    /// Sends datagrams of up to `max_payload` bytes.
+    pub fn new(max_payload: usize) -> Self {
+        let slot = slot_for(max_payload);
         BatchTx {
-            buf: vec![0u8; SLOT * BATCH].into_boxed_slice(),
+            slot,
+            buf: vec![0u8; slot * BATCH].into_boxed_slice(),
             lens: Vec::with_capacity(BATCH),
             dst: Vec::with_capacity(BATCH),
             // SAFETY: these C structs are plain data, valid when zeroed.
@@ -156,12 +176,12 @@ impl BatchTx {
     /// The free slot the next datagram is written into.
     pub fn next_slot(&mut self) -> &mut [u8] {
         let i = self.lens.len();
-        &mut self.buf[i * SLOT..(i + 1) * SLOT]
+        &mut self.buf[i * self.slot..(i + 1) * self.slot]
     }
 
     /// Queues the `len` bytes written into [`Self::next_slot`] for `to`.
     pub fn commit(&mut self, len: usize, to: SocketAddr) {
-        self.lens.push(len.min(SLOT));
+        self.lens.push(len.min(self.slot));
         self.dst.push(SockAddr::from(to));
     }
 
@@ -172,7 +192,8 @@ impl BatchTx {
     }
 
     /// How many datagrams from `first` one GSO message takes: those that follow to the same
-    /// destination, each of the first one's size, and at most one shorter to end it.
+    /// destination, each of the first one's size, and at most one shorter to end it, as many
+    /// as fit in [`GSO_MAX_BYTES`].
     fn run_from(&self, first: usize) -> usize {
         if !self.gso {
             return 1;
@@ -183,6 +204,7 @@ impl BatchTx {
             && self.dst[first + k] == self.dst[first]
             && self.lens[first + k - 1] == size
             && self.lens[first + k] <= size
+            && (k + 1) * size <= GSO_MAX_BYTES
         {
             k += 1;
         }
@@ -203,7 +225,7 @@ impl BatchTx {
                 for s in 0..k {
                     let i = entry + s;
                     self.iov[i] = libc::iovec {
-                        iov_base: self.buf[i * SLOT..].as_mut_ptr().cast(),
+                        iov_base: self.buf[i * self.slot..].as_mut_ptr().cast(),
                         iov_len: self.lens[i],
                     };
                 }
@@ -256,7 +278,7 @@ impl BatchTx {
             return;
         }
         for j in 0..self.lens.len() - k {
-            let (src, dst, len) = ((k + j) * SLOT, j * SLOT, self.lens[k + j]);
+            let (src, dst, len) = ((k + j) * self.slot, j * self.slot, self.lens[k + j]);
             self.buf.copy_within(src..src + len, dst);
         }
         self.lens.drain(..k);
@@ -311,7 +333,7 @@ mod tests {
     fn a_burst_to_one_destination_is_one_message_up_to_its_first_short_datagram() {
         let a: SocketAddr = "127.0.0.1:1000".parse().unwrap();
         let b: SocketAddr = "127.0.0.1:2000".parse().unwrap();
-        let mut tx = BatchTx::new();
+        let mut tx = BatchTx::new(1350);
         for (len, to) in [
             (1200, a),
             (1200, a),
@@ -340,6 +362,49 @@ mod tests {
     }
 
     #[test]
+    fn a_run_of_large_datagrams_is_split_into_messages_of_at_most_the_gso_limit() {
+        let a: SocketAddr = "127.0.0.1:1000".parse().unwrap();
+        let mut tx = BatchTx::new(8952);
+        for _ in 0..10 {
+            queue(&mut tx, 8952, a);
+        }
+        // 7 × 8952 = 62,664 bytes fit in one UDP datagram; 8 would not.
+        assert_eq!(tx.run_from(0), 7);
+        assert_eq!(tx.run_from(7), 3, "the rest of the run");
+    }
+
+    #[test]
+    fn datagrams_up_to_the_configured_payload_arrive_whole_through_both_batches() {
+        let rx_socket = reuseport_udp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let to = rx_socket.local_addr().unwrap().as_socket().unwrap();
+        let tx_socket = reuseport_udp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut tx = BatchTx::new(8952);
+        let lens = [8952, 8952, 8952, 8952, 8952, 8952, 8952, 8952, 8952, 3000];
+        for &len in &lens {
+            queue(&mut tx, len, to);
+        }
+        assert!(tx.flush(tx_socket.as_raw_fd()).unwrap());
+        let mut rx = BatchRx::new(8952);
+        let mut got = Vec::new();
+        let by = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while got.len() < lens.len() && std::time::Instant::now() < by {
+            let n = rx.recv(rx_socket.as_raw_fd()).unwrap();
+            for i in 0..n {
+                let (d, _) = rx.get(i);
+                assert!(
+                    d.iter().all(|&b| b == d.len() as u8),
+                    "a datagram's own bytes"
+                );
+                got.push(d.len());
+            }
+            if n == 0 {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+        }
+        assert_eq!(got, lens, "every datagram whole, in order");
+    }
+
+    #[test]
     fn every_datagram_of_a_segmented_batch_arrives_whole_and_in_order() {
         let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
         rx.set_read_timeout(Some(std::time::Duration::from_secs(2)))
@@ -347,7 +412,7 @@ mod tests {
         let to = rx.local_addr().unwrap();
         let other = UdpSocket::bind("127.0.0.1:0").unwrap();
         let tx_socket = reuseport_udp("127.0.0.1:0".parse().unwrap()).unwrap();
-        let mut tx = BatchTx::new();
+        let mut tx = BatchTx::new(1350);
         let lens = [1300, 1300, 1300, 400, 1300, 1300, 1000];
         for (i, &len) in lens.iter().enumerate() {
             // One datagram to another destination in the middle splits the runs.

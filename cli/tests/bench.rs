@@ -186,6 +186,73 @@ fn pubsub_delivers_every_message_to_every_subscriber_below_the_slow_consumer_bou
 }
 
 #[test]
+fn a_gateway_and_load_of_jumbo_datagrams_deliver_every_message_and_call() {
+    // Bursts of 2,000 messages a tick fill datagrams of several kilobytes each way; a datagram
+    // cut to a smaller buffer anywhere would fail authentication and lose its messages.
+    let gateway = Gateway::start(&["--max-udp-payload", "8952"]);
+    let s = gateway.bench(
+        "pubsub",
+        &[
+            "--max-udp-payload",
+            "8952",
+            "--duration",
+            "1s",
+            "--warmup",
+            "200ms",
+            "--publishers",
+            "1",
+            "--subscribers",
+            "2",
+            "--rate",
+            "20000",
+            "--tick",
+            "100ms",
+        ],
+    );
+    assert!(u(&s, "published") > 0, "{s}");
+    assert_eq!(u(&s, "losses"), 0, "{s}");
+    assert_eq!(
+        u(&s, "received_deliveries"),
+        2 * u(&s, "published_total"),
+        "{s}"
+    );
+    // The client library's sessions (their own, smaller limit) are served as well.
+    let s = gateway.bench(
+        "pubsub",
+        &[
+            "--engine",
+            "library",
+            "--duration",
+            "1s",
+            "--warmup",
+            "200ms",
+            "--rate",
+            "2000",
+        ],
+    );
+    assert_eq!(u(&s, "losses"), 0, "{s}");
+    let s = gateway.bench(
+        "rpc",
+        &[
+            "--max-udp-payload",
+            "8952",
+            "--duration",
+            "1s",
+            "--warmup",
+            "200ms",
+            "--callers",
+            "2",
+            "--in-flight",
+            "64",
+            "--payload",
+            "1024",
+        ],
+    );
+    assert!(u(&s, "calls") > 0, "{s}");
+    assert_eq!(u(&s, "errors"), 0, "{s}");
+}
+
+#[test]
 fn a_publisher_paced_in_ticks_publishes_at_the_rate_and_loses_nothing() {
     let gateway = Gateway::start(&[]);
     for engine in ["lean", "library"] {

@@ -26,8 +26,10 @@ use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState, BATCH_SIZE};
 pub const ALPN: &[u8] = b"\x06macula";
 /// Length of the connection ids the engine gives its connections.
 const CID_LEN: usize = 16;
-/// The largest UDP payload sent or taken, as the gateway's.
-const MAX_UDP_PAYLOAD: usize = 1350;
+/// The largest UDP payload sent or taken unless told otherwise, as the gateway's default.
+pub const MAX_UDP_PAYLOAD: usize = 1350;
+/// Bytes of one GSO datagram at most: its segments must fit in one UDP datagram.
+const GSO_MAX_BYTES: usize = 65_000;
 /// Bytes per receive slot: room for a GRO batch of full-size datagrams.
 const RX_SLOT: usize = 64 * 1024;
 /// The control stream: the first bidirectional stream a client opens.
@@ -47,6 +49,8 @@ pub struct Target<'a> {
     pub ca: Option<&'a Path>,
     pub realm: &'a str,
     pub token: Option<&'a str>,
+    /// The largest UDP payload the sessions send and take.
+    pub max_udp_payload: usize,
 }
 
 impl<'a> Target<'a> {
@@ -59,6 +63,7 @@ impl<'a> Target<'a> {
             ca: c.ca.as_deref(),
             realm: &c.realm,
             token: c.token.as_deref(),
+            max_udp_payload: MAX_UDP_PAYLOAD,
         }
     }
 }
@@ -233,9 +238,10 @@ impl Udp {
         while more {
             tx.clear();
             let (mut segment, mut count, mut to) = (0, 0, None);
-            while count < max_segments {
+            // The segments of one GSO datagram fit in one UDP datagram.
+            while count < max_segments && (count + 1) * segment <= GSO_MAX_BYTES {
                 let at = tx.len();
-                tx.resize(at + MAX_UDP_PAYLOAD, 0);
+                tx.resize(at + quic.max_send_udp_payload_size(), 0);
                 let Ok((len, info)) = quic.send(&mut tx[at..]) else {
                     tx.truncate(at);
                     more = false;
@@ -680,8 +686,8 @@ fn quic_config(target: &Target<'_>, alpn: &[u8]) -> Result<quiche::Config, Strin
     c.set_curves_list("X25519:P-256")
         .map_err(|e| format!("cannot set the key exchange groups: {e}"))?;
     c.set_max_idle_timeout(30_000);
-    c.set_max_recv_udp_payload_size(MAX_UDP_PAYLOAD);
-    c.set_max_send_udp_payload_size(MAX_UDP_PAYLOAD);
+    c.set_max_recv_udp_payload_size(target.max_udp_payload);
+    c.set_max_send_udp_payload_size(target.max_udp_payload);
     c.set_initial_max_data(16 << 20);
     c.set_initial_max_stream_data_bidi_local(8 << 20);
     c.set_initial_max_stream_data_bidi_remote(0);

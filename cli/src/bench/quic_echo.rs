@@ -18,7 +18,7 @@ use clap::Args;
 use meshgate_client::random_node_id;
 
 use super::cpu;
-use super::lean::{Engine, Target, Udp};
+use super::lean::{Engine, Target, Udp, MAX_UDP_PAYLOAD};
 use super::report::{per_second, round, Summary};
 use crate::args::parse_duration;
 
@@ -119,6 +119,7 @@ fn clients(a: &QuicEchoArgs, server: SocketAddr) -> Result<(u64, Duration), Stri
         ca: None,
         realm: "",
         token: None,
+        max_udp_payload: MAX_UDP_PAYLOAD,
     };
     let sessions = engine.open(&target, a.connections, ALPN, true)?;
     let by = Instant::now() + SETUP_TIMEOUT;

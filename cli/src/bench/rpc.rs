@@ -64,6 +64,11 @@ pub struct RpcArgs {
     /// What makes the load.
     #[arg(long, value_enum, default_value_t = Engine::Lean)]
     pub engine: Engine,
+    /// The largest UDP payload the lean engine's sessions send and take (as the gateway's
+    /// --max-udp-payload; what a connection carries is the smaller of the two sides').
+    #[arg(long, value_name = "BYTES", default_value_t = 1350,
+          value_parser = clap::value_parser!(u16).range(1200..=16383))]
+    pub max_udp_payload: u16,
     /// The gateway's process id: its CPU time over the measured window is reported, per call
     /// (from /proc; lean engine).
     #[arg(long, value_name = "PID")]

@@ -26,7 +26,10 @@ const MAX_QUEUED: usize = 64 * 1024;
 pub fn run(a: &PubsubArgs, progress: Arc<Progress>) -> Result<Summary, String> {
     let payload = a.payload.max(HEADER);
     let c = &a.common.connection;
-    let target = |server| Target::new(c, server);
+    let target = |server| Target {
+        max_udp_payload: a.max_udp_payload.into(),
+        ..Target::new(c, server)
+    };
     let at = |servers: &[std::net::SocketAddr], i: usize| {
         servers
             .get(i % servers.len().max(1))

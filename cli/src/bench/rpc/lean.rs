@@ -43,7 +43,10 @@ struct Plan {
 
 pub fn run(a: &RpcArgs, progress: Arc<Progress>) -> Result<Summary, String> {
     let c = &a.common.connection;
-    let target = |server| Target::new(c, server);
+    let target = |server| Target {
+        max_udp_payload: a.max_udp_payload.into(),
+        ..Target::new(c, server)
+    };
     let to_callers = target(c.server);
     let to_providers = target(a.provider_server.unwrap_or(c.server));
     let mut engine = Engine::new(c.server)?;
