@@ -187,10 +187,11 @@ pub struct ServeArgs {
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub slow_consumer_timeout: Duration,
     /// The largest UDP payload the gateway sends and takes, in bytes (1200 to 16383). 1350
-    /// fits any Internet path. On a network whose every path carries jumbo frames (MTU 9000),
-    /// 8952 (9000 less the IPv6 and UDP headers) sends a busy connection's data in a sixth as
-    /// many packets. A client's own limit (its max_udp_payload_size) still bounds what it is
-    /// sent.
+    /// fits almost every Internet path. On a network whose every path carries jumbo frames (MTU
+    /// 9000), 8952 (9000 less the IPv6 and UDP headers) sends a busy connection's data in a
+    /// sixth as many packets. The gateway does not discover a path's MTU: a client's own limit
+    /// (its max_udp_payload_size) bounds what it is sent, and a datagram larger than its path
+    /// carries is fragmented by the kernel.
     #[arg(long, value_name = "BYTES", default_value_t = 1350,
           value_parser = clap::value_parser!(u16).range(1200..=16383))]
     pub max_udp_payload: u16,

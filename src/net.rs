@@ -17,6 +17,11 @@ pub const BATCH: usize = 32;
 /// kernel can carry them, so together they must fit in one (65,507 bytes over IPv4).
 const GSO_MAX_BYTES: usize = 65_000;
 
+/// The largest segment any Ethernet path takes (1500 less the IPv4 and UDP headers): a GSO
+/// message of larger segments that the kernel refuses says the path's MTU is smaller, not that
+/// the kernel cannot segment.
+const ETHERNET_SEGMENT: usize = 1472;
+
 /// The slot size for datagrams of up to `max_payload` bytes.
 fn slot_for(max_payload: usize) -> usize {
     max_payload.max(MIN_SLOT)
@@ -124,7 +129,9 @@ impl BatchRx {
     /// Datagram `i` of the last batch and its sender.
     pub fn get(&mut self, i: usize) -> (&mut [u8], Option<SocketAddr>) {
         let len = (self.hdrs[i].msg_len as usize).min(self.slot);
-        let from = sockaddr_to_std(&self.addrs[i]);
+        // A datagram larger than the slot was cut short: it is dropped, not handed on.
+        let whole = self.hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC == 0;
+        let from = sockaddr_to_std(&self.addrs[i]).filter(|_| whole);
         (&mut self.buf[i * self.slot..i * self.slot + len], from)
     }
 }
@@ -147,8 +154,12 @@ pub struct BatchTx {
     cmsgs: Box<[Cmsg]>,
     /// The first datagram of each message of the last `sendmmsg`.
     starts: Vec<usize>,
-    /// Whether the kernel takes UDP_SEGMENT; cleared the first time it refuses it.
+    /// Whether the kernel takes UDP_SEGMENT; cleared the first time it refuses segments that
+    /// any path carries.
     gso: bool,
+    /// Datagrams before this one go one per message: a GSO message of them was refused (their
+    /// path's MTU is below their size; sent alone, the kernel fragments them).
+    unsegmented_to: usize,
 }
 
 impl BatchTx {
@@ -166,6 +177,7 @@ impl BatchTx {
             cmsgs: vec![[0u64; 4]; BATCH].into_boxed_slice(),
             starts: Vec::with_capacity(BATCH + 1),
             gso: true,
+            unsegmented_to: 0,
         }
     }
 
@@ -195,7 +207,7 @@ impl BatchTx {
     /// destination, each of the first one's size, and at most one shorter to end it, as many
     /// as fit in [`GSO_MAX_BYTES`].
     fn run_from(&self, first: usize) -> usize {
-        if !self.gso {
+        if !self.gso || first < self.unsegmented_to {
             return 1;
         }
         let size = self.lens[first];
@@ -255,9 +267,15 @@ impl BatchTx {
                 }
                 let segmented = self.starts[1] - self.starts[0] > 1;
                 if segmented && matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL)) {
-                    // The kernel or the device does not segment: send one datagram per
-                    // message from now on.
-                    self.gso = false;
+                    if self.lens[off] > ETHERNET_SEGMENT {
+                        // Segments larger than the path's MTU: these go one per message.
+                        self.unsegmented_to = self.starts[1];
+                    } else {
+                        // The kernel or the device does not segment: send one datagram per
+                        // message from now on.
+                        log::warn!("UDP segmentation offload refused ({e}): sending without it");
+                        self.gso = false;
+                    }
                     continue;
                 }
                 // An error for one destination (an ICMP unreachable, say): drop that message.
@@ -268,6 +286,7 @@ impl BatchTx {
         }
         self.lens.clear();
         self.dst.clear();
+        self.unsegmented_to = 0;
         Ok(true)
     }
 
@@ -283,6 +302,7 @@ impl BatchTx {
         }
         self.lens.drain(..k);
         self.dst.drain(..k);
+        self.unsegmented_to = self.unsegmented_to.saturating_sub(k);
     }
 }
 

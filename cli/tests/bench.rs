@@ -177,6 +177,9 @@ fn pubsub_delivers_every_message_to_every_subscriber_below_the_slow_consumer_bou
         );
         assert!(u(&s, "latency_us/count") > 0, "{s}");
         if engine == "lean" {
+            // The gateway keeps to the 1,350 bytes both sides allow by default.
+            let largest = u(&s, "largest_datagram_received");
+            assert!(largest > 0 && largest <= 1350, "{s}");
             // Both sides' CPU over the window, per delivery (/proc counts in ticks: maybe 0).
             for key in ["load_cpu_per_delivery_us", "gateway_cpu_per_delivery_us"] {
                 assert!(s[key].as_f64().is_some_and(|x| x >= 0.0), "{key}: {s}");
@@ -216,6 +219,11 @@ fn a_gateway_and_load_of_jumbo_datagrams_deliver_every_message_and_call() {
         2 * u(&s, "published_total"),
         "{s}"
     );
+    let largest = u(&s, "largest_datagram_received");
+    assert!(
+        largest > 1500 && largest <= 8952,
+        "the gateway sent jumbo datagrams, none over the limit: {s}"
+    );
     // The client library's sessions (their own, smaller limit) are served as well.
     let s = gateway.bench(
         "pubsub",
@@ -250,6 +258,8 @@ fn a_gateway_and_load_of_jumbo_datagrams_deliver_every_message_and_call() {
     );
     assert!(u(&s, "calls") > 0, "{s}");
     assert_eq!(u(&s, "errors"), 0, "{s}");
+    let largest = u(&s, "largest_datagram_received");
+    assert!(largest > 1500 && largest <= 8952, "{s}");
 }
 
 #[test]

@@ -151,6 +151,8 @@ pub struct Udp {
     rx: Box<[u8]>,
     meta: Vec<RecvMeta>,
     tx: Vec<u8>,
+    /// The largest datagram received so far, in bytes.
+    largest_received: usize,
 }
 
 impl Udp {
@@ -168,6 +170,7 @@ impl Udp {
             local,
             rx: vec![0u8; RX_SLOT * BATCH_SIZE].into_boxed_slice(),
             meta: vec![RecvMeta::default(); BATCH_SIZE],
+            largest_received: 0,
             tx: Vec::with_capacity(64 * 1024),
             socket,
             state,
@@ -220,6 +223,7 @@ impl Udp {
                     to: self.local,
                 };
                 for datagram in buf[..meta.len].chunks_mut(meta.stride.max(1)) {
+                    self.largest_received = self.largest_received.max(datagram.len());
                     on_datagram(datagram, info);
                 }
             }
@@ -227,6 +231,11 @@ impl Udp {
                 return any;
             }
         }
+    }
+
+    /// The largest datagram received so far, in bytes.
+    pub fn largest_received(&self) -> usize {
+        self.largest_received
     }
 
     /// Sends what a connection has ready: each run of equal-sized packets as one GSO
@@ -241,7 +250,13 @@ impl Udp {
             // The segments of one GSO datagram fit in one UDP datagram.
             while count < max_segments && (count + 1) * segment <= GSO_MAX_BYTES {
                 let at = tx.len();
-                tx.resize(at + quic.max_send_udp_payload_size(), 0);
+                // After the first packet, no larger one: GSO cuts every segment to its size.
+                let room = if count == 0 {
+                    quic.max_send_udp_payload_size()
+                } else {
+                    segment
+                };
+                tx.resize(at + room, 0);
                 let Ok((len, info)) = quic.send(&mut tx[at..]) else {
                     tx.truncate(at);
                     more = false;
@@ -306,6 +321,11 @@ impl Engine {
     pub fn session(&mut self, i: usize) -> &mut Session {
         self.touched = true;
         &mut self.sessions[i]
+    }
+
+    /// The largest datagram the engine received so far, in bytes.
+    pub fn largest_datagram_received(&self) -> usize {
+        self.udp.largest_received()
     }
 
     pub fn sessions(&self) -> &[Session] {

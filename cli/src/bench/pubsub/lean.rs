@@ -170,6 +170,10 @@ pub fn run(a: &PubsubArgs, progress: Arc<Progress>) -> Result<Summary, String> {
         },
         &received,
     );
+    s.set(
+        "largest_datagram_received",
+        engine.largest_datagram_received(),
+    );
     if let Some((load_cpu, gateway_cpu)) = spent.flatten() {
         let window = a.common.duration.as_secs_f64();
         let per = |d: Duration| round(d.as_secs_f64() * 1e6 / received.in_window.max(1) as f64, 3);

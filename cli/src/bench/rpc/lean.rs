@@ -177,6 +177,10 @@ pub fn run(a: &RpcArgs, progress: Arc<Progress>) -> Result<Summary, String> {
     let window = a.common.duration.as_secs_f64();
     let per_call = |d: Duration| round(d.as_secs_f64() * 1e6 / tally.ok.max(1) as f64, 3);
     let mut s = summary(a, &tally);
+    s.set(
+        "largest_datagram_received",
+        engine.largest_datagram_received(),
+    );
     s.set("load_cpu_busy", round(load_cpu.as_secs_f64() / window, 3))
         .set("load_cpu_per_call_us", per_call(load_cpu));
     if let Some(g) = gateway_cpu {
