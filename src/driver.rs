@@ -68,12 +68,11 @@ const DEFERRED_INITIALS: usize = 1024;
 /// How long a stopping shard waits for its connections to close.
 const STOP_GRACE: Duration = Duration::from_millis(1500);
 /// How long a session's or link's connection may hold the acknowledgement of packets that
-/// brought it nothing to answer, waiting for output to carry it (a reply, a delivery): well under the
-/// peer's allowance for a delayed ACK (quiche's `max_ack_delay`, 25 ms).
+/// brought it nothing to answer, waiting for output to carry it (a reply, a delivery): well
+/// under the peer's allowance for a delayed ACK (quiche's `max_ack_delay`, 25 ms).
 const ACK_DELAY: Duration = Duration::from_millis(2);
 /// Received packets after which a session's or link's connection acknowledges at once, output
-/// or not
-/// (RFC 9000 13.2.2: at least every second ack-eliciting packet).
+/// or not (RFC 9000 13.2.2: at least every second ack-eliciting packet).
 const ACK_EVERY: u8 = 2;
 /// How long a session the shard ended may take to send its last output (its DISCONNECT)
 /// before its connection is closed anyway: a client that reads nothing is closed all the same.

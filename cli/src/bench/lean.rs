@@ -68,6 +68,26 @@ impl<'a> Target<'a> {
     }
 }
 
+/// The datagram size of the engine's sessions: a flag of the scenarios that run on it.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Datagrams {
+    /// The largest UDP payload the lean engine's sessions send and take (as the gateway's
+    /// --max-udp-payload; what a connection carries is the smaller of the two sides').
+    #[arg(long, value_name = "BYTES", default_value_t = MAX_UDP_PAYLOAD as u16,
+          value_parser = clap::value_parser!(u16).range(1200..=16383))]
+    pub max_udp_payload: u16,
+}
+
+impl Datagrams {
+    /// `server`, reached with the connection flags of the command line and this datagram size.
+    pub fn target<'a>(&self, c: &'a crate::args::Connection, server: SocketAddr) -> Target<'a> {
+        Target {
+            max_udp_payload: self.max_udp_payload.into(),
+            ..Target::new(c, server)
+        }
+    }
+}
+
 /// A session's state as the engine sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {

@@ -19,6 +19,7 @@ use meshgate_client::{Client, Overflow, Subscription};
 use serde_json::Value;
 use tokio::task::JoinSet;
 
+use super::lean::Datagrams;
 use super::report::{note, per_second, Latency, Progress, Summary};
 use super::rpc::close_all;
 use super::{connect, run_tag, Common, Engine};
@@ -71,11 +72,8 @@ pub struct PubsubArgs {
     /// What makes the load.
     #[arg(long, value_enum, default_value_t = Engine::Lean)]
     pub engine: Engine,
-    /// The largest UDP payload the lean engine's sessions send and take (as the gateway's
-    /// --max-udp-payload; what a connection carries is the smaller of the two sides').
-    #[arg(long, value_name = "BYTES", default_value_t = 1350,
-          value_parser = clap::value_parser!(u16).range(1200..=16383))]
-    pub max_udp_payload: u16,
+    #[command(flatten)]
+    pub datagrams: Datagrams,
     /// The gateway's process id: its CPU time over the measured window is reported, per
     /// delivery (from /proc; lean engine).
     #[arg(long, value_name = "PID")]

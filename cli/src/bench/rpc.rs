@@ -23,6 +23,7 @@ use meshgate_client::{CallError, Client, ConnectionState, ProcedureError};
 use serde_json::Value;
 use tokio::task::JoinSet;
 
+use super::lean::Datagrams;
 use super::report::{counts, note, per_second, Latency, Progress, Summary};
 use super::{call_error_kind, connect, msgpack_bin, run_tag, Common, Engine};
 use crate::args::parse_duration;
@@ -64,11 +65,8 @@ pub struct RpcArgs {
     /// What makes the load.
     #[arg(long, value_enum, default_value_t = Engine::Lean)]
     pub engine: Engine,
-    /// The largest UDP payload the lean engine's sessions send and take (as the gateway's
-    /// --max-udp-payload; what a connection carries is the smaller of the two sides').
-    #[arg(long, value_name = "BYTES", default_value_t = 1350,
-          value_parser = clap::value_parser!(u16).range(1200..=16383))]
-    pub max_udp_payload: u16,
+    #[command(flatten)]
+    pub datagrams: Datagrams,
     /// The gateway's process id: its CPU time over the measured window is reported, per call
     /// (from /proc; lean engine).
     #[arg(long, value_name = "PID")]

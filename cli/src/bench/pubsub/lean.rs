@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use meshgate_protocol::wire::{Message, Publish, Strings, Subscribe};
 
 use super::super::cpu;
-use super::super::lean::{Engine, Target};
+use super::super::lean::Engine;
 use super::super::report::{round, Progress, Summary};
 use super::super::run_tag;
 use super::{announce, summary, Pace, PatternKind, Published, PubsubArgs, Received, HEADER};
@@ -26,10 +26,7 @@ const MAX_QUEUED: usize = 64 * 1024;
 pub fn run(a: &PubsubArgs, progress: Arc<Progress>) -> Result<Summary, String> {
     let payload = a.payload.max(HEADER);
     let c = &a.common.connection;
-    let target = |server| Target {
-        max_udp_payload: a.max_udp_payload.into(),
-        ..Target::new(c, server)
-    };
+    let target = |server| a.datagrams.target(c, server);
     let at = |servers: &[std::net::SocketAddr], i: usize| {
         servers
             .get(i % servers.len().max(1))

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use meshgate_protocol::wire::{Call, CallIdRef, Message, Outcome, Raw, Register, Reply};
 
 use super::super::cpu;
-use super::super::lean::{Engine, Out, Target};
+use super::super::lean::{Engine, Out};
 use super::super::report::{round, Progress, Summary};
 use super::super::{msgpack_bin, run_tag};
 use super::{announce, summary, RpcArgs, Tally};
@@ -43,10 +43,7 @@ struct Plan {
 
 pub fn run(a: &RpcArgs, progress: Arc<Progress>) -> Result<Summary, String> {
     let c = &a.common.connection;
-    let target = |server| Target {
-        max_udp_payload: a.max_udp_payload.into(),
-        ..Target::new(c, server)
-    };
+    let target = |server| a.datagrams.target(c, server);
     let to_callers = target(c.server);
     let to_providers = target(a.provider_server.unwrap_or(c.server));
     let mut engine = Engine::new(c.server)?;
