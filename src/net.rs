@@ -404,11 +404,19 @@ mod tests {
             queue(&mut tx, len, to);
         }
         assert!(tx.flush(tx_socket.as_raw_fd()).unwrap());
-        let mut rx = BatchRx::new(8952);
+        let got = receive(&rx_socket, 8952, lens.len());
+        assert_eq!(got, lens, "every datagram whole, in order");
+    }
+
+    /// The lengths of the first `count` datagrams `socket` receives through a [`BatchRx`]
+    /// (fewer if they do not come within 5 seconds), each checked to hold the bytes
+    /// [`queue`] wrote.
+    fn receive(socket: &Socket, max_payload: usize, count: usize) -> Vec<usize> {
+        let mut rx = BatchRx::new(max_payload);
         let mut got = Vec::new();
         let by = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while got.len() < lens.len() && std::time::Instant::now() < by {
-            let n = rx.recv(rx_socket.as_raw_fd()).unwrap();
+        while got.len() < count && std::time::Instant::now() < by {
+            let n = rx.recv(socket.as_raw_fd()).unwrap();
             for i in 0..n {
                 let (d, _) = rx.get(i);
                 assert!(
@@ -421,6 +429,71 @@ mod tests {
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
         }
+        got
+    }
+
+    /// A receiving socket, and a sending one whose GSO messages the kernel refuses: Linux
+    /// takes no UDP_SEGMENT on a socket that sends without checksums (SO_NO_CHECK), as it
+    /// takes none where the path's MTU is below the segments or the device cannot segment.
+    fn refusing_gso() -> (Socket, SocketAddr, Socket) {
+        let rx_socket = reuseport_udp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let to = rx_socket.local_addr().unwrap().as_socket().unwrap();
+        let tx_socket = reuseport_udp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let on: libc::c_int = 1;
+        // SAFETY: a valid socket, option and pointer to an int of the given size.
+        let r = unsafe {
+            libc::setsockopt(
+                tx_socket.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_NO_CHECK,
+                (&on as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(r, 0, "SO_NO_CHECK: {}", io::Error::last_os_error());
+        (rx_socket, to, tx_socket)
+    }
+
+    #[test]
+    fn a_refused_gso_message_of_ethernet_sized_segments_turns_gso_off_and_loses_nothing() {
+        let (rx_socket, to, tx_socket) = refusing_gso();
+        let mut tx = BatchTx::new(1350);
+        let lens = [1300, 1300, 1300, 1300, 700];
+        for &len in &lens {
+            queue(&mut tx, len, to);
+        }
+        assert!(tx.flush(tx_socket.as_raw_fd()).unwrap());
+        assert!(
+            !tx.gso,
+            "segments any path carries were refused: no GSO from now on"
+        );
+        // The next batch goes one datagram per message from the start.
+        for &len in &lens {
+            queue(&mut tx, len, to);
+        }
+        assert!(tx.flush(tx_socket.as_raw_fd()).unwrap());
+        let got = receive(&rx_socket, 1350, 2 * lens.len());
+        assert_eq!(got, [lens, lens].concat(), "every datagram whole, in order");
+    }
+
+    #[test]
+    fn a_refused_gso_message_of_jumbo_segments_goes_one_datagram_per_message_and_gso_stays_on() {
+        let (rx_socket, to, tx_socket) = refusing_gso();
+        let mut tx = BatchTx::new(8952);
+        let lens = [8952, 8952, 8952, 3000];
+        for &len in &lens {
+            queue(&mut tx, len, to);
+        }
+        assert!(tx.flush(tx_socket.as_raw_fd()).unwrap());
+        assert!(
+            tx.gso,
+            "segments over an Ethernet frame say the path is narrow, not the kernel"
+        );
+        assert_eq!(
+            tx.unsegmented_to, 0,
+            "only the refused batch went unsegmented"
+        );
+        let got = receive(&rx_socket, 8952, lens.len());
         assert_eq!(got, lens, "every datagram whole, in order");
     }
 
