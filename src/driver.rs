@@ -337,10 +337,11 @@ impl Driver {
             accepted: 0,
             deferred: VecDeque::new(),
         };
+        let fd = socket.as_raw_fd();
         let io = Io {
-            fd: socket.as_raw_fd(),
+            fd,
             socket,
-            rx: BatchRx::new(start.max_udp_payload),
+            rx: BatchRx::new(fd, start.max_udp_payload),
             tx: BatchTx::new(start.max_udp_payload),
         };
         let _ = start.ready.send(id);
@@ -360,9 +361,12 @@ impl Driver {
         for _ in 0..RX_BATCHES_PER_TURN {
             let n = io.recv_batch(self.id);
             for i in 0..n {
-                let (buf, from) = io.rx.get(i);
-                if let Some(from) = from {
-                    self.on_datagram(now, buf, from, false, &mut io.tx);
+                let (buf, from, segment) = io.rx.get(i);
+                let Some(from) = from else {
+                    continue;
+                };
+                for datagram in buf.chunks_mut(segment) {
+                    self.on_datagram(now, datagram, from, false, &mut io.tx);
                 }
             }
             if n < BATCH {

@@ -64,21 +64,32 @@ fn sockaddr_to_std(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
     }
 }
 
-/// Receives up to [`BATCH`] datagrams per call into fixed slots.
+/// Bytes per slot when the socket coalesces datagrams (GRO): one coalesced buffer holds at
+/// most 64 KiB.
+const GRO_SLOT: usize = 65_535;
+
+/// Receives up to [`BATCH`] buffers per call into fixed slots. With UDP_GRO on the socket, the
+/// kernel hands a sender's burst of equal-sized datagrams (a GSO message, or packets coalesced
+/// by the device's receive path) over as one buffer with its segment size, so that one entry
+/// carries many datagrams; [`BatchRx::get`] tells where they split.
 pub struct BatchRx {
-    /// Bytes per datagram slot.
+    /// Bytes per slot.
     slot: usize,
     buf: Box<[u8]>,
     addrs: Box<[libc::sockaddr_storage]>,
     iov: Box<[libc::iovec]>,
     hdrs: Box<[libc::mmsghdr]>,
+    /// Room for each entry's UDP_GRO control message; empty without GRO.
+    cmsgs: Box<[Cmsg]>,
 }
 
 impl BatchRx {
-    /// Receives datagrams of up to `max_payload` bytes (larger ones are cut short, and so
-    /// fail quiche's authentication).
-    pub fn new(max_payload: usize) -> Self {
-        let slot = slot_for(max_payload);
+    /// Receives on `fd`, turning GRO on when the kernel takes it (its slots are then 64 KiB:
+    /// 2 MiB for the batch). Without it, datagrams of up to `max_payload` bytes (larger ones
+    /// are cut short, and dropped).
+    pub fn new(fd: RawFd, max_payload: usize) -> Self {
+        let gro = enable_gro(fd);
+        let slot = if gro { GRO_SLOT } else { slot_for(max_payload) };
         BatchRx {
             slot,
             buf: vec![0u8; slot * BATCH].into_boxed_slice(),
@@ -86,11 +97,18 @@ impl BatchRx {
             addrs: (0..BATCH).map(|_| unsafe { zeroed() }).collect(),
             iov: (0..BATCH).map(|_| unsafe { zeroed() }).collect(),
             hdrs: (0..BATCH).map(|_| unsafe { zeroed() }).collect(),
+            cmsgs: vec![[0u64; 4]; if gro { BATCH } else { 0 }].into_boxed_slice(),
         }
     }
 
-    /// Datagrams received, 0 when none is waiting.
+    /// Whether the socket coalesces datagrams.
+    pub fn gro(&self) -> bool {
+        !self.cmsgs.is_empty()
+    }
+
+    /// Buffers received, 0 when none is waiting.
     pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        let gro = self.gro();
         for i in 0..BATCH {
             self.iov[i] = libc::iovec {
                 iov_base: self.buf[i * self.slot..].as_mut_ptr().cast(),
@@ -103,6 +121,10 @@ impl BatchRx {
             h.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as u32;
             h.msg_hdr.msg_iov = &mut self.iov[i];
             h.msg_hdr.msg_iovlen = 1;
+            if gro {
+                h.msg_hdr.msg_control = self.cmsgs[i].as_mut_ptr().cast();
+                h.msg_hdr.msg_controllen = size_of::<Cmsg>() as _;
+            }
             h.msg_len = 0;
         }
         // SAFETY: every header points into buffers owned by self that outlive the call.
@@ -126,14 +148,57 @@ impl BatchRx {
         Ok(n as usize)
     }
 
-    /// Datagram `i` of the last batch and its sender.
-    pub fn get(&mut self, i: usize) -> (&mut [u8], Option<SocketAddr>) {
+    /// Buffer `i` of the last batch, its sender, and the size of each datagram in it (all but
+    /// the last, which may be shorter): the buffer's length when it holds one datagram.
+    pub fn get(&mut self, i: usize) -> (&mut [u8], Option<SocketAddr>, usize) {
         let len = (self.hdrs[i].msg_len as usize).min(self.slot);
         // A datagram larger than the slot was cut short: it is dropped, not handed on.
         let whole = self.hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC == 0;
         let from = sockaddr_to_std(&self.addrs[i]).filter(|_| whole);
-        (&mut self.buf[i * self.slot..i * self.slot + len], from)
+        let segment = gro_segment(&self.hdrs[i].msg_hdr).unwrap_or(len);
+        (
+            &mut self.buf[i * self.slot..i * self.slot + len],
+            from,
+            segment.max(1),
+        )
     }
+}
+
+/// Asks the kernel to coalesce the datagrams `fd` receives (UDP_GRO); false if it does not.
+fn enable_gro(fd: RawFd) -> bool {
+    let on: libc::c_int = 1;
+    // SAFETY: a valid option and a pointer to an int of the given size, for the call's
+    // duration; an invalid descriptor only makes the call fail.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_UDP,
+            libc::UDP_GRO,
+            (&on as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    r == 0
+}
+
+/// The segment size of a coalesced buffer, from its UDP_GRO control message.
+fn gro_segment(h: &libc::msghdr) -> Option<usize> {
+    if h.msg_control.is_null() {
+        return None;
+    }
+    // SAFETY: `h` is a header the kernel filled: its control buffer and length describe the
+    // control messages it wrote, which CMSG_FIRSTHDR and CMSG_NXTHDR walk within bounds.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(h);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_UDP && (*c).cmsg_type == libc::UDP_GRO {
+                let size = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>());
+                return usize::try_from(size).ok();
+            }
+            c = libc::CMSG_NXTHDR(h, c);
+        }
+    }
+    None
 }
 
 /// Room for one control message carrying a `u16` (UDP_SEGMENT), 8-byte aligned.
@@ -412,24 +477,56 @@ mod tests {
     /// (fewer if they do not come within 5 seconds), each checked to hold the bytes
     /// [`queue`] wrote.
     fn receive(socket: &Socket, max_payload: usize, count: usize) -> Vec<usize> {
-        let mut rx = BatchRx::new(max_payload);
+        let mut rx = BatchRx::new(socket.as_raw_fd(), max_payload);
+        receive_with(&mut rx, socket, count).0
+    }
+
+    /// As [`receive`], through `rx`, with the number of buffers they came in.
+    fn receive_with(rx: &mut BatchRx, socket: &Socket, count: usize) -> (Vec<usize>, usize) {
         let mut got = Vec::new();
+        let mut buffers = 0;
         let by = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while got.len() < count && std::time::Instant::now() < by {
             let n = rx.recv(socket.as_raw_fd()).unwrap();
             for i in 0..n {
-                let (d, _) = rx.get(i);
-                assert!(
-                    d.iter().all(|&b| b == d.len() as u8),
-                    "a datagram's own bytes"
-                );
-                got.push(d.len());
+                let (buf, from, segment) = rx.get(i);
+                assert!(from.is_some(), "a whole buffer, with its sender");
+                buffers += 1;
+                for d in buf.chunks(segment) {
+                    assert!(
+                        d.iter().all(|&b| b == d.len() as u8),
+                        "a datagram's own bytes"
+                    );
+                    got.push(d.len());
+                }
             }
             if n == 0 {
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
         }
-        got
+        (got, buffers)
+    }
+
+    #[test]
+    fn a_burst_sent_as_one_gso_message_is_received_as_one_buffer_and_split_whole() {
+        let rx_socket = reuseport_udp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let to = rx_socket.local_addr().unwrap().as_socket().unwrap();
+        let tx_socket = reuseport_udp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let mut rx = BatchRx::new(rx_socket.as_raw_fd(), 1350);
+        assert!(rx.gro(), "Linux takes UDP_GRO (since 5.0)");
+        let mut tx = BatchTx::new(1350);
+        let lens = [1300, 1300, 1300, 1300, 1300, 1300, 1300, 1300, 1300, 800];
+        for &len in &lens {
+            queue(&mut tx, len, to);
+        }
+        assert!(tx.flush(tx_socket.as_raw_fd()).unwrap());
+        let (got, buffers) = receive_with(&mut rx, &rx_socket, lens.len());
+        assert_eq!(got, lens, "every datagram whole, in order");
+        assert_eq!(buffers, 1, "the GSO message arrives as one buffer");
+        // A datagram sent alone comes alone, its segment size its length.
+        queue(&mut tx, 300, to);
+        assert!(tx.flush(tx_socket.as_raw_fd()).unwrap());
+        assert_eq!(receive_with(&mut rx, &rx_socket, 1), (vec![300], 1));
     }
 
     /// A receiving socket, and a sending one whose GSO messages the kernel refuses: Linux
