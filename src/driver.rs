@@ -53,8 +53,8 @@ use crate::health::ShardReport;
 use crate::mailbox::{Body, Envelope, Mailbox, Shared};
 use crate::net::{BatchRx, BatchTx, BATCH};
 
-/// Datagram batches received per turn before other work gets its turn.
-const RX_BATCHES_PER_TURN: usize = 8;
+/// Datagrams handled per turn before other work gets its turn (eight full batches).
+const RX_DATAGRAMS_PER_TURN: usize = 8 * BATCH;
 /// Inbox messages handled per turn.
 const INBOX_PER_TURN: usize = 1024;
 /// New connections accepted per turn. A connection's first flight (key exchange, signature)
@@ -348,8 +348,8 @@ impl Driver {
         Some((d, io))
     }
 
-    /// Handles the Initials left over from earlier turns, then a budget of datagram batches;
-    /// true when the budget ran out before the socket did.
+    /// Handles the Initials left over from earlier turns, then a budget of datagrams; true when
+    /// the budget ran out before the socket did.
     fn receive(&mut self, now: Now, io: &mut Io) -> bool {
         self.accepted = 0;
         while self.accepted < ACCEPTS_PER_TURN {
@@ -358,18 +358,22 @@ impl Driver {
             };
             self.on_datagram(now, &mut data, from, false, &mut io.tx);
         }
-        for _ in 0..RX_BATCHES_PER_TURN {
-            let n = io.recv_batch(self.id);
-            for i in 0..n {
-                let (buf, from, segment) = io.rx.get(i);
-                let Some(from) = from else {
-                    continue;
-                };
-                for datagram in buf.chunks_mut(segment) {
-                    self.on_datagram(now, datagram, from, false, &mut io.tx);
-                }
+        // The budget counts datagrams, not buffers: with GRO one buffer carries up to 64. What
+        // a batch holds beyond the budget waits in it for the next turn.
+        let mut left = RX_DATAGRAMS_PER_TURN;
+        let mut received = false;
+        while left > 0 {
+            if let Some((datagram, from)) = io.rx.next() {
+                self.on_datagram(now, datagram, from, false, &mut io.tx);
+                left -= 1;
+                continue;
             }
-            if n < BATCH {
+            // This turn's batch is handed out: if it was not full, it emptied the socket.
+            if received && !io.rx.was_full() {
+                return false;
+            }
+            received = true;
+            if io.recv_batch(self.id) == 0 {
                 return false;
             }
         }

@@ -66,38 +66,53 @@ fn sockaddr_to_std(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
 
 /// Bytes per slot when the socket coalesces datagrams (GRO): one coalesced buffer holds at
 /// most 64 KiB.
-const GRO_SLOT: usize = 65_535;
+const GRO_SLOT: usize = 64 * 1024;
 
-/// Receives up to [`BATCH`] buffers per call into fixed slots. With UDP_GRO on the socket, the
-/// kernel hands a sender's burst of equal-sized datagrams (a GSO message, or packets coalesced
-/// by the device's receive path) over as one buffer with its segment size, so that one entry
-/// carries many datagrams; [`BatchRx::get`] tells where they split.
+/// Receives up to [`BATCH`] buffers per call into fixed slots, and hands out their datagrams
+/// one at a time ([`BatchRx::next`]). With UDP_GRO on the socket, the kernel hands a sender's
+/// burst of equal-sized datagrams (a GSO message, or packets coalesced by the device's receive
+/// path) over as one buffer with its segment size, so that one entry carries many datagrams.
 pub struct BatchRx {
     /// Bytes per slot.
     slot: usize,
+    /// The largest datagram handed out: larger ones are dropped.
+    max_datagram: usize,
     buf: Box<[u8]>,
     addrs: Box<[libc::sockaddr_storage]>,
     iov: Box<[libc::iovec]>,
     hdrs: Box<[libc::mmsghdr]>,
     /// Room for each entry's UDP_GRO control message; empty without GRO.
     cmsgs: Box<[Cmsg]>,
+    /// Entries of the last batch, and where the next datagram lies: its entry, and its offset
+    /// in that entry's buffer.
+    received: usize,
+    entry: usize,
+    offset: usize,
 }
 
 impl BatchRx {
     /// Receives on `fd`, turning GRO on when the kernel takes it (its slots are then 64 KiB:
-    /// 2 MiB for the batch). Without it, datagrams of up to `max_payload` bytes (larger ones
-    /// are cut short, and dropped).
+    /// 2 MiB for the batch). Datagrams over `max_payload` bytes (at least [`MIN_SLOT`]) are
+    /// dropped.
     pub fn new(fd: RawFd, max_payload: usize) -> Self {
-        let gro = enable_gro(fd);
-        let slot = if gro { GRO_SLOT } else { slot_for(max_payload) };
+        Self::with_gro(max_payload, enable_gro(fd))
+    }
+
+    fn with_gro(max_payload: usize, gro: bool) -> Self {
+        let max_datagram = slot_for(max_payload);
+        let slot = if gro { GRO_SLOT } else { max_datagram };
         BatchRx {
             slot,
+            max_datagram,
             buf: vec![0u8; slot * BATCH].into_boxed_slice(),
             // SAFETY: these C structs are plain data, valid when zeroed.
             addrs: (0..BATCH).map(|_| unsafe { zeroed() }).collect(),
             iov: (0..BATCH).map(|_| unsafe { zeroed() }).collect(),
             hdrs: (0..BATCH).map(|_| unsafe { zeroed() }).collect(),
             cmsgs: vec![[0u64; 4]; if gro { BATCH } else { 0 }].into_boxed_slice(),
+            received: 0,
+            entry: 0,
+            offset: 0,
         }
     }
 
@@ -106,8 +121,12 @@ impl BatchRx {
         !self.cmsgs.is_empty()
     }
 
-    /// Buffers received, 0 when none is waiting.
+    /// Receives a new batch, in place of the last one (whose datagrams not yet handed out are
+    /// lost): returns how many buffers came, 0 when none was waiting.
     pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        self.received = 0;
+        self.entry = 0;
+        self.offset = 0;
         let gro = self.gro();
         for i in 0..BATCH {
             self.iov[i] = libc::iovec {
@@ -145,22 +164,41 @@ impl BatchRx {
                 Err(e)
             };
         }
-        Ok(n as usize)
+        self.received = n as usize;
+        Ok(self.received)
     }
 
-    /// Buffer `i` of the last batch, its sender, and the size of each datagram in it (all but
-    /// the last, which may be shorter): the buffer's length when it holds one datagram.
-    pub fn get(&mut self, i: usize) -> (&mut [u8], Option<SocketAddr>, usize) {
-        let len = (self.hdrs[i].msg_len as usize).min(self.slot);
-        // A datagram larger than the slot was cut short: it is dropped, not handed on.
-        let whole = self.hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC == 0;
-        let from = sockaddr_to_std(&self.addrs[i]).filter(|_| whole);
-        let segment = gro_segment(&self.hdrs[i].msg_hdr).unwrap_or(len);
-        (
-            &mut self.buf[i * self.slot..i * self.slot + len],
-            from,
-            segment.max(1),
-        )
+    /// The next datagram of the last batch and its sender; `None` once the batch is handed
+    /// out. A buffer cut short (MSG_TRUNC), one whose segment size was lost (MSG_CTRUNC), one
+    /// from no IP sender, and datagrams over the largest taken are skipped.
+    pub fn next(&mut self) -> Option<(&mut [u8], SocketAddr)> {
+        while self.entry < self.received {
+            let i = self.entry;
+            let len = (self.hdrs[i].msg_len as usize).min(self.slot);
+            let flags = self.hdrs[i].msg_hdr.msg_flags;
+            let segment = gro_segment(&self.hdrs[i].msg_hdr).unwrap_or(len);
+            let from = sockaddr_to_std(&self.addrs[i]);
+            let usable = flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) == 0
+                && (1..=self.max_datagram).contains(&segment);
+            match from {
+                Some(from) if usable && self.offset < len => {
+                    let start = i * self.slot + self.offset;
+                    let end = i * self.slot + (self.offset + segment).min(len);
+                    self.offset += segment;
+                    return Some((&mut self.buf[start..end], from));
+                }
+                _ => {
+                    self.entry += 1;
+                    self.offset = 0;
+                }
+            }
+        }
+        None
+    }
+
+    /// Whether the last batch filled every entry (so more may be waiting in the socket).
+    pub fn was_full(&self) -> bool {
+        self.received == BATCH
     }
 }
 
@@ -331,20 +369,14 @@ impl BatchTx {
                     return Ok(false);
                 }
                 let segmented = self.starts[1] - self.starts[0] > 1;
-                if segmented && matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL)) {
-                    if self.lens[off] > ETHERNET_SEGMENT {
-                        // Segments larger than the path's MTU: these go one per message.
-                        self.unsegmented_to = self.starts[1];
-                    } else {
-                        // The kernel or the device does not segment: send one datagram per
-                        // message from now on.
+                match refusal(segmented, e.raw_os_error(), self.lens[off]) {
+                    Refusal::Unsegment => self.unsegmented_to = self.starts[1],
+                    Refusal::NoGso => {
                         log::warn!("UDP segmentation offload refused ({e}): sending without it");
                         self.gso = false;
                     }
-                    continue;
+                    Refusal::Drop => off = self.starts[1],
                 }
-                // An error for one destination (an ICMP unreachable, say): drop that message.
-                off = self.starts[1];
                 continue;
             }
             off = self.starts[n as usize];
@@ -368,6 +400,32 @@ impl BatchTx {
         self.lens.drain(..k);
         self.dst.drain(..k);
         self.unsegmented_to = self.unsegmented_to.saturating_sub(k);
+    }
+}
+
+/// What to do with a message `sendmmsg` refused.
+#[derive(Debug, PartialEq)]
+enum Refusal {
+    /// Its segments are larger than the path's MTU: send its datagrams one per message (the
+    /// kernel fragments them).
+    Unsegment,
+    /// The kernel or the device does not segment: one datagram per message from now on.
+    NoGso,
+    /// An error for its destination (an ICMP unreachable, say): drop it.
+    Drop,
+}
+
+/// How to answer the error `errno` for a message, GSO (`segmented`) or not, of datagrams of
+/// `segment` bytes. A path narrower than the segments is EMSGSIZE (Linux 5.10 and later) or, on
+/// older kernels, EINVAL; EINVAL or EIO for segments any Ethernet path carries says the kernel or
+/// the device cannot segment.
+fn refusal(segmented: bool, errno: Option<i32>, segment: usize) -> Refusal {
+    match errno {
+        _ if !segmented => Refusal::Drop,
+        Some(libc::EMSGSIZE) => Refusal::Unsegment,
+        Some(libc::EIO | libc::EINVAL) if segment > ETHERNET_SEGMENT => Refusal::Unsegment,
+        Some(libc::EIO | libc::EINVAL) => Refusal::NoGso,
+        _ => Refusal::Drop,
     }
 }
 
@@ -488,23 +546,65 @@ mod tests {
         let by = std::time::Instant::now() + std::time::Duration::from_secs(5);
         while got.len() < count && std::time::Instant::now() < by {
             let n = rx.recv(socket.as_raw_fd()).unwrap();
-            for i in 0..n {
-                let (buf, from, segment) = rx.get(i);
-                assert!(from.is_some(), "a whole buffer, with its sender");
-                buffers += 1;
-                for d in buf.chunks(segment) {
-                    assert!(
-                        d.iter().all(|&b| b == d.len() as u8),
-                        "a datagram's own bytes"
-                    );
-                    got.push(d.len());
-                }
+            buffers += n;
+            while let Some((d, _)) = rx.next() {
+                assert!(
+                    d.iter().all(|&b| b == d.len() as u8),
+                    "a datagram's own bytes"
+                );
+                got.push(d.len());
             }
             if n == 0 {
                 std::thread::sleep(std::time::Duration::from_millis(1));
             }
         }
         (got, buffers)
+    }
+
+    #[test]
+    fn datagrams_over_the_largest_taken_are_dropped_with_or_without_gro() {
+        for gro in [false, true] {
+            let rx_socket = reuseport_udp("127.0.0.1:0".parse().unwrap()).unwrap();
+            let to = rx_socket.local_addr().unwrap().as_socket().unwrap();
+            let tx_socket = reuseport_udp("127.0.0.1:0".parse().unwrap()).unwrap();
+            if gro {
+                assert!(enable_gro(rx_socket.as_raw_fd()), "Linux takes UDP_GRO");
+            }
+            let mut rx = BatchRx::with_gro(1350, gro);
+            let mut tx = BatchTx::new(4000);
+            // One too large alone, a GSO run of too large ones, then one that fits.
+            for lens in [&[3000][..], &[1600, 1600, 1600], &[1200]] {
+                for &len in lens {
+                    queue(&mut tx, len, to);
+                }
+                assert!(tx.flush(tx_socket.as_raw_fd()).unwrap());
+            }
+            let (got, _) = receive_with(&mut rx, &rx_socket, 1);
+            assert_eq!(got, [1200], "only the datagram that fits (GRO {gro})");
+        }
+    }
+
+    #[test]
+    fn each_refusal_of_a_message_has_its_answer() {
+        use Refusal::*;
+        let cases = [
+            (true, libc::EMSGSIZE, 1300, Unsegment),
+            (true, libc::EMSGSIZE, 8952, Unsegment),
+            (true, libc::EINVAL, 8952, Unsegment),
+            (true, libc::EIO, 8952, Unsegment),
+            (true, libc::EINVAL, 1300, NoGso),
+            (true, libc::EIO, 1300, NoGso),
+            (true, libc::ECONNREFUSED, 1300, Drop),
+            (false, libc::EMSGSIZE, 8952, Drop),
+            (false, libc::EINVAL, 1300, Drop),
+        ];
+        for (segmented, errno, segment, answer) in cases {
+            assert_eq!(
+                refusal(segmented, Some(errno), segment),
+                answer,
+                "segmented {segmented}, errno {errno}, segments of {segment}"
+            );
+        }
     }
 
     #[test]
@@ -530,8 +630,9 @@ mod tests {
     }
 
     /// A receiving socket, and a sending one whose GSO messages the kernel refuses: Linux
-    /// takes no UDP_SEGMENT on a socket that sends without checksums (SO_NO_CHECK), as it
-    /// takes none where the path's MTU is below the segments or the device cannot segment.
+    /// takes no UDP_SEGMENT on a socket that sends without checksums (SO_NO_CHECK), with
+    /// EINVAL, the error of a device that cannot segment (and, before Linux 5.10, of a path
+    /// narrower than the segments).
     fn refusing_gso() -> (Socket, SocketAddr, Socket) {
         let rx_socket = reuseport_udp("127.0.0.1:0".parse().unwrap()).unwrap();
         let to = rx_socket.local_addr().unwrap().as_socket().unwrap();
