@@ -83,11 +83,13 @@ pub struct BatchRx {
     hdrs: Box<[libc::mmsghdr]>,
     /// Room for each entry's UDP_GRO control message; empty without GRO.
     cmsgs: Box<[Cmsg]>,
-    /// Entries of the last batch, and where the next datagram lies: its entry, and its offset
-    /// in that entry's buffer.
+    /// Entries of the last batch, and the next one to hand out.
     received: usize,
-    entry: usize,
-    offset: usize,
+    next_entry: usize,
+    /// The entry being handed out: its sender, where its bytes end in `buf` and its segment
+    /// size; and where its next datagram starts.
+    current: Option<(SocketAddr, usize, usize)>,
+    at: usize,
 }
 
 impl BatchRx {
@@ -111,8 +113,9 @@ impl BatchRx {
             hdrs: (0..BATCH).map(|_| unsafe { zeroed() }).collect(),
             cmsgs: vec![[0u64; 4]; if gro { BATCH } else { 0 }].into_boxed_slice(),
             received: 0,
-            entry: 0,
-            offset: 0,
+            next_entry: 0,
+            current: None,
+            at: 0,
         }
     }
 
@@ -125,8 +128,8 @@ impl BatchRx {
     /// lost): returns how many buffers came, 0 when none was waiting.
     pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
         self.received = 0;
-        self.entry = 0;
-        self.offset = 0;
+        self.next_entry = 0;
+        self.current = None;
         let gro = self.gro();
         for i in 0..BATCH {
             self.iov[i] = libc::iovec {
@@ -169,31 +172,40 @@ impl BatchRx {
     }
 
     /// The next datagram of the last batch and its sender; `None` once the batch is handed
-    /// out. A buffer cut short (MSG_TRUNC), one whose segment size was lost (MSG_CTRUNC), one
-    /// from no IP sender, and datagrams over the largest taken are skipped.
+    /// out.
     pub fn next(&mut self) -> Option<(&mut [u8], SocketAddr)> {
-        while self.entry < self.received {
-            let i = self.entry;
-            let len = (self.hdrs[i].msg_len as usize).min(self.slot);
-            let flags = self.hdrs[i].msg_hdr.msg_flags;
-            let segment = gro_segment(&self.hdrs[i].msg_hdr).unwrap_or(len);
-            let from = sockaddr_to_std(&self.addrs[i]);
-            let usable = flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) == 0
-                && (1..=self.max_datagram).contains(&segment);
-            match from {
-                Some(from) if usable && self.offset < len => {
-                    let start = i * self.slot + self.offset;
-                    let end = i * self.slot + (self.offset + segment).min(len);
-                    self.offset += segment;
-                    return Some((&mut self.buf[start..end], from));
-                }
-                _ => {
-                    self.entry += 1;
-                    self.offset = 0;
+        loop {
+            if let Some((from, end, segment)) = self.current {
+                if self.at < end {
+                    let start = self.at;
+                    self.at = (start + segment).min(end);
+                    return Some((&mut self.buf[start..self.at], from));
                 }
             }
+            if self.next_entry == self.received {
+                self.current = None;
+                return None;
+            }
+            let i = self.next_entry;
+            self.next_entry += 1;
+            self.current = self.entry(i);
+            self.at = i * self.slot;
         }
-        None
+    }
+
+    /// Entry `i`'s sender, where its bytes end in `buf` and its segment size; `None` for an
+    /// entry to skip: cut short (MSG_TRUNC), its segment size lost (MSG_CTRUNC), from no IP
+    /// sender, or of datagrams over the largest taken.
+    fn entry(&self, i: usize) -> Option<(SocketAddr, usize, usize)> {
+        let h = &self.hdrs[i];
+        let len = (h.msg_len as usize).min(self.slot);
+        let segment = gro_segment(&h.msg_hdr).unwrap_or(len);
+        let whole = h.msg_hdr.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) == 0;
+        if !whole || !(1..=self.max_datagram).contains(&segment) {
+            return None;
+        }
+        let from = sockaddr_to_std(&self.addrs[i])?;
+        Some((from, i * self.slot + len, segment))
     }
 
     /// Whether the last batch filled every entry (so more may be waiting in the socket).
