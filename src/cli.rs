@@ -64,6 +64,16 @@ fn parse_positive_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// A `--pmtud-max`: 0 (discovery off) or a UDP payload of 1200 to 16383 bytes.
+fn parse_pmtud_max(s: &str) -> Result<u16, String> {
+    match s.parse::<u16>() {
+        Ok(v) if v == 0 || (1200..=16383).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "{s:?}: must be 0 (no path MTU discovery) or 1200 to 16383 bytes"
+        )),
+    }
+}
+
 /// A `--node-name`: 1 to 64 bytes of lowercase letters, digits, '.', '-', '_' (PROTOCOL.md 9.1).
 fn parse_node_name(s: &str) -> Result<String, String> {
     let valid = (1..=64).contains(&s.len())
@@ -186,15 +196,24 @@ pub struct ServeArgs {
     /// against --max-peer-output, checked once a second.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub slow_consumer_timeout: Duration,
-    /// The largest UDP payload the gateway sends and takes, in bytes (1200 to 16383). 1350
-    /// fits almost every Internet path. On a network whose every path carries jumbo frames (MTU
-    /// 9000), 8952 (9000 less the IPv6 and UDP headers) sends a busy connection's data in a
-    /// sixth as many packets. The gateway does not discover a path's MTU: a client's own limit
+    /// The largest UDP payload the gateway sends with path MTU discovery off (--pmtud-max 0),
+    /// in bytes (1200 to 16383); it takes datagrams of up to this or --pmtud-max, whichever is
+    /// larger. 1350 fits almost every Internet path. Without discovery a client's own limit
     /// (its max_udp_payload_size) bounds what it is sent, and a datagram larger than its path
     /// carries is fragmented by the kernel.
     #[arg(long, value_name = "BYTES", default_value_t = 1350,
           value_parser = clap::value_parser!(u16).range(1200..=16383))]
     pub max_udp_payload: u16,
+    /// Path MTU discovery (RFC 8899): the largest UDP payload a connection probes for, in
+    /// bytes (1200 to 16383), or 0 to turn discovery off. A connection sends packets of 1,200
+    /// bytes until a padded probe of a larger size is acknowledged, probing from this size
+    /// (or the client's max_udp_payload_size, if smaller) down by halves between the largest
+    /// size acknowledged and the smallest lost. The socket does not fragment, so a probe the
+    /// path cannot carry is lost, not cut up. 8952 is a jumbo frame's payload (MTU 9000 less
+    /// the IPv6 and UDP headers): a busy connection's data then takes a sixth as many packets
+    /// as at 1350; a path of Ethernet frames settles at 1452 to 1472.
+    #[arg(long, value_name = "BYTES", default_value_t = 8952, value_parser = parse_pmtud_max)]
+    pub pmtud_max: u16,
     /// How long a connection may wait before sending CONNECT.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: Duration,
@@ -243,6 +262,14 @@ pub struct ServeArgs {
     pub peer_ca: Option<PathBuf>,
 }
 
+impl ServeArgs {
+    /// The largest UDP payload the gateway sends or takes: the bound of its datagram buffers
+    /// and the max_udp_payload_size it tells clients.
+    pub fn largest_udp_payload(&self) -> u16 {
+        self.max_udp_payload.max(self.pmtud_max)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,7 +308,8 @@ mod tests {
         assert_eq!(a.prune_interval, Duration::from_secs(60));
         assert_eq!(a.slow_consumer_timeout, Duration::from_secs(10));
         assert_eq!(a.idle_timeout, Duration::from_secs(60));
-        assert_eq!(a.max_udp_payload, 1350);
+        assert_eq!((a.max_udp_payload, a.pmtud_max), (1350, 8952));
+        assert_eq!(a.largest_udp_payload(), 8952);
         assert!(a.realms.is_empty() && a.cert.is_none() && a.shards.is_none());
         assert!(a.node_name.is_none() && a.peers.is_empty() && a.advertise.is_none());
         assert!(a.cluster_token_file.is_none() && a.peer_ca.is_none());
@@ -310,6 +338,26 @@ mod tests {
         for bad in ["1199", "16384", "0", "jumbo"] {
             let e = parse(bad).expect_err(bad).to_string();
             assert!(e.contains("--max-udp-payload"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn path_mtu_discovery_is_off_at_0_or_probes_up_to_1200_to_16383_bytes() {
+        let parse = |v: &str| {
+            Cli::try_parse_from(["meshgate", "serve", "--pmtud-max", v]).map(|cli| {
+                let Command::Serve(a) = cli.command;
+                (a.pmtud_max, a.largest_udp_payload())
+            })
+        };
+        assert_eq!(parse("0").unwrap(), (0, 1350));
+        assert_eq!(parse("1200").unwrap(), (1200, 1350));
+        assert_eq!(parse("16383").unwrap(), (16383, 16383));
+        for bad in ["1", "1199", "16384", "65536", "jumbo"] {
+            let e = parse(bad).expect_err(bad).to_string();
+            assert!(
+                e.contains("--pmtud-max") && e.contains("0 (no path MTU"),
+                "{bad}: {e}"
+            );
         }
     }
 

@@ -93,7 +93,7 @@ pub struct ShardStart {
     pub shared: Arc<Shared>,
     /// `--max-handshakes`, counted for the whole gateway.
     pub max_handshakes: usize,
-    /// `--max-udp-payload`: the largest datagram sent or taken.
+    /// The larger of `--max-udp-payload` and `--pmtud-max`: the largest datagram sent or taken.
     pub max_udp_payload: usize,
     /// `--idle-timeout`: a connection that has not been heard from for this long is dropped.
     pub idle_timeout: Duration,

@@ -155,10 +155,12 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
 
     // Every socket is bound before any executor runs, so the SO_REUSEPORT group is complete.
     let mut sockets = Vec::with_capacity(usize::from(shards));
-    let first = crate::net::reuseport_udp(args.listen).map_err(|source| StartError::BindUdp {
-        addr: args.listen,
-        source,
-    })?;
+    let fragment = args.pmtud_max == 0;
+    let first =
+        crate::net::reuseport_udp(args.listen, fragment).map_err(|source| StartError::BindUdp {
+            addr: args.listen,
+            source,
+        })?;
     let addr = first
         .local_addr()
         .ok()
@@ -167,7 +169,7 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
     sockets.push(first);
     for _ in 1..shards {
         sockets.push(
-            crate::net::reuseport_udp(addr)
+            crate::net::reuseport_udp(addr, fragment)
                 .map_err(|source| StartError::BindUdp { addr, source })?,
         );
     }
@@ -219,7 +221,7 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
             inbox,
             shared: shared.clone(),
             max_handshakes: args.max_handshakes,
-            max_udp_payload: args.max_udp_payload.into(),
+            max_udp_payload: args.largest_udp_payload().into(),
             idle_timeout: args.idle_timeout,
             dial_quic,
             peer_idle_timeout: args.peer_idle_timeout,
@@ -508,8 +510,13 @@ fn base_config(
     })?;
     c.load_priv_key_from_pem_file(key)
         .map_err(|e| StartError::Config(format!("key {key}: not a valid PEM private key ({e})")))?;
-    c.set_max_recv_udp_payload_size(args.max_udp_payload.into());
-    c.set_max_send_udp_payload_size(args.max_udp_payload.into());
+    c.set_max_recv_udp_payload_size(args.largest_udp_payload().into());
+    if args.pmtud_max > 0 {
+        c.discover_pmtu(true);
+        c.set_max_send_udp_payload_size(args.pmtud_max.into());
+    } else {
+        c.set_max_send_udp_payload_size(args.max_udp_payload.into());
+    }
     c.set_initial_max_data(8 << 20);
     c.set_initial_max_stream_data_uni(0);
     c.set_initial_max_streams_uni(0);

@@ -4,7 +4,7 @@
 use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
@@ -28,16 +28,64 @@ fn slot_for(max_payload: usize) -> usize {
 }
 
 /// A non-blocking UDP socket bound to `addr` with SO_REUSEPORT, so that every shard binds the
-/// same address and the kernel spreads flows among them.
-pub fn reuseport_udp(addr: SocketAddr) -> io::Result<Socket> {
+/// same address and the kernel spreads flows among them. Unless `fragment`, its datagrams
+/// leave with Don't Fragment and are never split: a path MTU probe the path cannot carry is
+/// lost (or, larger than the first hop's MTU, refused by the kernel) rather than fragmented.
+pub fn reuseport_udp(addr: SocketAddr, fragment: bool) -> io::Result<Socket> {
     let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     s.set_reuse_port(true)?;
+    if !fragment {
+        forbid_fragmentation(&s, addr.is_ipv6())?;
+    }
     s.set_nonblocking(true)?;
     // Larger kernel buffers absorb bursts; the kernel caps them at its own maximum.
     let _ = s.set_recv_buffer_size(4 << 20);
     let _ = s.set_send_buffer_size(4 << 20);
     s.bind(&addr.into())?;
     Ok(s)
+}
+
+/// IP_PMTUDISC_PROBE, for IPv6 and (on a dual-stack socket) IPv4: Don't Fragment on every
+/// datagram, and no fragmenting to the path MTU the kernel learnt from ICMP, so the sender's
+/// own discovery decides the size.
+fn forbid_fragmentation(s: &Socket, ipv6: bool) -> io::Result<()> {
+    let set = |level, name, value: libc::c_int| {
+        // SAFETY: a valid descriptor and a pointer to an int that outlives the call.
+        let r = unsafe {
+            libc::setsockopt(
+                s.as_raw_fd(),
+                level,
+                name,
+                (&value as *const libc::c_int).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    };
+    if ipv6 {
+        set(
+            libc::IPPROTO_IPV6,
+            libc::IPV6_MTU_DISCOVER,
+            libc::IPV6_PMTUDISC_PROBE,
+        )?;
+        // A socket bound to `::` takes IPv4 too; one bound to an IPv6 address has no IPv4 side.
+        let _ = set(
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_PROBE,
+        );
+        Ok(())
+    } else {
+        set(
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            libc::IP_PMTUDISC_PROBE,
+        )
+    }
 }
 
 fn sockaddr_to_std(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
@@ -528,11 +576,58 @@ mod tests {
         assert_eq!(tx.run_from(7), 3, "the rest of the run");
     }
 
+    fn mtu_discover(s: &Socket, level: libc::c_int, name: libc::c_int) -> libc::c_int {
+        let mut v: libc::c_int = -1;
+        let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: a valid descriptor, and an int with its length for the kernel to fill.
+        let r = unsafe {
+            libc::getsockopt(
+                s.as_raw_fd(),
+                level,
+                name,
+                (&mut v as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(r, 0, "{}", io::Error::last_os_error());
+        v
+    }
+
+    #[test]
+    fn a_socket_for_path_mtu_discovery_never_fragments_and_one_without_may() {
+        let (v4, v6) = ("127.0.0.1:0".parse().unwrap(), "[::]:0".parse().unwrap());
+        let probe = reuseport_udp(v4, false).unwrap();
+        assert_eq!(
+            mtu_discover(&probe, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER),
+            libc::IP_PMTUDISC_PROBE
+        );
+        let plain = reuseport_udp(v4, true).unwrap();
+        assert_ne!(
+            mtu_discover(&plain, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER),
+            libc::IP_PMTUDISC_PROBE
+        );
+        // A host without IPv6 cannot make the dual-stack socket; IPv4 was checked above.
+        let Ok(dual) = reuseport_udp(v6, false) else {
+            eprintln!("no IPv6 on this host: the dual-stack socket was not checked");
+            return;
+        };
+        {
+            assert_eq!(
+                mtu_discover(&dual, libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER),
+                libc::IPV6_PMTUDISC_PROBE
+            );
+            assert_eq!(
+                mtu_discover(&dual, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER),
+                libc::IP_PMTUDISC_PROBE
+            );
+        }
+    }
+
     #[test]
     fn datagrams_up_to_the_configured_payload_arrive_whole_through_both_batches() {
-        let rx_socket = reuseport_udp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let rx_socket = reuseport_udp("127.0.0.1:0".parse().unwrap(), true).unwrap();
         let to = rx_socket.local_addr().unwrap().as_socket().unwrap();
-        let tx_socket = reuseport_udp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let tx_socket = reuseport_udp("127.0.0.1:0".parse().unwrap(), true).unwrap();
         let mut tx = BatchTx::new(8952);
         let lens = [8952, 8952, 8952, 8952, 8952, 8952, 8952, 8952, 8952, 3000];
         for &len in &lens {
@@ -576,9 +671,9 @@ mod tests {
     #[test]
     fn datagrams_over_the_largest_taken_are_dropped_with_or_without_gro() {
         for gro in [false, true] {
-            let rx_socket = reuseport_udp("127.0.0.1:0".parse().unwrap()).unwrap();
+            let rx_socket = reuseport_udp("127.0.0.1:0".parse().unwrap(), true).unwrap();
             let to = rx_socket.local_addr().unwrap().as_socket().unwrap();
-            let tx_socket = reuseport_udp("127.0.0.1:0".parse().unwrap()).unwrap();
+            let tx_socket = reuseport_udp("127.0.0.1:0".parse().unwrap(), true).unwrap();
             if gro {
                 assert!(enable_gro(rx_socket.as_raw_fd()), "Linux takes UDP_GRO");
             }
@@ -621,9 +716,9 @@ mod tests {
 
     #[test]
     fn a_burst_sent_as_one_gso_message_is_received_as_one_buffer_and_split_whole() {
-        let rx_socket = reuseport_udp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let rx_socket = reuseport_udp("127.0.0.1:0".parse().unwrap(), true).unwrap();
         let to = rx_socket.local_addr().unwrap().as_socket().unwrap();
-        let tx_socket = reuseport_udp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let tx_socket = reuseport_udp("127.0.0.1:0".parse().unwrap(), true).unwrap();
         let mut rx = BatchRx::new(rx_socket.as_raw_fd(), 1350);
         assert!(rx.gro(), "Linux takes UDP_GRO (since 5.0)");
         let mut tx = BatchTx::new(1350);
@@ -646,9 +741,9 @@ mod tests {
     /// EINVAL, the error of a device that cannot segment (and, before Linux 5.10, of a path
     /// narrower than the segments).
     fn refusing_gso() -> (Socket, SocketAddr, Socket) {
-        let rx_socket = reuseport_udp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let rx_socket = reuseport_udp("127.0.0.1:0".parse().unwrap(), true).unwrap();
         let to = rx_socket.local_addr().unwrap().as_socket().unwrap();
-        let tx_socket = reuseport_udp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let tx_socket = reuseport_udp("127.0.0.1:0".parse().unwrap(), true).unwrap();
         let on: libc::c_int = 1;
         // SAFETY: a valid socket, option and pointer to an int of the given size.
         let r = unsafe {
@@ -714,7 +809,7 @@ mod tests {
             .unwrap();
         let to = rx.local_addr().unwrap();
         let other = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let tx_socket = reuseport_udp("127.0.0.1:0".parse().unwrap()).unwrap();
+        let tx_socket = reuseport_udp("127.0.0.1:0".parse().unwrap(), true).unwrap();
         let mut tx = BatchTx::new(1350);
         let lens = [1300, 1300, 1300, 400, 1300, 1300, 1000];
         for (i, &len) in lens.iter().enumerate() {

@@ -58,6 +58,17 @@ impl Connection {
     }
 }
 
+/// A `--pmtud-max`: 0 (discovery off) or a UDP payload of 1200 to 16383 bytes, as the
+/// gateway's flag of the same name.
+pub fn parse_pmtud_max(s: &str) -> Result<u16, String> {
+    match s.parse::<u16>() {
+        Ok(v) if v == 0 || (1200..=16383).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "{s:?}: must be 0 (no path MTU discovery) or 1200 to 16383 bytes"
+        )),
+    }
+}
+
 /// Parses `250ms`, `5s`, `2m`, `1h`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)

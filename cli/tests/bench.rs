@@ -4,7 +4,9 @@
 //! never a rate or a latency.
 
 use std::io::Read;
+use std::net::{SocketAddr, UdpSocket};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -20,15 +22,21 @@ const PATIENCE: Duration = Duration::from_secs(30);
 trait Bench {
     /// Runs `meshgate-cli bench SCENARIO ARGS --json` against this gateway; its JSON summary.
     fn bench(&self, scenario: &str, args: &[&str]) -> Value;
+    /// The same, with the load generator sending to `server` (a relay to this gateway).
+    fn bench_via(&self, server: SocketAddr, scenario: &str, args: &[&str]) -> Value;
 }
 
 impl Bench for Gateway {
     fn bench(&self, scenario: &str, args: &[&str]) -> Value {
+        self.bench_via(self.addr, scenario, args)
+    }
+
+    fn bench_via(&self, server: SocketAddr, scenario: &str, args: &[&str]) -> Value {
         let metrics = format!("http://{}/metrics", self.health);
         let mut child = Command::new(env!("CARGO_BIN_EXE_meshgate-cli"))
             .args(["bench", scenario])
             .args(args)
-            .args(["--server", &self.addr.to_string(), "--insecure"])
+            .args(["--server", &server.to_string(), "--insecure"])
             .args(["--metrics", &metrics, "--json"])
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
@@ -177,9 +185,9 @@ fn pubsub_delivers_every_message_to_every_subscriber_below_the_slow_consumer_bou
         );
         assert!(u(&s, "latency_us/count") > 0, "{s}");
         if engine == "lean" {
-            // The gateway keeps to the 1,350 bytes both sides allow by default.
+            // No datagram over the --pmtud-max both sides probe for by default.
             let largest = u(&s, "largest_datagram_received");
-            assert!(largest > 0 && largest <= 1350, "{s}");
+            assert!(largest > 0 && largest <= 8952, "{s}");
             // Both sides' CPU over the window, per delivery (/proc counts in ticks: maybe 0).
             for key in ["load_cpu_per_delivery_us", "gateway_cpu_per_delivery_us"] {
                 assert!(s[key].as_f64().is_some_and(|x| x >= 0.0), "{key}: {s}");
@@ -191,13 +199,16 @@ fn pubsub_delivers_every_message_to_every_subscriber_below_the_slow_consumer_bou
 #[test]
 fn a_gateway_and_load_of_jumbo_datagrams_deliver_every_message_and_call() {
     // Bursts of 2,000 messages a tick fill datagrams of several kilobytes each way; a datagram
-    // cut to a smaller buffer anywhere would fail authentication and lose its messages.
-    let gateway = Gateway::start(&["--max-udp-payload", "8952"]);
+    // cut to a smaller buffer anywhere would fail authentication and lose its messages. No
+    // discovery: both sides send jumbo datagrams from the start.
+    let gateway = Gateway::start(&["--max-udp-payload", "8952", "--pmtud-max", "0"]);
     let s = gateway.bench(
         "pubsub",
         &[
             "--max-udp-payload",
             "8952",
+            "--pmtud-max",
+            "0",
             "--duration",
             "1s",
             "--warmup",
@@ -244,6 +255,8 @@ fn a_gateway_and_load_of_jumbo_datagrams_deliver_every_message_and_call() {
         &[
             "--max-udp-payload",
             "8952",
+            "--pmtud-max",
+            "0",
             "--duration",
             "1s",
             "--warmup",
@@ -260,6 +273,91 @@ fn a_gateway_and_load_of_jumbo_datagrams_deliver_every_message_and_call() {
     assert_eq!(u(&s, "errors"), 0, "{s}");
     let largest = u(&s, "largest_datagram_received");
     assert!(largest > 1500 && largest <= 8952, "{s}");
+}
+
+/// A UDP relay to `to` for one client (the load generator's one socket) that drops every
+/// datagram over `max` bytes, either way: a path narrower than the probes. It runs until the
+/// test process ends.
+fn narrow_path(to: SocketAddr, max: usize) -> SocketAddr {
+    let front = UdpSocket::bind("127.0.0.1:0").expect("the relay's client side");
+    let back = UdpSocket::bind("127.0.0.1:0").expect("the relay's gateway side");
+    let addr = front.local_addr().expect("bound");
+    let client: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
+    let (front2, back2, client2) = (
+        front.try_clone().unwrap(),
+        back.try_clone().unwrap(),
+        client.clone(),
+    );
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((n, from)) = front2.recv_from(&mut buf) {
+            *client2.lock().unwrap() = Some(from);
+            if n <= max {
+                let _ = back2.send_to(&buf[..n], to);
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok(n) = back.recv(&mut buf) {
+            let to_client = *client.lock().unwrap();
+            if let (true, Some(c)) = (n <= max, to_client) {
+                let _ = front.send_to(&buf[..n], c);
+            }
+        }
+    });
+    addr
+}
+
+#[test]
+fn path_mtu_discovery_sends_jumbo_datagrams_where_the_path_and_client_take_them_and_no_others() {
+    // Both sides discover by default: on the loopback the gateway's probe of --pmtud-max is
+    // acknowledged, and the bursts travel in datagrams of up to that size.
+    let gateway = Gateway::start(&[]);
+    let burst = [
+        "--duration",
+        "1s",
+        "--warmup",
+        "200ms",
+        "--publishers",
+        "1",
+        "--subscribers",
+        "2",
+        "--rate",
+        "20000",
+        "--tick",
+        "100ms",
+    ];
+    let delivered_all = |s: &Value| {
+        assert!(u(s, "published") > 0, "{s}");
+        assert_eq!(u(s, "losses"), 0, "{s}");
+        assert_eq!(
+            u(s, "received_deliveries"),
+            2 * u(s, "published_total"),
+            "{s}"
+        );
+    };
+    let s = gateway.bench("pubsub", &burst);
+    delivered_all(&s);
+    assert_eq!(u(&s, "largest_datagram_received"), 8952, "{s}");
+    // A client that takes 3,000 bytes at most is probed no further.
+    let s = gateway.bench("pubsub", &[&burst[..], &["--pmtud-max", "3000"]].concat());
+    delivered_all(&s);
+    assert_eq!(u(&s, "largest_datagram_received"), 3000, "{s}");
+    // A client without discovery tells the gateway its 1,350 bytes, and is sent no more.
+    let s = gateway.bench("pubsub", &[&burst[..], &["--pmtud-max", "0"]].concat());
+    delivered_all(&s);
+    assert!(u(&s, "largest_datagram_received") <= 1350, "{s}");
+    // A path that carries 1,400 bytes at most loses every larger probe, and nothing else:
+    // packets grow only to what was acknowledged.
+    let narrow = narrow_path(gateway.addr, 1400);
+    let s = gateway.bench_via(narrow, "pubsub", &burst);
+    delivered_all(&s);
+    let largest = u(&s, "largest_datagram_received");
+    assert!(
+        largest > 1200 && largest <= 1400,
+        "a probe between the minimum and the path's limit was acknowledged: {s}"
+    );
 }
 
 #[test]

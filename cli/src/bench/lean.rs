@@ -26,8 +26,11 @@ use quinn_udp::{RecvMeta, Transmit, UdpSockRef, UdpSocketState, BATCH_SIZE};
 pub const ALPN: &[u8] = b"\x06macula";
 /// Length of the connection ids the engine gives its connections.
 const CID_LEN: usize = 16;
-/// The largest UDP payload sent or taken unless told otherwise, as the gateway's default.
+/// The largest UDP payload sent without path MTU discovery unless told otherwise, as the
+/// gateway's default.
 pub const MAX_UDP_PAYLOAD: usize = 1350;
+/// The largest UDP payload the sessions probe for by default, as the gateway's `--pmtud-max`.
+pub const PMTUD_MAX: usize = 8952;
 /// Bytes of one GSO datagram at most: its segments must fit in one UDP datagram.
 const GSO_MAX_BYTES: usize = 65_000;
 /// Bytes per receive slot: room for a GRO batch of full-size datagrams.
@@ -49,8 +52,10 @@ pub struct Target<'a> {
     pub ca: Option<&'a Path>,
     pub realm: &'a str,
     pub token: Option<&'a str>,
-    /// The largest UDP payload the sessions send and take.
+    /// The largest UDP payload the sessions send without path MTU discovery.
     pub max_udp_payload: usize,
+    /// The largest UDP payload the sessions probe for; 0: no path MTU discovery.
+    pub pmtud_max: usize,
 }
 
 impl<'a> Target<'a> {
@@ -64,6 +69,7 @@ impl<'a> Target<'a> {
             realm: &c.realm,
             token: c.token.as_deref(),
             max_udp_payload: MAX_UDP_PAYLOAD,
+            pmtud_max: PMTUD_MAX,
         }
     }
 }
@@ -71,11 +77,17 @@ impl<'a> Target<'a> {
 /// The datagram size of the engine's sessions: a flag of the scenarios that run on it.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Datagrams {
-    /// The largest UDP payload the lean engine's sessions send and take (as the gateway's
-    /// --max-udp-payload; what a connection carries is the smaller of the two sides').
+    /// The largest UDP payload the lean engine's sessions send with path MTU discovery off
+    /// (as the gateway's --max-udp-payload; what a connection carries is the smaller of the
+    /// two sides'). They take datagrams of up to this or --pmtud-max, whichever is larger.
     #[arg(long, value_name = "BYTES", default_value_t = MAX_UDP_PAYLOAD as u16,
           value_parser = clap::value_parser!(u16).range(1200..=16383))]
     pub max_udp_payload: u16,
+    /// The largest UDP payload the lean engine's sessions probe for (path MTU discovery, as
+    /// the gateway's --pmtud-max), or 0 for none.
+    #[arg(long, value_name = "BYTES", default_value_t = PMTUD_MAX as u16,
+          value_parser = crate::args::parse_pmtud_max)]
+    pub pmtud_max: u16,
 }
 
 impl Datagrams {
@@ -83,6 +95,7 @@ impl Datagrams {
     pub fn target<'a>(&self, c: &'a crate::args::Connection, server: SocketAddr) -> Target<'a> {
         Target {
             max_udp_payload: self.max_udp_payload.into(),
+            pmtud_max: self.pmtud_max.into(),
             ..Target::new(c, server)
         }
     }
@@ -726,8 +739,13 @@ fn quic_config(target: &Target<'_>, alpn: &[u8]) -> Result<quiche::Config, Strin
     c.set_curves_list("X25519:P-256")
         .map_err(|e| format!("cannot set the key exchange groups: {e}"))?;
     c.set_max_idle_timeout(30_000);
-    c.set_max_recv_udp_payload_size(target.max_udp_payload);
-    c.set_max_send_udp_payload_size(target.max_udp_payload);
+    c.set_max_recv_udp_payload_size(target.max_udp_payload.max(target.pmtud_max));
+    if target.pmtud_max > 0 {
+        c.discover_pmtu(true);
+        c.set_max_send_udp_payload_size(target.pmtud_max);
+    } else {
+        c.set_max_send_udp_payload_size(target.max_udp_payload);
+    }
     c.set_initial_max_data(16 << 20);
     c.set_initial_max_stream_data_bidi_local(8 << 20);
     c.set_initial_max_stream_data_bidi_remote(0);

@@ -8062,6 +8062,11 @@ impl<F: BufFactory> Connection<F> {
 
         active_path.recovery.update_max_ack_delay(max_ack_delay);
 
+        // meshgate: no PMTUD probe larger than the peer takes.
+        if let Some(pmtud) = active_path.pmtud.as_mut() {
+            pmtud.cap_maximum_supported_mtu(peer_params.max_udp_payload_size as usize);
+        }
+
         if active_path
             .pmtud
             .as_ref()
