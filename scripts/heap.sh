@@ -4,6 +4,7 @@
 # TLS, the shard's session, the driver's tables...), per session.
 #
 # Usage: scripts/heap.sh [--sessions N] [--out DIR]
+#   HEAP_GATEWAY_FLAGS adds flags to the gateway's (e.g. "--pmtud-max 0", to compare).
 #   Needs heaptrack (apt-get install heaptrack). Writes DIR/heap.md (default
 #   target/heap-report) with the table, and keeps heaptrack's data and the stacks beside it.
 #   The sessions connect, stay idle for a few seconds and leave; the peak is while they are
@@ -37,7 +38,7 @@ health=18280
 echo "heap: the gateway under heaptrack" >&2
 heaptrack -o "$out/heaptrack" target/release/meshgate serve --shards 1 \
     --listen "127.0.0.1:$port" --health-listen "127.0.0.1:$health" \
-    --max-clients $((sessions * 2)) >"$out/gateway.log" 2>&1 &
+    --max-clients $((sessions * 2)) ${HEAP_GATEWAY_FLAGS:-} >"$out/gateway.log" 2>&1 &
 tracer=$!
 for _ in $(seq 300); do
     curl -sf "http://127.0.0.1:$health/health" >/dev/null 2>&1 && break

@@ -841,7 +841,13 @@ impl PathMap {
 
     /// Gets the first path event to be notified to the application.
     pub fn pop_event(&mut self) -> Option<PathEvent> {
-        self.events.pop_front()
+        let event = self.events.pop_front();
+        // meshgate: a drained queue gives its buffer back. Events are rare (a new path, a
+        // new PMTU), and its first use, a connection's PMTU found, costs 500 bytes.
+        if event.is_none() && self.events.capacity() > 0 {
+            self.events = VecDeque::new();
+        }
+        event
     }
 
     /// Notifies all failed validations to the application.
@@ -1156,6 +1162,10 @@ mod tests {
                 pmtu: MIN_CLIENT_INITIAL_LEN,
             })
         );
+        // meshgate: the drained queue has given its buffer back.
+        assert!(paths.events.capacity() > 0);
+        assert_eq!(paths.pop_event(), None);
+        assert_eq!(paths.events.capacity(), 0);
     }
 
     #[test]
