@@ -205,10 +205,11 @@ pub struct ServeArgs {
           value_parser = clap::value_parser!(u16).range(1200..=16383))]
     pub max_udp_payload: u16,
     /// Path MTU discovery (RFC 8899): the largest UDP payload a connection probes for, in
-    /// bytes (1200 to 16383), or 0 to turn discovery off. A connection sends packets of 1,200
-    /// bytes until a padded probe of a larger size is acknowledged, probing from this size
-    /// (or the client's max_udp_payload_size, if smaller) down by halves between the largest
-    /// size acknowledged and the smallest lost. The socket does not fragment, so a probe the
+    /// bytes (1200 to 16383), or 0 to turn discovery off. A connection starts discovery when
+    /// it first fills a packet of --max-udp-payload (one that never does sends no probe), and
+    /// sends packets of 1,200 bytes until a padded probe of a larger size is acknowledged,
+    /// probing from this size (or the client's max_udp_payload_size, if smaller) down by
+    /// halves between the largest size acknowledged and the smallest lost. The socket does not fragment, so a probe the
     /// path cannot carry is lost, not cut up. 8952 is a jumbo frame's payload (MTU 9000 less
     /// the IPv6 and UDP headers): a busy connection's data then takes a sixth as many packets
     /// as at 1350; a path of Ethernet frames settles at 1452 to 1472.

@@ -95,6 +95,8 @@ pub struct ShardStart {
     pub max_handshakes: usize,
     /// The larger of `--max-udp-payload` and `--pmtud-max`: the largest datagram sent or taken.
     pub max_udp_payload: usize,
+    /// `--pmtud-max`: 0, or the largest UDP payload path MTU discovery probes for.
+    pub pmtud_max: usize,
     /// `--idle-timeout`: a connection that has not been heard from for this long is dropped.
     pub idle_timeout: Duration,
     /// quiche's configuration of dials to peers; `None` without the gateway mesh.
@@ -161,6 +163,8 @@ struct Io {
     fd: RawFd,
     rx: BatchRx,
     tx: BatchTx,
+    /// `--pmtud-max`: the largest UDP payload a connection that fills its packets probes for.
+    pmtud_max: usize,
 }
 
 impl Io {
@@ -203,7 +207,7 @@ impl Io {
             if self.tx.is_full() {
                 self.flush().await;
             }
-            match c.send(self.tx.next_slot()) {
+            match c.send(self.tx.next_slot(), self.pmtud_max) {
                 Ok(Some((len, to))) => self.tx.commit(len, to),
                 Ok(None) => return,
                 Err(e) => {
@@ -343,6 +347,7 @@ impl Driver {
             socket,
             rx: BatchRx::new(fd, start.max_udp_payload),
             tx: BatchTx::new(start.max_udp_payload),
+            pmtud_max: start.pmtud_max,
         };
         let _ = start.ready.send(id);
         Some((d, io))

@@ -41,6 +41,9 @@ const DATA_STREAM: u64 = 4;
 pub const PEER_ALPN: &[u8] = b"meshgate-peer";
 /// The smallest datagram that may carry a client's Initial (RFC 9000 14.1).
 const MIN_INITIAL_DATAGRAM: usize = 1200;
+/// How many times path MTU discovery sends a probe of one size before it takes that size to
+/// be more than the path carries (RFC 8899's MAX_PROBES).
+const PMTUD_PROBES: u8 = 3;
 
 /// A connection of an [`Endpoint`]: its slot and the slot's generation, so that a handle that
 /// outlives its connection never finds the one that reuses the slot.
@@ -472,9 +475,27 @@ impl Conn {
 
     /// Writes the connection's next packet into `out`; returns its length and destination,
     /// `None` when nothing is ready. A failure closes the connection.
-    pub fn send(&mut self, out: &mut [u8]) -> Result<Option<(usize, SocketAddr)>, QuicError> {
+    /// Writes the connection's next packet into `out`: its length and destination, `None`
+    /// when it has nothing to send. A packet as large as the connection sends now, once the
+    /// handshake is done, starts path MTU discovery up to `pmtud_max` (0: never): a connection
+    /// with that much to send gains from larger packets, and one that never fills a packet
+    /// (an idle session, a short-lived one) spends nothing on probes.
+    pub fn send(
+        &mut self,
+        out: &mut [u8],
+        pmtud_max: usize,
+    ) -> Result<Option<(usize, SocketAddr)>, QuicError> {
         match self.q.send(out) {
-            Ok((len, info)) => Ok(Some((len, info.to))),
+            Ok((len, info)) => {
+                if len >= MIN_INITIAL_DATAGRAM
+                    && pmtud_max > len
+                    && len >= self.q.max_send_udp_payload_size()
+                    && self.q.start_pmtud(pmtud_max, PMTUD_PROBES)
+                {
+                    log::debug!("path MTU discovery from {len} bytes up to {pmtud_max}");
+                }
+                Ok(Some((len, info.to)))
+            }
             Err(quiche::Error::Done) => Ok(None),
             Err(e) => {
                 self.close(false, 0x1, b"internal error");

@@ -222,6 +222,7 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
             shared: shared.clone(),
             max_handshakes: args.max_handshakes,
             max_udp_payload: args.largest_udp_payload().into(),
+            pmtud_max: args.pmtud_max.into(),
             idle_timeout: args.idle_timeout,
             dial_quic,
             peer_idle_timeout: args.peer_idle_timeout,
@@ -510,13 +511,10 @@ fn base_config(
     })?;
     c.load_priv_key_from_pem_file(key)
         .map_err(|e| StartError::Config(format!("key {key}: not a valid PEM private key ({e})")))?;
+    // Path MTU discovery (--pmtud-max) starts per connection, in the driver, once one fills
+    // a packet.
     c.set_max_recv_udp_payload_size(args.largest_udp_payload().into());
-    if args.pmtud_max > 0 {
-        c.discover_pmtu(true);
-        c.set_max_send_udp_payload_size(args.pmtud_max.into());
-    } else {
-        c.set_max_send_udp_payload_size(args.max_udp_payload.into());
-    }
+    c.set_max_send_udp_payload_size(args.max_udp_payload.into());
     c.set_initial_max_data(8 << 20);
     c.set_initial_max_stream_data_uni(0);
     c.set_initial_max_streams_uni(0);

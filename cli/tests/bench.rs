@@ -311,8 +311,9 @@ fn narrow_path(to: SocketAddr, max: usize) -> SocketAddr {
 
 #[test]
 fn path_mtu_discovery_sends_jumbo_datagrams_where_the_path_and_client_take_them_and_no_others() {
-    // Both sides discover by default: on the loopback the gateway's probe of --pmtud-max is
-    // acknowledged, and the bursts travel in datagrams of up to that size.
+    // Both sides discover by default, once a connection fills a packet: on the loopback the
+    // gateway's probe of --pmtud-max is acknowledged, and the bursts travel in datagrams of up
+    // to that size.
     let gateway = Gateway::start(&[]);
     let burst = [
         "--duration",

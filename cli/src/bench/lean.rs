@@ -186,6 +186,8 @@ pub struct Udp {
     tx: Vec<u8>,
     /// The largest datagram received so far, in bytes.
     largest_received: usize,
+    /// The largest UDP payload a connection that fills its packets probes for; 0: none.
+    pmtud_max: usize,
 }
 
 impl Udp {
@@ -204,6 +206,7 @@ impl Udp {
             rx: vec![0u8; RX_SLOT * BATCH_SIZE].into_boxed_slice(),
             meta: vec![RecvMeta::default(); BATCH_SIZE],
             largest_received: 0,
+            pmtud_max: 0,
             tx: Vec::with_capacity(64 * 1024),
             socket,
             state,
@@ -296,6 +299,11 @@ impl Udp {
                     break;
                 };
                 tx.truncate(at + len);
+                // A full packet: this connection gains from larger ones (as the gateway's
+                // `Conn::send`).
+                if len >= room && room >= 1200 && self.pmtud_max > len {
+                    quic.start_pmtud(self.pmtud_max, 3);
+                }
                 to = Some(info.to);
                 count += 1;
                 if count == 1 {
@@ -404,6 +412,7 @@ impl Engine {
         raw: bool,
     ) -> Result<std::ops::Range<usize>, String> {
         let mut config = quic_config(target, alpn)?;
+        self.udp.pmtud_max = target.pmtud_max;
         let first = self.sessions.len();
         for i in first..first + n {
             let s = self.new_session(i, target, &mut config, raw)?;
@@ -739,13 +748,10 @@ fn quic_config(target: &Target<'_>, alpn: &[u8]) -> Result<quiche::Config, Strin
     c.set_curves_list("X25519:P-256")
         .map_err(|e| format!("cannot set the key exchange groups: {e}"))?;
     c.set_max_idle_timeout(30_000);
+    // Path MTU discovery starts per connection, as the gateway's does, once one fills a packet
+    // (`Udp::send`).
     c.set_max_recv_udp_payload_size(target.max_udp_payload.max(target.pmtud_max));
-    if target.pmtud_max > 0 {
-        c.discover_pmtu(true);
-        c.set_max_send_udp_payload_size(target.pmtud_max);
-    } else {
-        c.set_max_send_udp_payload_size(target.max_udp_payload);
-    }
+    c.set_max_send_udp_payload_size(target.max_udp_payload);
     c.set_initial_max_data(16 << 20);
     c.set_initial_max_stream_data_bidi_local(8 << 20);
     c.set_initial_max_stream_data_bidi_remote(0);

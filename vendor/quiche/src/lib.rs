@@ -7763,6 +7763,32 @@ impl<F: BufFactory> Connection<F> {
         }
     }
 
+    /// meshgate: starts path MTU discovery on the connection's paths, probing up to
+    /// `max_udp_payload` bytes and never past the peer's `max_udp_payload_size`, once the
+    /// handshake is complete. Does nothing, and returns false, before that, when discovery
+    /// runs already, or when that limit is no larger than the packets sent now.
+    ///
+    /// Packets are of the minimum size (1,200 bytes) until a probe is acknowledged.
+    pub fn start_pmtud(&mut self, max_udp_payload: usize, max_probes: u8) -> bool {
+        let peer_max = self.peer_transport_params.max_udp_payload_size;
+        let max = cmp::min(
+            cmp::min(max_udp_payload, 16383),
+            usize::try_from(peer_max).unwrap_or(usize::MAX),
+        );
+        let Ok(path) = self.paths.get_active() else {
+            return false;
+        };
+        if !self.handshake_completed ||
+            path.pmtud.is_some() ||
+            max <= path.recovery.max_datagram_size()
+        {
+            return false;
+        }
+        self.paths
+            .set_discover_pmtu_on_existing_paths(true, max, max_probes);
+        true
+    }
+
     /// Revalidates the PMTU for the active path by sending a new probe packet
     /// of PMTU size. If the probe is dropped PMTUD will restart and find a new
     /// valid PMTU.
@@ -8061,11 +8087,6 @@ impl<F: BufFactory> Connection<F> {
         let active_path = self.paths.get_active_mut()?;
 
         active_path.recovery.update_max_ack_delay(max_ack_delay);
-
-        // meshgate: no PMTUD probe larger than the peer takes.
-        if let Some(pmtud) = active_path.pmtud.as_mut() {
-            pmtud.cap_maximum_supported_mtu(peer_params.max_udp_payload_size as usize);
-        }
 
         if active_path
             .pmtud

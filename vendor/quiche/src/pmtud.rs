@@ -89,14 +89,6 @@ impl Pmtud {
             self.smallest_failed_probe_size != Some(MIN_PLPMTU)
     }
 
-    /// Lowers the maximum supported MTU to `max` (the peer's max_udp_payload_size, which no
-    /// probe may exceed: RFC 9000, section 18.2), never below the minimum PLPMTU.
-    pub fn cap_maximum_supported_mtu(&mut self, max: usize) {
-        self.maximum_supported_mtu =
-            std::cmp::min(self.maximum_supported_mtu, max.max(MIN_PLPMTU));
-        self.probe_size = std::cmp::min(self.probe_size, self.maximum_supported_mtu);
-    }
-
     /// Sets the PMTUD probe size.
     fn set_probe_size(&mut self, probe_size: usize) {
         self.probe_size = std::cmp::min(probe_size, self.maximum_supported_mtu);
@@ -275,23 +267,6 @@ mod tests {
         assert_eq!(pmtud.get_current_mtu(), 1200);
         assert_eq!(pmtud.get_probe_size(), 1350);
         assert!(pmtud.should_probe());
-    }
-
-    #[test]
-    fn pmtud_probes_no_larger_than_the_cap() {
-        let mut pmtud = Pmtud::new(8952, 1);
-        pmtud.cap_maximum_supported_mtu(1350);
-        assert_eq!(pmtud.get_probe_size(), 1350);
-        pmtud.successful_probe(1350);
-        assert_eq!(pmtud.get_pmtu(), Some(1350));
-
-        let mut pmtud = Pmtud::new(8952, 1);
-        pmtud.cap_maximum_supported_mtu(65527);
-        assert_eq!(pmtud.get_probe_size(), 8952);
-
-        let mut pmtud = Pmtud::new(8952, 1);
-        pmtud.cap_maximum_supported_mtu(0);
-        assert_eq!(pmtud.get_probe_size(), 1200);
     }
 
     #[test]

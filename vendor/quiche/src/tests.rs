@@ -12386,6 +12386,43 @@ fn pmtud_probe_success(
     assert_eq!(pipe.client.path_event_next(), None);
 }
 
+#[test]
+/// meshgate: discovery started on an established connection probes up to the
+/// size asked for and the peer's max_udp_payload_size, and starts only once.
+fn pmtud_started_after_the_handshake() {
+    let mut config = Config::new(PROTOCOL_VERSION).unwrap();
+    config
+        .load_cert_chain_from_pem_file("examples/cert.crt")
+        .unwrap();
+    config
+        .load_priv_key_from_pem_file("examples/cert.key")
+        .unwrap();
+    config.set_application_protos(&[b"proto1"]).unwrap();
+    config.verify_peer(false);
+    config.set_max_send_udp_payload_size(1350);
+    config.set_max_recv_udp_payload_size(3000);
+
+    let mut pipe = test_utils::Pipe::with_config(&mut config).unwrap();
+    // Not before the handshake is complete.
+    assert!(!pipe.server.start_pmtud(8952, 3));
+    assert_eq!(pipe.handshake(), Ok(()));
+    assert_eq!(pipe.advance(), Ok(()));
+    assert!(pipe.server.paths.get_active().unwrap().pmtud.is_none());
+    // No larger than the packets sent now: nothing to discover.
+    assert!(!pipe.server.start_pmtud(1350, 3));
+
+    assert!(pipe.server.start_pmtud(8952, 3));
+    assert!(!pipe.server.start_pmtud(8952, 3));
+    // The probe is the client's 3,000 bytes, not 8,952, and is acknowledged.
+    let mut buf = [0; 16383];
+    let (len, _) = pipe.server.send(&mut buf).unwrap();
+    assert_eq!(len, 3000);
+    assert_eq!(pipe.client_recv(&mut buf[..len]), Ok(len));
+    assert_eq!(pipe.advance(), Ok(()));
+    assert_eq!(pipe.server.pmtu(), Some(3000));
+    assert_eq!(pipe.server.max_send_udp_payload_size(), 3000);
+}
+
 #[rstest]
 /// This test verifies that multiple send() calls after handshake completion
 /// only generate one PMTUD probe packet, not multiple identical probes.
