@@ -16,14 +16,16 @@
 # Usage: scripts/bench.sh [--out DIR] [--runs N] [--duration SECONDS] [--gateway-cpu N]
 #                         [--load-cpu N] [--churn-cycles N] [--churn-rate N] [--idle-clients N]
 #                         [--pubsub-rate N] [--pubsub-burst-rate N] [--pubsub-tick MS]
-#                         [--jumbo-payload N] [--mesh-rate N] [--nats NATSBENCH_DIR] [--quick]
+#                         [--fixed-payload N] [--mesh-rate N] [--nats NATSBENCH_DIR] [--quick]
 #   --pubsub-rate  the publisher's rate in the pub/sub runs paced message by message (150,000)
 #   --pubsub-burst-rate, --pubsub-tick  the pub/sub runs whose publisher writes the messages
 #             of each tick together, as a client flushing its buffer on a timer does (300,000
 #             messages/s, 1 ms): the shape compared with nats-server's, whose publisher batches
-#   --jumbo-payload  the --max-udp-payload of the gateway and the load generator in a second
-#             set of the runs in bursts, as on a network of jumbo frames (8952: an MTU of 9000
-#             less the IPv6 and UDP headers); each such run follows a run at the default 1350
+#   --fixed-payload  the --max-udp-payload of the gateway and the load generator in a second
+#             set of the runs in bursts, with path MTU discovery off on both sides
+#             (--pmtud-max 0), as on a path of Ethernet frames (1350, the default without
+#             discovery); each such run follows a run with the defaults, in which both sides
+#             discover what the loopback carries, up to --pmtud-max (8952)
 #   --mesh-rate  the paced rate (calls/s) at which a forwarded call's CPU on each gateway is
 #             compared with a local call's, both on the same two gateways (default 5,000: low
 #             enough that neither run saturates the core the gateways share)
@@ -44,7 +46,7 @@ idle_clients=5000
 pubsub_rate=150000
 pubsub_burst_rate=300000
 pubsub_tick=1
-jumbo_payload=8952
+fixed_payload=1350
 mesh_rate=5000
 nats=""
 while (($#)); do
@@ -60,7 +62,7 @@ while (($#)); do
         --pubsub-rate) pubsub_rate=$2; shift 2 ;;
         --pubsub-burst-rate) pubsub_burst_rate=$2; shift 2 ;;
         --pubsub-tick) pubsub_tick=$2; shift 2 ;;
-        --jumbo-payload) jumbo_payload=$2; shift 2 ;;
+        --fixed-payload) fixed_payload=$2; shift 2 ;;
         --mesh-rate) mesh_rate=$2; shift 2 ;;
         --nats) nats=$2; shift 2 ;;
         --quick) runs=1; duration=3; churn_cycles=2000; idle_clients=500; shift ;;
@@ -69,12 +71,12 @@ while (($#)); do
     esac
 done
 for n in "$runs" "$duration" "$gateway_cpu" "$load_cpu" "$churn_cycles" "$churn_rate" "$idle_clients" \
-    "$pubsub_rate" "$pubsub_burst_rate" "$pubsub_tick" "$jumbo_payload" "$mesh_rate"; do
+    "$pubsub_rate" "$pubsub_burst_rate" "$pubsub_tick" "$fixed_payload" "$mesh_rate"; do
     [[ "$n" =~ ^[0-9]+$ ]] || { echo "bench: '$n' is not a whole number" >&2; exit 2; }
 done
 ((runs >= 1 && duration >= 1)) || { echo "bench: --runs and --duration must be at least 1" >&2; exit 2; }
-((jumbo_payload >= 1200 && jumbo_payload <= 16383)) ||
-    { echo "bench: --jumbo-payload must be 1200 to 16383 bytes" >&2; exit 2; }
+((fixed_payload >= 1200 && fixed_payload <= 16383)) ||
+    { echo "bench: --fixed-payload must be 1200 to 16383 bytes" >&2; exit 2; }
 out=$(realpath -m "$out")
 cpus=$(nproc)
 if ((gateway_cpu >= cpus || load_cpu >= cpus || gateway_cpu == load_cpu)); then
@@ -281,11 +283,11 @@ for r in $(seq "$runs"); do
     say "pubsub in bursts: 1 publisher at $pubsub_burst_rate/s, each ${pubsub_tick} ms's messages together, 4 subscribers, run $r of $runs"
     fresh "pubsub-burst-$r" -- pubsub --publishers 1 --subscribers 4 --pattern exact --payload 64 \
         --rate "$pubsub_burst_rate" --tick "${pubsub_tick}ms" --duration "${duration}s" --warmup 2s
-    say "pubsub in bursts with $jumbo_payload-byte datagrams (--max-udp-payload on both sides), run $r of $runs"
-    fresh "pubsub-jumbo-$r" --max-udp-payload "$jumbo_payload" -- pubsub --publishers 1 \
-        --subscribers 4 --pattern exact --payload 64 --rate "$pubsub_burst_rate" \
-        --tick "${pubsub_tick}ms" --max-udp-payload "$jumbo_payload" --duration "${duration}s" \
-        --warmup 2s
+    say "pubsub in bursts with fixed $fixed_payload-byte datagrams (no path MTU discovery on either side), run $r of $runs"
+    fresh "pubsub-fixed-$r" --max-udp-payload "$fixed_payload" --pmtud-max 0 -- pubsub \
+        --publishers 1 --subscribers 4 --pattern exact --payload 64 --rate "$pubsub_burst_rate" \
+        --tick "${pubsub_tick}ms" --max-udp-payload "$fixed_payload" --pmtud-max 0 \
+        --duration "${duration}s" --warmup 2s
 done
 
 say "pubsub unpaced: as fast as the publisher goes (past what the gateway delivers: losses)"
@@ -450,7 +452,7 @@ python3 scripts/bench_report.py --dir "$out" --runs "$runs" --duration "$duratio
     --gateway-cpu "$gateway_cpu" --load-cpu "$load_cpu" --churn-cycles "$churn_cycles" \
     --churn-rate "$churn_rate" --idle-clients "$idle_clients" --pubsub-rate "$pubsub_rate" \
     --pubsub-burst-rate "$pubsub_burst_rate" --pubsub-tick "$pubsub_tick" \
-    --jumbo-payload "$jumbo_payload" \
+    --fixed-payload "$fixed_payload" \
     --mesh-rate "$mesh_rate" --elapsed "$elapsed" \
     --command "$command" >"$out/report.md"
 echo "bench: done in ${elapsed}s; report in $out/report.md" >&2

@@ -221,7 +221,7 @@ def main():
     p.add_argument("--pubsub-rate", type=int, required=True)
     p.add_argument("--pubsub-burst-rate", type=int, required=True)
     p.add_argument("--pubsub-tick", type=int, required=True)
-    p.add_argument("--jumbo-payload", type=int, required=True)
+    p.add_argument("--fixed-payload", type=int, required=True)
     p.add_argument("--mesh-rate", type=int, required=True)
     p.add_argument("--elapsed", type=int, required=True)
     p.add_argument("--command", required=True)
@@ -234,7 +234,7 @@ def main():
     at25k = [load(d, f"rpc-25k-{r}") for r in runs]
     pubsub = [load(d, f"pubsub-{r}") for r in runs]
     burst = [load(d, f"pubsub-burst-{r}") for r in runs]
-    jumbo = [load(d, f"pubsub-jumbo-{r}") for r in runs]
+    fixed = [load(d, f"pubsub-fixed-{r}") for r in runs]
     unpaced = load(d, "pubsub-unpaced")
     idle = [load(d, f"idle-{r}") for r in runs]
     churn = load(d, "churn")
@@ -262,7 +262,7 @@ def main():
     half_target = half[0].get("rate_target")
     ps = pubsub_figures(pubsub)
     pb = pubsub_figures(burst)
-    pj = pubsub_figures(jumbo)
+    pf = pubsub_figures(fixed)
     t25_p99 = Figure([dig(s, "latency_us", "p99") for s in at25k])
     t25_errors = sum(s["errors"] for s in at25k)
     t25_cpu = Figure([window_cpu_per_call(s) for s in at25k])
@@ -299,7 +299,7 @@ def main():
     w("## Targets")
     w("")
     targets(w, a, theirs, rpc_rate, rpc_cpu, rpc_p99, rpc_gw_busy, rpc_load_busy, ratio,
-            idle_per, hs, hs_cpu, pb.cpu, pj.cpu, pubsub + burst + jumbo, d, runs)
+            idle_per, hs, hs_cpu, pb.cpu, pf.cpu, pubsub + burst + fixed, d, runs)
     w("")
     w("## Other figures")
     w("")
@@ -360,8 +360,8 @@ def main():
         f"{a.pubsub_tick} ms bursts) | {us(pb.cpu.median)} | {pb.cpu.spread(us)} |"
     )
     w(
-        f"| the same with {a.jumbo_payload:,}-byte datagrams (`--max-udp-payload` on both sides) "
-        f"| {us(pj.cpu.median)} | {pj.cpu.spread(us)} |"
+        f"| the same with fixed {a.fixed_payload:,}-byte datagrams (`--pmtud-max 0` on both "
+        f"sides) | {us(pf.cpu.median)} | {pf.cpu.spread(us)} |"
     )
     w(f"| gateway CPU per new connection | {us(hs_cpu)} | 1 run |")
     w("")
@@ -398,7 +398,7 @@ def main():
     w("|---|---|---|---|---|---|---|---|")
     rows = [(str(i), s) for i, s in enumerate(pubsub, 1)]
     rows += [(f"bursts {i}", s) for i, s in enumerate(burst, 1)]
-    rows += [(f"bursts, {a.jumbo_payload:,} B datagrams {i}", s) for i, s in enumerate(jumbo, 1)]
+    rows += [(f"bursts, fixed {a.fixed_payload:,} B datagrams {i}", s) for i, s in enumerate(fixed, 1)]
     for i, s in rows + [("unpaced", unpaced)]:
         lat = s.get("latency_us", {})
         w(
@@ -426,15 +426,19 @@ def main():
     )
     w("")
     w(
-        f"The same runs in bursts with `--max-udp-payload {a.jumbo_payload}` on the gateway and "
-        "the load generator, as on a network of jumbo frames (each run follows one at the "
-        "default 1,350 bytes): gateway core "
-        f"{pct_of(pj.gw_busy.median)} busy, load generator core {pct_of(pj.load_busy.median)}, "
-        f"gateway CPU per delivery {us(pj.cpu.median)}, delivered {count(pj.rate.median)}/s, "
-        f"delivery p99 {ms_fig(pj.p99)}, losses {pj.losses}. A packet then carries about six "
-        "times the messages, and most of the gateway's cost per delivery is per packet "
-        "(quiche's packet work, AES-GCM's per-packet part, the kernel's per-datagram path). "
-        "nats-server's TCP connections over the loopback carry segments of up to 64 KiB."
+        "In every run with the defaults, the gateway and the load generator discover the path "
+        "MTU (`--pmtud-max 8952` on both sides): the loopback carries the first probe, so a "
+        "busy connection's packets grow to 8,952 bytes once it is acknowledged. "
+        f"The same runs in bursts with fixed {a.fixed_payload:,}-byte datagrams "
+        f"(`--max-udp-payload {a.fixed_payload} --pmtud-max 0` on the gateway and the load "
+        "generator), as on a path of Ethernet frames (each run follows one with the defaults): "
+        f"gateway core {pct_of(pf.gw_busy.median)} busy, load generator core "
+        f"{pct_of(pf.load_busy.median)}, gateway CPU per delivery {us(pf.cpu.median)}, "
+        f"delivered {count(pf.rate.median)}/s, delivery p99 {ms_fig(pf.p99)}, losses "
+        f"{pf.losses}. Most of the gateway's cost per delivery is per packet (quiche's packet "
+        "work, AES-GCM's per-packet part, the kernel's per-datagram path), and a packet of "
+        "8,952 bytes carries about six times the messages of one of 1,350. nats-server's TCP "
+        "connections over the loopback carry segments of up to 64 KiB."
     )
     w("")
     w(
@@ -536,7 +540,7 @@ def main():
 
 
 def targets(w, a, theirs, rpc_rate, rpc_cpu, rpc_p99, gw_busy, load_busy, ratio, idle_per,
-            hs, hs_cpu, ps_cpu, jumbo_cpu, pubsub, d, runs):
+            hs, hs_cpu, ps_cpu, fixed_cpu, pubsub, d, runs):
     """The performance targets, each met or not, against nats-server where the run measured
     it (same machine, same cores, same shapes)."""
     w("| target | meshgate | against | |")
@@ -568,14 +572,16 @@ def targets(w, a, theirs, rpc_rate, rpc_cpu, rpc_p99, gw_busy, load_busy, ratio,
         )
         w(
             f"| gateway CPU per pub/sub delivery ≤ nats-server's (plain, 1 → 4; meshgate at "
-            f"{a.pubsub_burst_rate:,}/s in {a.pubsub_tick} ms bursts) | "
+            f"{a.pubsub_burst_rate:,}/s in {a.pubsub_tick} ms bursts, with the defaults: path MTU "
+            f"discovery up to 8,952 bytes) | "
             f"{us(ps_cpu.median)} | {us(theirs['ps_cpu'].median)} | "
             f"{verdict(theirs['ps_cpu'].median is not None and ps_cpu.median is not None and ps_cpu.median <= theirs['ps_cpu'].median)} |"
         )
         w(
-            f"| the same with `--max-udp-payload {a.jumbo_payload}` on both sides (a network of "
-            f"jumbo frames) | {us(jumbo_cpu.median)} | {us(theirs['ps_cpu'].median)} | "
-            f"{verdict(theirs['ps_cpu'].median is not None and jumbo_cpu.median is not None and jumbo_cpu.median <= theirs['ps_cpu'].median)} |"
+            f"| the same with fixed {a.fixed_payload:,}-byte datagrams (`--pmtud-max 0` on both "
+            f"sides, as on a path of Ethernet frames) | {us(fixed_cpu.median)} | "
+            f"{us(theirs['ps_cpu'].median)} | "
+            f"{verdict(theirs['ps_cpu'].median is not None and fixed_cpu.median is not None and fixed_cpu.median <= theirs['ps_cpu'].median)} |"
         )
     else:
         w("| the targets against nats-server | | not measured (run with `--nats`) | n/a |")

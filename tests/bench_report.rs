@@ -38,8 +38,8 @@ fn report(dir: &Path, elapsed: &str, command: &str) -> Output {
             "300000",
             "--pubsub-tick",
             "1",
-            "--jumbo-payload",
-            "8952",
+            "--fixed-payload",
+            "1350",
             "--mesh-rate",
             "5000",
         ])

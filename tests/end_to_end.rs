@@ -1991,3 +1991,38 @@ async fn a_session_survives_repeated_moves_of_its_client_to_new_udp_ports() {
     }
     assert_eq!(gw.metric("meshgate_clients").await, 2, "no new session");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_connection_that_fills_its_packets_is_probed_for_a_larger_path_mtu() {
+    let gw = Gateway::start(&[]);
+    let relay = Relay::start(gw.addr).await;
+    let mut sub = Raw::connect(relay.addr, REALM, random_node()).await;
+    sub.subscribe(&["probe.topic"]).await;
+    for _ in 0..20 {
+        sub.ping().await;
+    }
+    // The handshake's packets are at most --max-udp-payload, and no answer fills one: the
+    // connection has not started discovery, so no probe came.
+    assert!(
+        relay.largest_to_client() <= 1350,
+        "a datagram of {} bytes to an idle session",
+        relay.largest_to_client()
+    );
+    // 64 messages of 1 KiB at once fill packets to the subscriber: the gateway starts
+    // discovery and probes up to what the client takes (quinn's max_udp_payload_size).
+    let mut publisher = gw.raw().await;
+    for i in 0..64u8 {
+        publisher.publish("probe.topic", &[i; 1024]).await;
+    }
+    for _ in 0..64 {
+        sub.expect(FrameType::Publish).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while relay.largest_to_client() <= 1350 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no probe larger than 1,350 bytes came after the burst"
+        );
+        sub.ping().await;
+    }
+}

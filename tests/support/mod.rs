@@ -1235,6 +1235,8 @@ pub struct Relay {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// Datagrams of the client sent on to the gateway so far.
     to_gateway: tokio::sync::watch::Receiver<u64>,
+    /// The largest datagram of the gateway's sent on to the client so far, in bytes.
+    largest_to_client: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// A datagram the relay holds, and when it is due to leave.
@@ -1308,14 +1310,19 @@ impl Relay {
                 }
             }
         }));
-        tasks.push(tokio::spawn(async move {
-            while let Some((due, datagram)) = down_rx.recv().await {
-                if !delay.is_zero() {
-                    tokio::time::sleep_until(due).await;
-                }
-                let to_client = *client.lock().unwrap();
-                if let Some(to_client) = to_client {
-                    let _ = front.send_to(&datagram, to_client).await;
+        let largest_to_client = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        tasks.push(tokio::spawn({
+            let largest = largest_to_client.clone();
+            async move {
+                while let Some((due, datagram)) = down_rx.recv().await {
+                    if !delay.is_zero() {
+                        tokio::time::sleep_until(due).await;
+                    }
+                    let to_client = *client.lock().unwrap();
+                    if let Some(to_client) = to_client {
+                        largest.fetch_max(datagram.len(), std::sync::atomic::Ordering::Relaxed);
+                        let _ = front.send_to(&datagram, to_client).await;
+                    }
                 }
             }
         }));
@@ -1323,7 +1330,14 @@ impl Relay {
             addr,
             tasks,
             to_gateway,
+            largest_to_client,
         }
+    }
+
+    /// The largest datagram the gateway sent its client through the relay so far, in bytes.
+    pub fn largest_to_client(&self) -> usize {
+        self.largest_to_client
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Waits until the relay has sent on to the gateway at least `n` datagrams of its client
