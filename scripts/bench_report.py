@@ -530,7 +530,11 @@ def main():
         f"Handshakes: {count(hs['connections_per_s'])} new connections/s "
         f"(connect p50 {ms(dig(hs, 'connect_latency_us', 'p50'))}, p99 "
         f"{ms(dig(hs, 'connect_latency_us', 'p99'))}), "
-        f"{hs['refused']:,} refused, gateway CPU {hs['gateway_cpu_s']:.1f} s."
+        f"{hs['refused']:,} refused, gateway CPU {hs['gateway_cpu_s']:.1f} s "
+        f"({us(hs.get('gateway_cpu_per_connection_us'))} per connection, its core "
+        f"{pct_of(hs.get('gateway_cpu_busy'))} busy); the load generator, which makes the "
+        f"client's half of every handshake, {us(hs.get('load_cpu_per_connection_us'))} per "
+        "connection."
     )
     w("")
     mesh_section(w, d, runs, rpc_rate, rpc_p99, rpc_cpu, a.mesh_rate)
