@@ -64,6 +64,9 @@ fn parse_positive_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// QUIC's smallest datagram, which every path must carry (RFC 9000, section 14).
+const MIN_UDP_PAYLOAD: u16 = 1200;
+
 /// A `--pmtud-max`: 0 (discovery off) or a UDP payload of 1200 to 16383 bytes.
 fn parse_pmtud_max(s: &str) -> Result<u16, String> {
     match s.parse::<u16>() {
@@ -198,21 +201,23 @@ pub struct ServeArgs {
     pub slow_consumer_timeout: Duration,
     /// The largest UDP payload the gateway sends with path MTU discovery off (--pmtud-max 0),
     /// in bytes (1200 to 16383); it takes datagrams of up to this or --pmtud-max, whichever is
-    /// larger. 1350 fits almost every Internet path. Without discovery a client's own limit
+    /// larger. 1350 fits almost every Internet path. With discovery off a client's own limit
     /// (its max_udp_payload_size) bounds what it is sent, and a datagram larger than its path
     /// carries is fragmented by the kernel.
     #[arg(long, value_name = "BYTES", default_value_t = 1350,
           value_parser = clap::value_parser!(u16).range(1200..=16383))]
     pub max_udp_payload: u16,
     /// Path MTU discovery (RFC 8899): the largest UDP payload a connection probes for, in
-    /// bytes (1200 to 16383), or 0 to turn discovery off. A connection starts discovery when
-    /// it first fills a packet of --max-udp-payload (one that never does sends no probe), and
-    /// sends packets of 1,200 bytes until a padded probe of a larger size is acknowledged,
-    /// probing from this size (or the client's max_udp_payload_size, if smaller) down by
-    /// halves between the largest size acknowledged and the smallest lost. The socket does not fragment, so a probe the
-    /// path cannot carry is lost, not cut up. 8952 is a jumbo frame's payload (MTU 9000 less
-    /// the IPv6 and UDP headers): a busy connection's data then takes a sixth as many packets
-    /// as at 1350; a path of Ethernet frames settles at 1452 to 1472.
+    /// bytes (1200 to 16383), or 0 to turn discovery off. With discovery on, no datagram is
+    /// fragmented (Don't Fragment on all of them, as RFC 9000 asks), and a connection sends
+    /// packets of 1,200 bytes, which every path carries, until a padded probe of a larger
+    /// size is acknowledged. It starts probing when it first fills a packet (one that never
+    /// does sends no probe), from this size (or the client's max_udp_payload_size, if
+    /// smaller), and halves the gap between the largest size acknowledged and the smallest
+    /// lost; a probe the path cannot carry is lost, not cut up. A path whose MTU shrinks
+    /// after discovery is not detected. 8952 is a jumbo frame's payload (MTU 9000 less the
+    /// IPv6 and UDP headers): a busy connection's data then takes a sixth as many packets as
+    /// at 1350; a path of Ethernet frames settles at 1452 to 1472.
     #[arg(long, value_name = "BYTES", default_value_t = 8952, value_parser = parse_pmtud_max)]
     pub pmtud_max: u16,
     /// How long a connection may wait before sending CONNECT.
@@ -269,6 +274,17 @@ impl ServeArgs {
     pub fn largest_udp_payload(&self) -> u16 {
         self.max_udp_payload.max(self.pmtud_max)
     }
+
+    /// The largest UDP payload a connection sends before path MTU discovery has proved a
+    /// larger one: QUIC's minimum (1200) with discovery on, whose datagrams are never
+    /// fragmented, --max-udp-payload with it off.
+    pub fn unprobed_udp_payload(&self) -> u16 {
+        if self.pmtud_max > 0 {
+            MIN_UDP_PAYLOAD
+        } else {
+            self.max_udp_payload
+        }
+    }
 }
 
 #[cfg(test)]
@@ -310,7 +326,10 @@ mod tests {
         assert_eq!(a.slow_consumer_timeout, Duration::from_secs(10));
         assert_eq!(a.idle_timeout, Duration::from_secs(60));
         assert_eq!((a.max_udp_payload, a.pmtud_max), (1350, 8952));
-        assert_eq!(a.largest_udp_payload(), 8952);
+        assert_eq!(
+            (a.largest_udp_payload(), a.unprobed_udp_payload()),
+            (8952, 1200)
+        );
         assert!(a.realms.is_empty() && a.cert.is_none() && a.shards.is_none());
         assert!(a.node_name.is_none() && a.peers.is_empty() && a.advertise.is_none());
         assert!(a.cluster_token_file.is_none() && a.peer_ca.is_none());
@@ -347,12 +366,16 @@ mod tests {
         let parse = |v: &str| {
             Cli::try_parse_from(["meshgate", "serve", "--pmtud-max", v]).map(|cli| {
                 let Command::Serve(a) = cli.command;
-                (a.pmtud_max, a.largest_udp_payload())
+                (
+                    a.pmtud_max,
+                    a.largest_udp_payload(),
+                    a.unprobed_udp_payload(),
+                )
             })
         };
-        assert_eq!(parse("0").unwrap(), (0, 1350));
-        assert_eq!(parse("1200").unwrap(), (1200, 1350));
-        assert_eq!(parse("16383").unwrap(), (16383, 16383));
+        assert_eq!(parse("0").unwrap(), (0, 1350, 1350));
+        assert_eq!(parse("1200").unwrap(), (1200, 1350, 1200));
+        assert_eq!(parse("16383").unwrap(), (16383, 16383, 1200));
         for bad in ["1", "1199", "16384", "65536", "jumbo"] {
             let e = parse(bad).expect_err(bad).to_string();
             assert!(

@@ -511,10 +511,11 @@ fn base_config(
     })?;
     c.load_priv_key_from_pem_file(key)
         .map_err(|e| StartError::Config(format!("key {key}: not a valid PEM private key ({e})")))?;
-    // Path MTU discovery (--pmtud-max) starts per connection, in the driver, once one fills
-    // a packet.
+    // With path MTU discovery (--pmtud-max), every datagram leaves with Don't Fragment (RFC
+    // 9000, section 14), so a connection sends QUIC's minimum, which every path carries, until
+    // a probe proves more; it starts probing in the driver once it fills a packet.
     c.set_max_recv_udp_payload_size(args.largest_udp_payload().into());
-    c.set_max_send_udp_payload_size(args.max_udp_payload.into());
+    c.set_max_send_udp_payload_size(args.unprobed_udp_payload().into());
     c.set_initial_max_data(8 << 20);
     c.set_initial_max_stream_data_uni(0);
     c.set_initial_max_streams_uni(0);

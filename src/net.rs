@@ -321,7 +321,8 @@ pub struct BatchTx {
     /// any path carries.
     gso: bool,
     /// Datagrams before this one go one per message: a GSO message of them was refused (their
-    /// path's MTU is below their size; sent alone, the kernel fragments them).
+    /// path's MTU is below their size; sent alone, the kernel fragments them, or, on a socket
+    /// that never fragments, refuses those that are too large: path MTU probes).
     unsegmented_to: usize,
 }
 

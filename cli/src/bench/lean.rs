@@ -748,10 +748,15 @@ fn quic_config(target: &Target<'_>, alpn: &[u8]) -> Result<quiche::Config, Strin
     c.set_curves_list("X25519:P-256")
         .map_err(|e| format!("cannot set the key exchange groups: {e}"))?;
     c.set_max_idle_timeout(30_000);
-    // Path MTU discovery starts per connection, as the gateway's does, once one fills a packet
-    // (`Udp::send`).
+    // With path MTU discovery, as the gateway: the socket never fragments (quinn-udp sets
+    // IP_PMTUDISC_PROBE), so packets are of QUIC's minimum until a probe proves more, and a
+    // connection starts probing once it fills one (`Udp::send`).
     c.set_max_recv_udp_payload_size(target.max_udp_payload.max(target.pmtud_max));
-    c.set_max_send_udp_payload_size(target.max_udp_payload);
+    c.set_max_send_udp_payload_size(if target.pmtud_max > 0 {
+        1200
+    } else {
+        target.max_udp_payload
+    });
     c.set_initial_max_data(16 << 20);
     c.set_initial_max_stream_data_bidi_local(8 << 20);
     c.set_initial_max_stream_data_bidi_remote(0);
