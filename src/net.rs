@@ -612,16 +612,14 @@ mod tests {
             eprintln!("no IPv6 on this host: the dual-stack socket was not checked");
             return;
         };
-        {
-            assert_eq!(
-                mtu_discover(&dual, libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER),
-                libc::IPV6_PMTUDISC_PROBE
-            );
-            assert_eq!(
-                mtu_discover(&dual, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER),
-                libc::IP_PMTUDISC_PROBE
-            );
-        }
+        assert_eq!(
+            mtu_discover(&dual, libc::IPPROTO_IPV6, libc::IPV6_MTU_DISCOVER),
+            libc::IPV6_PMTUDISC_PROBE
+        );
+        assert_eq!(
+            mtu_discover(&dual, libc::IPPROTO_IP, libc::IP_MTU_DISCOVER),
+            libc::IP_PMTUDISC_PROBE
+        );
     }
 
     #[test]

@@ -31,6 +31,11 @@ const CID_LEN: usize = 16;
 pub const MAX_UDP_PAYLOAD: usize = 1350;
 /// The largest UDP payload the sessions probe for by default, as the gateway's `--pmtud-max`.
 pub const PMTUD_MAX: usize = 8952;
+/// QUIC's smallest datagram, which every path carries: the packets of a session with path MTU
+/// discovery until a probe proves more.
+const MIN_UDP_PAYLOAD: usize = 1200;
+/// Probes of one size sent before that size is taken to be too large (as the gateway).
+const PMTUD_PROBES: u8 = 3;
 /// Bytes of one GSO datagram at most: its segments must fit in one UDP datagram.
 const GSO_MAX_BYTES: usize = 65_000;
 /// Bytes per receive slot: room for a GRO batch of full-size datagrams.
@@ -301,8 +306,8 @@ impl Udp {
                 tx.truncate(at + len);
                 // A full packet: this connection gains from larger ones (as the gateway's
                 // `Conn::send`).
-                if len >= room && room >= 1200 && self.pmtud_max > len {
-                    quic.start_pmtud(self.pmtud_max, 3);
+                if len >= room && room >= MIN_UDP_PAYLOAD && self.pmtud_max > len {
+                    quic.start_pmtud(self.pmtud_max, PMTUD_PROBES);
                 }
                 to = Some(info.to);
                 count += 1;
@@ -753,7 +758,7 @@ fn quic_config(target: &Target<'_>, alpn: &[u8]) -> Result<quiche::Config, Strin
     // connection starts probing once it fills one (`Udp::send`).
     c.set_max_recv_udp_payload_size(target.max_udp_payload.max(target.pmtud_max));
     c.set_max_send_udp_payload_size(if target.pmtud_max > 0 {
-        1200
+        MIN_UDP_PAYLOAD
     } else {
         target.max_udp_payload
     });
