@@ -1,11 +1,12 @@
-//! Criterion micro-benchmarks of the shard's tables: the call wheel, the client table and the
-//! peer LRU, each measured at a realistic size.
+//! Criterion micro-benchmarks of the shard's tables: the call wheel, the client table, the
+//! peer LRU and the pending calls, each measured at a realistic size.
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use meshgate_shard::clients::{Admission, ClientTable};
 use meshgate_shard::lru::{Displaced, PeerLru};
-use meshgate_shard::wheel::CallWheel;
+use meshgate_shard::pending::{Caller, OwnedCallId, PendingCalls, Provider};
+use meshgate_shard::wheel::{CallWheel, TimerKey};
 use meshgate_shard::{NodeId, RealmId, SessionKey, SessionRef, ShardId, Time};
 
 /// Pseudo-random delays, precomputed so that the generator stays out of the measurement.
@@ -108,11 +109,65 @@ fn lru_insert_evict(c: &mut Criterion) {
     assert_eq!(lru.len(), CAPACITY);
 }
 
+/// A call's life in the shape of `bench rpc`: 4 callers with 16 calls each in flight, 2
+/// providers, ten thousand other calls pending. Each iteration makes a call pending, as a
+/// CALL does (duplicate check, insert), and ends the oldest, as its REPLY does (found by its
+/// token, removed).
+fn pending_call_insert_complete(c: &mut Criterion) {
+    let caller = |n: u64| Caller::Session(SessionKey::from_u64(n % 4));
+    let provider = |n: u64| {
+        Provider::Session(SessionRef {
+            shard: ShardId(0),
+            key: SessionKey::from_u64(100 + n % 2),
+        })
+    };
+    let mut pending = PendingCalls::new();
+    for n in 0..10_000u64 {
+        let other = Caller::Session(SessionKey::from_u64(1_000 + n));
+        pending
+            .insert(
+                other,
+                OwnedCallId::Uint(n),
+                provider(n),
+                TimerKey::from_u64(0),
+            )
+            .expect("a fresh id");
+    }
+    let mut in_flight = std::collections::VecDeque::new();
+    let mut next = 0u64;
+    let mut call = |pending: &mut PendingCalls, in_flight: &mut std::collections::VecDeque<_>| {
+        let (who, id) = (caller(next), OwnedCallId::Uint(next));
+        if !pending.contains_id(who, &id) {
+            let key = pending
+                .insert(who, id, provider(next), TimerKey::from_u64(0))
+                .expect("checked");
+            in_flight.push_back(key);
+        }
+        next += 1;
+    };
+    for _ in 0..64 {
+        call(&mut pending, &mut in_flight);
+    }
+    c.bench_function("pending_call_insert_complete", |b| {
+        b.iter(|| {
+            call(&mut pending, &mut in_flight);
+            let oldest = in_flight.pop_front().expect("64 in flight");
+            let packed = black_box(oldest.to_u64());
+            let found = pending
+                .find(packed as u32, (packed >> 32) as u32)
+                .expect("pending");
+            black_box(pending.remove(found));
+        })
+    });
+    assert_eq!(pending.len(), 10_064);
+}
+
 criterion_group!(
     benches,
     wheel_insert_cancel,
     wheel_insert_poll,
     client_table_admit_remove,
-    lru_insert_evict
+    lru_insert_evict,
+    pending_call_insert_complete
 );
 criterion_main!(benches);

@@ -2,8 +2,9 @@
 //! (for a caller's exit), by provider (for a provider's exit) and by the caller's `call_id`
 //! (to refuse duplicates), so that a session's end finds its calls without a scan.
 
-use ahash::AHashMap;
+use ahash::{AHashMap, RandomState};
 use arrayvec::ArrayVec;
+use hashbrown::HashTable;
 
 use crate::genslab::{GenSlab, SlabKey};
 use crate::ids::{slab_key, LinkKey, LinkRef, SessionKey, SessionRef, Time};
@@ -99,9 +100,13 @@ pub enum Refused {
 #[derive(Default)]
 pub struct PendingCalls {
     calls: GenSlab<CallKey, PendingCall>,
-    by_id: AHashMap<(Caller, OwnedCallId), CallKey>,
+    /// Every call by its caller and `call_id`. The table holds only the calls' keys, hashed by
+    /// [`Self::id_hash`] and compared through their entries in `calls`: no id is copied into
+    /// it, and a lookup hashes the id once.
+    by_id: HashTable<CallKey>,
     caller_heads: AHashMap<Caller, CallKey>,
     provider_heads: AHashMap<Provider, CallKey>,
+    hasher: RandomState,
 }
 
 impl PendingCalls {
@@ -124,12 +129,17 @@ impl PendingCalls {
     }
 
     pub fn contains_id(&self, caller: Caller, call_id: &OwnedCallId) -> bool {
-        self.by_id.contains_key(&(caller, call_id.clone()))
+        self.by_id(caller, call_id).is_some()
     }
 
     /// The call `caller` has in flight with `call_id`.
     pub fn by_id(&self, caller: Caller, call_id: &OwnedCallId) -> Option<CallKey> {
-        self.by_id.get(&(caller, call_id.clone())).copied()
+        let id = call_id.as_wire();
+        let hash = id_hash(&self.hasher, caller, id);
+        let calls = &self.calls;
+        self.by_id
+            .find(hash, |&k| is_call(calls, k, caller, id))
+            .copied()
     }
 
     pub fn insert(
@@ -139,11 +149,21 @@ impl PendingCalls {
         provider: Provider,
         deadline: TimerKey,
     ) -> Result<CallKey, Refused> {
-        use std::collections::hash_map::Entry;
         let key = self.calls.vacant_key();
-        match self.by_id.entry((caller, call_id.clone())) {
-            Entry::Occupied(_) => return Err(Refused::Duplicate),
-            Entry::Vacant(v) => {
+        let id = call_id.as_wire();
+        let hash = id_hash(&self.hasher, caller, id);
+        let (calls, hasher) = (&self.calls, &self.hasher);
+        match self.by_id.entry(
+            hash,
+            |&k| is_call(calls, k, caller, id),
+            |&k| {
+                calls
+                    .get(k)
+                    .map_or(0, |c| id_hash(hasher, c.caller, c.call_id.as_wire()))
+            },
+        ) {
+            hashbrown::hash_table::Entry::Occupied(_) => return Err(Refused::Duplicate),
+            hashbrown::hash_table::Entry::Vacant(v) => {
                 v.insert(key);
             }
         }
@@ -178,8 +198,17 @@ impl PendingCalls {
         self.calls.get(key)
     }
 
-    pub fn get_mut(&mut self, key: CallKey) -> Option<&mut PendingCall> {
-        self.calls.get_mut(key)
+    /// Sets what a call forwarded across the mesh keeps. (The rest of a call changes only
+    /// through this table, which indexes it by its caller, id and provider.)
+    pub fn set_relay(&mut self, key: CallKey, relay: Box<Relay>) {
+        if let Some(call) = self.calls.get_mut(key) {
+            call.relay = Some(relay);
+        }
+    }
+
+    /// Takes what a call forwarded across the mesh keeps, to be set again.
+    pub fn take_relay(&mut self, key: CallKey) -> Option<Box<Relay>> {
+        self.calls.get_mut(key)?.relay.take()
     }
 
     /// The call now goes to `provider` (a forwarded call tried on the next peer).
@@ -209,7 +238,10 @@ impl PendingCalls {
 
     pub fn remove(&mut self, key: CallKey) -> Option<PendingCall> {
         let call = self.calls.remove(key)?;
-        self.by_id.remove(&(call.caller, call.call_id.clone()));
+        let hash = id_hash(&self.hasher, call.caller, call.call_id.as_wire());
+        if let Ok(entry) = self.by_id.find_entry(hash, |&k| k == key) {
+            entry.remove();
+        }
         unlink(
             &mut self.calls,
             &mut self.caller_heads,
@@ -254,6 +286,23 @@ impl PendingCalls {
             self.provider_heads.len(),
         ]
     }
+}
+
+/// The hash of a call in [`PendingCalls::by_id`].
+fn id_hash(hasher: &RandomState, caller: Caller, id: CallIdRef<'_>) -> u64 {
+    hasher.hash_one((caller, id))
+}
+
+/// Whether the call of `key` is `caller`'s call `id`.
+fn is_call(
+    calls: &GenSlab<CallKey, PendingCall>,
+    key: CallKey,
+    caller: Caller,
+    id: CallIdRef<'_>,
+) -> bool {
+    calls
+        .get(key)
+        .is_some_and(|c| c.caller == caller && c.call_id.as_wire() == id)
 }
 
 /// Removes a call from one of its lists, given the links it had.
@@ -350,6 +399,45 @@ mod tests {
         assert!(p
             .insert(session(1), OwnedCallId::Uint(1), provider(8), timer())
             .is_ok());
+    }
+
+    /// The id index holds keys only and rehashes through the calls when it grows: every id
+    /// stays found, whatever its form, across growth and removals.
+    #[test]
+    fn every_call_stays_found_by_its_id_as_the_index_grows_and_shrinks() {
+        let id = |i: u64| match i % 3 {
+            0 => OwnedCallId::Uint(i),
+            1 => OwnedCallId::Int(-(i as i64)),
+            _ => OwnedCallId::from_wire(CallIdRef::Bytes(&i.to_be_bytes())).unwrap(),
+        };
+        let caller = |i: u64| session(i as u32 % 3);
+        let mut p = PendingCalls::new();
+        let keys: Vec<CallKey> = (0..3_000u64)
+            .map(|i| p.insert(caller(i), id(i), provider(1), timer()).unwrap())
+            .collect();
+        for (i, &key) in keys.iter().enumerate() {
+            let i = i as u64;
+            assert_eq!(p.by_id(caller(i), &id(i)), Some(key));
+            assert_eq!(
+                p.insert(caller(i), id(i), provider(2), timer()),
+                Err(Refused::Duplicate)
+            );
+            // The same id from another caller is another call.
+            assert_eq!(p.by_id(caller(i + 1), &id(i)), None);
+        }
+        for (i, &key) in keys.iter().enumerate().filter(|(i, _)| i % 2 == 0) {
+            let call = p.remove(key).unwrap();
+            assert_eq!(call.call_id, id(i as u64));
+        }
+        for (i, &key) in keys.iter().enumerate() {
+            let i = i as u64;
+            let expected = (i % 2 == 1).then_some(key);
+            assert_eq!(p.by_id(caller(i), &id(i)), expected);
+        }
+        for &key in keys.iter().skip(1).step_by(2) {
+            p.remove(key);
+        }
+        assert_eq!(p.index_sizes(), [0; 4]);
     }
 
     #[test]

@@ -198,14 +198,13 @@ impl Shard {
         let Some(pending) = self.make_pending(caller, call_id, Provider::Link(link), call) else {
             return;
         };
-        if let Some(p) = self.pending.get_mut(pending) {
-            p.relay = Some(Box::new(Relay {
-                procedure: call.procedure.into(),
-                args: call.args.0.into(),
-                deadline_at: self.now + call.timeout,
-                attempt,
-            }));
-        }
+        let relay = Relay {
+            procedure: call.procedure.into(),
+            args: call.args.0.into(),
+            deadline_at: self.now + call.timeout,
+            attempt,
+        };
+        self.pending.set_relay(pending, Box::new(relay));
         self.send_link_call(pending, link);
     }
 
@@ -328,20 +327,14 @@ impl Shard {
             self.fail_call(call, CallError::ProviderGone);
             return;
         };
-        let mut relay = self
-            .pending
-            .get_mut(call)
-            .and_then(|c| c.relay.take())
-            .expect("checked above");
+        let mut relay = self.pending.take_relay(call).expect("checked above");
         let choice = match self.remote_providers(realm, &procedure) {
             Some((candidates, wrr)) => relay.attempt.refused(overloaded, &candidates, wrr),
             None => relay
                 .attempt
                 .refused(overloaded, &[], &mut SmoothWrr::default()),
         };
-        if let Some(c) = self.pending.get_mut(call) {
-            c.relay = Some(relay);
-        }
+        self.pending.set_relay(call, relay);
         match choice {
             Choice::Link(link) => {
                 self.pending.set_provider(call, Provider::Link(link));
