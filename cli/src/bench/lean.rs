@@ -40,6 +40,8 @@ const PMTUD_PROBES: u8 = 3;
 const GSO_MAX_BYTES: usize = 65_000;
 /// Bytes per receive slot: room for a GRO batch of full-size datagrams.
 const RX_SLOT: usize = 64 * 1024;
+/// The send buffer: one GSO datagram's worth, and room for the largest single packet.
+const TX_BYTES: usize = 64 * 1024;
 /// The control stream: the first bidirectional stream a client opens.
 const CONTROL: u64 = 0;
 /// How long an ACK may wait for output to carry it (the gateway allows 25 ms).
@@ -188,7 +190,8 @@ pub struct Udp {
     local: SocketAddr,
     rx: Box<[u8]>,
     meta: Vec<RecvMeta>,
-    tx: Vec<u8>,
+    /// One GSO datagram's segments, written in place: never cleared nor zeroed between them.
+    tx: Box<[u8]>,
     /// The largest datagram received so far, in bytes.
     largest_received: usize,
     /// The largest UDP payload a connection that fills its packets probes for; 0: none.
@@ -212,7 +215,7 @@ impl Udp {
             meta: vec![RecvMeta::default(); BATCH_SIZE],
             largest_received: 0,
             pmtud_max: 0,
-            tx: Vec::with_capacity(64 * 1024),
+            tx: vec![0u8; TX_BYTES].into_boxed_slice(),
             socket,
             state,
         })
@@ -286,24 +289,20 @@ impl Udp {
         let tx = &mut self.tx;
         let mut more = true;
         while more {
-            tx.clear();
-            let (mut segment, mut count, mut to) = (0, 0, None);
+            let (mut used, mut segment, mut count, mut to) = (0, 0, 0, None);
             // The segments of one GSO datagram fit in one UDP datagram.
             while count < max_segments && (count + 1) * segment <= GSO_MAX_BYTES {
-                let at = tx.len();
                 // After the first packet, no larger one: GSO cuts every segment to its size.
                 let room = if count == 0 {
-                    quic.max_send_udp_payload_size()
+                    quic.max_send_udp_payload_size().min(TX_BYTES)
                 } else {
                     segment
                 };
-                tx.resize(at + room, 0);
-                let Ok((len, info)) = quic.send(&mut tx[at..]) else {
-                    tx.truncate(at);
+                let Ok((len, info)) = quic.send(&mut tx[used..used + room]) else {
                     more = false;
                     break;
                 };
-                tx.truncate(at + len);
+                used += len;
                 // A full packet: this connection gains from larger ones (as the gateway's
                 // `Conn::send`).
                 if len >= room && room >= MIN_UDP_PAYLOAD && self.pmtud_max > len {
@@ -324,7 +323,7 @@ impl Udp {
             let transmit = Transmit {
                 destination,
                 ecn: None,
-                contents: tx,
+                contents: &tx[..used],
                 segment_size: (count > 1).then_some(segment),
                 src_ip: None,
             };

@@ -138,6 +138,9 @@ pub fn run(a: &RpcArgs, progress: Arc<Progress>) -> Result<Summary, String> {
             plan.end + a.call_timeout
         };
         let closed_loop = per_caller.is_none() && now < plan.end;
+        // The clock is read once per turn, at its first reply: the replies of one turn came
+        // in the same reads, and the calls they free go out together at its end.
+        let mut replied_at = None;
         engine.turn(Some(until), |i, msg, out| {
             match msg {
                 Message::Call(call) => {
@@ -148,10 +151,11 @@ pub fn run(a: &RpcArgs, progress: Arc<Progress>) -> Result<Summary, String> {
                     }));
                 }
                 Message::Reply(reply) if i >= first_caller => {
+                    let at = *replied_at.get_or_insert_with(Instant::now);
                     let caller = &mut callers[i - first_caller];
-                    caller.on_reply(&plan, &reply, &mut tally);
+                    caller.on_reply(&plan, &reply, at, &mut tally);
                     if closed_loop {
-                        caller.call(&plan, Instant::now(), out);
+                        caller.call(&plan, at, out);
                     }
                 }
                 Message::Error(e) => {
@@ -233,8 +237,9 @@ impl Caller {
         due_at(self.issued)
     }
 
-    /// Frees the reply's slot and counts its outcome, if its call went out in the window.
-    fn on_reply(&mut self, plan: &Plan, reply: &Reply<'_>, tally: &mut Tally) {
+    /// Frees the reply's slot and counts its outcome, if its call went out in the window;
+    /// the reply came `at`.
+    fn on_reply(&mut self, plan: &Plan, reply: &Reply<'_>, at: Instant, tally: &mut Tally) {
         let Some(CallIdRef::Uint(slot)) = reply.call_id else {
             return;
         };
@@ -248,7 +253,7 @@ impl Caller {
                 plan.progress.add(0, 1);
                 if measured {
                     tally.ok += 1;
-                    tally.latency.record(sent.elapsed());
+                    tally.latency.record(at.saturating_duration_since(sent));
                 }
                 return;
             }
