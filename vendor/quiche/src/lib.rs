@@ -9095,8 +9095,18 @@ impl<F: BufFactory> Connection<F> {
     ) -> Result<usize> {
         let ids = &mut self.ids;
 
-        let (in_scid_seq, mut in_scid_pid) =
-            ids.find_scid_seq(dcid).ok_or(Error::InvalidState)?;
+        // A packet the peer sent before it retired the connection ID it
+        // carries, reordered past the RETIRE_CONNECTION_ID frame, is dropped:
+        // it is not an error, and the peer sends its frames again.
+        let Some((in_scid_seq, mut in_scid_pid)) = ids.find_scid_seq(dcid)
+        else {
+            trace!(
+                "{} dropped a packet on retired CID {:?}",
+                self.trace_id,
+                dcid
+            );
+            return Err(Error::Done);
+        };
 
         if let Some(recv_pid) = recv_pid {
             // If the path observes a change of SCID used, note it.

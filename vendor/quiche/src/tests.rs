@@ -11723,6 +11723,51 @@ fn connection_migration_reordered_non_probing(
 }
 
 #[rstest]
+fn packet_on_a_connection_id_retired_after_it_was_sent_is_dropped(
+    #[values("cubic", "bbr2_gcongestion")] cc_algorithm_name: &str,
+) {
+    let mut config = Config::new(PROTOCOL_VERSION).unwrap();
+    assert_eq!(config.set_cc_algorithm_name(cc_algorithm_name), Ok(()));
+    config
+        .load_cert_chain_from_pem_file("examples/cert.crt")
+        .unwrap();
+    config
+        .load_priv_key_from_pem_file("examples/cert.key")
+        .unwrap();
+    config
+        .set_application_protos(&[b"proto1", b"proto2"])
+        .unwrap();
+    config.verify_peer(false);
+    config.set_active_connection_id_limit(2);
+    config.set_initial_max_data(30);
+    config.set_initial_max_stream_data_bidi_local(15);
+    config.set_initial_max_stream_data_bidi_remote(15);
+    config.set_initial_max_stream_data_uni(10);
+    config.set_initial_max_streams_bidi(3);
+
+    let mut pipe = pipe_with_exchanged_cids(&mut config, 16, 16, 1);
+
+    // A first flight on the server's connection ID of sequence 0.
+    assert_eq!(pipe.client.stream_send(0, b"data", true), Ok(4));
+    let first = test_utils::emit_flight(&mut pipe.client).unwrap();
+    // The client moves to sequence 1 and retires 0 in a second flight.
+    assert_eq!(pipe.client.retire_dcid(0), Ok(()));
+    assert_eq!(pipe.client.stream_send(4, b"data", true), Ok(4));
+    let second = test_utils::emit_flight(&mut pipe.client).unwrap();
+    // The second flight arrives first: the server retires its ID 0.
+    assert_eq!(test_utils::process_flight(&mut pipe.server, second), Ok(()));
+    assert_eq!(pipe.server.retired_scids(), 1);
+
+    // The first flight, late, carries an ID the server no longer has: it is
+    // dropped, and the connection goes on.
+    assert_eq!(test_utils::process_flight(&mut pipe.server, first), Ok(()));
+    assert!(!pipe.server.is_closed());
+    assert_eq!(pipe.server.local_error(), None);
+    assert_eq!(pipe.advance(), Ok(()));
+    assert_eq!(pipe.server.readable().collect::<Vec<_>>(), [4]);
+}
+
+#[rstest]
 fn resilience_against_migration_attack(
     #[values("cubic", "bbr2_gcongestion")] cc_algorithm_name: &str,
 ) {
