@@ -232,6 +232,12 @@ def main():
     rpc = [load(d, f"rpc-{r}") for r in runs]
     half = [load(d, f"rpc-half-{r}") for r in runs]
     at25k = [load(d, f"rpc-25k-{r}") for r in runs]
+    # Raw results made before the runs with 4 x 64 calls in flight have none.
+    deep = [
+        load(d, f"rpc-deep-{r}")
+        for r in runs
+        if os.path.exists(os.path.join(d, "json", f"rpc-deep-{r}.json"))
+    ]
     pubsub = [load(d, f"pubsub-{r}") for r in runs]
     burst = [load(d, f"pubsub-burst-{r}") for r in runs]
     fixed = [load(d, f"pubsub-fixed-{r}") for r in runs]
@@ -266,6 +272,10 @@ def main():
     t25_p99 = Figure([dig(s, "latency_us", "p99") for s in at25k])
     t25_errors = sum(s["errors"] for s in at25k)
     t25_cpu = Figure([window_cpu_per_call(s) for s in at25k])
+    deep_rate = Figure([s["calls_per_s"] for s in deep])
+    deep_cpu = Figure([window_cpu_per_call(s) for s in deep])
+    deep_gw_busy = Figure([s.get("gateway_cpu_busy") for s in deep])
+    deep_load_busy = Figure([s.get("load_cpu_busy") for s in deep])
     hs_cpu = hs.get("gateway_cpu_per_connection_us")
     if hs_cpu is None and hs.get("connections"):
         hs_cpu = hs["gateway_cpu_s"] * 1e6 / hs["connections"]
@@ -350,6 +360,14 @@ def main():
     w(f"| gateway core busy | {pct_of(rpc_gw_busy.median)} | {rpc_gw_busy.spread(pct_of)} |")
     w(f"| load generator CPU per call | {us(rpc_load_cpu.median)} | {rpc_load_cpu.spread(us)} |")
     w(f"| load generator core busy | {pct_of(rpc_load_busy.median)} | {rpc_load_busy.spread(pct_of)} |")
+    if deep:
+        w(f"| RPC calls/s with 4 callers × 64 in flight | {count(deep_rate.median)} | {deep_rate.spread(count)} |")
+        w(f"| gateway CPU per call, 4 × 64 in flight | {us(deep_cpu.median)} | {deep_cpu.spread(us)} |")
+        w(
+            f"| gateway core / load generator core busy, 4 × 64 in flight | "
+            f"{pct_of(deep_gw_busy.median)} / {pct_of(deep_load_busy.median)} | "
+            f"{deep_gw_busy.spread(pct_of)} / {deep_load_busy.spread(pct_of)} |"
+        )
     w(f"| gateway CPU per call at 25,000 calls/s | {us(t25_cpu.median)} | {t25_cpu.spread(us)} |")
     w(
         f"| gateway CPU per delivery (pub/sub, 1 → 4 at {a.pubsub_rate:,}/s, paced message by "
@@ -369,13 +387,20 @@ def main():
         "RPC and pub/sub CPU figures are read from `/proc` over the measured window, for the "
         "gateway and for the load generator (`--gateway-pid`), and so is the new-connection "
         "figure (over the handshake run, divided by the connections made)."
+        + (
+            " The targets' RPC shape keeps 4 × 16 calls in flight; the runs with 4 × 64 show how "
+            "far the gateway goes when more calls share each packet and the calls in flight do "
+            "not set the rate."
+            if deep
+            else ""
+        )
     )
     w("")
     w("## RPC")
     w("")
     w("| run | calls/s | p50 | p90 | p99 | p99.9 | max | errors | gateway CPU/call | gateway busy | load busy |")
     w("|---|---|---|---|---|---|---|---|---|---|---|")
-    for name, group in (("max", rpc), ("half", half), ("25k", at25k)):
+    for name, group in (("max", rpc), ("half", half), ("25k", at25k), ("4 × 64", deep)):
         for i, s in enumerate(group, 1):
             lat = s.get("latency_us", {})
             w(
@@ -387,7 +412,9 @@ def main():
     w("")
     w(
         f"Errors over all runs: {rpc_errors} at the maximum rate, {half_errors} at half rate, "
-        f"{t25_errors} at 25,000 calls/s. "
+        f"{t25_errors} at 25,000 calls/s"
+        + (f", {sum(s['errors'] for s in deep)} with 4 × 64 in flight" if deep else "")
+        + ". "
         f"Median p50 at half rate: {ms_fig(half_p50)}; median rate achieved "
         f"{count(half_rate.median)} calls/s."
     )
