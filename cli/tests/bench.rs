@@ -141,6 +141,17 @@ fn rpc_makes_calls_without_errors_unpaced_and_paced_on_either_engine() {
             ] {
                 assert!(s[key].as_f64().is_some_and(|x| x >= 0.0), "{key}: {s}");
             }
+            // Paced, the engine is idle between calls: it polls (--spin, 200 us by
+            // default) before each sleep, and says how much of the window that took.
+            let spinning = s["load_cpu_spinning"].as_f64().expect("load_cpu_spinning");
+            assert!(spinning > 0.0 && spinning < 1.0, "{s}");
+            args.extend(["--spin", "0s"]);
+            let s = gateway.bench("rpc", &args);
+            assert_eq!(u(&s, "errors"), 0, "--spin 0s: {s}");
+            assert_eq!(
+                s["load_cpu_spinning"], 0.0,
+                "--spin 0s polls not at all: {s}"
+            );
         }
     }
 }

@@ -37,6 +37,8 @@ pub struct HandshakeArgs {
     /// What makes the connections (--hold needs the client library).
     #[arg(long, value_enum, default_value_t = Engine::Lean)]
     pub engine: Engine,
+    #[command(flatten)]
+    pub spin: super::lean::Spin,
     /// The gateway's process id: its CPU time over the run is reported, per connection
     /// (from /proc; lean engine).
     #[arg(long, value_name = "PID")]

@@ -9,6 +9,9 @@
 //! its stream in one piece, and send each connection's packets, equal-sized runs of them as one
 //! GSO datagram. A session's frames of one turn therefore share packets, as the gateway's do.
 //!
+//! An idle turn polls the socket for a while (`--spin`) before it sleeps, so that while the
+//! load flows the engine neither sleeps nor makes the gateway wake it.
+//!
 //! Sessions are told apart by the connection id the engine gives each: its first four bytes
 //! are the session's index.
 
@@ -48,6 +51,8 @@ const CONTROL: u64 = 0;
 const ACK_DELAY: Duration = Duration::from_millis(2);
 /// Received packets after which a connection acknowledges at once.
 const ACK_EVERY: u8 = 2;
+/// How long an idle engine polls its socket before it sleeps, unless told otherwise.
+const SPIN: Duration = Duration::from_micros(200);
 /// Frames from the gateway may exceed the client's `max_frame` by what the gateway adds.
 const MAX_FRAME: u32 = 1 << 20;
 
@@ -105,6 +110,25 @@ impl Datagrams {
             pmtud_max: self.pmtud_max.into(),
             ..Target::new(c, server)
         }
+    }
+}
+
+/// How the engine waits for datagrams: a flag of the scenarios that run on it.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Spin {
+    /// How long the lean engine polls its socket for datagrams before it sleeps (0s: it
+    /// sleeps at once). A sleeping engine wakes a scheduler's wake-up after each datagram
+    /// comes, and the gateway's send pays for waking it: polling keeps both out of the
+    /// measurement while the load flows. The time spent polling is reported apart
+    /// (load_cpu_spinning) and left out of the load generator's CPU per call.
+    #[arg(long, value_name = "DURATION", default_value = "200us",
+          value_parser = crate::args::parse_duration)]
+    pub spin: Duration,
+}
+
+impl Default for Spin {
+    fn default() -> Spin {
+        Spin { spin: SPIN }
     }
 }
 
@@ -244,6 +268,17 @@ impl Udp {
         unsafe { libc::ppoll(&mut fd, 1, &timeout, std::ptr::null()) };
     }
 
+    /// Whether a datagram waits to be read (a poll that does not wait).
+    pub fn readable(&self) -> bool {
+        let mut fd = libc::pollfd {
+            fd: self.socket.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; a zero timeout returns at once.
+        unsafe { libc::poll(&mut fd, 1, 0) > 0 }
+    }
+
     /// Reads every waiting datagram and hands it, with its sender, to `on_datagram`; true
     /// when any came.
     pub fn receive(&mut self, mut on_datagram: impl FnMut(&mut [u8], quiche::RecvInfo)) -> bool {
@@ -342,12 +377,16 @@ pub struct Engine {
     busy: bool,
     /// Whether sessions may have output queued outside a turn: the next turn sends it first.
     touched: bool,
+    /// How long an idle turn polls the socket before it sleeps.
+    spin: Duration,
+    /// Time spent polling an idle socket so far.
+    spun: Duration,
 }
 
 impl Engine {
     /// An engine with no session yet, its socket bound to an ephemeral port of the family of
-    /// `server`'s address.
-    pub fn new(server: SocketAddr) -> Result<Engine, String> {
+    /// `server`'s address, polling an idle socket as `spin` says.
+    pub fn new(server: SocketAddr, spin: &Spin) -> Result<Engine, String> {
         let bind: SocketAddr = if server.is_ipv6() {
             "[::]:0".parse().expect("an address")
         } else {
@@ -359,6 +398,8 @@ impl Engine {
             scratch: vec![0u8; 64 * 1024].into_boxed_slice(),
             busy: false,
             touched: false,
+            spin: spin.spin,
+            spun: Duration::ZERO,
         })
     }
 
@@ -371,6 +412,12 @@ impl Engine {
     /// The largest datagram the engine received so far, in bytes.
     pub fn largest_datagram_received(&self) -> usize {
         self.udp.largest_received()
+    }
+
+    /// Time the engine has spent polling an idle socket so far: CPU time that served no
+    /// datagram.
+    pub fn spun(&self) -> Duration {
+        self.spun
     }
 
     pub fn sessions(&self) -> &[Session] {
@@ -587,7 +634,9 @@ impl Engine {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            self.udp.wait(at);
+            if !self.spin_until_readable(at) {
+                self.udp.wait(at);
+            }
         }
         let sessions = &mut self.sessions;
         let now = Instant::now();
@@ -610,6 +659,25 @@ impl Engine {
                 || s.quic.is_closed()
                 || s.quic.is_draining();
         }
+    }
+
+    /// Polls the socket until a datagram waits (true), or `spin` or `at` passes (false).
+    fn spin_until_readable(&mut self, at: Option<Instant>) -> bool {
+        if self.spin.is_zero() {
+            return false;
+        }
+        let start = Instant::now();
+        let stop = at.map_or(start + self.spin, |at| at.min(start + self.spin));
+        let readable = loop {
+            if self.udp.readable() {
+                break true;
+            }
+            if Instant::now() >= stop {
+                break false;
+            }
+        };
+        self.spun += start.elapsed();
+        readable
     }
 
     /// Writes every session's output to its stream and sends every connection's packets.
@@ -786,4 +854,55 @@ fn quic_config(target: &Target<'_>, alpn: &[u8]) -> Result<quiche::Config, Strin
     c.set_initial_max_streams_uni(0);
     c.set_disable_active_migration(true);
     Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine(spin: Duration) -> (Engine, UdpSocket) {
+        let engine = Engine::new("127.0.0.1:1".parse().unwrap(), &Spin { spin }).unwrap();
+        let peer = UdpSocket::bind("127.0.0.1:0").unwrap();
+        (engine, peer)
+    }
+
+    fn to(engine: &Engine) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], engine.udp.local().port()))
+    }
+
+    #[test]
+    fn an_idle_engine_polls_its_whole_spin_then_gives_up_and_counts_the_time() {
+        let spin = Duration::from_millis(20);
+        let (mut e, _peer) = engine(spin);
+        assert!(!e.spin_until_readable(None));
+        assert!(e.spun() >= spin, "spun {:?}", e.spun());
+        assert!(!e.spin_until_readable(None));
+        assert!(e.spun() >= 2 * spin, "the time adds up: {:?}", e.spun());
+    }
+
+    #[test]
+    fn polling_stops_at_once_for_a_waiting_datagram_and_at_the_deadline() {
+        let (mut e, peer) = engine(Duration::from_secs(600));
+        peer.send_to(b"x", to(&e)).unwrap();
+        // Loopback delivers before send_to returns: the first poll sees it.
+        assert!(e.spin_until_readable(None));
+        assert!(e.spun() < Duration::from_secs(600));
+
+        let (mut e, _peer) = engine(Duration::from_secs(600));
+        let at = Instant::now() + Duration::from_millis(20);
+        assert!(!e.spin_until_readable(Some(at)));
+        assert!(Instant::now() >= at);
+        assert!(e.spun() < Duration::from_secs(600));
+    }
+
+    #[test]
+    fn with_no_spin_the_engine_does_not_poll() {
+        let (mut e, peer) = engine(Duration::ZERO);
+        peer.send_to(b"x", to(&e)).unwrap();
+        assert!(
+            !e.spin_until_readable(None),
+            "it goes to sleep, which returns at once"
+        );
+        assert_eq!(e.spun(), Duration::ZERO);
+    }
 }

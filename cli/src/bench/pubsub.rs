@@ -19,7 +19,7 @@ use meshgate_client::{Client, Overflow, Subscription};
 use serde_json::Value;
 use tokio::task::JoinSet;
 
-use super::lean::Datagrams;
+use super::lean::{Datagrams, Spin};
 use super::report::{note, per_second, Latency, Progress, Summary};
 use super::rpc::close_all;
 use super::{connect, run_tag, Common, Engine};
@@ -74,6 +74,8 @@ pub struct PubsubArgs {
     pub engine: Engine,
     #[command(flatten)]
     pub datagrams: Datagrams,
+    #[command(flatten)]
+    pub spin: Spin,
     /// The gateway's process id: its CPU time over the measured window is reported, per
     /// delivery (from /proc; lean engine).
     #[arg(long, value_name = "PID")]

@@ -18,7 +18,7 @@ use clap::Args;
 use meshgate_client::random_node_id;
 
 use super::cpu;
-use super::lean::{Engine, Target, Udp, MAX_UDP_PAYLOAD};
+use super::lean::{Engine, Spin, Target, Udp, MAX_UDP_PAYLOAD};
 use super::report::{per_second, round, Summary};
 use crate::args::parse_duration;
 
@@ -55,6 +55,10 @@ pub struct QuicEchoArgs {
     /// Print the summary as one JSON object on stdout instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// How the clients wait for answers, as the load engine of `bench` (the server sleeps
+    /// whenever its socket is empty, as the gateway does).
+    #[command(flatten)]
+    pub spin: Spin,
 }
 
 pub fn run(a: &QuicEchoArgs) -> Result<(), String> {
@@ -83,7 +87,7 @@ pub fn run(a: &QuicEchoArgs) -> Result<(), String> {
     let outcome = clients(a, server);
     stop.store(true, Ordering::Relaxed);
     let server_cpu_time = echo.join().map_err(|_| "the echo server failed")?;
-    let (round_trips, client_cpu_time) = outcome?;
+    let (round_trips, client_cpu_time, client_spun) = outcome?;
 
     let window = a.duration.as_secs_f64();
     let mut s = Summary::new(
@@ -103,15 +107,19 @@ pub fn run(a: &QuicEchoArgs) -> Result<(), String> {
             "client_cpu_busy",
             round(client_cpu_time.as_secs_f64() / window, 3),
         )
+        .set(
+            "client_cpu_spinning",
+            round(client_spun.as_secs_f64() / window, 3),
+        )
         // The server's thread ran through the set-up and the warm-up too: its whole time.
         .set("server_cpu_s", round(server_cpu_time.as_secs_f64(), 3));
     s.print(a.json)
 }
 
-/// The clients: connects, keeps the requests in flight, counts the round trips of the window
-/// and the CPU time the clients' thread spent in it.
-fn clients(a: &QuicEchoArgs, server: SocketAddr) -> Result<(u64, Duration), String> {
-    let mut engine = Engine::new(server)?;
+/// The clients: connects, keeps the requests in flight, counts the round trips of the window,
+/// the CPU time the clients' thread spent in it and the part of it spent polling an idle socket.
+fn clients(a: &QuicEchoArgs, server: SocketAddr) -> Result<(u64, Duration, Duration), String> {
+    let mut engine = Engine::new(server, &a.spin)?;
     let target = Target {
         server,
         server_name: "localhost",
@@ -146,11 +154,16 @@ fn clients(a: &QuicEchoArgs, server: SocketAddr) -> Result<(u64, Duration), Stri
     loop {
         let now = Instant::now();
         if start_cpu.is_none() && now >= measure_from {
-            start_cpu = Some((counted, cpu::thread()));
+            start_cpu = Some((counted, cpu::thread(), engine.spun()));
         }
         if now >= end {
-            let (before, cpu_before) = start_cpu.unwrap_or((0, Duration::ZERO));
-            return Ok((counted - before, cpu::thread().saturating_sub(cpu_before)));
+            let (before, cpu_before, spun_before) =
+                start_cpu.unwrap_or((0, Duration::ZERO, Duration::ZERO));
+            return Ok((
+                counted - before,
+                cpu::thread().saturating_sub(cpu_before),
+                engine.spun().saturating_sub(spun_before),
+            ));
         }
         engine.turn_raw(Some(end), |i, bytes, out| {
             partial[i] += bytes.len();

@@ -214,6 +214,15 @@ impl Summary {
         self
     }
 
+    /// The load generator's CPU time `cpu` over a measured window of `window_s` seconds, of
+    /// which `spun` polling an idle socket: its share of the core (`load_cpu_busy`, polling
+    /// included) and the polling's (`load_cpu_spinning`). Returns the CPU time that did work.
+    pub fn set_load_cpu(&mut self, cpu: Duration, spun: Duration, window_s: f64) -> Duration {
+        self.set("load_cpu_busy", round(cpu.as_secs_f64() / window_s, 3))
+            .set("load_cpu_spinning", round(spun.as_secs_f64() / window_s, 3));
+        cpu.saturating_sub(spun)
+    }
+
     /// Writes the summary to stdout.
     pub fn print(&self, json: bool) -> Result<(), String> {
         let text = if json {

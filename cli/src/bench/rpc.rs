@@ -23,7 +23,7 @@ use meshgate_client::{CallError, Client, ConnectionState, ProcedureError};
 use serde_json::Value;
 use tokio::task::JoinSet;
 
-use super::lean::Datagrams;
+use super::lean::{Datagrams, Spin};
 use super::report::{counts, note, per_second, Latency, Progress, Summary};
 use super::{call_error_kind, connect, msgpack_bin, run_tag, Common, Engine};
 use crate::args::parse_duration;
@@ -67,6 +67,8 @@ pub struct RpcArgs {
     pub engine: Engine,
     #[command(flatten)]
     pub datagrams: Datagrams,
+    #[command(flatten)]
+    pub spin: Spin,
     /// The gateway's process id: its CPU time over the measured window is reported, per call
     /// (from /proc; lean engine).
     #[arg(long, value_name = "PID")]

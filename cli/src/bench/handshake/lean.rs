@@ -18,12 +18,13 @@ pub fn run(a: &HandshakeArgs, progress: Arc<Progress>) -> Result<Summary, String
     let c = &a.common.connection;
     let target = Target::new(c, c.server);
     let mut config = Engine::config(&target)?;
-    let mut engine = Engine::new(c.server)?;
+    let mut engine = Engine::new(c.server, &a.spin)?;
     let slots = engine.open(&target, a.concurrency, ALPN, false)?;
     let start = Instant::now();
     let mut began = vec![start; a.concurrency];
     let end = start + a.common.duration;
     let window = cpu::Window::start(a.gateway_pid);
+    let spun_before = engine.spun();
     let mut admitted = 0u64;
     let mut refusals: BTreeMap<String, u64> = BTreeMap::new();
     let mut latency = Latency::new();
@@ -57,6 +58,7 @@ pub fn run(a: &HandshakeArgs, progress: Arc<Progress>) -> Result<Summary, String
         }
     }
     let (load_cpu, gateway_cpu) = window.spent(a.gateway_pid);
+    let spun = engine.spun().saturating_sub(spun_before);
     let elapsed = start.elapsed();
     engine.close(Duration::from_secs(1));
 
@@ -76,7 +78,14 @@ pub fn run(a: &HandshakeArgs, progress: Arc<Progress>) -> Result<Summary, String
         .set("refused", refused)
         .set("refusals_by_kind", counts(&refusals))
         .set("connect_latency_us", latency.summary_us())
-        .set("load_cpu_per_connection_us", per(load_cpu));
+        .set(
+            "load_cpu_spinning",
+            round(spun.as_secs_f64() / elapsed.as_secs_f64(), 3),
+        )
+        .set(
+            "load_cpu_per_connection_us",
+            per(load_cpu.saturating_sub(spun)),
+        );
     if let Some(g) = gateway_cpu {
         s.set(
             "gateway_cpu_busy",

@@ -46,7 +46,7 @@ pub fn run(a: &PubsubArgs, progress: Arc<Progress>) -> Result<Summary, String> {
         .collect();
     let spread = !a.publisher_servers.is_empty() || !a.subscriber_servers.is_empty();
 
-    let mut engine = Engine::new(c.server)?;
+    let mut engine = Engine::new(c.server, &a.spin)?;
     let first_subscriber = 0;
     for i in 0..a.subscribers {
         let s = engine
@@ -83,17 +83,19 @@ pub fn run(a: &PubsubArgs, progress: Arc<Progress>) -> Result<Summary, String> {
     let mut received = Received::default();
     // Per subscriber, the next sequence number expected of each publisher.
     let mut next_seq = vec![vec![0u64; a.publishers]; a.subscribers];
-    let mut window: Option<cpu::Window> = None;
+    let mut window: Option<(cpu::Window, Duration)> = None;
     let mut spent = None;
     let mut next_due = end;
     let mut last_progress = (0u64, Instant::now());
     loop {
         let now = Instant::now();
         if window.is_none() && now >= measure_from {
-            window = Some(cpu::Window::start(a.gateway_pid));
+            window = Some((cpu::Window::start(a.gateway_pid), engine.spun()));
         }
         if now >= end {
-            spent.get_or_insert_with(|| window.map(|w| w.spent(a.gateway_pid)));
+            spent.get_or_insert_with(|| {
+                window.map(|(w, spun)| (w.spent(a.gateway_pid), engine.spun().saturating_sub(spun)))
+            });
             // The deliveries still on their way: wait while they keep coming, at most
             // --drain, and a second without progress.
             let expected: u64 = published.iter().sum::<u64>() * a.subscribers as u64;
@@ -171,11 +173,11 @@ pub fn run(a: &PubsubArgs, progress: Arc<Progress>) -> Result<Summary, String> {
         "largest_datagram_received",
         engine.largest_datagram_received(),
     );
-    if let Some((load_cpu, gateway_cpu)) = spent.flatten() {
+    if let Some(((load_cpu, gateway_cpu), spun)) = spent.flatten() {
         let window = a.common.duration.as_secs_f64();
         let per = |d: Duration| round(d.as_secs_f64() * 1e6 / received.in_window.max(1) as f64, 3);
-        s.set("load_cpu_busy", round(load_cpu.as_secs_f64() / window, 3))
-            .set("load_cpu_per_delivery_us", per(load_cpu));
+        let load_work = s.set_load_cpu(load_cpu, spun, window);
+        s.set("load_cpu_per_delivery_us", per(load_work));
         if let Some(g) = gateway_cpu {
             s.set("gateway_cpu_busy", round(g.as_secs_f64() / window, 3))
                 .set("gateway_cpu_per_delivery_us", per(g));

@@ -46,7 +46,7 @@ pub fn run(a: &RpcArgs, progress: Arc<Progress>) -> Result<Summary, String> {
     let target = |server| a.datagrams.target(c, server);
     let to_callers = target(c.server);
     let to_providers = target(a.provider_server.unwrap_or(c.server));
-    let mut engine = Engine::new(c.server)?;
+    let mut engine = Engine::new(c.server, &a.spin)?;
     let procedure = format!("bench.{}.echo", run_tag()).into_bytes();
 
     let providers = engine
@@ -97,7 +97,7 @@ pub fn run(a: &RpcArgs, progress: Arc<Progress>) -> Result<Summary, String> {
     let per_caller = a.rate.map(|r| r / a.callers as f64);
     let first_caller = callers[0].session;
     let mut tally = Tally::default();
-    let mut window: Option<cpu::Window> = None;
+    let mut window: Option<(cpu::Window, Duration)> = None;
     let mut spent = None;
     if per_caller.is_none() {
         for caller in &mut callers {
@@ -110,11 +110,12 @@ pub fn run(a: &RpcArgs, progress: Arc<Progress>) -> Result<Summary, String> {
     loop {
         let now = Instant::now();
         if window.is_none() && now >= plan.measure_from {
-            window = Some(cpu::Window::start(a.gateway_pid));
+            window = Some((cpu::Window::start(a.gateway_pid), engine.spun()));
         }
         if now >= plan.end {
             if spent.is_none() {
-                spent = window.map(|w| w.spent(a.gateway_pid));
+                spent = window
+                    .map(|(w, spun)| (w.spent(a.gateway_pid), engine.spun().saturating_sub(spun)));
             }
             let waiting = callers.iter().any(|c| c.free.len() < c.sent.len());
             if !waiting || now >= plan.end + a.call_timeout + Duration::from_secs(1) {
@@ -174,7 +175,7 @@ pub fn run(a: &RpcArgs, progress: Arc<Progress>) -> Result<Summary, String> {
     }
     engine.close(CLOSE_TIMEOUT);
 
-    let (load_cpu, gateway_cpu) = spent.unwrap_or((Duration::ZERO, None));
+    let ((load_cpu, gateway_cpu), spun) = spent.unwrap_or(((Duration::ZERO, None), Duration::ZERO));
     let window = a.common.duration.as_secs_f64();
     let per_call = |d: Duration| round(d.as_secs_f64() * 1e6 / tally.ok.max(1) as f64, 3);
     let mut s = summary(a, &tally);
@@ -182,8 +183,8 @@ pub fn run(a: &RpcArgs, progress: Arc<Progress>) -> Result<Summary, String> {
         "largest_datagram_received",
         engine.largest_datagram_received(),
     );
-    s.set("load_cpu_busy", round(load_cpu.as_secs_f64() / window, 3))
-        .set("load_cpu_per_call_us", per_call(load_cpu));
+    let load_work = s.set_load_cpu(load_cpu, spun, window);
+    s.set("load_cpu_per_call_us", per_call(load_work));
     if let Some(g) = gateway_cpu {
         s.set("gateway_cpu_busy", round(g.as_secs_f64() / window, 3))
             .set("gateway_cpu_per_call_us", per_call(g));
