@@ -14,6 +14,7 @@ so a report made again from the same files says the same.
 import argparse
 import datetime
 import json
+import math
 import os
 import statistics
 import sys
@@ -130,6 +131,11 @@ def load_busy(s):
     socket (`--spin`; raw results made before it have no such figure)."""
     busy = s.get("load_cpu_busy")
     return None if busy is None else busy - s.get("load_cpu_spinning", 0)
+
+
+def fraction(x):
+    """A fraction to two decimals, rounded down: a figure shown at a target's value meets it."""
+    return "n/a" if x is None else f"{math.floor(x * 100) / 100:.2f}"
 
 
 def verdict(ok):
@@ -363,7 +369,7 @@ def main():
     w("|---|---|---|")
     w(f"| QUIC echo round trips/s | {count(base.median)} | {base.spread(count)} |")
     w(f"| RPC calls/s through the gateway | {count(rpc_rate.median)} | {rpc_rate.spread(count)} |")
-    w(f"| RPC calls/s / (QUIC echo / 2) | {'n/a' if ratio is None else f'{ratio:.2f}'} | |")
+    w(f"| RPC calls/s / (QUIC echo / 2) | {fraction(ratio)} | |")
     w(f"| gateway CPU per call (one shard) | {us(rpc_cpu.median)} | {rpc_cpu.spread(us)} |")
     w(f"| gateway core busy | {pct_of(rpc_gw_busy.median)} | {rpc_gw_busy.spread(pct_of)} |")
     w(f"| load generator CPU per call | {us(rpc_load_cpu.median)} | {rpc_load_cpu.spread(us)} |")
@@ -407,7 +413,7 @@ def main():
             "(`--spin`, 200 µs by default) before they sleep, so that while the load flows "
             "neither they nor the server pay for waking them. The load generator's busy "
             "figures and CPU per call leave that polling out: it was "
-            f"{pct_of(rpc_spinning.median)} of its core in the RPC runs ({rpc_spinning.spread(pct_of)})."
+            f"{pct_of(rpc_spinning.median)} of its core in the RPC runs (median)."
             if rpc_spinning.values
             else ""
         )
@@ -635,7 +641,7 @@ def targets(w, a, theirs, rpc_rate, rpc_cpu, rpc_p99, gw_busy, load_busy, ratio,
         w("| the targets against nats-server | | not measured (run with `--nats`) | n/a |")
     w(
         f"| RPC calls/s ≥ half the QUIC echo ceiling (echo / 2) | "
-        f"{'n/a' if ratio is None else f'{ratio:.2f} of it'} | 0.5 | "
+        f"{'n/a' if ratio is None else f'{fraction(ratio)} of it'} | 0.5 | "
         f"{verdict(ratio is not None and ratio >= 0.5)} |"
     )
     w(
