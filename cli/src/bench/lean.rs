@@ -51,8 +51,6 @@ const CONTROL: u64 = 0;
 const ACK_DELAY: Duration = Duration::from_millis(2);
 /// Received packets after which a connection acknowledges at once.
 const ACK_EVERY: u8 = 2;
-/// How long an idle engine polls its socket before it sleeps, unless told otherwise.
-const SPIN: Duration = Duration::from_micros(200);
 /// Frames from the gateway may exceed the client's `max_frame` by what the gateway adds.
 const MAX_FRAME: u32 = 1 << 20;
 
@@ -117,19 +115,13 @@ impl Datagrams {
 #[derive(clap::Args, Debug, Clone)]
 pub struct Spin {
     /// How long the lean engine polls its socket for datagrams before it sleeps (0s: it
-    /// sleeps at once). A sleeping engine wakes a scheduler's wake-up after each datagram
-    /// comes, and the gateway's send pays for waking it: polling keeps both out of the
-    /// measurement while the load flows. The time spent polling is reported apart
-    /// (load_cpu_spinning) and left out of the load generator's CPU per call.
+    /// sleeps at once). A sleeping engine must be woken for the next datagram, and the
+    /// gateway's send pays for the wake-up: polling keeps both out of the measurement while
+    /// the load flows. The time spent polling is reported apart (load_cpu_spinning) and left
+    /// out of the load generator's CPU per call.
     #[arg(long, value_name = "DURATION", default_value = "200us",
           value_parser = crate::args::parse_duration)]
     pub spin: Duration,
-}
-
-impl Default for Spin {
-    fn default() -> Spin {
-        Spin { spin: SPIN }
-    }
 }
 
 /// A session's state as the engine sees it.
