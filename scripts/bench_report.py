@@ -268,7 +268,7 @@ def main():
     rpc_cpu = Figure([window_cpu_per_call(s) for s in rpc])
     rpc_gw_busy = Figure([s.get("gateway_cpu_busy") for s in rpc])
     rpc_load_busy = Figure([load_busy(s) for s in rpc])
-    rpc_spinning = Figure([s.get("load_cpu_spinning") for s in rpc if "load_cpu_spinning" in s])
+    rpc_spinning = Figure([s.get("load_cpu_spinning") for s in rpc])
     rpc_load_cpu = Figure([s.get("load_cpu_per_call_us") for s in rpc])
     # A call is two hops of the echo: the ceiling is half its rate.
     ratio = (
