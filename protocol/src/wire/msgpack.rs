@@ -6,6 +6,7 @@
 
 use std::fmt::Debug;
 
+use arrayvec::ArrayVec;
 use rmp::Marker;
 
 /// The deepest nesting of arrays and maps that [`Reader::skip`] walks through.
@@ -164,9 +165,9 @@ impl<'a> Reader<'a> {
     pub fn skip(&mut self) -> Result<&'a [u8], ReadError> {
         let start = self.rest;
         let mut ahead = self.clone();
-        // open[d]: values still to come in the container at depth d.
-        let mut open = [0usize; MAX_DEPTH];
-        let mut depth = 0;
+        // The containers the walk is inside, innermost last: how many values each still awaits.
+        // (Not zeroed up front: most values skipped are scalars, and a walk uses a few levels.)
+        let mut open = ArrayVec::<usize, MAX_DEPTH>::new();
         loop {
             let children = ahead.skip_head()?;
             if children > 0 {
@@ -175,24 +176,20 @@ impl<'a> Reader<'a> {
                 if children > ahead.rest.len() {
                     return Err(ReadError::Truncated);
                 }
-                let Some(slot) = open.get_mut(depth) else {
-                    return Err(ReadError::TooDeep);
-                };
-                *slot = children;
-                depth += 1;
+                open.try_push(children).map_err(|_| ReadError::TooDeep)?;
                 continue;
             }
             // One value is complete: close every container it completes.
             loop {
-                let Some(parent) = depth.checked_sub(1) else {
+                let Some(awaited) = open.last_mut() else {
                     *self = ahead;
                     return Ok(&start[..start.len() - self.rest.len()]);
                 };
-                open[parent] -= 1;
-                if open[parent] > 0 {
+                *awaited -= 1;
+                if *awaited > 0 {
                     break;
                 }
-                depth = parent;
+                open.pop();
             }
         }
     }
