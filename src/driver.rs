@@ -49,7 +49,7 @@ use meshgate_shard::wire::LinkStream;
 use meshgate_shard::{Event, LinkState, SessionKey, Shard, ShardId, StreamEnd, Time};
 
 use crate::endpoint::{Arrival, Conn, ConnHandle, Endpoint, Header, Read, Route, Write};
-use crate::health::ShardReport;
+use crate::health::{IoCounts, ShardReport};
 use crate::mailbox::{Body, Envelope, Mailbox, Shared};
 use crate::net::{BatchRx, BatchTx, BATCH};
 
@@ -121,6 +121,11 @@ pub async fn run(start: ShardStart) {
         d.fire_timers(now);
         d.pump_output(now);
         d.flush(now, &mut io).await;
+        d.io_counts = IoCounts {
+            datagrams_received: io.rx.datagrams(),
+            datagrams_sent: io.tx.datagrams(),
+            turns: d.io_counts.turns + 1,
+        };
         if d.is_done(now) {
             break;
         }
@@ -275,6 +280,8 @@ struct Driver {
     scratch: Box<[u8]>,
     stop_by: Option<Instant>,
     refused_handshakes: u64,
+    /// The socket's counts as of the last turn's end, for the shard's report.
+    io_counts: IoCounts,
     /// Connections accepted in this turn.
     accepted: usize,
     /// Initials over this turn's accept budget, oldest first.
@@ -338,6 +345,7 @@ impl Driver {
             scratch: vec![0u8; 64 * 1024].into_boxed_slice(),
             stop_by: None,
             refused_handshakes: 0,
+            io_counts: IoCounts::default(),
             accepted: 0,
             deferred: VecDeque::new(),
         };
@@ -467,6 +475,7 @@ impl Driver {
                     peer_table: self.shard.peer_table(),
                     peer_counters: self.shard.peer_counters(),
                     wall_clock_offset_ms: self.shard.config().wall_clock_offset_ms,
+                    io: self.io_counts,
                 };
                 let _ = reply.try_send(report);
             }

@@ -40,6 +40,19 @@ pub struct ShardReport {
     pub peer_counters: Vec<(Box<[u8]>, LinkCounters)>,
     /// Added to a shard `Time` gives wall-clock milliseconds since the Unix epoch.
     pub wall_clock_offset_ms: i64,
+    /// What the shard's loop did with its socket.
+    pub io: IoCounts,
+}
+
+/// What a shard's loop did with its socket since it started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IoCounts {
+    /// UDP datagrams read from the socket.
+    pub datagrams_received: u64,
+    /// UDP datagrams the kernel took to send, each segment of a GSO message counted.
+    pub datagrams_sent: u64,
+    /// Turns of the loop: each reads the socket, handles the inbox and the timers, and sends.
+    pub turns: u64,
 }
 
 /// Reads one figure off a shard's report.
@@ -572,7 +585,7 @@ const GAUGES: [(&str, &str, Field); 6] = [
 ];
 
 /// Counters without labels, in the order rendered.
-const COUNTERS: [(&str, &str, Field); 7] = [
+const COUNTERS: [(&str, &str, Field); 10] = [
     (
         "meshgate_registrations_expired_total",
         "Registrations removed by expiry.",
@@ -607,6 +620,21 @@ const COUNTERS: [(&str, &str, Field); 7] = [
         "meshgate_shard_messages_total",
         "Messages sent between shards.",
         |r| r.metrics.counters.shard_messages_out,
+    ),
+    (
+        "meshgate_udp_datagrams_received_total",
+        "UDP datagrams read from the shards' sockets.",
+        |r| r.io.datagrams_received,
+    ),
+    (
+        "meshgate_udp_datagrams_sent_total",
+        "UDP datagrams sent, each segment of a GSO message counted.",
+        |r| r.io.datagrams_sent,
+    ),
+    (
+        "meshgate_shard_turns_total",
+        "Turns of the shards' loops (each reads the socket, handles timers and sends).",
+        |r| r.io.turns,
     ),
 ];
 

@@ -138,6 +138,8 @@ pub struct BatchRx {
     /// size; and where its next datagram starts.
     current: Option<(SocketAddr, usize, usize)>,
     at: usize,
+    /// Datagrams handed out since the start.
+    datagrams: u64,
 }
 
 impl BatchRx {
@@ -164,6 +166,7 @@ impl BatchRx {
             next_entry: 0,
             current: None,
             at: 0,
+            datagrams: 0,
         }
     }
 
@@ -227,6 +230,7 @@ impl BatchRx {
                 if self.at < end {
                     let start = self.at;
                     self.at = (start + segment).min(end);
+                    self.datagrams += 1;
                     return Some((&mut self.buf[start..self.at], from));
                 }
             }
@@ -259,6 +263,11 @@ impl BatchRx {
     /// Whether the last batch filled every entry (so more may be waiting in the socket).
     pub fn was_full(&self) -> bool {
         self.received == BATCH
+    }
+
+    /// Datagrams handed out by [`Self::next`] since the start.
+    pub fn datagrams(&self) -> u64 {
+        self.datagrams
     }
 }
 
@@ -324,6 +333,8 @@ pub struct BatchTx {
     /// path's MTU is below their size; sent alone, the kernel fragments them, or, on a socket
     /// that never fragments, refuses those that are too large: path MTU probes).
     unsegmented_to: usize,
+    /// Datagrams the kernel took since the start (a GSO message counts each of its segments).
+    datagrams: u64,
 }
 
 impl BatchTx {
@@ -342,6 +353,7 @@ impl BatchTx {
             starts: Vec::with_capacity(BATCH + 1),
             gso: true,
             unsegmented_to: 0,
+            datagrams: 0,
         }
     }
 
@@ -440,12 +452,19 @@ impl BatchTx {
                 }
                 continue;
             }
-            off = self.starts[n as usize];
+            let taken = self.starts[n as usize];
+            self.datagrams += (taken - off) as u64;
+            off = taken;
         }
         self.lens.clear();
         self.dst.clear();
         self.unsegmented_to = 0;
         Ok(true)
+    }
+
+    /// Datagrams the kernel took since the start, each segment of a GSO message counted.
+    pub fn datagrams(&self) -> u64 {
+        self.datagrams
     }
 
     /// Forgets the first `k` queued datagrams.
@@ -729,10 +748,17 @@ mod tests {
         let (got, buffers) = receive_with(&mut rx, &rx_socket, lens.len());
         assert_eq!(got, lens, "every datagram whole, in order");
         assert_eq!(buffers, 1, "the GSO message arrives as one buffer");
+        assert_eq!(
+            tx.datagrams(),
+            10,
+            "the GSO message's segments count one by one"
+        );
+        assert_eq!(rx.datagrams(), 10);
         // A datagram sent alone comes alone, its segment size its length.
         queue(&mut tx, 300, to);
         assert!(tx.flush(tx_socket.as_raw_fd()).unwrap());
         assert_eq!(receive_with(&mut rx, &rx_socket, 1), (vec![300], 1));
+        assert_eq!((tx.datagrams(), rx.datagrams()), (11, 11));
     }
 
     /// A receiving socket, and a sending one whose GSO messages the kernel refuses: Linux
@@ -778,6 +804,11 @@ mod tests {
         assert!(tx.flush(tx_socket.as_raw_fd()).unwrap());
         let got = receive(&rx_socket, 1350, 2 * lens.len());
         assert_eq!(got, [lens, lens].concat(), "every datagram whole, in order");
+        assert_eq!(
+            tx.datagrams(),
+            10,
+            "the refused message's datagrams count once, when sent"
+        );
     }
 
     #[test]

@@ -703,6 +703,22 @@ async fn a_publish_reaches_every_matching_session_on_both_shards_exactly_once_bu
     let m = gw.metrics().await;
     assert_eq!(m.get("meshgate_publishes_total"), 22);
     assert_eq!(m.get("meshgate_deliveries_total"), 21 * 4 + 4);
+    // Both shards served sessions: each read datagrams, sent datagrams and turned its loop.
+    for shard in ["0", "1"] {
+        for name in [
+            "meshgate_udp_datagrams_received_total",
+            "meshgate_udp_datagrams_sent_total",
+            "meshgate_shard_turns_total",
+        ] {
+            let n = m.get(&format!("{name}{{shard=\"{shard}\"}}"));
+            assert!(n > 0, "{name} of shard {shard}: {n}");
+        }
+    }
+    assert_eq!(
+        m.get("meshgate_udp_datagrams_sent_total"),
+        m.get("meshgate_udp_datagrams_sent_total{shard=\"0\"}")
+            + m.get("meshgate_udp_datagrams_sent_total{shard=\"1\"}")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1740,6 +1756,9 @@ async fn metrics_has_every_metric_of_the_protocol_gateway_wide_and_per_shard() {
         "meshgate_publishes_total",
         "meshgate_deliveries_total",
         "meshgate_peers_evicted_total",
+        "meshgate_udp_datagrams_received_total",
+        "meshgate_udp_datagrams_sent_total",
+        "meshgate_shard_turns_total",
     ];
     for name in gauges.iter().chain(&counters) {
         m.get(name);
