@@ -154,17 +154,22 @@ say() {
     echo "bench: [$step/$steps] $*" >&2
 }
 
-# The gateway's calls ended and messages delivered so far, from its metrics.
+# The gateway's calls ended, messages delivered, UDP datagrams received and sent, and turns of
+# its shards' loops so far, from its metrics.
 gateway_counts() {
     curl -sf "$metrics" | awk '
         /^meshgate_calls_total\{outcome=/ && !/shard=/ { calls += $2 }
         /^meshgate_deliveries_total / { deliveries = $2 }
-        END { printf "%d %d\n", calls, deliveries }'
+        /^meshgate_udp_datagrams_received_total / { received = $2 }
+        /^meshgate_udp_datagrams_sent_total / { sent = $2 }
+        /^meshgate_shard_turns_total / { turns = $2 }
+        END { printf "%d %d %d %d %d\n", calls, deliveries, received, sent, turns }'
 }
 
 # load NAME SCENARIO [flags]: runs one scenario pinned to the load core, its summary as JSON.
-# Added to the JSON: the gateway's CPU time over the whole run (gateway_cpu_s) and the calls
-# and deliveries it counted over the same span (gateway_calls, gateway_deliveries).
+# Added to the JSON: the gateway's CPU time over the whole run (gateway_cpu_s), and the calls,
+# deliveries, UDP datagrams and loop turns it counted over the same span (gateway_calls,
+# gateway_deliveries, gateway_datagrams_received, gateway_datagrams_sent, gateway_turns).
 load() {
     local name=$1 scenario=$2
     shift 2
@@ -186,8 +191,9 @@ src, dst, before, after, tck, counts_before, counts_after = sys.argv[1:]
 summary = json.load(open(src))
 summary["gateway_cpu_s"] = (int(after) - int(before)) / int(tck)
 b, a = [int(x) for x in counts_before.split()], [int(x) for x in counts_after.split()]
-summary["gateway_calls"] = a[0] - b[0]
-summary["gateway_deliveries"] = a[1] - b[1]
+names = ["calls", "deliveries", "datagrams_received", "datagrams_sent", "turns"]
+for name, after, before in zip(names, a, b):
+    summary[f"gateway_{name}"] = after - before
 json.dump(summary, open(dst, "w"), indent=1)
 PY
     rm -f "$out/json/$name.json.tmp"

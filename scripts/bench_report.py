@@ -164,6 +164,26 @@ def us(v):
     return "n/a" if v is None else f"{v:.2f} µs"
 
 
+def per(s, key, events):
+    """The gateway's count `key` per one of its `events` (both counted over the whole run, from
+    its metrics); None for raw results without them."""
+    n, v = s.get(events), s.get(key)
+    return v / n if n and v is not None else None
+
+
+def dec(v):
+    return "n/a" if v is None else f"{v:,.2f}"
+
+
+def per_figures(runs, events):
+    """UDP datagrams received and sent per event, and events per turn of the loop."""
+    return (
+        Figure([per(s, "gateway_datagrams_received", events) for s in runs]),
+        Figure([per(s, "gateway_datagrams_sent", events) for s in runs]),
+        Figure([per(s, events, "gateway_turns") for s in runs]),
+    )
+
+
 def times(x):
     return "n/a" if x is None else f"{x:.2f}×"
 
@@ -374,6 +394,13 @@ def main():
     w(f"| gateway core busy | {pct_of(rpc_gw_busy.median)} | {rpc_gw_busy.spread(pct_of)} |")
     w(f"| load generator CPU per call | {us(rpc_load_cpu.median)} | {rpc_load_cpu.spread(us)} |")
     w(f"| load generator core busy | {pct_of(rpc_load_busy.median)} | {rpc_load_busy.spread(pct_of)} |")
+    rx, tx, turn = per_figures(rpc, "gateway_calls")
+    if turn.values:
+        w(
+            f"| gateway UDP datagrams per call, received / sent | {dec(rx.median)} / "
+            f"{dec(tx.median)} | {rx.spread(dec)} / {tx.spread(dec)} |"
+        )
+        w(f"| calls per turn of the gateway's loop | {dec(turn.median)} | {turn.spread(dec)} |")
     if deep:
         w(f"| RPC calls/s with 4 callers × 64 in flight | {count(deep_rate.median)} | {deep_rate.spread(count)} |")
         w(f"| gateway CPU per call, 4 × 64 in flight | {us(deep_cpu.median)} | {deep_cpu.spread(us)} |")
@@ -382,6 +409,16 @@ def main():
             f"{pct_of(deep_gw_busy.median)} / {pct_of(deep_load_busy.median)} | "
             f"{deep_gw_busy.spread(pct_of)} / {deep_load_busy.spread(pct_of)} |"
         )
+        rx, tx, turn = per_figures(deep, "gateway_calls")
+        if turn.values:
+            w(
+                f"| gateway UDP datagrams per call, received / sent, 4 × 64 in flight | "
+                f"{dec(rx.median)} / {dec(tx.median)} | {rx.spread(dec)} / {tx.spread(dec)} |"
+            )
+            w(
+                f"| calls per turn of the gateway's loop, 4 × 64 in flight | {dec(turn.median)} "
+                f"| {turn.spread(dec)} |"
+            )
     w(f"| gateway CPU per call at 25,000 calls/s | {us(t25_cpu.median)} | {t25_cpu.spread(us)} |")
     w(
         f"| gateway CPU per delivery (pub/sub, 1 → 4 at {a.pubsub_rate:,}/s, paced message by "
@@ -395,12 +432,29 @@ def main():
         f"| the same with fixed {a.fixed_payload:,}-byte datagrams (`--pmtud-max 0` on both "
         f"sides) | {us(pf.cpu.median)} | {pf.cpu.spread(us)} |"
     )
+    for runs_, shape in ((burst, "in bursts"), (fixed, f"in bursts, fixed {a.fixed_payload:,} B")):
+        rx, tx, _ = per_figures(runs_, "gateway_deliveries")
+        if tx.values:
+            w(
+                f"| gateway UDP datagrams per delivery, received / sent (pub/sub {shape}) | "
+                f"{dec(rx.median)} / {dec(tx.median)} | {rx.spread(dec)} / {tx.spread(dec)} |"
+            )
     w(f"| gateway CPU per new connection | {us(hs_cpu)} | 1 run |")
     w("")
     w(
         "RPC and pub/sub CPU figures are read from `/proc` over the measured window, for the "
         "gateway and for the load generator (`--gateway-pid`), and so is the new-connection "
         "figure (over the handshake run, divided by the connections made)."
+        + (
+            " Datagrams and turns are the gateway's own counts (its metrics "
+            "`meshgate_udp_datagrams_received_total`, `meshgate_udp_datagrams_sent_total`, "
+            "`meshgate_shard_turns_total`) over the whole run, warm-up included, divided by the "
+            "calls or deliveries it counted over the same span: each datagram costs both "
+            "processes a share of a system call, of quiche's packet work and of its encryption, "
+            "and each turn a wake-up."
+            if any(s.get("gateway_turns") for s in rpc)
+            else ""
+        )
         + (
             " The targets' RPC shape keeps 4 × 16 calls in flight; the runs with 4 × 64 show how "
             "far the gateway goes when more calls share each packet and the calls in flight do "

@@ -212,3 +212,53 @@ fn raw_results_without_their_machine_are_refused_with_one_line() {
     );
     assert!(out.stdout.is_empty(), "no partial report");
 }
+
+/// Appends `fields` to the JSON object in `path` (a key given twice counts as its last value).
+fn append_fields(path: &Path, fields: &str) {
+    let text = std::fs::read_to_string(path).expect("a raw result");
+    let body = text.trim_end().strip_suffix('}').expect("a JSON object");
+    std::fs::write(path, format!("{body}, {fields}}}")).expect("the raw result is written");
+}
+
+#[test]
+fn the_gateways_datagram_and_turn_counts_give_figures_per_call_and_per_delivery() {
+    let raw = RawCopy::new("datagrams");
+    for r in 1..=3 {
+        append_fields(
+            &raw.json(&format!("rpc-{r}.json")),
+            r#""gateway_calls": 1000, "gateway_datagrams_received": 180,
+               "gateway_datagrams_sent": 200, "gateway_turns": 60"#,
+        );
+        append_fields(
+            &raw.json(&format!("pubsub-fixed-{r}.json")),
+            r#""gateway_deliveries": 12000, "gateway_datagrams_received": 300,
+               "gateway_datagrams_sent": 1000, "gateway_turns": 40"#,
+        );
+    }
+
+    let made = made(report(&raw.dir, "1", "scripts/bench.sh"));
+    assert_eq!(
+        line(
+            &made,
+            "| gateway UDP datagrams per call, received / sent | "
+        ),
+        "0.18 / 0.20 | 0.18 – 0.18 (3 runs) / 0.20 – 0.20 (3 runs) |"
+    );
+    assert_eq!(
+        line(&made, "| calls per turn of the gateway's loop | "),
+        "16.67 | 16.67 – 16.67 (3 runs) |"
+    );
+    assert_eq!(
+        line(
+            &made,
+            "| gateway UDP datagrams per delivery, received / sent (pub/sub in bursts, fixed 1,350 B) | "
+        ),
+        "0.03 / 0.08 | 0.03 – 0.03 (3 runs) / 0.08 – 0.08 (3 runs) |"
+    );
+    // Raw results made before the counts give no such rows.
+    assert!(!made.contains("(pub/sub in bursts) |"), "no counts, no row");
+    assert!(
+        made.contains("meshgate_shard_turns_total"),
+        "the rows are explained"
+    );
+}
