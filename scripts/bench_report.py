@@ -184,6 +184,11 @@ def per_figures(runs, events):
     )
 
 
+def received_sent(label, rx, tx):
+    """A row of datagrams received / sent per event: medians, then spreads."""
+    return f"| {label} | {dec(rx.median)} / {dec(tx.median)} | {rx.spread(dec)} / {tx.spread(dec)} |"
+
+
 def times(x):
     return "n/a" if x is None else f"{x:.2f}×"
 
@@ -396,10 +401,7 @@ def main():
     w(f"| load generator core busy | {pct_of(rpc_load_busy.median)} | {rpc_load_busy.spread(pct_of)} |")
     rx, tx, turn = per_figures(rpc, "gateway_calls")
     if turn.values:
-        w(
-            f"| gateway UDP datagrams per call, received / sent | {dec(rx.median)} / "
-            f"{dec(tx.median)} | {rx.spread(dec)} / {tx.spread(dec)} |"
-        )
+        w(received_sent("gateway UDP datagrams per call, received / sent", rx, tx))
         w(f"| calls per turn of the gateway's loop | {dec(turn.median)} | {turn.spread(dec)} |")
     if deep:
         w(f"| RPC calls/s with 4 callers × 64 in flight | {count(deep_rate.median)} | {deep_rate.spread(count)} |")
@@ -411,10 +413,7 @@ def main():
         )
         rx, tx, turn = per_figures(deep, "gateway_calls")
         if turn.values:
-            w(
-                f"| gateway UDP datagrams per call, received / sent, 4 × 64 in flight | "
-                f"{dec(rx.median)} / {dec(tx.median)} | {rx.spread(dec)} / {tx.spread(dec)} |"
-            )
+            w(received_sent("gateway UDP datagrams per call, received / sent, 4 × 64 in flight", rx, tx))
             w(
                 f"| calls per turn of the gateway's loop, 4 × 64 in flight | {dec(turn.median)} "
                 f"| {turn.spread(dec)} |"
@@ -435,10 +434,7 @@ def main():
     for runs_, shape in ((burst, "in bursts"), (fixed, f"in bursts, fixed {a.fixed_payload:,} B")):
         rx, tx, _ = per_figures(runs_, "gateway_deliveries")
         if tx.values:
-            w(
-                f"| gateway UDP datagrams per delivery, received / sent (pub/sub {shape}) | "
-                f"{dec(rx.median)} / {dec(tx.median)} | {rx.spread(dec)} / {tx.spread(dec)} |"
-            )
+            w(received_sent(f"gateway UDP datagrams per delivery, received / sent (pub/sub {shape})", rx, tx))
     w(f"| gateway CPU per new connection | {us(hs_cpu)} | 1 run |")
     w("")
     w(
