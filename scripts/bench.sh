@@ -6,7 +6,9 @@
 # that the two never share a core. Throughput scenarios run --runs times and the report gives
 # their medians. The same run measures the machine's baseline (`meshgate-cli quic-echo`: a bare
 # quiche echo between the same two cores) and gives the gateway's RPC rate as a fraction of
-# half its rate (a call is two hops). With --nats DIR (natsbench, see its README) the same run
+# half its rate (a call is two hops), and, before the runs and after them, the machine's own
+# stalls (`meshgate-cli stalls`: how long a busy thread on each core goes without running),
+# which no latency it reports can beat. With --nats DIR (natsbench, see its README) the same run
 # also measures nats-server, plain and with TLS, in the same shapes, interleaved with the
 # meshgate runs, and the report checks the targets against it. The report goes to OUT/report.md, with the charts
 # (SVG), the raw JSON of every run and the gateways' logs beside it. The raw results also record
@@ -147,7 +149,7 @@ gateway_ticks() {
 }
 
 step=0
-steps=$((runs * 12 + 9))
+steps=$((runs * 12 + 11))
 [[ -n "$nats" ]] && steps=$((steps + runs))
 say() {
     step=$((step + 1))
@@ -242,7 +244,16 @@ machine = {
 }
 json.dump(machine, open(sys.argv[1], "w"), indent=1)
 PY
+# stalls WHEN: how long the machine itself keeps a busy thread on each of the two cores from
+# running, both at once: the floor under every latency the report gives.
+stalls() {
+    say "the machine's own stalls: a busy thread on each core, $1"
+    "$cli" stalls --cores "$gateway_cpu,$load_cpu" --duration "${duration}s" --json \
+        >"$out/json/stalls-$1.json"
+}
+
 rm -rf "$out/nats"
+stalls before
 for r in $(seq "$runs"); do
     say "baseline: QUIC echo, 4 connections x 16 in flight, 64 B, run $r of $runs"
     "$cli" quic-echo --server-cpu "$gateway_cpu" --client-cpu "$load_cpu" --connections 4 \
@@ -465,6 +476,8 @@ start_mesh mesh-pubsub-one 3
 mesh_load mesh-pubsub-one 3 pubsub --publishers 1 --subscribers 2 --pattern exact --payload 64 \
     --subscriber-servers "127.0.0.1:$(mesh_port 1)" --rate 20000 --duration "${duration}s" --warmup 2s
 stop_mesh
+
+stalls after
 
 say "report"
 elapsed=$(($(date +%s) - started))

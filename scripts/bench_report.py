@@ -193,6 +193,49 @@ def times(x):
     return "n/a" if x is None else f"{x:.2f}×"
 
 
+def stalls(d):
+    """The machine's own stalls before and after the runs (json/stalls-WHEN.json), by when;
+    raw results made before they were measured have none."""
+    found = {}
+    for when in ("before", "after"):
+        path = os.path.join(d, "json", f"stalls-{when}.json")
+        if os.path.exists(path):
+            found[when] = load(d, f"stalls-{when}")
+    return found
+
+
+def stalls_section(w, a, found):
+    """The table of the machine's own stalls, when the run measured them."""
+    if not found:
+        return
+    whens = [when for when in ("before", "after") if when in found]
+    first = found[whens[0]]
+    w("")
+    w(
+        f"The machine's own stalls: `meshgate-cli stalls` keeps a thread that never sleeps on "
+        f"each of cores {a.gateway_cpu} and {a.load_cpu}, both at once, for "
+        f"{first['duration_s']:g} s, and records each gap of {first['min_gap_us']} µs or more "
+        "between two reads of the clock: time in which the core ran something else (the "
+        "hypervisor, interrupts, the kernel). A call or a message in flight while a core "
+        "stalls waits the stall out, whatever the gateway does, so no latency percentile can "
+        "be counted on to be lower than the gaps that cover that share of the time."
+    )
+    w("")
+    w("| the machine's own stalls | " + " | ".join(f"{when} the runs" for when in whens) + " |")
+    w("|---|" + "---|" * len(whens))
+    rows = (
+        ("longest gap", lambda s: f"{s['longest_gap_ms']:.2f} ms"),
+        ("gaps of 1 ms or more (of 5 ms or more)",
+         lambda s: f"{s['gaps_over_1ms']:,} ({s['gaps_over_5ms']:,})"),
+        (f"time lost in gaps of {first['min_gap_us']} µs or more",
+         lambda s: f"{s['lost_percent']:.2f} %"),
+        ("steal time the kernel accounted (`/proc/stat`)",
+         lambda s: "n/a" if s.get("steal_percent") is None else f"{s['steal_percent']:.2f} %"),
+    )
+    for label, fmt in rows:
+        w(f"| {label} | " + " | ".join(fmt(found[when]) for when in whens) + " |")
+
+
 def machine(d):
     """The measuring machine's line, from json/machine.json."""
     path = os.path.join(d, "json", "machine.json")
@@ -286,6 +329,7 @@ def main():
     slow = load(d, "slow-consumer")
     flood = load(d, "flood")
     hs = load(d, "handshake")
+    machine_stalls = stalls(d)
 
     rpc_rate = Figure([s["calls_per_s"] for s in rpc])
     rpc_p99 = Figure([dig(s, "latency_us", "p99") for s in rpc])
@@ -378,6 +422,15 @@ def main():
         f"{pct(c_drift)} | 1 run | within ±5 % | "
         f"{verdict(c_drift is not None and abs(c_drift) <= 5)} |"
     )
+    if machine_stalls:
+        longest = max(s["longest_gap_ms"] for s in machine_stalls.values())
+        lost = max(s["lost_percent"] for s in machine_stalls.values())
+        w("")
+        w(
+            f"The machine itself stalled a busy thread for up to {longest:.2f} ms, and for "
+            f"{lost:.2f} % of the time in all (the table of its stalls is under Against the "
+            "machine): the latencies here are the gateway's and the machine's together."
+        )
     w("")
     w("## Against the machine")
     w("")
@@ -468,6 +521,7 @@ def main():
             else ""
         )
     )
+    stalls_section(w, a, machine_stalls)
     w("")
     w("## RPC")
     w("")

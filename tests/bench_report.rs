@@ -262,3 +262,61 @@ fn the_gateways_datagram_and_turn_counts_give_figures_per_call_and_per_delivery(
         "the rows are explained"
     );
 }
+
+#[test]
+fn the_machines_own_stalls_are_reported_before_and_after_the_runs_when_measured() {
+    let raw = RawCopy::new("stalls");
+    let stalls = |longest: f64, long: u64, lost: f64, steal: &str| {
+        format!(
+            r#"{{"scenario": "stalls", "duration_s": 10.0, "min_gap_us": 100, "gaps": 300,
+                "gaps_over_1ms": {long}, "gaps_over_5ms": 4, "longest_gap_ms": {longest},
+                "lost_percent": {lost}{steal}, "cores": {{}}}}"#
+        )
+    };
+    std::fs::write(
+        raw.json("stalls-before.json"),
+        stalls(12.5, 31, 2.1, r#", "steal_percent": 1.05"#),
+    )
+    .expect("stalls-before.json is written");
+    std::fs::write(raw.json("stalls-after.json"), stalls(7.25, 1200, 0.4, ""))
+        .expect("stalls-after.json is written");
+
+    let with_stalls = made(report(&raw.dir, "1", "scripts/bench.sh"));
+    assert_eq!(
+        line(&with_stalls, "| the machine's own stalls | "),
+        "before the runs | after the runs |"
+    );
+    assert_eq!(
+        line(&with_stalls, "| longest gap | "),
+        "12.50 ms | 7.25 ms |"
+    );
+    assert_eq!(
+        line(&with_stalls, "| gaps of 1 ms or more (of 5 ms or more) | "),
+        "31 (4) | 1,200 (4) |"
+    );
+    assert_eq!(
+        line(&with_stalls, "| time lost in gaps of 100 µs or more | "),
+        "2.10 % | 0.40 % |"
+    );
+    // A machine whose kernel gave no steal figure says so.
+    assert_eq!(
+        line(
+            &with_stalls,
+            "| steal time the kernel accounted (`/proc/stat`) | "
+        ),
+        "1.05 % | n/a |"
+    );
+    assert!(
+        with_stalls
+            .contains("stalled a busy thread for up to 12.50 ms, and for 2.10 % of the time"),
+        "the latencies are put beside the worst of the two"
+    );
+
+    // Raw results made before the stalls were measured give neither.
+    let plain = made(report(
+        &RawCopy::new("no-stalls").dir,
+        "1",
+        "scripts/bench.sh",
+    ));
+    assert!(!plain.contains("own stalls"), "no stalls, no table");
+}

@@ -30,6 +30,10 @@ enum Command {
     /// Measures this machine's QUIC ceiling, the benchmark report's baseline: a bare quiche
     /// echo server on one core, clients on another, round trips per second.
     QuicEcho(bench::quic_echo::QuicEchoArgs),
+    /// Measures how long this machine keeps a busy thread on each core from running (the
+    /// hypervisor's steal, interrupts): the benchmark report's measure of the machine's own
+    /// stalls, beside its latencies.
+    Stalls(bench::stalls::StallsArgs),
 }
 
 fn main() {
@@ -64,6 +68,7 @@ fn main() {
         Command::Client(command) => commands::run(command),
         Command::Bench(args) => bench::run(args),
         Command::QuicEcho(args) => bench::quic_echo::run(&args),
+        Command::Stalls(args) => bench::stalls::run(&args),
     };
     if let Err(e) = result {
         eprintln!("meshgate-cli: {e}");

@@ -580,8 +580,8 @@ fn quic_echo_measures_round_trips_of_a_bare_quiche_echo() {
             "--json",
         ])
         .args(["--connections", "2", "--in-flight", "4"])
-        // Both threads on the first core: any machine has it.
-        .args(["--server-cpu", "0", "--client-cpu", "0"])
+        // Both threads on one core this process may run on: any machine has one.
+        .args(["--server-cpu", &a_core(), "--client-cpu", &a_core()])
         .output()
         .expect("meshgate-cli quic-echo runs");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -593,4 +593,56 @@ fn quic_echo_measures_round_trips_of_a_bare_quiche_echo() {
         s["round_trips_per_s"].as_f64().is_some_and(|r| r > 0.0),
         "{s}"
     );
+}
+
+/// The first core this process may run on, from /proc/self/status ("Cpus_allowed_list: 2,5-7").
+fn a_core() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .expect("the cores this process may run on");
+    let first = list.trim().split([',', '-']).next().expect("a core");
+    first.to_owned()
+}
+
+#[test]
+fn stalls_watches_a_busy_thread_and_counts_its_gaps_by_length() {
+    let core = a_core();
+    let out = Command::new(env!("CARGO_BIN_EXE_meshgate-cli"))
+        .args(["stalls", "--cores", &core, "--duration", "300ms", "--json"])
+        .output()
+        .expect("meshgate-cli stalls runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stalls failed: {stderr}");
+    let s: Value = serde_json::from_slice(&out.stdout).expect("a JSON summary");
+    let (gaps, long, very_long) = (
+        u(&s, "gaps"),
+        u(&s, "gaps_over_1ms"),
+        u(&s, "gaps_over_5ms"),
+    );
+    assert!(very_long <= long && long <= gaps, "{s}");
+    let lost = s["lost_percent"].as_f64().expect("the time lost");
+    assert!((0.0..=100.0).contains(&lost), "{s}");
+    let longest = s["longest_gap_ms"].as_f64().expect("the longest gap");
+    assert_eq!(longest > 0.0, gaps > 0, "{s}");
+    // The one core's own figures are the whole run's.
+    assert_eq!(s["cores"][&core]["gaps"], s["gaps"], "{s}");
+
+    for (args, says) in [
+        (vec!["--cores", &core, "--cores", &core], "twice"),
+        (vec!["--cores", "100000"], "not one this process may run on"),
+        (vec!["--duration", "0s"], "more than 0"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_meshgate-cli"))
+            .arg("stalls")
+            .args(&args)
+            .output()
+            .expect("meshgate-cli stalls runs");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} is refused");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}: no summary");
+    }
 }

@@ -46,6 +46,43 @@ pub fn of_process(pid: u32) -> Option<Duration> {
     ))
 }
 
+/// Pins the calling thread to core `cpu`.
+pub fn pin(cpu: usize) -> Result<(), String> {
+    allowed(cpu)?;
+    // SAFETY: cpu_set_t is plain data; the calls only read and write the set passed, and
+    // `cpu` is below CPU_SETSIZE (checked by `allowed`).
+    let status = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if status != 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(format!("cannot pin a thread to core {cpu}: {e}"));
+    }
+    Ok(())
+}
+
+/// Whether this process may run on core `cpu`; the error names it.
+pub fn allowed(cpu: usize) -> Result<(), String> {
+    let refused = || Err(format!("core {cpu} is not one this process may run on"));
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return refused();
+    }
+    // SAFETY: cpu_set_t is plain data and sched_getaffinity only writes the set passed;
+    // `cpu` is below CPU_SETSIZE.
+    let allowed = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) == 0
+            && libc::CPU_ISSET(cpu, &set)
+    };
+    if allowed {
+        Ok(())
+    } else {
+        refused()
+    }
+}
+
 /// CPU use of both sides over a window.
 #[derive(Clone, Copy, Debug)]
 pub struct Window {
@@ -90,5 +127,19 @@ mod tests {
             own()
         );
         assert!(of_process(u32::MAX).is_none());
+    }
+
+    #[test]
+    fn a_core_this_process_runs_on_is_allowed_and_one_past_any_machine_is_not() {
+        // SAFETY: sched_getcpu takes nothing and returns the core or -1.
+        let current = unsafe { libc::sched_getcpu() };
+        let current = usize::try_from(current).expect("the core this thread runs on");
+        assert_eq!(allowed(current), Ok(()));
+        let past = libc::CPU_SETSIZE as usize;
+        assert_eq!(
+            allowed(past),
+            Err(format!("core {past} is not one this process may run on"))
+        );
+        assert!(pin(past).is_err());
     }
 }

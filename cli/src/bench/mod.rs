@@ -26,6 +26,7 @@ pub mod quic_echo;
 mod report;
 mod rpc;
 mod slow_consumer;
+pub mod stalls;
 
 use std::time::Duration;
 

@@ -69,6 +69,8 @@ pub fn run(a: &QuicEchoArgs) -> Result<(), String> {
     let udp = Udp::bind("127.0.0.1:0".parse().expect("an address"))?;
     let server = udp.local();
     let config = identity.server_config()?;
+    cpu::allowed(a.server_cpu)?;
+    cpu::pin(a.client_cpu)?;
     let stop = Arc::new(AtomicBool::new(false));
     let server_cpu = a.server_cpu;
     let echo = {
@@ -76,14 +78,14 @@ pub fn run(a: &QuicEchoArgs) -> Result<(), String> {
         std::thread::Builder::new()
             .name("quic-echo-server".into())
             .spawn(move || {
-                pin(server_cpu);
+                // The core was checked above; a thread left unpinned still serves.
+                let _ = cpu::pin(server_cpu);
                 let started = cpu::thread();
                 serve(udp, config, &stop);
                 cpu::thread().saturating_sub(started)
             })
             .map_err(|e| format!("cannot start the server's thread: {e}"))?
     };
-    pin(a.client_cpu);
     let outcome = clients(a, server);
     stop.store(true, Ordering::Relaxed);
     let server_cpu_time = echo.join().map_err(|_| "the echo server failed")?;
@@ -277,15 +279,5 @@ impl Drop for Identity {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.cert);
         let _ = std::fs::remove_file(&self.key);
-    }
-}
-
-/// Pins the calling thread to `cpu`, if this process may run there.
-fn pin(cpu: usize) {
-    // SAFETY: cpu_set_t is plain data; the calls only read and write the set passed.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
     }
 }
