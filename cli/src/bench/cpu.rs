@@ -46,11 +46,15 @@ pub fn of_process(pid: u32) -> Option<Duration> {
     ))
 }
 
-/// Pins the calling thread to core `cpu`.
+/// Pins the calling thread to core `cpu`. A thread inherits the cores of the thread that
+/// started it, so a thread started by a pinned one may still be pinned elsewhere: this asks
+/// the kernel, which refuses only a core outside the process's cpuset.
 pub fn pin(cpu: usize) -> Result<(), String> {
-    allowed(cpu)?;
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(format!("cannot pin a thread to core {cpu}: no such core"));
+    }
     // SAFETY: cpu_set_t is plain data; the calls only read and write the set passed, and
-    // `cpu` is below CPU_SETSIZE (checked by `allowed`).
+    // `cpu` is below CPU_SETSIZE.
     let status = unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
@@ -63,7 +67,8 @@ pub fn pin(cpu: usize) -> Result<(), String> {
     Ok(())
 }
 
-/// Whether this process may run on core `cpu`; the error names it.
+/// Whether the calling thread may run on core `cpu`; the error names it. Asked before any
+/// thread is pinned, that is whether the process may.
 pub fn allowed(cpu: usize) -> Result<(), String> {
     let refused = || Err(format!("core {cpu} is not one this process may run on"));
     if cpu >= libc::CPU_SETSIZE as usize {
@@ -141,5 +146,37 @@ mod tests {
             Err(format!("core {past} is not one this process may run on"))
         );
         assert!(pin(past).is_err());
+    }
+
+    #[test]
+    fn a_thread_started_by_a_pinned_thread_can_be_pinned_to_another_core() {
+        // SAFETY: sched_getcpu takes nothing and returns the core or -1.
+        let here = usize::try_from(unsafe { libc::sched_getcpu() }).expect("a core");
+        let other = (0..libc::CPU_SETSIZE as usize).find(|&c| c != here && allowed(c).is_ok());
+        let Some(other) = other else {
+            eprintln!("one core only: nothing to move a thread to; checked on this core alone");
+            std::thread::spawn(move || pin(here).expect("pinned where it runs"))
+                .join()
+                .expect("the thread");
+            return;
+        };
+        std::thread::spawn(move || {
+            pin(here).expect("pinned to the core it runs on");
+            // The child starts on `here` alone, and may still move to any core of the process.
+            std::thread::spawn(move || {
+                pin(other).expect("pinned to another core of the process");
+                // SAFETY: as above.
+                let now = unsafe { libc::sched_getcpu() };
+                assert_eq!(
+                    usize::try_from(now).ok(),
+                    Some(other),
+                    "it runs where pinned"
+                );
+            })
+            .join()
+            .expect("the child thread");
+        })
+        .join()
+        .expect("the pinned thread");
     }
 }

@@ -70,6 +70,7 @@ pub fn run(a: &QuicEchoArgs) -> Result<(), String> {
     let server = udp.local();
     let config = identity.server_config()?;
     cpu::allowed(a.server_cpu)?;
+    cpu::allowed(a.client_cpu)?;
     cpu::pin(a.client_cpu)?;
     let stop = Arc::new(AtomicBool::new(false));
     let server_cpu = a.server_cpu;
@@ -78,8 +79,10 @@ pub fn run(a: &QuicEchoArgs) -> Result<(), String> {
         std::thread::Builder::new()
             .name("quic-echo-server".into())
             .spawn(move || {
-                // The core was checked above; a thread left unpinned still serves.
-                let _ = cpu::pin(server_cpu);
+                // The core was checked above, before any thread was pinned.
+                if let Err(e) = cpu::pin(server_cpu) {
+                    eprintln!("meshgate-cli: the echo server runs unpinned: {e}");
+                }
                 let started = cpu::thread();
                 serve(udp, config, &stop);
                 cpu::thread().saturating_sub(started)
