@@ -8,7 +8,7 @@
 # quiche echo between the same two cores) and gives the gateway's RPC rate as a fraction of
 # half its rate (a call is two hops), and, before the runs and after them, the machine's own
 # stalls (`meshgate-cli stalls`: how long a busy thread on each core goes without running),
-# which no latency it reports can beat. With --nats DIR (natsbench, see its README) the same run
+# which a call in flight waits out whatever the gateway does. With --nats DIR (natsbench, see its README) the same run
 # also measures nats-server, plain and with TLS, in the same shapes, interleaved with the
 # meshgate runs, and the report checks the targets against it. The report goes to OUT/report.md, with the charts
 # (SVG), the raw JSON of every run and the gateways' logs beside it. The raw results also record
@@ -244,8 +244,8 @@ machine = {
 }
 json.dump(machine, open(sys.argv[1], "w"), indent=1)
 PY
-# stalls WHEN: how long the machine itself keeps a busy thread on each of the two cores from
-# running, both at once: the floor under every latency the report gives.
+# stalls WHEN: how long the machine keeps a busy thread on each of the two cores from running,
+# both at once: a floor under the largest latency a run can be counted on to show.
 stalls() {
     say "the machine's own stalls: a busy thread on each core, $1"
     "$cli" stalls --cores "$gateway_cpu,$load_cpu" --duration "${duration}s" --json \

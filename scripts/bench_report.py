@@ -210,15 +210,18 @@ def stalls_section(w, a, found):
         return
     whens = [when for when in ("before", "after") if when in found]
     first = found[whens[0]]
+    cores = " and ".join(sorted(first.get("cores", {}), key=int)) or "n/a"
     w("")
     w(
         f"The machine's own stalls: `meshgate-cli stalls` keeps a thread that never sleeps on "
-        f"each of cores {a.gateway_cpu} and {a.load_cpu}, both at once, for "
-        f"{first['duration_s']:g} s, and records each gap of {first['min_gap_us']} µs or more "
-        "between two reads of the clock: time in which the core ran something else (the "
-        "hypervisor, interrupts, the kernel). A call or a message in flight while a core "
-        "stalls waits the stall out, whatever the gateway does, so no latency percentile can "
-        "be counted on to be lower than the gaps that cover that share of the time."
+        f"each of cores {cores}, both at once, for {first['duration_s']:g} s, and records each "
+        f"gap of {first['min_gap_us']} µs or more between two reads of the clock: time in which "
+        "its core ran something else. The kernel accounts for part of it: other threads of "
+        "this machine on the core, and the hypervisor's steal; the rest is interrupts and the "
+        "kernel's own work. A call or a message in flight while its core stalls waits the stall "
+        "out, whatever the gateway does: the longest gap is a floor under the largest latency a "
+        "run can be counted on to show, and the gaps bound a percentile when they cover more of "
+        "the time than it leaves out."
     )
     w("")
     w("| the machine's own stalls | " + " | ".join(f"{when} the runs" for when in whens) + " |")
@@ -229,7 +232,9 @@ def stalls_section(w, a, found):
          lambda s: f"{s['gaps_over_1ms']:,} ({s['gaps_over_5ms']:,})"),
         (f"time lost in gaps of {first['min_gap_us']} µs or more",
          lambda s: f"{s['lost_percent']:.2f} %"),
-        ("steal time the kernel accounted (`/proc/stat`)",
+        ("of which waiting for the core while another thread ran (`schedstat`)",
+         lambda s: "n/a" if s.get("waited_percent") is None else f"{s['waited_percent']:.2f} %"),
+        ("of which stolen by the hypervisor (steal, `/proc/stat`)",
          lambda s: "n/a" if s.get("steal_percent") is None else f"{s['steal_percent']:.2f} %"),
     )
     for label, fmt in rows:
@@ -428,8 +433,9 @@ def main():
         w("")
         w(
             f"The machine itself stalled a busy thread for up to {longest:.2f} ms, and for "
-            f"{lost:.2f} % of the time in all (the table of its stalls is under Against the "
-            "machine): the latencies here are the gateway's and the machine's together."
+            f"{lost:.2f} % of the time in the worse of its two measures (the table of its "
+            "stalls is under Against the machine): the latencies here are the gateway's and "
+            "the machine's together."
         )
     w("")
     w("## Against the machine")

@@ -270,12 +270,17 @@ fn the_machines_own_stalls_are_reported_before_and_after_the_runs_when_measured(
         format!(
             r#"{{"scenario": "stalls", "duration_s": 10.0, "min_gap_us": 100, "gaps": 300,
                 "gaps_over_1ms": {long}, "gaps_over_5ms": 4, "longest_gap_ms": {longest},
-                "lost_percent": {lost}{steal}, "cores": {{}}}}"#
+                "lost_percent": {lost}{steal}, "cores": {{"1": {{}}, "0": {{}}}}}}"#
         )
     };
     std::fs::write(
         raw.json("stalls-before.json"),
-        stalls(12.5, 31, 2.1, r#", "steal_percent": 1.05"#),
+        stalls(
+            12.5,
+            31,
+            2.1,
+            r#", "waited_percent": 0.7, "steal_percent": 1.05"#,
+        ),
     )
     .expect("stalls-before.json is written");
     std::fs::write(raw.json("stalls-after.json"), stalls(7.25, 1200, 0.4, ""))
@@ -298,11 +303,18 @@ fn the_machines_own_stalls_are_reported_before_and_after_the_runs_when_measured(
         line(&with_stalls, "| time lost in gaps of 100 µs or more | "),
         "2.10 % | 0.40 % |"
     );
-    // A machine whose kernel gave no steal figure says so.
+    // A machine whose kernel gave no such figures says so.
     assert_eq!(
         line(
             &with_stalls,
-            "| steal time the kernel accounted (`/proc/stat`) | "
+            "| of which waiting for the core while another thread ran (`schedstat`) | "
+        ),
+        "0.70 % | n/a |"
+    );
+    assert_eq!(
+        line(
+            &with_stalls,
+            "| of which stolen by the hypervisor (steal, `/proc/stat`) | "
         ),
         "1.05 % | n/a |"
     );
@@ -310,6 +322,10 @@ fn the_machines_own_stalls_are_reported_before_and_after_the_runs_when_measured(
         with_stalls
             .contains("stalled a busy thread for up to 12.50 ms, and for 2.10 % of the time"),
         "the latencies are put beside the worst of the two"
+    );
+    assert!(
+        with_stalls.contains("on each of cores 0 and 1, both at once, for 10 s"),
+        "the cores are the ones measured"
     );
 
     // Raw results made before the stalls were measured give neither.

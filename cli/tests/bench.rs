@@ -633,6 +633,8 @@ fn stalls_watches_a_busy_thread_and_counts_its_gaps_by_length() {
         (vec!["--cores", &core, "--cores", &core], "twice"),
         (vec!["--cores", "100000"], "not one this process may run on"),
         (vec!["--duration", "0s"], "more than 0"),
+        (vec!["--duration", "25h"], "at most 24h"),
+        (vec!["--min-gap", "100ns"], "1us or more"),
     ] {
         let out = Command::new(env!("CARGO_BIN_EXE_meshgate-cli"))
             .arg("stalls")

@@ -48,7 +48,8 @@ pub fn of_process(pid: u32) -> Option<Duration> {
 
 /// Pins the calling thread to core `cpu`. A thread inherits the cores of the thread that
 /// started it, so a thread started by a pinned one may still be pinned elsewhere: this asks
-/// the kernel, which refuses only a core outside the process's cpuset.
+/// the kernel, which refuses a core outside the process's cpuset or offline. [`allowed`],
+/// asked before any thread is pinned, is the stricter check of the process's affinity.
 pub fn pin(cpu: usize) -> Result<(), String> {
     if cpu >= libc::CPU_SETSIZE as usize {
         return Err(format!("cannot pin a thread to core {cpu}: no such core"));

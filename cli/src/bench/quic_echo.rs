@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -74,14 +74,18 @@ pub fn run(a: &QuicEchoArgs) -> Result<(), String> {
     cpu::pin(a.client_cpu)?;
     let stop = Arc::new(AtomicBool::new(false));
     let server_cpu = a.server_cpu;
+    let (pinned_tx, pinned) = mpsc::sync_channel(1);
     let echo = {
         let stop = stop.clone();
         std::thread::Builder::new()
             .name("quic-echo-server".into())
             .spawn(move || {
-                // The core was checked above, before any thread was pinned.
-                if let Err(e) = cpu::pin(server_cpu) {
-                    eprintln!("meshgate-cli: the echo server runs unpinned: {e}");
+                // A server left on the clients' core would measure the wrong ceiling.
+                let pin = cpu::pin(server_cpu);
+                let ok = pin.is_ok();
+                let _ = pinned_tx.send(pin);
+                if !ok {
+                    return Duration::ZERO;
                 }
                 let started = cpu::thread();
                 serve(udp, config, &stop);
@@ -89,6 +93,13 @@ pub fn run(a: &QuicEchoArgs) -> Result<(), String> {
             })
             .map_err(|e| format!("cannot start the server's thread: {e}"))?
     };
+    let pin: Result<(), String> = pinned
+        .recv()
+        .unwrap_or_else(|_| Err("the echo server failed".into()));
+    if let Err(e) = pin {
+        let _ = echo.join();
+        return Err(e);
+    }
     let outcome = clients(a, server);
     stop.store(true, Ordering::Relaxed);
     let server_cpu_time = echo.join().map_err(|_| "the echo server failed")?;

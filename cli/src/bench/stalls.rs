@@ -2,14 +2,19 @@
 //!
 //! One thread per core of `--cores`, pinned there, reads the monotonic clock in a tight loop for
 //! `--duration` and records each gap between two reads of at least `--min-gap`: time in which
-//! the thread did not run although it never gave its core up (the hypervisor running something
-//! else, interrupts, the kernel's own work). The benchmark report gives these beside its
-//! latencies: a call in flight while its core stalls for 5 ms waits at least that long, whatever
-//! the gateway does. The steal time the kernel accounts to each core over the same window
-//! (`/proc/stat`) is reported too; a machine that does not account it reads 0.
+//! the thread did not run although it never gave its core up. Beside the gaps it gives what the
+//! kernel accounts for over the same window, per core: the time the thread waited while another
+//! thread of this machine ran on its core (`/proc/thread-self/schedstat`), and the steal time,
+//! in which the hypervisor ran something else (`/proc/stat`; a machine that does not account
+//! it reads 0). What neither accounts for is interrupts and the kernel's own work.
+//!
+//! The benchmark report gives these beside its latencies: a call in flight while its core
+//! stalls waits the stall out, whatever the gateway does. The longest gap is a floor under the
+//! largest latency a run can be counted on to show, and the gaps bound a percentile when they
+//! cover more of the time than the percentile leaves out.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -22,6 +27,12 @@ use crate::args::parse_duration;
 /// The gaps counted apart, besides all those of at least `--min-gap`.
 const LONG: Duration = Duration::from_millis(1);
 const VERY_LONG: Duration = Duration::from_millis(5);
+/// The longest watch `--duration` takes.
+const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+/// The threads' start: they wait, pinned, until every one of them is.
+const WAIT: u8 = 0;
+const GO: u8 = 1;
+const ABORT: u8 = 2;
 
 #[derive(Args, Debug, Clone)]
 pub struct StallsArgs {
@@ -32,7 +43,7 @@ pub struct StallsArgs {
     /// How long each thread watches.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub duration: Duration,
-    /// The shortest gap between two reads of the clock that counts as a stall.
+    /// The shortest gap between two reads of the clock that counts as a stall (1 µs at least).
     #[arg(long, default_value = "100us", value_parser = parse_duration)]
     pub min_gap: Duration,
     /// Print the summary as one JSON object on stdout instead of a table.
@@ -93,8 +104,11 @@ pub fn run(a: &StallsArgs) -> Result<(), String> {
     if a.cores.is_empty() {
         return Err("--cores needs at least one core".into());
     }
-    if a.duration.is_zero() || a.min_gap.is_zero() {
-        return Err("--duration and --min-gap must be more than 0".into());
+    if a.duration.is_zero() || a.duration > MAX_DURATION {
+        return Err("--duration must be more than 0 and at most 24h".into());
+    }
+    if a.min_gap < Duration::from_micros(1) {
+        return Err("--min-gap must be 1us or more".into());
     }
     for (i, &core) in a.cores.iter().enumerate() {
         if a.cores[..i].contains(&core) {
@@ -103,36 +117,70 @@ pub fn run(a: &StallsArgs) -> Result<(), String> {
         cpu::allowed(core)?;
     }
     let live = Arc::new(Live::default());
-    let steal_before = read_steal(&a.cores);
-    let started = Instant::now();
+    let start = Arc::new(AtomicU8::new(WAIT));
+    let (pinned_tx, pinned) = mpsc::channel::<Result<(), String>>();
     let mut threads = Vec::with_capacity(a.cores.len());
     for &core in &a.cores {
-        let (live, duration, min_gap) = (live.clone(), a.duration, a.min_gap);
+        let (live, go, pinned_tx) = (live.clone(), start.clone(), pinned_tx.clone());
+        let (duration, min_gap) = (a.duration, a.min_gap);
         let thread = std::thread::Builder::new()
             .name(format!("stalls-{core}"))
             .spawn(move || {
-                cpu::pin(core)?;
-                Ok(watch(duration, min_gap, &live))
-            })
-            .map_err(|e| format!("cannot start the thread for core {core}: {e}"))?;
-        threads.push(thread);
+                let pin = cpu::pin(core);
+                let ok = pin.is_ok();
+                let _ = pinned_tx.send(pin);
+                if !ok || !started(&go) {
+                    return None;
+                }
+                let waited = run_delay();
+                let gaps = watch(duration, min_gap, &live);
+                let waited = waited.zip(run_delay()).map(|(b, a)| a.saturating_sub(b));
+                Some((gaps, waited))
+            });
+        match thread {
+            Ok(thread) => threads.push(thread),
+            Err(e) => {
+                start.store(ABORT, Ordering::Release);
+                return Err(format!("cannot start the thread for core {core}: {e}"));
+            }
+        }
     }
-    show_progress(&live, started, a.duration, &threads);
+    // Every thread is pinned before any watches: a core that cannot be had fails the run now.
+    for _ in 0..threads.len() {
+        let pin = pinned
+            .recv()
+            .unwrap_or(Err("a watching thread failed".into()));
+        if let Err(e) = pin {
+            start.store(ABORT, Ordering::Release);
+            return Err(e);
+        }
+    }
+    let steal_before = read_steal(&a.cores);
+    let started_at = Instant::now();
+    start.store(GO, Ordering::Release);
+    show_progress(&live, started_at, a.duration, &threads);
     let mut per_core = Vec::with_capacity(threads.len());
     for thread in threads {
-        let gaps: Result<Gaps, String> = thread.join().map_err(|_| "a watching thread failed")?;
-        per_core.push(gaps?);
+        let watched = thread.join().map_err(|_| "a watching thread failed")?;
+        per_core.push(watched.ok_or("a watching thread did not start")?);
     }
+    // Steal is read around the whole run, thread starts and ends included.
+    let span = started_at.elapsed();
     let steal = steal_before.zip(read_steal(&a.cores));
 
     let mut all = Gaps::default();
     let mut cores = serde_json::Map::new();
-    for (i, (gaps, &core)) in per_core.iter().zip(&a.cores).enumerate() {
+    let mut waited_all = Some(Duration::ZERO);
+    for (i, ((gaps, waited), &core)) in per_core.iter().zip(&a.cores).enumerate() {
         all.merge(gaps);
         let mut c = gaps.json(a.duration);
+        if let Some(waited) = waited {
+            c["waited_percent"] = round(percent(*waited, a.duration), 2).into();
+        }
+        waited_all = waited_all.zip(*waited).map(|(all, w)| all + w);
         if let Some((before, after)) = &steal {
             let stolen = after[i].saturating_sub(before[i]);
-            c["steal_percent"] = round(percent(stolen, a.duration), 2).into();
+            c["steal_percent"] = round(percent(stolen, span), 2).into();
         }
         cores.insert(core.to_string(), c);
     }
@@ -152,13 +200,17 @@ pub fn run(a: &StallsArgs) -> Result<(), String> {
             s.set(&k, v);
         }
     }
+    if let Some(waited) = waited_all {
+        s.set("waited_percent", round(percent(waited, watched), 2));
+    }
     if let Some((before, after)) = &steal {
         let stolen: Duration = after
             .iter()
             .zip(before)
             .map(|(a, b)| a.saturating_sub(*b))
             .sum();
-        s.set("steal_percent", round(percent(stolen, watched), 2));
+        let spans = span * a.cores.len() as u32;
+        s.set("steal_percent", round(percent(stolen, spans), 2));
     }
     s.set("cores", Value::Object(cores));
     s.print(a.json)
@@ -186,18 +238,21 @@ fn watch(duration: Duration, min_gap: Duration, live: &Live) -> Gaps {
     gaps
 }
 
-/// One line a second on stderr until the threads are done.
+/// One line a second on stderr until the threads are done. The thread sleeps between lines
+/// (it shares the watched cores), and wakes at the end of the watch to see them done.
 fn show_progress<T>(
     live: &Live,
     started: Instant,
     duration: Duration,
     threads: &[std::thread::JoinHandle<T>],
 ) {
+    let end = started + duration;
     let mut next = started + Duration::from_secs(1);
     while !threads.iter().all(|t| t.is_finished()) {
         let now = Instant::now();
         if now < next {
-            std::thread::sleep((next - now).min(Duration::from_millis(100)));
+            let wake = if now < end { next.min(end) } else { next };
+            std::thread::sleep(wake - now);
             continue;
         }
         next += Duration::from_secs(1);
@@ -209,6 +264,30 @@ fn show_progress<T>(
             live.long.load(Ordering::Relaxed)
         );
     }
+}
+
+/// Waits for the go (true) or the abort (false) of the run.
+fn started(start: &AtomicU8) -> bool {
+    loop {
+        match start.load(Ordering::Acquire) {
+            WAIT => std::thread::yield_now(),
+            state => return state == GO,
+        }
+    }
+}
+
+/// How long the calling thread has waited so far for a core while runnable, from
+/// `/proc/thread-self/schedstat` (its second figure, in nanoseconds); `None` where the kernel
+/// does not give it.
+fn run_delay() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    schedstat_wait(&stat)
+}
+
+/// The second figure of a `schedstat` line: nanoseconds spent waiting on a run queue.
+fn schedstat_wait(stat: &str) -> Option<Duration> {
+    let ns = stat.split_whitespace().nth(1)?.parse().ok()?;
+    Some(Duration::from_nanos(ns))
 }
 
 fn percent(part: Duration, whole: Duration) -> f64 {
@@ -285,6 +364,20 @@ mod tests {
         assert_eq!(steal_ticks(stat, 10), Some(99));
         assert_eq!(steal_ticks(stat, 2), None);
         assert_eq!(steal_ticks("cpu0 1 2 3\n", 0), None);
+    }
+
+    #[test]
+    fn the_wait_for_a_core_is_the_second_figure_of_schedstat() {
+        assert_eq!(
+            schedstat_wait("123456 7890000 42\n"),
+            Some(Duration::from_nanos(7_890_000))
+        );
+        assert_eq!(schedstat_wait("123456\n"), None);
+        assert_eq!(schedstat_wait(""), None);
+        // This kernel's own figure for this thread, if it gives one, reads as a duration.
+        if let Ok(stat) = std::fs::read_to_string("/proc/thread-self/schedstat") {
+            assert!(schedstat_wait(&stat).is_some(), "{stat:?}");
+        }
     }
 
     #[test]
