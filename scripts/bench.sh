@@ -8,10 +8,10 @@
 # quiche echo between the same two cores) and gives the gateway's RPC rate as a fraction of
 # half its rate (a call is two hops), and, before the runs and after them, the machine's own
 # stalls (`meshgate-cli stalls`: how long a busy thread on each core goes without running),
-# which a call in flight waits out whatever the gateway does. With --nats DIR (natsbench, see its README) the same run
-# also measures nats-server, plain and with TLS, in the same shapes, interleaved with the
-# meshgate runs, and the report checks the targets against it. The report goes to OUT/report.md, with the charts
-# (SVG), the raw JSON of every run and the gateways' logs beside it. The raw results also record
+# which a call in flight waits out whatever the gateway does. With --nats DIR (natsbench, see
+# its README) the same run also measures nats-server, plain and with TLS, in the same shapes,
+# interleaved with the meshgate runs, and the report checks the targets against it. The report
+# goes to OUT/report.md, with the charts (SVG), the raw JSON of every run and the gateways' logs beside it. The raw results also record
 # the machine that measured (OUT/json/machine.json) and the commit measured (OUT/json/commit.txt):
 # scripts/bench_report.py reads them from there, so the report can be made again elsewhere.
 #

@@ -204,7 +204,7 @@ def stalls(d):
     return found
 
 
-def stalls_section(w, a, found):
+def stalls_section(w, found):
     """The table of the machine's own stalls, when the run measured them."""
     if not found:
         return
@@ -527,7 +527,7 @@ def main():
             else ""
         )
     )
-    stalls_section(w, a, machine_stalls)
+    stalls_section(w, machine_stalls)
     w("")
     w("## RPC")
     w("")

@@ -30,9 +30,9 @@ enum Command {
     /// Measures this machine's QUIC ceiling, the benchmark report's baseline: a bare quiche
     /// echo server on one core, clients on another, round trips per second.
     QuicEcho(bench::quic_echo::QuicEchoArgs),
-    /// Measures how long this machine keeps a busy thread on each core from running (the
-    /// hypervisor's steal, interrupts): the benchmark report's measure of the machine's own
-    /// stalls, beside its latencies.
+    /// Measures how long this machine keeps a busy thread on each core from running (other
+    /// threads, the hypervisor's steal, interrupts): the benchmark report's measure of the
+    /// machine's own stalls, beside its latencies.
     Stalls(bench::stalls::StallsArgs),
 }
 

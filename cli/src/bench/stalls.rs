@@ -134,7 +134,9 @@ pub fn run(a: &StallsArgs) -> Result<(), String> {
                 }
                 let waited = run_delay();
                 let gaps = watch(duration, min_gap, &live);
-                let waited = waited.zip(run_delay()).map(|(b, a)| a.saturating_sub(b));
+                let waited = waited
+                    .zip(run_delay())
+                    .map(|(before, after)| after.saturating_sub(before));
                 Some((gaps, waited))
             });
         match thread {
