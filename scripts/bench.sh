@@ -109,39 +109,10 @@ mkdir -p "$out/json" "$out/logs"
 rm -f "$out"/json/*.json "$out"/logs/*.log
 gateway_pid=""
 
-stop_gateway() {
-    if [[ -n "$gateway_pid" ]] && kill -0 "$gateway_pid" 2>/dev/null; then
-        kill -TERM "$gateway_pid"
-        # The gateway closes its sessions first; a port still bound would split the next
-        # gateway's packets with this one (SO_REUSEPORT).
-        for _ in $(seq 100); do kill -0 "$gateway_pid" 2>/dev/null || break; sleep 0.1; done
-        kill -KILL "$gateway_pid" 2>/dev/null || true
-        wait "$gateway_pid" 2>/dev/null || true
-    fi
-    gateway_pid=""
-}
+me=bench
+# shellcheck source=scripts/gateway-lib.sh
+source scripts/gateway-lib.sh
 trap stop_gateway EXIT
-
-# start_gateway NAME [serve flags]: a fresh gateway, one shard on the gateway core.
-start_gateway() {
-    local name=$1
-    shift
-    if curl -sf "http://127.0.0.1:$health/health" >/dev/null 2>&1; then
-        echo "bench: something already answers on 127.0.0.1:$health; stop it first" >&2
-        exit 1
-    fi
-    taskset -c "$gateway_cpu" "$bin" serve --shards 1 --listen "$server" \
-        --health-listen "127.0.0.1:$health" "$@" >"$out/logs/$name.log" 2>&1 &
-    gateway_pid=$!
-    for _ in $(seq 100); do
-        if curl -sf "http://127.0.0.1:$health/health" >/dev/null 2>&1; then return 0; fi
-        kill -0 "$gateway_pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    echo "bench: the gateway did not start; its log:" >&2
-    cat "$out/logs/$name.log" >&2
-    exit 1
-}
 
 # The gateway's CPU time so far, in clock ticks (user + system).
 gateway_ticks() {
@@ -211,7 +182,7 @@ fresh() {
         shift
     done
     shift
-    start_gateway "$name" "${flags[@]}"
+    start_gateway "$name" "$gateway_cpu" --shards 1 --listen "$server" "${flags[@]}"
     load "$name" "$@"
     stop_gateway
 }
@@ -220,30 +191,7 @@ started=$(date +%s)
 git describe --always --dirty --abbrev=12 2>/dev/null >"$out/json/commit.txt" ||
     echo unknown >"$out/json/commit.txt"
 # The machine, as the report's Machine line gives it: cores, CPU model, memory, kernel.
-python3 - "$out/json/machine.json" <<'PY'
-import json, os, platform, sys
-model = memory_gib = None
-try:
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-except OSError:
-    pass
-try:
-    with open("/proc/meminfo") as f:
-        memory_gib = round(int(f.readline().split()[1]) / 1048576)
-except (OSError, ValueError, IndexError):
-    pass
-machine = {
-    "cpu_model": model,
-    "cores": os.cpu_count(),
-    "memory_gib": memory_gib,
-    "kernel": f"{platform.system()} {platform.release()}",
-}
-json.dump(machine, open(sys.argv[1], "w"), indent=1)
-PY
+python3 scripts/record_machine.py "$out/json/machine.json"
 # stalls WHEN: how long the machine keeps a busy thread on each of the two cores from running,
 # both at once: a floor under the largest latency a run can be counted on to show.
 stalls() {

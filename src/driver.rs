@@ -162,6 +162,23 @@ fn time_since(origin: Instant, at: Instant) -> Time {
     Time::from_millis(d.as_millis() as u64 + u64::from(!d.subsec_nanos().is_multiple_of(1_000_000)))
 }
 
+/// The CPU time the calling thread has used so far (user and system); zero where the clock
+/// cannot be read. A report is made on the shard's own thread, so this is the shard's.
+fn thread_cpu_time() -> Duration {
+    let mut t = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `t` is a valid timespec to write for the call's duration.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(
+        t.tv_sec.max(0) as u64,
+        t.tv_nsec.clamp(0, 999_999_999) as u32,
+    )
+}
+
 /// The shard's socket and its batches.
 struct Io {
     socket: Rc<UdpSocket>,
@@ -476,6 +493,7 @@ impl Driver {
                     peer_counters: self.shard.peer_counters(),
                     wall_clock_offset_ms: self.shard.config().wall_clock_offset_ms,
                     io: self.io_counts,
+                    cpu_time: thread_cpu_time(),
                 };
                 let _ = reply.try_send(report);
             }

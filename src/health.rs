@@ -42,6 +42,8 @@ pub struct ShardReport {
     pub wall_clock_offset_ms: i64,
     /// What the shard's loop did with its socket.
     pub io: IoCounts,
+    /// CPU time the shard's thread has used since it started (user and system).
+    pub cpu_time: Duration,
 }
 
 /// What a shard's loop did with its socket since it started.
@@ -720,6 +722,7 @@ pub fn render(reports: &[ShardReport], resident: u64) -> String {
     for (name, help, f) in COUNTERS {
         series(&mut out, name, help, "counter", reports, &[("", &f)]);
     }
+    cpu_seconds(&mut out, reports);
     render_peer_metrics(&mut out, reports);
     for (name, help, value) in [
         (
@@ -1045,6 +1048,26 @@ fn up_peers(known: &[Known<'_>]) -> u64 {
     known.iter().filter(|k| k.state == "up").count() as u64
 }
 
+/// The shards' CPU time, gateway-wide and per shard, in seconds: how evenly the shards share
+/// the work, and how busy each core is, without reading `/proc` per thread.
+fn cpu_seconds(out: &mut String, reports: &[ShardReport]) {
+    let name = "meshgate_shard_cpu_seconds_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} CPU time of the shards' threads (user and system).\n# TYPE {name} counter"
+    );
+    let total: Duration = reports.iter().map(|r| r.cpu_time).sum();
+    let _ = writeln!(out, "{name} {:.6}", total.as_secs_f64());
+    for r in reports {
+        let _ = writeln!(
+            out,
+            "{name}{{shard=\"{}\"}} {:.6}",
+            r.shard,
+            r.cpu_time.as_secs_f64()
+        );
+    }
+}
+
 fn series(
     out: &mut String,
     name: &str,
@@ -1086,7 +1109,11 @@ mod tests {
             ..Default::default()
         };
         b.metrics.clients = 4;
+        b.cpu_time = Duration::from_micros(2_500_001);
         let text = render(&[a, b], 1234);
+        assert!(text.contains("\nmeshgate_shard_cpu_seconds_total 2.500001\n"));
+        assert!(text.contains("\nmeshgate_shard_cpu_seconds_total{shard=\"0\"} 0.000000\n"));
+        assert!(text.contains("\nmeshgate_shard_cpu_seconds_total{shard=\"1\"} 2.500001\n"));
         assert!(text.contains("\nmeshgate_clients 7\n"));
         assert!(text.contains("\nmeshgate_clients{shard=\"0\"} 3\n"));
         assert!(text.contains("\nmeshgate_clients{shard=\"1\"} 4\n"));

@@ -45,6 +45,68 @@ pub fn reuseport_udp(addr: SocketAddr, fragment: bool) -> io::Result<Socket> {
     Ok(s)
 }
 
+/// SO_ATTACH_REUSEPORT_CBPF (asm-generic/socket.h), which the libc crate names for Android only.
+const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
+
+/// Byte offsets, in a UDP payload, of the first byte of a QUIC packet's destination connection
+/// ID: after the first byte in a short header; after it, the version and the DCID length in a
+/// long one (RFC 9000, 17.2 and 17.3).
+const SHORT_DCID: u32 = 1;
+const LONG_DCID: u32 = 6;
+
+/// Has the kernel deliver each datagram that reaches the SO_REUSEPORT group of `s` to the
+/// socket at index DCID\[0\] modulo `shards` in the group, the sockets indexed in the order they
+/// were bound, as the shards are. The gateway's connection IDs name their shard in byte 0, so
+/// every packet of a connection reaches its shard's socket: a client that moves to a new
+/// address or port finds its shard without a detour through another, and the connections of
+/// one client socket (a load generator's, or many clients behind one NAT mapping) spread over
+/// the shards by the random first byte of each one's first Initial, where a hash of the
+/// addresses would put all of them on one shard. A datagram too short to have the byte goes
+/// to the first socket; one whose byte names no socket falls back to the kernel's hash.
+pub fn steer_by_connection_id(s: &Socket, shards: u16) -> io::Result<()> {
+    let op = |code: u32, jt: u8, jf: u8, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    };
+    let program = [
+        // The first byte: bit 7 set is a long header.
+        op(libc::BPF_LD | libc::BPF_B | libc::BPF_ABS, 0, 0, 0),
+        op(libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K, 0, 2, 0x80),
+        op(libc::BPF_LD | libc::BPF_B | libc::BPF_ABS, 0, 0, LONG_DCID),
+        op(libc::BPF_JMP | libc::BPF_JA, 0, 0, 1),
+        op(libc::BPF_LD | libc::BPF_B | libc::BPF_ABS, 0, 0, SHORT_DCID),
+        op(
+            libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K,
+            0,
+            0,
+            u32::from(shards.max(1)),
+        ),
+        op(libc::BPF_RET | libc::BPF_A, 0, 0, 0),
+    ];
+    let fprog = libc::sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_ptr().cast_mut(),
+    };
+    // SAFETY: a valid descriptor and a sock_fprog pointing to `program`, both alive for the
+    // call (the kernel copies the program).
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_ATTACH_REUSEPORT_CBPF,
+            (&fprog as *const libc::sock_fprog).cast(),
+            size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// IP_PMTUDISC_PROBE, for IPv6 and (on a dual-stack socket) IPv4: Don't Fragment on every
 /// datagram, and no fragmenting to the path MTU the kernel learnt from ICMP, so the sender's
 /// own discovery decides the size.
@@ -611,6 +673,70 @@ mod tests {
         };
         assert_eq!(r, 0, "{}", io::Error::last_os_error());
         v
+    }
+
+    /// The first bytes of the datagram `s` has waiting, within 5 seconds; `None` if none came.
+    fn waiting(s: &Socket) -> Option<Vec<u8>> {
+        let mut fd = libc::pollfd {
+            fd: s.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the call's duration.
+        if unsafe { libc::poll(&mut fd, 1, 5000) } != 1 {
+            return None;
+        }
+        let mut buf = [0u8; 64];
+        // SAFETY: a valid descriptor and a buffer of the given length.
+        let n = unsafe { libc::recv(s.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        (n >= 0).then(|| buf[..n as usize].to_vec())
+    }
+
+    #[test]
+    fn datagrams_reach_the_socket_their_destination_connection_id_names() {
+        let first = reuseport_udp("127.0.0.1:0".parse().unwrap(), true).unwrap();
+        let addr = first.local_addr().unwrap().as_socket().unwrap();
+        let group = [
+            first,
+            reuseport_udp(addr, true).unwrap(),
+            reuseport_udp(addr, true).unwrap(),
+        ];
+        steer_by_connection_id(&group[0], 3).unwrap();
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        // The same client socket throughout: the kernel's hash alone would pick one socket.
+        for round in 0..4u8 {
+            for shard in 0..3u8 {
+                // A short header: DCID[0] right after the first byte.
+                let short = [0x40, shard, round, 0xaa];
+                // A long header (an Initial): DCID[0] after the version and the DCID length;
+                // a byte of 3 or more names a socket modulo 3.
+                let long = [0xc0, 0, 0, 0, 1, 8, shard + 3 * round, round, 0xbb];
+                for datagram in [&short[..], &long[..]] {
+                    client.send_to(datagram, addr).unwrap();
+                    for (i, s) in group.iter().enumerate() {
+                        if i == usize::from(shard) {
+                            assert_eq!(waiting(s).as_deref(), Some(datagram), "socket {i}");
+                        }
+                    }
+                }
+            }
+        }
+        // Too short to hold the byte: the first socket.
+        client.send_to(&[0xc0, 0, 0], addr).unwrap();
+        assert_eq!(waiting(&group[0]).as_deref(), Some(&[0xc0, 0, 0][..]));
+        for (i, s) in group.iter().enumerate() {
+            let mut buf = [0u8; 16];
+            // SAFETY: a valid descriptor and a buffer of the given length.
+            let n = unsafe {
+                libc::recv(
+                    s.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
+            assert_eq!(n, -1, "socket {i} got a datagram meant for another");
+        }
     }
 
     #[test]

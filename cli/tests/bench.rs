@@ -569,6 +569,67 @@ fn idle_sessions_are_counted_by_the_gateway() {
 }
 
 #[test]
+fn the_sessions_of_one_load_generator_socket_spread_over_the_shards() {
+    // The lean engine's sessions share one UDP socket: a hash of the addresses would put
+    // every one on the same shard. The gateway steers each datagram by its connection ID, so
+    // each session lands where the first byte of its first Initial's (random) connection ID
+    // says: all 64 on one of the 2 shards has a chance of 2^-63.
+    let gateway = Gateway::start(&[]);
+    let s = gateway.bench(
+        "rpc",
+        &[
+            "--engine",
+            "lean",
+            "--callers",
+            "32",
+            "--providers",
+            "32",
+            "--in-flight",
+            "1",
+            "--duration",
+            "500ms",
+            "--warmup",
+            "100ms",
+        ],
+    );
+    assert_eq!(u(&s, "errors"), 0, "{s}");
+    let closed_per_shard = || {
+        let (_, text) = support::http_get(gateway.health, "/metrics").expect("/metrics");
+        let mut per_shard = [0u64; 2];
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("meshgate_sessions_closed_total{") else {
+                continue;
+            };
+            for (shard, n) in per_shard.iter_mut().enumerate() {
+                if rest.contains(&format!("shard=\"{shard}\"}}")) {
+                    *n += line
+                        .rsplit(' ')
+                        .next()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                }
+            }
+        }
+        per_shard
+    };
+    let deadline = std::time::Instant::now() + PATIENCE;
+    let mut per_shard = closed_per_shard();
+    while per_shard.iter().sum::<u64>() < 64 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "64 sessions were not all seen to close: {per_shard:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        per_shard = closed_per_shard();
+    }
+    assert_eq!(per_shard.iter().sum::<u64>(), 64, "{per_shard:?}");
+    assert!(
+        per_shard.iter().all(|&n| n > 0),
+        "every session of one socket landed on one shard: {per_shard:?}"
+    );
+}
+
+#[test]
 fn quic_echo_measures_round_trips_of_a_bare_quiche_echo() {
     let out = Command::new(env!("CARGO_BIN_EXE_meshgate-cli"))
         .args([
@@ -646,5 +707,111 @@ fn stalls_watches_a_busy_thread_and_counts_its_gaps_by_length() {
         assert!(stderr.contains(says), "{args:?}: {stderr}");
         assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
         assert!(out.stdout.is_empty(), "{args:?}: no summary");
+    }
+}
+
+#[test]
+fn scripts_scaling_sh_runs_each_shard_count_and_reports_it() {
+    // The script with this build's binaries (--bin) instead of a release build. On one core
+    // for the gateway and the load alike, which any machine has: the run checks the script
+    // and its report, which must then give no efficiency, not figures.
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let bins = support::temp_file("scaling", "").with_file_name("scaling-bin");
+    std::fs::create_dir_all(&bins).expect("a temporary directory");
+    let _ = std::fs::remove_file(bins.join("meshgate"));
+    let _ = std::fs::remove_file(bins.join("meshgate-cli"));
+    std::os::unix::fs::symlink(support::gateway_bin(), bins.join("meshgate")).unwrap();
+    std::os::unix::fs::symlink(
+        env!("CARGO_BIN_EXE_meshgate-cli"),
+        bins.join("meshgate-cli"),
+    )
+    .unwrap();
+    let out_dir = bins.with_file_name("scaling-out");
+    let (port, health) = (free_port(), free_port());
+    let core = a_core();
+    let out = Command::new("bash")
+        .arg(root.join("scripts/scaling.sh"))
+        .args([
+            "--quick",
+            "--shards",
+            "1 2",
+            "--callers",
+            "4",
+            "--in-flight",
+            "2",
+        ])
+        .args([
+            "--providers",
+            "2",
+            "--gateway-cores",
+            &format!("{core},{core}"),
+        ])
+        .args(["--load-cores", &format!("{core},{core}")])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--health-port",
+            &health.to_string(),
+        ])
+        .arg("--bin")
+        .arg(&bins)
+        .arg("--out")
+        .arg(&out_dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("bash runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "scaling.sh failed:\n{stderr}");
+    assert!(stderr.contains("[2/2] 2 shard(s)"), "progress: {stderr}");
+    let report = std::fs::read_to_string(out_dir.join("scaling.md")).expect("the report");
+    for shards in [1u64, 2] {
+        let raw = std::fs::read_to_string(out_dir.join(format!("json/scaling-{shards}-1.json")))
+            .expect("the raw results");
+        let run: Value = serde_json::from_str(&raw).unwrap();
+        assert_eq!(
+            run["loads"].as_array().unwrap().len() as u64,
+            shards,
+            "{run}"
+        );
+        for load in run["loads"].as_array().unwrap() {
+            assert!(u(load, "calls") > 0, "{load}");
+            assert_eq!(u(load, "errors"), 0, "{load}");
+        }
+        let sessions: u64 = run["sessions_per_shard"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .sum();
+        // Each load generator's 4 callers and 2 providers, on the gateway's shards.
+        assert_eq!(sessions, 6 * shards, "{run}");
+        assert_eq!(
+            run["shard_busy"].as_array().unwrap().len() as u64,
+            shards,
+            "{run}"
+        );
+        assert!(
+            report.contains(&format!("\n| {shards} | ")),
+            "a row for {shards} shard(s):\n{report}"
+        );
+    }
+    assert!(
+        report.contains("n/a (load shares the gateway's cores)"),
+        "{report}"
+    );
+    assert!(
+        report.contains("| efficiency per shard at the largest shard count ≥ 85 % | n/a | n/a |"),
+        "{report}"
+    );
+}
+
+/// A port free on 127.0.0.1 for UDP and TCP now.
+fn free_port() -> u16 {
+    loop {
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = udp.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
     }
 }
