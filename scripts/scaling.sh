@@ -19,28 +19,30 @@
 # (on a 2-core AMD EPYC VM, at one shard: the gateway 93-97 % busy, its load generator 82-96 %,
 # quick runs). Compare one scaling run's figures with each other only.
 #
-# Needs 2 x the largest N cores: by default shards on cores 0..M-1 and load on M..2M-1 (M the
-# largest N). --gateway-cores and --load-cores name others. Where a shard count's load shares a
-# core with its gateway, the report marks it and gives no verdict: the figures of such a run
-# check the script, not the gateway. The report goes to OUT/scaling.md, the raw JSON of every
+# Needs 2 x the largest N physical cores: by default one logical CPU of each physical core
+# (SMT siblings share a core), the shards on the first M of them and the load on the next M (M
+# the largest N). --gateway-cores and --load-cores name others. Where a shard count's processes
+# share a core (a CPU named twice, or SMT siblings), the report marks it and gives no verdict:
+# the figures of such a run check the script, not the gateway. The report goes to OUT/scaling.md, the raw JSON of every
 # run and the gateways' logs beside it, with the machine and the commit measured.
 #
 # Usage: scripts/scaling.sh [--out DIR] [--shards "1 2 4 8"] [--runs N] [--duration SECONDS]
 #                           [--warmup SECONDS] [--callers N] [--in-flight N] [--providers N]
 #                           [--payload BYTES] [--gateway-cores LIST] [--load-cores LIST]
 #                           [--port N] [--health-port N] [--bin DIR] [--quick]
-#   --shards  the shard counts, in one argument (default: 1, 2, 4, ... up to half the cores)
+#   --shards  the shard counts, in one argument (default: 1, 2, 4, ... up to half the physical
+#             cores)
 #   --gateway-cores, --load-cores  comma-separated cores, at least as many as the largest N;
 #             shard count N uses the first N of each
 #   --port, --health-port  the gateway's UDP and health ports on 127.0.0.1 (19443, 18080)
 #   --bin     a folder holding built `meshgate` and `meshgate-cli` to use instead of building
 #   --quick   a short pass (1 run, 3 s windows) that checks the script, not figures to quote
 set -euo pipefail
+caller_dir=$PWD
 cd "$(dirname "$0")/.."
 
 command="scripts/scaling.sh${*:+ $*}"
 out=target/scaling-report
-cpus=$(nproc)
 shards=""
 runs=3
 duration=10
@@ -75,9 +77,15 @@ while (($#)); do
         *) echo "scaling: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
+command -v python3 >/dev/null || { echo "scaling: python3 is needed" >&2; exit 1; }
+command -v curl >/dev/null || { echo "scaling: curl is needed to read the gateway's metrics" >&2; exit 1; }
+# The CPUs to pin to: one per physical core by default, so that no shard shares a core with a
+# load generator through SMT; the checks accept any CPU this process may run on.
+IFS=, read -ra physical <<<"$(python3 scripts/cores.py physical)"
+allowed=",$(python3 scripts/cores.py allowed),"
 if [[ -z "$shards" ]]; then
     shards=1
-    for ((n = 2; 2 * n <= cpus; n *= 2)); do shards+=" $n"; done
+    for ((n = 2; 2 * n <= ${#physical[@]}; n *= 2)); do shards+=" $n"; done
 fi
 read -ra counts <<<"$shards"
 ((${#counts[@]} >= 1)) || { echo "scaling: --shards names no shard count" >&2; exit 2; }
@@ -91,26 +99,27 @@ for n in "${counts[@]}"; do
     ((n >= 1)) || { echo "scaling: a shard count must be at least 1" >&2; exit 2; }
     ((n > largest)) && largest=$n
 done
-[[ -n "$gateway_cores" ]] || gateway_cores=$(seq -s, 0 $((largest - 1)))
-[[ -n "$load_cores" ]] || load_cores=$(seq -s, "$largest" $((2 * largest - 1)))
+if ((2 * largest <= ${#physical[@]})); then
+    [[ -n "$gateway_cores" ]] || gateway_cores=$(IFS=,; echo "${physical[*]:0:largest}")
+    [[ -n "$load_cores" ]] || load_cores=$(IFS=,; echo "${physical[*]:largest:largest}")
+fi
 IFS=, read -ra gw_cores <<<"$gateway_cores"
 IFS=, read -ra ld_cores <<<"$load_cores"
 for c in "${gw_cores[@]}" "${ld_cores[@]}"; do
     [[ "$c" =~ ^[0-9]+$ ]] || { echo "scaling: core '$c' is not a whole number" >&2; exit 2; }
-    ((c < cpus)) || {
-        echo "scaling: core $c is not on this machine ($cpus cores); shard counts up to $largest need $((2 * largest)) (see --gateway-cores, --load-cores)" >&2
+    [[ "$allowed" == *",$c,"* ]] || {
+        echo "scaling: this process may not run on CPU $c (it may on ${allowed:1:-1})" >&2
         exit 2
     }
 done
 if ((${#gw_cores[@]} < largest || ${#ld_cores[@]} < largest)); then
-    echo "scaling: $largest shards need $largest gateway cores and $largest load cores (--gateway-cores $gateway_cores, --load-cores $load_cores)" >&2
+    echo "scaling: $largest shards need $largest gateway cores and $largest load cores, $((2 * largest)) physical cores in all (this machine has ${#physical[@]}; --gateway-cores and --load-cores name others)" >&2
     exit 2
 fi
-command -v python3 >/dev/null || { echo "scaling: python3 is needed to write the report" >&2; exit 1; }
-command -v curl >/dev/null || { echo "scaling: curl is needed to wait for the gateway" >&2; exit 1; }
-out=$(realpath -m "$out")
+out=$(cd "$caller_dir" && realpath -m "$out")
 
 if [[ -n "$bin_dir" ]]; then
+    bin_dir=$(cd "$caller_dir" && realpath -m "$bin_dir")
     bin=$bin_dir/meshgate
     cli=$bin_dir/meshgate-cli
     [[ -x "$bin" && -x "$cli" ]] || { echo "scaling: --bin $bin_dir holds no meshgate and meshgate-cli" >&2; exit 2; }
@@ -139,11 +148,13 @@ stop_all() {
 }
 trap stop_all EXIT
 
-# The gateway's per-shard gauge or counter NAME, space-separated in shard order.
+# The gateway's per-shard gauge or counter NAME for each of its SHARDS shards, space-separated
+# in shard order, "-" for a shard the metrics do not give (or all of them, if they cannot be
+# read).
 per_shard() {
-    curl -sf "$metrics" | awk -v name="$1" -F'[{}"]' '$1 == name && $2 == "shard=" {
-            split($5, v, " "); n[$3] = v[1]; if ($3 + 1 > m) m = $3 + 1 }
-        END { for (i = 0; i < m; i++) printf "%s ", n[i] }'
+    { curl -sf "$metrics" || true; } | awk -v name="$1" -v shards="$2" -F'[{}"]' '
+        $1 == name && $2 == "shard=" { split($5, v, " "); n[$3] = v[1] }
+        END { for (i = 0; i < shards; i++) printf "%s ", (i in n) ? n[i] : "-" }'
 }
 
 step=0
@@ -152,9 +163,9 @@ git describe --always --dirty --abbrev=12 2>/dev/null >"$out/json/commit.txt" ||
     echo unknown >"$out/json/commit.txt"
 python3 scripts/record_machine.py "$out/json/machine.json"
 started=$(date +%s)
-# The span over which the shards' CPU is read, in seconds: the middle of the load's window.
-middle=$((duration - duration / 4 - 1))
-((middle >= 1)) || middle=1
+# The shards' CPU is read over the middle half of the load's window (at least a second).
+quarter=$((duration / 4))
+half=$((duration / 2 > 1 ? duration / 2 : 1))
 
 for r in $(seq "$runs"); do
     for n in "${counts[@]}"; do
@@ -173,13 +184,15 @@ for r in $(seq "$runs"); do
                 >"$out/json/$name-load-$k.json.tmp" 2>"$out/logs/$name-load-$k.log" &
             load_pids+=($!)
         done
-        # The measured window starts once every load generator has connected and warmed up;
-        # the shards' CPU (the gateway's metrics) is read over its middle, where all of them run.
-        sleep $((warmup + 1))
-        cpu_before=$(per_shard meshgate_shard_cpu_seconds_total)
-        sessions=$(per_shard meshgate_clients)
-        sleep "$middle"
-        cpu_after=$(per_shard meshgate_shard_cpu_seconds_total)
+        # The load's window starts once every load generator has connected and warmed up (a
+        # fraction of a second to connect); the shards' CPU is read over its middle half.
+        sleep $((warmup + quarter))
+        cpu_before=$(per_shard meshgate_shard_cpu_seconds_total "$n")
+        t_before=$(date +%s.%N)
+        sessions=$(per_shard meshgate_clients "$n")
+        sleep "$half"
+        cpu_after=$(per_shard meshgate_shard_cpu_seconds_total "$n")
+        t_after=$(date +%s.%N)
         failed=0
         for k in "${!load_pids[@]}"; do
             if ! wait "${load_pids[k]}"; then
@@ -192,25 +205,33 @@ for r in $(seq "$runs"); do
         stop_all
         ((failed == 0)) || exit 1
         python3 - "$out/json" "$name" "$n" "$r" "$gw" "$ld" "$sessions" "$cpu_before" \
-            "$cpu_after" "$middle" <<'PY'
+            "$cpu_after" "$t_before" "$t_after" <<'PY'
 import json, os, sys
-d, name, n, r, gw, ld, sessions, before, after, seconds = sys.argv[1:]
+sys.path.insert(0, "scripts")
+from cores import shared
+d, name, n, r, gw, ld, sessions, before, after, t_before, t_after = sys.argv[1:]
 loads = []
 for k in range(int(n)):
     tmp = os.path.join(d, f"{name}-load-{k}.json.tmp")
     with open(tmp) as f:
         loads.append(json.load(f))
     os.remove(tmp)
-before, after = [float(x) for x in before.split()], [float(x) for x in after.split()]
-busy = None
-if before and len(before) == len(after):
-    busy = [(a - b) / int(seconds) for a, b in zip(after, before)]
+def figures(text):
+    return [None if x == "-" else float(x) for x in text.split()]
+seconds = float(t_after) - float(t_before)
+busy = [
+    None if a is None or b is None else (a - b) / seconds
+    for a, b in zip(figures(after), figures(before))
+]
+gw, ld = [int(c) for c in gw.split(",")], [int(c) for c in ld.split(",")]
 run = {
     "shards": int(n),
     "run": int(r),
-    "gateway_cores": [int(c) for c in gw.split(",")],
-    "load_cores": [int(c) for c in ld.split(",")],
-    "sessions_per_shard": [int(x) for x in sessions.split()],
+    "gateway_cores": gw,
+    "load_cores": ld,
+    # Whether a core (or an SMT sibling of it) serves two of the processes.
+    "cores_shared": shared(gw + ld),
+    "sessions_per_shard": [None if x is None else int(x) for x in figures(sessions)],
     "shard_busy": busy,
     "loads": loads,
 }

@@ -5,8 +5,8 @@ Every figure is read from --dir: json/scaling-N-R.json for each shard count N an
 load generators' `meshgate-cli bench rpc --json` summaries, the sessions of each shard, the
 shards' CPU), json/machine.json and json/commit.txt. A figure measured more than once is the
 median of the runs. The efficiency per shard of N shards is the median rate of N shards over N
-times the median rate of one; a shard count whose load shared a core with its gateway gets
-none, since its rate says nothing of the gateway's scaling.
+times the median rate of one; a shard count whose processes shared a core (a CPU named twice,
+or SMT siblings) gets none, since its rate says nothing of the gateway's scaling.
 """
 
 import argparse
@@ -46,7 +46,9 @@ def gateway_busy(run):
 
 
 def shared(run):
-    return bool(set(run["gateway_cores"]) & set(run["load_cores"]))
+    """Whether a core served two of the run's processes (a CPU named twice, or SMT siblings)."""
+    cores = run["gateway_cores"] + run["load_cores"]
+    return run.get("cores_shared", len(set(cores)) < len(cores))
 
 
 def span(values, fmt):
@@ -107,8 +109,8 @@ def main():
     w("## Calls per second by shard count")
     w()
     w("| shards | calls/s | spread | per shard | efficiency per shard | gateway CPU (cores) "
-      "| gateway CPU/call | shards busy (idlest – busiest) | sessions per shard (fewest – most) "
-      "| load busy (median) | errors |")
+      "| gateway CPU/call | shards busy, all runs (idlest – busiest) | sessions per shard, all runs "
+      "(fewest – most) | load busy (median) | errors |")
     w("|---|---|---|---|---|---|---|---|---|---|---|")
     for n, runs in by_n.items():
         rate = rates[n]
@@ -123,7 +125,7 @@ def main():
         loads = Figure([load_busy(s) for r in runs for s in r["loads"]])
         errors = sum(s["errors"] for r in runs for s in r["loads"])
         eff = efficiency(n)
-        eff = "n/a (load shares the gateway's cores)" if n in sharing else (
+        eff = "n/a (processes share cores)" if n in sharing else (
             "n/a" if eff is None else pct_of(eff))
         w(
             f"| {n} | {count(rate.median)} | {rate.spread(count)} | {count(rate.median / n)} "
@@ -134,16 +136,16 @@ def main():
     w()
     w(
         "The gateway's CPU is the whole process's over each load generator's window (`/proc`); "
-        "each shard's busy share is its `meshgate_shard_cpu_seconds_total` over the middle of "
-        "the window, and the sessions per shard are the gateway's `meshgate_clients` gauges read "
+        "each shard's busy share is its `meshgate_shard_cpu_seconds_total` over the middle half "
+        "of the window, and the sessions per shard are the gateway's `meshgate_clients` gauges read "
         "there. A shard holding more sessions than another gets more of the load: each session "
-        "lands on the shard the first byte of its first connection ID names, a random one."
+        "lands on the shard its first connection ID names, a random one."
     )
     if sharing:
         w()
         w(
-            f"With {', '.join(str(n) for n in sorted(sharing))} shard(s) the load generators "
-            "shared cores with the gateway: those rows check the script, not the gateway's "
+            f"With {', '.join(str(n) for n in sorted(sharing))} shard(s) a core (or SMT siblings "
+            "of one) served two of the processes: those rows check the script, not the gateway's "
             "scaling."
         )
 

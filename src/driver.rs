@@ -124,6 +124,7 @@ pub async fn run(start: ShardStart) {
         d.io_counts = IoCounts {
             datagrams_received: io.rx.datagrams(),
             datagrams_sent: io.tx.datagrams(),
+            datagrams_forwarded: d.forwarded,
             turns: d.io_counts.turns + 1,
         };
         if d.is_done(now) {
@@ -299,6 +300,8 @@ struct Driver {
     refused_handshakes: u64,
     /// The socket's counts as of the last turn's end, for the shard's report.
     io_counts: IoCounts,
+    /// Datagrams this shard's socket received for a connection of another shard.
+    forwarded: u64,
     /// Connections accepted in this turn.
     accepted: usize,
     /// Initials over this turn's accept budget, oldest first.
@@ -363,6 +366,7 @@ impl Driver {
             stop_by: None,
             refused_handshakes: 0,
             io_counts: IoCounts::default(),
+            forwarded: 0,
             accepted: 0,
             deferred: VecDeque::new(),
         };
@@ -571,6 +575,7 @@ impl Driver {
         match route {
             Route::Ours(_) | Route::Accept => {}
             Route::Forward(owner) => {
+                self.forwarded += 1;
                 if !self.mailbox.forward(owner, buf, from) {
                     self.shard.count_drop(DropReason::InboxFull);
                 }

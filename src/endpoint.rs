@@ -27,7 +27,7 @@ use meshgate_shard::wire::{LinkReason, LinkStream, Reason};
 use meshgate_shard::{DriverToken, GatewayCounts, LinkEnd, SessionKey, ShardId, Time};
 use slab::Slab;
 
-/// Length of the connection IDs the gateway chooses; byte 0 is the owning shard.
+/// Length of the connection IDs the gateway chooses; see [`shard_of`] for the shard they name.
 pub const CID_LEN: usize = 16;
 type Cid = [u8; CID_LEN];
 /// Connection IDs a connection holds at once: its first one, and those issued to replace the
@@ -173,6 +173,16 @@ impl Discard {
     }
 }
 
+/// The shard a destination connection ID names: its first four bytes, big-endian, modulo the
+/// shard count (the rule the kernel applies too, see `net::steer_by_connection_id`, so that a
+/// datagram reaches the socket of the shard that will take it). Four bytes, not one, so that a
+/// client's random first connection ID picks every shard about as often, whatever the count.
+/// `None` for a connection ID too short to name one.
+pub fn shard_of(dcid: &[u8], shards: u16) -> Option<ShardId> {
+    let word = u32::from_be_bytes(dcid.get(..4)?.try_into().ok()?);
+    Some(ShardId((word % u32::from(shards.max(1))) as u16))
+}
+
 /// Where a datagram goes, from its header, the connection of this shard its destination
 /// connection ID names (`known`), and the shard's circumstances. `take_handshake` takes a unit
 /// of the gateway's handshake count; it is called only for an Initial the shard would
@@ -195,11 +205,10 @@ pub fn route(
         return Route::Ours(conn);
     }
     if !hdr.is_initial() || answers_dial {
-        // A connection ID the gateway chose names its shard in byte 0.
+        // A connection ID the gateway chose names its shard.
         let dcid = hdr.dcid();
         if dcid.len() == CID_LEN && !arrival.forwarded {
-            let owner = ShardId(u16::from(dcid[0]));
-            if owner != here && owner.0 < shards {
+            if let Some(owner) = shard_of(dcid, shards).filter(|&owner| owner != here) {
                 return Route::Forward(owner);
             }
         }
@@ -892,22 +901,35 @@ impl Endpoint {
             .copied()
     }
 
-    /// A new connection ID of this shard (byte 0 names it), unused so far.
+    /// A new connection ID of this shard ([`shard_of`] names it), unused so far.
     fn fresh_cid(&self) -> Option<Cid> {
         let mut cid: Cid = [0; CID_LEN];
         getrandom::getrandom(&mut cid).ok()?;
-        cid[0] = self.id.0 as u8;
+        let first = naming(&cid, self.id, self.shards);
+        cid[..4].copy_from_slice(&first);
         (!self.by_cid.contains_key(&cid)).then_some(cid)
     }
 
-    /// A new connection ID for a dial of this shard: byte 0 names the shard, and the second
-    /// half marks it as a dial's ([`is_dial_cid`]).
+    /// A new connection ID for a dial of this shard: [`shard_of`] names the shard, and the
+    /// second half marks it as a dial's ([`is_dial_cid`]).
     fn dial_cid(&self) -> Option<Cid> {
         let mut cid = self.fresh_cid()?;
         let mark = fnv1a64(&cid[..CID_LEN / 2]).to_be_bytes();
         cid[CID_LEN / 2..].copy_from_slice(&mark);
         (!self.by_cid.contains_key(&cid)).then_some(cid)
     }
+}
+
+/// The first four bytes of a connection ID that names `shard` of `shards` ([`shard_of`]): the
+/// random ones of `cid`, moved down to the nearest word that does.
+fn naming(cid: &[u8], shard: ShardId, shards: u16) -> [u8; 4] {
+    let word = u32::from_be_bytes(cid[..4].try_into().expect("four bytes"));
+    let (n, id) = (u32::from(shards.max(1)), u32::from(shard.0));
+    let mut base = word - word % n;
+    if base.checked_add(id).is_none() {
+        base -= n;
+    }
+    (base + id).to_be_bytes()
 }
 
 /// Whether a connection ID is one the gateway chose for a dial: its second half is FNV-1a-64 of
@@ -977,9 +999,11 @@ mod tests {
         Header::parse(&mut p).expect("a Handshake header")
     }
 
+    /// A connection ID of `shard`, as [`Endpoint::fresh_cid`] makes them.
     fn cid_of(shard: u8) -> Cid {
         let mut cid = [7u8; CID_LEN];
-        cid[0] = shard;
+        let first = naming(&cid, ShardId(u16::from(shard)), SHARDS);
+        cid[..4].copy_from_slice(&first);
         cid
     }
 
@@ -1034,6 +1058,31 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_id_names_the_shard_it_was_made_for_whatever_the_shard_count() {
+        for shards in [1u16, 2, 3, 48, 192, 256] {
+            for first in [
+                [0u8; 4],
+                [0xff; 4],
+                [0x12, 0x34, 0x56, 0x78],
+                [0xff, 0xff, 0xff, 0],
+            ] {
+                for shard in [0, shards / 2, shards - 1] {
+                    let mut cid = [9u8; CID_LEN];
+                    cid[..4].copy_from_slice(&first);
+                    let named = naming(&cid, ShardId(shard), shards);
+                    cid[..4].copy_from_slice(&named);
+                    assert_eq!(
+                        shard_of(&cid, shards),
+                        Some(ShardId(shard)),
+                        "{shards}: {cid:?}"
+                    );
+                }
+            }
+        }
+        assert_eq!(shard_of(&[1, 2, 3], 4), None, "too short to name one");
+    }
+
+    #[test]
     fn an_unknown_connection_id_of_another_shard_is_forwarded_to_it() {
         let r = routed(&short(&cid_of(3)), None, arrival());
         assert_eq!(r, Route::Forward(ShardId(3)));
@@ -1050,8 +1099,6 @@ mod tests {
         let stray = [
             // Names this shard, which does not know it.
             (short(&cid_of(1)), arrival()),
-            // Names a shard the gateway does not have.
-            (short(&cid_of(4)), arrival()),
             // Forwarded once already.
             (short(&cid_of(3)), forwarded),
             // Not a connection ID the gateway chose.
@@ -1153,7 +1200,7 @@ mod tests {
         );
         assert_eq!(ep.handshakes(), 1);
         let issued = ep.get(conn).expect("the connection").scids[0];
-        assert_eq!(issued[0], HERE.0 as u8, "byte 0 names the shard");
+        assert_eq!(shard_of(&issued, SHARDS), Some(HERE), "it names the shard");
         assert_eq!(ep.route(&hello, arrival()), Route::Ours(conn));
         assert_eq!(ep.route(&short(&issued), arrival()), Route::Ours(conn));
 
@@ -1237,7 +1284,7 @@ mod tests {
         let conn = ep.connect(Time::ZERO, peer, link).expect("a dial");
         assert_eq!(counts.handshakes.get(), 0, "a dial takes no handshake unit");
         let scid = ep.get(conn).expect("the dial").scids[0];
-        assert!(is_dial_cid(&scid) && scid[0] == HERE.0 as u8);
+        assert!(is_dial_cid(&scid) && shard_of(&scid, SHARDS) == Some(HERE));
         assert_eq!(ep.route(&short(&scid), arrival()), Route::Ours(conn));
         assert_eq!(
             ep.route(&initial(VERSION_1, &scid, 300), arrival()),

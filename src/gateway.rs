@@ -173,14 +173,12 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
                 .map_err(|source| StartError::BindUdp { addr, source })?,
         );
     }
-    if shards > 1 {
-        if let Err(e) = crate::net::steer_by_connection_id(&sockets[0], shards) {
-            log::warn!(
-                "the kernel does not steer datagrams by connection ID ({e}): connections are \
-                 spread over the shards by a hash of their addresses, and the datagrams of a \
-                 client that changes address reach its shard through another"
-            );
-        }
+    if let Err(why) = crate::net::steer(&sockets, addr) {
+        log::warn!(
+            "datagrams are not steered to their shard by connection ID ({why}): connections \
+             are spread over the shards by a hash of their addresses, and the datagrams of a \
+             client that changes address reach its shard through another"
+        );
     }
     let health =
         crate::health::bind(args.health_listen).map_err(|source| StartError::BindHealth {

@@ -53,6 +53,8 @@ pub struct IoCounts {
     pub datagrams_received: u64,
     /// UDP datagrams the kernel took to send, each segment of a GSO message counted.
     pub datagrams_sent: u64,
+    /// Datagrams received for a connection of another shard, and passed to it.
+    pub datagrams_forwarded: u64,
     /// Turns of the loop: each reads the socket, handles the inbox and the timers, and sends.
     pub turns: u64,
 }
@@ -587,7 +589,7 @@ const GAUGES: [(&str, &str, Field); 6] = [
 ];
 
 /// Counters without labels, in the order rendered.
-const COUNTERS: [(&str, &str, Field); 10] = [
+const COUNTERS: [(&str, &str, Field); 11] = [
     (
         "meshgate_registrations_expired_total",
         "Registrations removed by expiry.",
@@ -632,6 +634,12 @@ const COUNTERS: [(&str, &str, Field); 10] = [
         "meshgate_udp_datagrams_sent_total",
         "UDP datagrams sent, each segment of a GSO message counted.",
         |r| r.io.datagrams_sent,
+    ),
+    (
+        "meshgate_udp_datagrams_forwarded_total",
+        "UDP datagrams a shard received for a connection of another shard and passed to it \
+         (the kernel's steering by connection ID leaves none).",
+        |r| r.io.datagrams_forwarded,
     ),
     (
         "meshgate_shard_turns_total",

@@ -5,6 +5,7 @@ use std::io;
 use std::mem::{size_of, zeroed};
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
 
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
@@ -48,21 +49,25 @@ pub fn reuseport_udp(addr: SocketAddr, fragment: bool) -> io::Result<Socket> {
 /// SO_ATTACH_REUSEPORT_CBPF (asm-generic/socket.h), which the libc crate names for Android only.
 const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
 
-/// Byte offsets, in a UDP payload, of the first byte of a QUIC packet's destination connection
-/// ID: after the first byte in a short header; after it, the version and the DCID length in a
-/// long one (RFC 9000, 17.2 and 17.3).
+/// Byte offsets, in a UDP payload, of a QUIC packet's destination connection ID: after the
+/// first byte in a short header; after it, the version and the DCID length in a long one
+/// (RFC 9000, 17.2 and 17.3).
 const SHORT_DCID: u32 = 1;
 const LONG_DCID: u32 = 6;
 
 /// Has the kernel deliver each datagram that reaches the SO_REUSEPORT group of `s` to the
-/// socket at index DCID\[0\] modulo `shards` in the group, the sockets indexed in the order they
-/// were bound, as the shards are. The gateway's connection IDs name their shard in byte 0, so
-/// every packet of a connection reaches its shard's socket: a client that moves to a new
-/// address or port finds its shard without a detour through another, and the connections of
-/// one client socket (a load generator's, or many clients behind one NAT mapping) spread over
-/// the shards by the random first byte of each one's first Initial, where a hash of the
-/// addresses would put all of them on one shard. A datagram too short to have the byte goes
-/// to the first socket; one whose byte names no socket falls back to the kernel's hash.
+/// socket at index (DCID\[0..4\] as a big-endian word) modulo `shards` in the group, the
+/// sockets indexed in the order they joined it, as the shards' were bound: the shard that
+/// `endpoint::shard_of` says the connection ID names. The gateway's connection IDs name the
+/// shard that holds their connection, so every packet of a connection reaches its shard's
+/// socket: a client that moves to a new address or port finds its shard without a detour
+/// through another, and the connections of one client socket (a load generator's, or many
+/// clients behind one NAT mapping) spread evenly over the shards by the random first connection
+/// ID of each one's first Initial, where a hash of the addresses would put all of them on one
+/// shard. A datagram too short to hold the word goes to the first socket. Where a network card
+/// coalesces (GRO) the datagrams of one client socket for several connections into one
+/// buffer, the first one's connection ID steers it, and the driver forwards the others.
+/// [`steer`] checks that the group holds the shards' sockets alone, in order.
 pub fn steer_by_connection_id(s: &Socket, shards: u16) -> io::Result<()> {
     let op = |code: u32, jt: u8, jf: u8, k: u32| libc::sock_filter {
         code: code as u16,
@@ -70,21 +75,118 @@ pub fn steer_by_connection_id(s: &Socket, shards: u16) -> io::Result<()> {
         jf,
         k,
     };
-    let program = [
-        // The first byte: bit 7 set is a long header.
-        op(libc::BPF_LD | libc::BPF_B | libc::BPF_ABS, 0, 0, 0),
-        op(libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K, 0, 2, 0x80),
-        op(libc::BPF_LD | libc::BPF_B | libc::BPF_ABS, 0, 0, LONG_DCID),
-        op(libc::BPF_JMP | libc::BPF_JA, 0, 0, 1),
-        op(libc::BPF_LD | libc::BPF_B | libc::BPF_ABS, 0, 0, SHORT_DCID),
-        op(
-            libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K,
-            0,
-            0,
-            u32::from(shards.max(1)),
-        ),
-        op(libc::BPF_RET | libc::BPF_A, 0, 0, 0),
-    ];
+    attach_reuseport_program(
+        s,
+        &[
+            // The first byte: bit 7 set is a long header.
+            op(libc::BPF_LD | libc::BPF_B | libc::BPF_ABS, 0, 0, 0),
+            op(libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K, 0, 2, 0x80),
+            op(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0, 0, LONG_DCID),
+            op(libc::BPF_JMP | libc::BPF_JA, 0, 0, 1),
+            op(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0, 0, SHORT_DCID),
+            op(
+                libc::BPF_ALU | libc::BPF_MOD | libc::BPF_K,
+                0,
+                0,
+                u32::from(shards.max(1)),
+            ),
+            op(libc::BPF_RET | libc::BPF_A, 0, 0, 0),
+        ],
+    )
+}
+
+/// Steers the datagrams of the group of `sockets` (bound in shard order to `addr`) by
+/// connection ID, and checks that it works: from a socket of its own, sends each socket a probe
+/// whose connection ID names that socket's shard, and reads it back there. If a probe lands
+/// elsewhere or not at all (a socket of another process shares the port, so the indexes are not
+/// the shards'), the kernel's hash of the addresses takes over again and the reason is
+/// returned. Datagrams of clients read meanwhile are lost, as on any busy socket: QUIC sends
+/// them again.
+pub fn steer(sockets: &[Socket], addr: SocketAddr) -> Result<(), String> {
+    let shards = u16::try_from(sockets.len()).map_err(|_| "too many sockets".to_owned())?;
+    if shards < 2 {
+        return Ok(());
+    }
+    steer_by_connection_id(&sockets[0], shards)
+        .map_err(|e| format!("the kernel refuses the steering program: {e}"))?;
+    let checked = probe_each(sockets, addr);
+    if checked.is_err() {
+        // A program whose answer names no socket leaves the choice to the hash.
+        let hash = libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: u32::MAX,
+        };
+        let _ = attach_reuseport_program(&sockets[0], &[hash]);
+    }
+    checked
+}
+
+/// Sends each of `sockets` its probe and waits, a second at most, for it there.
+fn probe_each(sockets: &[Socket], addr: SocketAddr) -> Result<(), String> {
+    let to = match addr.ip() {
+        ip if !ip.is_unspecified() => addr,
+        std::net::IpAddr::V4(_) => SocketAddr::from((Ipv4Addr::LOCALHOST, addr.port())),
+        std::net::IpAddr::V6(_) => SocketAddr::from((Ipv6Addr::LOCALHOST, addr.port())),
+    };
+    let bind: SocketAddr = if to.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let prober =
+        std::net::UdpSocket::bind(bind).map_err(|e| format!("no socket to probe from: {e}"))?;
+    let mut token = [0u8; 16];
+    getrandom::getrandom(&mut token).map_err(|e| format!("no random token: {e}"))?;
+    for (i, s) in sockets.iter().enumerate() {
+        // A short header whose connection ID's first word is the socket's index.
+        let mut probe = [0u8; 1 + 4 + 16];
+        probe[0] = 0x40;
+        probe[1..5].copy_from_slice(&(i as u32).to_be_bytes());
+        probe[5..].copy_from_slice(&token);
+        prober
+            .send_to(&probe, to)
+            .map_err(|e| format!("cannot send a probe to {to}: {e}"))?;
+        if !wait_for(s, &probe, Duration::from_secs(1)) {
+            return Err(format!(
+                "a datagram for shard {i} did not reach its socket: another socket shares \
+                 the port {}",
+                addr.port()
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Reads `s` until `want` comes, or `limit` passes.
+fn wait_for(s: &Socket, want: &[u8], limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    let mut buf = [0u8; 2048];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let mut fd = libc::pollfd {
+            fd: s.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the call's duration.
+        if unsafe { libc::poll(&mut fd, 1, left.as_millis().max(1) as libc::c_int) } < 1 {
+            continue;
+        }
+        // SAFETY: a valid descriptor and a buffer of the given length.
+        let n = unsafe { libc::recv(s.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n >= 0 && &buf[..n as usize] == want {
+            return true;
+        }
+    }
+}
+
+/// Attaches a classic BPF program to the SO_REUSEPORT group of `s`, replacing any before it.
+fn attach_reuseport_program(s: &Socket, program: &[libc::sock_filter]) -> io::Result<()> {
     let fprog = libc::sock_fprog {
         len: program.len() as u16,
         filter: program.as_ptr().cast_mut(),
@@ -692,40 +794,29 @@ mod tests {
         (n >= 0).then(|| buf[..n as usize].to_vec())
     }
 
-    #[test]
-    fn datagrams_reach_the_socket_their_destination_connection_id_names() {
+    /// A group of `n` sockets on one port of 127.0.0.1, bound in order, and its address.
+    fn group(n: usize) -> (Vec<Socket>, SocketAddr) {
         let first = reuseport_udp("127.0.0.1:0".parse().unwrap(), true).unwrap();
         let addr = first.local_addr().unwrap().as_socket().unwrap();
-        let group = [
-            first,
-            reuseport_udp(addr, true).unwrap(),
-            reuseport_udp(addr, true).unwrap(),
-        ];
-        steer_by_connection_id(&group[0], 3).unwrap();
+        let mut sockets = vec![first];
+        sockets.extend((1..n).map(|_| reuseport_udp(addr, true).unwrap()));
+        (sockets, addr)
+    }
+
+    /// Sends each datagram from one client socket and checks it reaches socket `to` and no
+    /// other.
+    fn lands(sockets: &[Socket], addr: SocketAddr, sent: &[(Vec<u8>, usize)]) {
         let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        // The same client socket throughout: the kernel's hash alone would pick one socket.
-        for round in 0..4u8 {
-            for shard in 0..3u8 {
-                // A short header: DCID[0] right after the first byte.
-                let short = [0x40, shard, round, 0xaa];
-                // A long header (an Initial): DCID[0] after the version and the DCID length;
-                // a byte of 3 or more names a socket modulo 3.
-                let long = [0xc0, 0, 0, 0, 1, 8, shard + 3 * round, round, 0xbb];
-                for datagram in [&short[..], &long[..]] {
-                    client.send_to(datagram, addr).unwrap();
-                    for (i, s) in group.iter().enumerate() {
-                        if i == usize::from(shard) {
-                            assert_eq!(waiting(s).as_deref(), Some(datagram), "socket {i}");
-                        }
-                    }
-                }
-            }
+        for (datagram, to) in sent {
+            client.send_to(datagram, addr).unwrap();
+            assert_eq!(
+                waiting(&sockets[*to]).as_deref(),
+                Some(&datagram[..]),
+                "socket {to}"
+            );
         }
-        // Too short to hold the byte: the first socket.
-        client.send_to(&[0xc0, 0, 0], addr).unwrap();
-        assert_eq!(waiting(&group[0]).as_deref(), Some(&[0xc0, 0, 0][..]));
-        for (i, s) in group.iter().enumerate() {
-            let mut buf = [0u8; 16];
+        for (i, s) in sockets.iter().enumerate() {
+            let mut buf = [0u8; 64];
             // SAFETY: a valid descriptor and a buffer of the given length.
             let n = unsafe {
                 libc::recv(
@@ -737,6 +828,80 @@ mod tests {
             };
             assert_eq!(n, -1, "socket {i} got a datagram meant for another");
         }
+    }
+
+    #[test]
+    fn datagrams_reach_the_socket_their_destination_connection_id_names() {
+        let (sockets, addr) = group(3);
+        steer_by_connection_id(&sockets[0], 3).unwrap();
+        // The same client socket throughout: the kernel's hash alone would pick one socket.
+        let mut sent = Vec::new();
+        for word in [0u32, 1, 2, 3, 4, 5, 0x0100_0002, 0xffff_ffff, 0x8000_0000] {
+            let w = word.to_be_bytes();
+            let to = (word % 3) as usize;
+            // A short header: the connection ID right after the first byte.
+            sent.push((vec![0x40, w[0], w[1], w[2], w[3], 0xaa], to));
+            // A long header (an Initial): after the version and the connection ID's length.
+            sent.push((
+                vec![
+                    0xc0, 0, 0, 0, 1, 8, w[0], w[1], w[2], w[3], 0, 0, 0, 0, 0xbb,
+                ],
+                to,
+            ));
+        }
+        // Too short to hold the word, in either form: the first socket.
+        sent.push((vec![0x40, 2, 2], 0));
+        sent.push((vec![0xc0, 0, 0, 0, 1, 8, 0, 0, 2], 0));
+        lands(&sockets, addr, &sent);
+    }
+
+    #[test]
+    fn steering_is_checked_and_left_to_the_hash_when_another_socket_shares_the_port() {
+        let (sockets, addr) = group(3);
+        steer(&sockets, addr).unwrap();
+        lands(&sockets, addr, &[(vec![0x40, 0, 0, 0, 2, 1], 2)]);
+
+        // A socket of someone else's joined the port first: index 0 is not shard 0's.
+        let (mut sockets, addr) = group(1);
+        sockets.extend((0..2).map(|_| reuseport_udp(addr, true).unwrap()));
+        let outsider = sockets.remove(0);
+        let why = steer(&sockets, addr).unwrap_err();
+        assert!(why.contains("another socket shares the port"), "{why}");
+        // The hash decides again: from one client socket, every datagram reaches one socket of
+        // the three, whatever its connection ID names.
+        let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let all = [&outsider, &sockets[0], &sockets[1]];
+        // The probe that went astray waits where it landed: drained first.
+        for s in all {
+            let mut buf = [0u8; 64];
+            // SAFETY: a valid descriptor and a buffer of the given length.
+            while unsafe {
+                libc::recv(
+                    s.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            } >= 0
+            {}
+        }
+        let mut reached = Vec::new();
+        for word in 0u8..6 {
+            let datagram = [0x40, 0, 0, 0, word, 0xcc];
+            client.send_to(&datagram, addr).unwrap();
+            let mut fds = all.map(|s| libc::pollfd {
+                fd: s.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+            // SAFETY: three valid pollfds for the call's duration.
+            let ready = unsafe { libc::poll(fds.as_mut_ptr(), 3, 5000) };
+            assert_eq!(ready, 1, "the datagram reached one socket of the group");
+            let i = fds.iter().position(|f| f.revents != 0).unwrap();
+            assert_eq!(waiting(all[i]).as_deref(), Some(&datagram[..]));
+            reached.push(i);
+        }
+        assert!(reached.windows(2).all(|w| w[0] == w[1]), "{reached:?}");
     }
 
     #[test]

@@ -336,3 +336,105 @@ fn the_machines_own_stalls_are_reported_before_and_after_the_runs_when_measured(
     ));
     assert!(!plain.contains("own stalls"), "no stalls, no table");
 }
+
+// =========================================================================================
+// scripts/scaling_report.py
+// =========================================================================================
+
+/// A shard-count run of `scripts/scaling.sh` with `loads` load generators answering `rate`
+/// calls/s each, as it writes them.
+fn scaling_run(shards: u64, run: u64, rate: f64, shared: bool) -> String {
+    let load = format!(
+        r#"{{"scenario": "rpc", "callers": 16, "in_flight": 16, "providers": 4,
+            "payload_bytes": 64, "duration_s": 10.0, "calls": {calls}, "calls_per_s": {rate},
+            "errors": 0, "load_cpu_busy": 0.9, "load_cpu_spinning": 0.1,
+            "gateway_cpu_busy": {busy}}}"#,
+        calls = rate * 10.0,
+        busy = 0.95 * shards as f64,
+    );
+    let loads = vec![load; shards as usize].join(", ");
+    let cores: Vec<String> = (0..shards).map(|c| c.to_string()).collect();
+    let load_cores: Vec<String> = (shards..2 * shards).map(|c| c.to_string()).collect();
+    format!(
+        r#"{{"shards": {shards}, "run": {run}, "gateway_cores": [{}], "load_cores": [{}],
+            "cores_shared": {shared}, "sessions_per_shard": [{}], "shard_busy": [{}],
+            "loads": [{loads}]}}"#,
+        cores.join(", "),
+        load_cores.join(", "),
+        vec!["20"; shards as usize].join(", "),
+        vec!["0.95"; shards as usize].join(", "),
+    )
+}
+
+/// The scaling report of the given runs: (shards, run, calls/s per load generator, shared).
+fn scaling_report(name: &str, runs: &[(u64, u64, f64, bool)]) -> String {
+    let raw = RawCopy::new(name);
+    for &(shards, run, rate, shared) in runs {
+        std::fs::write(
+            raw.json(&format!("scaling-{shards}-{run}.json")),
+            scaling_run(shards, run, rate, shared),
+        )
+        .expect("a raw result");
+    }
+    made(
+        Command::new("python3")
+            .current_dir(root())
+            .arg("scripts/scaling_report.py")
+            .arg("--dir")
+            .arg(&raw.dir)
+            .args(["--elapsed", "100", "--command", "scripts/scaling.sh"])
+            .output()
+            .expect("python3 runs"),
+    )
+}
+
+#[test]
+fn the_scaling_report_gives_the_efficiency_per_shard_of_the_median_rates() {
+    // 1 shard: 100,000 calls/s (median of 90,000, 100,000, 110,000); 2 shards: 2 x 90,000;
+    // 4 shards: 4 x 85,000 (the median of 80,000, 85,000, 90,000).
+    let mut runs = Vec::new();
+    for (run, (one, two, four)) in [(90e3, 90e3, 85e3), (100e3, 88e3, 80e3), (110e3, 95e3, 90e3)]
+        .into_iter()
+        .enumerate()
+    {
+        let run = run as u64 + 1;
+        runs.extend([
+            (1, run, one, false),
+            (2, run, two, false),
+            (4, run, four, false),
+        ]);
+    }
+    let report = scaling_report("scaling-met", &runs);
+    assert!(
+        report.contains("| 2 | 180,000 | 176,000 – 190,000 (3 runs) | 90,000 | 90 % |"),
+        "{report}"
+    );
+    assert!(report.contains("| 4 | 340,000 | "), "{report}");
+    assert!(
+        report.contains(
+            "| efficiency per shard at the largest shard count ≥ 85 % | 85 % at 4 shards | met |"
+        ),
+        "{report}"
+    );
+
+    // 4 shards at 4 x 80,000: 80 %, not met.
+    let runs: Vec<_> = runs
+        .into_iter()
+        .map(|(n, r, rate, s)| (n, r, if n == 4 { 80e3 } else { rate }, s))
+        .collect();
+    let report = scaling_report("scaling-not-met", &runs);
+    assert!(
+        report.contains("| 80 % at 4 shards | **not met** |"),
+        "{report}"
+    );
+
+    // Processes that shared a core at 4 shards: no efficiency there, and no verdict.
+    let runs: Vec<_> = runs
+        .into_iter()
+        .map(|(n, r, rate, _)| (n, r, rate, n == 4))
+        .collect();
+    let report = scaling_report("scaling-shared", &runs);
+    assert!(report.contains("| 4 | 320,000 | "), "{report}");
+    assert!(report.contains("n/a (processes share cores)"), "{report}");
+    assert!(report.contains("| n/a | n/a |"), "{report}");
+}

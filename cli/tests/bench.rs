@@ -572,8 +572,8 @@ fn idle_sessions_are_counted_by_the_gateway() {
 fn the_sessions_of_one_load_generator_socket_spread_over_the_shards() {
     // The lean engine's sessions share one UDP socket: a hash of the addresses would put
     // every one on the same shard. The gateway steers each datagram by its connection ID, so
-    // each session lands where the first byte of its first Initial's (random) connection ID
-    // says: all 64 on one of the 2 shards has a chance of 2^-63.
+    // each session lands on the shard its first Initial's (random) connection ID
+    // names: all 64 on one of the 2 shards has a chance of 2^-63.
     let gateway = Gateway::start(&[]);
     let s = gateway.bench(
         "rpc",
@@ -627,6 +627,11 @@ fn the_sessions_of_one_load_generator_socket_spread_over_the_shards() {
         per_shard.iter().all(|&n| n > 0),
         "every session of one socket landed on one shard: {per_shard:?}"
     );
+    // Every datagram reached its connection's shard: none went through another.
+    let (_, text) = support::http_get(gateway.health, "/metrics").expect("/metrics");
+    let metrics = support::Metrics::parse(&text);
+    assert_eq!(metrics.get("meshgate_udp_datagrams_forwarded_total"), 0);
+    assert!(!gateway.log().contains("not steered"), "{}", gateway.log());
 }
 
 #[test]
@@ -795,10 +800,7 @@ fn scripts_scaling_sh_runs_each_shard_count_and_reports_it() {
             "a row for {shards} shard(s):\n{report}"
         );
     }
-    assert!(
-        report.contains("n/a (load shares the gateway's cores)"),
-        "{report}"
-    );
+    assert!(report.contains("n/a (processes share cores)"), "{report}");
     assert!(
         report.contains("| efficiency per shard at the largest shard count ≥ 85 % | n/a | n/a |"),
         "{report}"
