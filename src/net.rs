@@ -484,7 +484,10 @@ pub struct BatchTx {
     slot: usize,
     buf: Box<[u8]>,
     lens: Vec<usize>,
-    dst: Vec<SockAddr>,
+    /// Each queued datagram's destination; converted to the kernel's form once per message
+    /// (`names`), not once per datagram.
+    dst: Vec<SocketAddr>,
+    names: Box<[SockAddr]>,
     iov: Box<[libc::iovec]>,
     hdrs: Box<[libc::mmsghdr]>,
     cmsgs: Box<[Cmsg]>,
@@ -510,6 +513,9 @@ impl BatchTx {
             buf: vec![0u8; slot * BATCH].into_boxed_slice(),
             lens: Vec::with_capacity(BATCH),
             dst: Vec::with_capacity(BATCH),
+            names: (0..BATCH)
+                .map(|_| SockAddr::from(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))))
+                .collect(),
             // SAFETY: these C structs are plain data, valid when zeroed.
             iov: (0..BATCH).map(|_| unsafe { zeroed() }).collect(),
             hdrs: (0..BATCH).map(|_| unsafe { zeroed() }).collect(),
@@ -534,12 +540,12 @@ impl BatchTx {
     /// Queues the `len` bytes written into [`Self::next_slot`] for `to`.
     pub fn commit(&mut self, len: usize, to: SocketAddr) {
         self.lens.push(len.min(self.slot));
-        self.dst.push(SockAddr::from(to));
+        self.dst.push(to);
     }
 
     /// The first queued datagram.
     pub fn first(&self) -> Option<(&[u8], SocketAddr)> {
-        let to = self.dst.first()?.as_socket()?;
+        let to = *self.dst.first()?;
         Some((&self.buf[..self.lens[0]], to))
     }
 
@@ -584,8 +590,9 @@ impl BatchTx {
                 let h = &mut self.hdrs[j];
                 // SAFETY: msghdr is plain data.
                 h.msg_hdr = unsafe { zeroed() };
-                h.msg_hdr.msg_name = self.dst[entry].as_ptr() as *mut libc::c_void;
-                h.msg_hdr.msg_namelen = self.dst[entry].len();
+                self.names[j] = SockAddr::from(self.dst[entry]);
+                h.msg_hdr.msg_name = self.names[j].as_ptr() as *mut libc::c_void;
+                h.msg_hdr.msg_namelen = self.names[j].len();
                 h.msg_hdr.msg_iov = &mut self.iov[entry];
                 h.msg_hdr.msg_iovlen = k;
                 if k > 1 {
