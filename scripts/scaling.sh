@@ -4,8 +4,8 @@
 # For each shard count N in --shards, runs a gateway of N shards pinned to N cores and N load
 # generators (`meshgate-cli bench rpc`, one thread each) pinned to N other cores, all at once
 # against it, and sums their calls/s. Each load generator has its own callers and providers,
-# its sessions on one UDP socket, each placed on a shard by the first byte of its first
-# connection ID (the gateway steers datagrams by connection ID), so most calls cross from a
+# its sessions on one UDP socket, each placed on the shard its first connection ID names (the
+# gateway steers datagrams by connection ID), so most calls cross from a
 # caller's shard to a provider's on another. Shard counts are interleaved within each of
 # --runs rounds, and the report gives the medians: calls/s, calls/s per shard, and the
 # efficiency per shard, the rate of N shards over N times the rate of one (target: at least

@@ -120,7 +120,7 @@ pub struct Arrival {
 pub enum Route {
     /// Hand it to this connection of the shard.
     Ours(ConnHandle),
-    /// Post it to the shard that owns its connection, named by its connection ID's byte 0.
+    /// Post it to the shard that owns its connection, the one its connection ID names.
     Forward(ShardId),
     /// An Initial over the turn's accept budget: keep it for a later turn.
     Defer,
