@@ -1080,6 +1080,14 @@ mod tests {
             }
         }
         assert_eq!(shard_of(&[1, 2, 3], 4), None, "too short to name one");
+        // The rule itself, which the kernel's steering program applies too: the first four
+        // bytes as a big-endian word, modulo the shard count.
+        assert_eq!(
+            shard_of(&[0x12, 0x34, 0x56, 0x78, 9], 48),
+            Some(ShardId(24))
+        );
+        assert_eq!(shard_of(&[0xff; 4], 192), Some(ShardId(63)));
+        assert_eq!(shard_of(&[0, 0, 1, 0], 3), Some(ShardId(1)));
     }
 
     #[test]
