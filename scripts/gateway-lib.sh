@@ -3,13 +3,24 @@
 # folder, with logs/ in it) and `me` (their name, for messages); `gateway_pid` is the running
 # gateway's, or empty.
 
+# fetch URL: the body of an HTTP GET to the gateway, failing (with no output) where the request
+# does; with curl, or with python3 on a machine without curl.
+fetch() {
+    if command -v curl >/dev/null; then
+        curl -sf "$1"
+    else
+        python3 -c 'import sys, urllib.request
+sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())' "$1" 2>/dev/null
+    fi
+}
+
 # start_gateway NAME CORES [serve flags]: a gateway pinned to CORES (a taskset list), its
 # output in OUT/logs/NAME.log; returns once its health endpoint answers, or stops the script
 # with the gateway's log.
 start_gateway() {
     local name=$1 cores=$2
     shift 2
-    if curl -sf "http://127.0.0.1:$health/health" >/dev/null 2>&1; then
+    if fetch "http://127.0.0.1:$health/health" >/dev/null; then
         echo "$me: something already answers on 127.0.0.1:$health; stop it first" >&2
         exit 1
     fi
@@ -17,7 +28,7 @@ start_gateway() {
         >"$out/logs/$name.log" 2>&1 &
     gateway_pid=$!
     for _ in $(seq 100); do
-        if curl -sf "http://127.0.0.1:$health/health" >/dev/null 2>&1; then return 0; fi
+        if fetch "http://127.0.0.1:$health/health" >/dev/null; then return 0; fi
         kill -0 "$gateway_pid" 2>/dev/null || break
         sleep 0.1
     done

@@ -78,7 +78,6 @@ while (($#)); do
     esac
 done
 command -v python3 >/dev/null || { echo "scaling: python3 is needed" >&2; exit 1; }
-command -v curl >/dev/null || { echo "scaling: curl is needed to read the gateway's metrics" >&2; exit 1; }
 # The CPUs to pin to: one per physical core by default, so that no shard shares a core with a
 # load generator through SMT; the checks accept any CPU this process may run on.
 IFS=, read -ra physical <<<"$(python3 scripts/cores.py physical)"
@@ -152,7 +151,7 @@ trap stop_all EXIT
 # in shard order, "-" for a shard the metrics do not give (or all of them, if they cannot be
 # read).
 per_shard() {
-    { curl -sf "$metrics" || true; } | awk -v name="$1" -v shards="$2" -F'[{}"]' '
+    { fetch "$metrics" || true; } | awk -v name="$1" -v shards="$2" -F'[{}"]' '
         $1 == name && $2 == "shard=" { split($5, v, " "); n[$3] = v[1] }
         END { for (i = 0; i < shards; i++) printf "%s ", (i in n) ? n[i] : "-" }'
 }
