@@ -7,10 +7,11 @@
 # does; with curl, or with python3 on a machine without curl.
 fetch() {
     if command -v curl >/dev/null; then
-        curl -sf "$1"
+        curl -sf --max-time 5 "$1"
     else
         python3 -c 'import sys, urllib.request
-sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())' "$1" 2>/dev/null
+opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+sys.stdout.write(opener.open(sys.argv[1], timeout=5).read().decode())' "$1" 2>/dev/null
     fi
 }
 

@@ -79,8 +79,13 @@ while (($#)); do
 done
 command -v python3 >/dev/null || { echo "scaling: python3 is needed" >&2; exit 1; }
 # The CPUs to pin to: one per physical core by default, so that no shard shares a core with a
-# load generator through SMT; the checks accept any CPU this process may run on.
+# load generator through SMT; the checks accept any CPU this process may run on. A machine of
+# one physical core (two SMT siblings, say) uses its logical CPUs: its runs are marked as
+# sharing a core, and get no efficiency.
 IFS=, read -ra physical <<<"$(python3 scripts/cores.py physical)"
+if ((${#physical[@]} < 2)); then
+    IFS=, read -ra physical <<<"$(python3 scripts/cores.py allowed)"
+fi
 allowed=",$(python3 scripts/cores.py allowed),"
 if [[ -z "$shards" ]]; then
     shards=1

@@ -575,8 +575,9 @@ impl Driver {
         match route {
             Route::Ours(_) | Route::Accept => {}
             Route::Forward(owner) => {
-                self.forwarded += 1;
-                if !self.mailbox.forward(owner, buf, from) {
+                if self.mailbox.forward(owner, buf, from) {
+                    self.forwarded += 1;
+                } else {
                     self.shard.count_drop(DropReason::InboxFull);
                 }
             }

@@ -205,7 +205,9 @@ pub fn route(
         return Route::Ours(conn);
     }
     if !hdr.is_initial() || answers_dial {
-        // A connection ID the gateway chose names its shard.
+        // A connection ID the gateway chose names its shard. Any other of its length names one
+        // too: while the kernel steers by connection ID it reached that shard already and is
+        // dropped here; under the kernel's hash it is forwarded once and dropped there.
         let dcid = hdr.dcid();
         if dcid.len() == CID_LEN && !arrival.forwarded {
             if let Some(owner) = shard_of(dcid, shards).filter(|&owner| owner != here) {
@@ -921,9 +923,9 @@ impl Endpoint {
 }
 
 /// The first four bytes of a connection ID that names `shard` of `shards` ([`shard_of`]): the
-/// random ones of `cid`, moved down to the nearest word that does.
-fn naming(cid: &[u8], shard: ShardId, shards: u16) -> [u8; 4] {
-    let word = u32::from_be_bytes(cid[..4].try_into().expect("four bytes"));
+/// random word of `cid`, moved by less than `shards` to one that does.
+fn naming(cid: &Cid, shard: ShardId, shards: u16) -> [u8; 4] {
+    let word = u32::from_be_bytes([cid[0], cid[1], cid[2], cid[3]]);
     let (n, id) = (u32::from(shards.max(1)), u32::from(shard.0));
     let mut base = word - word % n;
     if base.checked_add(id).is_none() {

@@ -67,7 +67,8 @@ const LONG_DCID: u32 = 6;
 /// shard. A datagram too short to hold the word goes to the first socket. Where a network card
 /// coalesces (GRO) the datagrams of one client socket for several connections into one
 /// buffer, the first one's connection ID steers it, and the driver forwards the others.
-/// [`steer`] checks that the group holds the shards' sockets alone, in order.
+/// [`steer`] checks that the group's first sockets are the shards', in order (a socket that
+/// joins later gets nothing: no word modulo the shard count names it).
 pub fn steer_by_connection_id(s: &Socket, shards: u16) -> io::Result<()> {
     let op = |code: u32, jt: u8, jf: u8, k: u32| libc::sock_filter {
         code: code as u16,
@@ -95,13 +96,21 @@ pub fn steer_by_connection_id(s: &Socket, shards: u16) -> io::Result<()> {
     )
 }
 
+/// SO_DETACH_REUSEPORT_BPF (asm-generic/socket.h; Linux 5.8 and later).
+const SO_DETACH_REUSEPORT_BPF: libc::c_int = 52;
+/// How often a probe is sent again, and how long it is waited for in all.
+const PROBE_AGAIN: Duration = Duration::from_millis(100);
+const PROBE_PATIENCE: Duration = Duration::from_secs(1);
+
 /// Steers the datagrams of the group of `sockets` (bound in shard order to `addr`) by
 /// connection ID, and checks that it works: from a socket of its own, sends each socket a probe
-/// whose connection ID names that socket's shard, and reads it back there. If a probe lands
-/// elsewhere or not at all (a socket of another process shares the port, so the indexes are not
-/// the shards'), the kernel's hash of the addresses takes over again and the reason is
-/// returned. Datagrams of clients read meanwhile are lost, as on any busy socket: QUIC sends
-/// them again.
+/// whose connection ID names that socket's shard (again every 100 ms, for a second at most) and
+/// reads it back there. If a probe reaches another shard's socket, or none (a socket of another
+/// process joined the port first, so the group's indexes are not the shards'; or the probes
+/// were lost), the program is removed, the kernel's hash of the addresses decides again, and
+/// the reason is returned. A program belongs to the whole group: a gateway still draining on
+/// the port loses its own steering too. Datagrams of clients read meanwhile are lost, as on any
+/// busy socket: QUIC sends them again.
 pub fn steer(sockets: &[Socket], addr: SocketAddr) -> Result<(), String> {
     let shards = u16::try_from(sockets.len()).map_err(|_| "too many sockets".to_owned())?;
     if shards < 2 {
@@ -109,21 +118,40 @@ pub fn steer(sockets: &[Socket], addr: SocketAddr) -> Result<(), String> {
     }
     steer_by_connection_id(&sockets[0], shards)
         .map_err(|e| format!("the kernel refuses the steering program: {e}"))?;
-    let checked = probe_each(sockets, addr);
-    if checked.is_err() {
-        // A program whose answer names no socket leaves the choice to the hash.
-        let hash = libc::sock_filter {
-            code: (libc::BPF_RET | libc::BPF_K) as u16,
-            jt: 0,
-            jf: 0,
-            k: u32::MAX,
-        };
-        let _ = attach_reuseport_program(&sockets[0], &[hash]);
+    let Err(why) = probe_each(sockets, addr) else {
+        return Ok(());
+    };
+    match unsteer(&sockets[0]) {
+        Ok(()) => Err(why),
+        Err(e) => Err(format!("{why}; and the program could not be removed: {e}")),
     }
-    checked
 }
 
-/// Sends each of `sockets` its probe and waits, a second at most, for it there.
+/// Removes the group's program; where the kernel cannot detach one, puts a program in its
+/// place whose answer names no socket, which leaves the choice to the hash.
+fn unsteer(s: &Socket) -> io::Result<()> {
+    let zero: libc::c_int = 0;
+    if set_option(
+        s.as_raw_fd(),
+        libc::SOL_SOCKET,
+        SO_DETACH_REUSEPORT_BPF,
+        &zero,
+    )
+    .is_ok()
+    {
+        return Ok(());
+    }
+    let hash = libc::sock_filter {
+        code: (libc::BPF_RET | libc::BPF_K) as u16,
+        jt: 0,
+        jf: 0,
+        k: u32::MAX,
+    };
+    attach_reuseport_program(s, &[hash])
+}
+
+/// Sends each of `sockets` its probe until it arrives (there or elsewhere), or the patience
+/// runs out.
 fn probe_each(sockets: &[Socket], addr: SocketAddr) -> Result<(), String> {
     let to = match addr.ip() {
         ip if !ip.is_unspecified() => addr,
@@ -139,67 +167,123 @@ fn probe_each(sockets: &[Socket], addr: SocketAddr) -> Result<(), String> {
         std::net::UdpSocket::bind(bind).map_err(|e| format!("no socket to probe from: {e}"))?;
     let mut token = [0u8; 16];
     getrandom::getrandom(&mut token).map_err(|e| format!("no random token: {e}"))?;
-    for (i, s) in sockets.iter().enumerate() {
+    let mut fds: Vec<libc::pollfd> = sockets
+        .iter()
+        .map(|s| libc::pollfd {
+            fd: s.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    let mut buf = [0u8; 2048];
+    for i in 0..sockets.len() {
         // A short header whose connection ID's first word is the socket's index.
         let mut probe = [0u8; 1 + 4 + 16];
         probe[0] = 0x40;
         probe[1..5].copy_from_slice(&(i as u32).to_be_bytes());
         probe[5..].copy_from_slice(&token);
-        prober
-            .send_to(&probe, to)
-            .map_err(|e| format!("cannot send a probe to {to}: {e}"))?;
-        if !wait_for(s, &probe, Duration::from_secs(1)) {
-            return Err(format!(
-                "a datagram for shard {i} did not reach its socket: another socket shares \
-                 the port {}",
-                addr.port()
-            ));
+        let deadline = Instant::now() + PROBE_PATIENCE;
+        let mut landed = None;
+        while landed.is_none() && Instant::now() < deadline {
+            // A full queue would drop the probe: what waits (a client's datagram) goes first.
+            for s in sockets {
+                while recv_now(s, &mut buf).is_some() {}
+            }
+            prober
+                .send_to(&probe, to)
+                .map_err(|e| format!("cannot send a probe to {to}: {e}"))?;
+            let again = Instant::now() + PROBE_AGAIN;
+            while landed.is_none() {
+                let left = again.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                // SAFETY: `fds` holds one valid pollfd per socket for the call's duration.
+                let ready = unsafe {
+                    libc::poll(
+                        fds.as_mut_ptr(),
+                        fds.len() as libc::nfds_t,
+                        left.as_millis().max(1) as libc::c_int,
+                    )
+                };
+                if ready < 1 {
+                    continue;
+                }
+                for (j, (s, fd)) in sockets.iter().zip(&fds).enumerate() {
+                    if fd.revents == 0 {
+                        continue;
+                    }
+                    while let Some(n) = recv_now(s, &mut buf) {
+                        if buf[..n] == probe {
+                            landed = Some(j);
+                        }
+                    }
+                }
+            }
+        }
+        match landed {
+            Some(j) if j == i => {}
+            Some(j) => {
+                return Err(format!(
+                    "a datagram for shard {i} reached shard {j}'s socket: a socket of another \
+                     process joined port {} first",
+                    addr.port()
+                ))
+            }
+            None => {
+                return Err(format!(
+                    "no probe for shard {i} reached a shard's socket in {PROBE_PATIENCE:?}: a \
+                     socket of another process joined port {} first, or the probes to {to} are \
+                     lost",
+                    addr.port()
+                ))
+            }
         }
     }
     Ok(())
 }
 
-/// Reads `s` until `want` comes, or `limit` passes.
-fn wait_for(s: &Socket, want: &[u8], limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    let mut buf = [0u8; 2048];
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return false;
-        }
-        let mut fd = libc::pollfd {
-            fd: s.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd for the call's duration.
-        if unsafe { libc::poll(&mut fd, 1, left.as_millis().max(1) as libc::c_int) } < 1 {
-            continue;
-        }
-        // SAFETY: a valid descriptor and a buffer of the given length.
-        let n = unsafe { libc::recv(s.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n >= 0 && &buf[..n as usize] == want {
-            return true;
-        }
-    }
+/// A datagram `s` has waiting, into `buf`: its length; `None` if none waits.
+fn recv_now(s: &Socket, buf: &mut [u8]) -> Option<usize> {
+    // SAFETY: a valid descriptor and a buffer of the given length.
+    let n = unsafe {
+        libc::recv(
+            s.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        )
+    };
+    usize::try_from(n).ok()
 }
 
 /// Attaches a classic BPF program to the SO_REUSEPORT group of `s`, replacing any before it.
 fn attach_reuseport_program(s: &Socket, program: &[libc::sock_filter]) -> io::Result<()> {
+    // `program` outlives the call, and the kernel copies it.
     let fprog = libc::sock_fprog {
         len: program.len() as u16,
         filter: program.as_ptr().cast_mut(),
     };
-    // SAFETY: a valid descriptor and a sock_fprog pointing to `program`, both alive for the
-    // call (the kernel copies the program).
+    set_option(
+        s.as_raw_fd(),
+        libc::SOL_SOCKET,
+        SO_ATTACH_REUSEPORT_CBPF,
+        &fprog,
+    )
+}
+
+/// Sets socket option `name` of `level` on `fd` to `value`, which the kernel copies.
+fn set_option<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, value: &T) -> io::Result<()> {
+    // SAFETY: a pointer to a `T` and its size, valid for the call; the kernel reads no more
+    // than that, and refuses a size its option does not take. An invalid descriptor only makes
+    // the call fail.
     let r = unsafe {
         libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_ATTACH_REUSEPORT_CBPF,
-            (&fprog as *const libc::sock_fprog).cast(),
-            size_of::<libc::sock_fprog>() as libc::socklen_t,
+            fd,
+            level,
+            name,
+            (value as *const T).cast(),
+            size_of::<T>() as libc::socklen_t,
         )
     };
     if r == 0 {
@@ -213,23 +297,7 @@ fn attach_reuseport_program(s: &Socket, program: &[libc::sock_filter]) -> io::Re
 /// datagram, and no fragmenting to the path MTU the kernel learnt from ICMP, so the sender's
 /// own discovery decides the size.
 fn forbid_fragmentation(s: &Socket, ipv6: bool) -> io::Result<()> {
-    let set = |level, name, value: libc::c_int| {
-        // SAFETY: a valid descriptor and a pointer to an int that outlives the call.
-        let r = unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                level,
-                name,
-                (&value as *const libc::c_int).cast(),
-                size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if r == 0 {
-            Ok(())
-        } else {
-            Err(io::Error::last_os_error())
-        }
-    };
+    let set = |level, name, value: libc::c_int| set_option(s.as_raw_fd(), level, name, &value);
     if ipv6 {
         set(
             libc::IPPROTO_IPV6,
@@ -438,18 +506,7 @@ impl BatchRx {
 /// Asks the kernel to coalesce the datagrams `fd` receives (UDP_GRO); false if it does not.
 fn enable_gro(fd: RawFd) -> bool {
     let on: libc::c_int = 1;
-    // SAFETY: a valid option and a pointer to an int of the given size, for the call's
-    // duration; an invalid descriptor only makes the call fail.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_UDP,
-            libc::UDP_GRO,
-            (&on as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    r == 0
+    set_option(fd, libc::SOL_UDP, libc::UDP_GRO, &on).is_ok()
 }
 
 /// The segment size of a coalesced buffer, from its UDP_GRO control message.
@@ -796,9 +853,7 @@ mod tests {
             return None;
         }
         let mut buf = [0u8; 64];
-        // SAFETY: a valid descriptor and a buffer of the given length.
-        let n = unsafe { libc::recv(s.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        (n >= 0).then(|| buf[..n as usize].to_vec())
+        recv_now(s, &mut buf).map(|n| buf[..n].to_vec())
     }
 
     /// A group of `n` sockets on one port of 127.0.0.1, bound in order, and its address.
@@ -822,30 +877,39 @@ mod tests {
                 "socket {to}"
             );
         }
+        let mut buf = [0u8; 64];
         for (i, s) in sockets.iter().enumerate() {
-            let mut buf = [0u8; 64];
-            // SAFETY: a valid descriptor and a buffer of the given length.
-            let n = unsafe {
-                libc::recv(
-                    s.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            assert_eq!(n, -1, "socket {i} got a datagram meant for another");
+            assert_eq!(
+                recv_now(s, &mut buf),
+                None,
+                "socket {i} got a datagram meant for another"
+            );
         }
     }
 
     #[test]
     fn datagrams_reach_the_socket_their_destination_connection_id_names() {
-        let (sockets, addr) = group(3);
-        steer_by_connection_id(&sockets[0], 3).unwrap();
+        // 7 sockets: a word's remainder of 7 depends on its bytes' order (0x12345678 is 5
+        // big-endian and 0 little-endian), so the kernel and `shard_of` must agree on it.
+        let (sockets, addr) = group(7);
+        steer_by_connection_id(&sockets[0], 7).unwrap();
         // The same client socket throughout: the kernel's hash alone would pick one socket.
         let mut sent = Vec::new();
-        for word in [0u32, 1, 2, 3, 4, 5, 0x0100_0002, 0xffff_ffff, 0x8000_0000] {
+        let words = [
+            0u32,
+            1,
+            6,
+            7,
+            0x100,
+            0x1_0000,
+            0x1234_5678,
+            0xffff_ffff,
+            0x8000_0000,
+        ];
+        for word in words {
             let w = word.to_be_bytes();
-            let to = (word % 3) as usize;
+            let to = usize::from(crate::endpoint::shard_of(&w, 7).unwrap().0);
+            assert_eq!(to as u32, word % 7);
             // A short header: the connection ID right after the first byte.
             sent.push((vec![0x40, w[0], w[1], w[2], w[3], 0xaa], to));
             // A long header (an Initial): after the version and the connection ID's length.
@@ -873,24 +937,15 @@ mod tests {
         sockets.extend((0..2).map(|_| reuseport_udp(addr, true).unwrap()));
         let outsider = sockets.remove(0);
         let why = steer(&sockets, addr).unwrap_err();
-        assert!(why.contains("another socket shares the port"), "{why}");
+        assert!(why.contains("joined port"), "{why}");
         // The hash decides again: from one client socket, every datagram reaches one socket of
         // the three, whatever its connection ID names.
         let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let all = [&outsider, &sockets[0], &sockets[1]];
-        // The probe that went astray waits where it landed: drained first.
+        // The probes that went astray wait where they landed: drained first.
+        let mut buf = [0u8; 64];
         for s in all {
-            let mut buf = [0u8; 64];
-            // SAFETY: a valid descriptor and a buffer of the given length.
-            while unsafe {
-                libc::recv(
-                    s.as_raw_fd(),
-                    buf.as_mut_ptr().cast(),
-                    buf.len(),
-                    libc::MSG_DONTWAIT,
-                )
-            } >= 0
-            {}
+            while recv_now(s, &mut buf).is_some() {}
         }
         let mut reached = Vec::new();
         for word in 0u8..6 {

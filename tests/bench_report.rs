@@ -341,8 +341,8 @@ fn the_machines_own_stalls_are_reported_before_and_after_the_runs_when_measured(
 // scripts/scaling_report.py
 // =========================================================================================
 
-/// A shard-count run of `scripts/scaling.sh` with `loads` load generators answering `rate`
-/// calls/s each, as it writes them.
+/// A shard-count run of `scripts/scaling.sh`, as it writes them: `shards` load generators
+/// answering `rate` calls/s each, on cores marked `shared` or not.
 fn scaling_run(shards: u64, run: u64, rate: f64, shared: bool) -> String {
     let load = format!(
         r#"{{"scenario": "rpc", "callers": 16, "in_flight": 16, "providers": 4,
@@ -391,9 +391,9 @@ fn scaling_report(name: &str, runs: &[(u64, u64, f64, bool)]) -> String {
 #[test]
 fn the_scaling_report_gives_the_efficiency_per_shard_of_the_median_rates() {
     // 1 shard: 100,000 calls/s (median of 90,000, 100,000, 110,000); 2 shards: 2 x 90,000;
-    // 4 shards: 4 x 85,000 (the median of 80,000, 85,000, 90,000).
+    // 4 shards: 4 x 87,000 (the median of 86,000, 87,000, 88,000).
     let mut runs = Vec::new();
-    for (run, (one, two, four)) in [(90e3, 90e3, 85e3), (100e3, 88e3, 80e3), (110e3, 95e3, 90e3)]
+    for (run, (one, two, four)) in [(90e3, 90e3, 87e3), (100e3, 88e3, 86e3), (110e3, 95e3, 88e3)]
         .into_iter()
         .enumerate()
     {
@@ -409,10 +409,10 @@ fn the_scaling_report_gives_the_efficiency_per_shard_of_the_median_rates() {
         report.contains("| 2 | 180,000 | 176,000 – 190,000 (3 runs) | 90,000 | 90 % |"),
         "{report}"
     );
-    assert!(report.contains("| 4 | 340,000 | "), "{report}");
+    assert!(report.contains("| 4 | 348,000 | "), "{report}");
     assert!(
         report.contains(
-            "| efficiency per shard at the largest shard count ≥ 85 % | 85 % at 4 shards | met |"
+            "| efficiency per shard at the largest shard count ≥ 85 % | 87 % at 4 shards | met |"
         ),
         "{report}"
     );
