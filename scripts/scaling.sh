@@ -161,6 +161,16 @@ per_shard() {
         END { for (i = 0; i < shards; i++) printf "%s ", (i in n) ? n[i] : "-" }'
 }
 
+# The gateway's calls ended, messages between its shards and datagrams forwarded between them
+# so far, space-separated ("- - -" if the metrics cannot be read).
+totals() {
+    { fetch "$metrics" || true; } | awk '
+        /^meshgate_calls_total\{outcome=/ && !/shard=/ { calls += $2; seen = 1 }
+        /^meshgate_shard_messages_total / { messages = $2 }
+        /^meshgate_udp_datagrams_forwarded_total / { forwarded = $2 }
+        END { if (seen) printf "%d %d %d", calls, messages, forwarded; else printf "- - -" }'
+}
+
 step=0
 steps=$((runs * ${#counts[@]}))
 git describe --always --dirty --abbrev=12 2>/dev/null >"$out/json/commit.txt" ||
@@ -192,10 +202,12 @@ for r in $(seq "$runs"); do
         # fraction of a second to connect); the shards' CPU is read over its middle half.
         sleep $((warmup + quarter))
         cpu_before=$(per_shard meshgate_shard_cpu_seconds_total "$n")
+        totals_before=$(totals)
         t_before=$(date +%s.%N)
         sessions=$(per_shard meshgate_clients "$n")
         sleep "$half"
         cpu_after=$(per_shard meshgate_shard_cpu_seconds_total "$n")
+        totals_after=$(totals)
         t_after=$(date +%s.%N)
         failed=0
         for k in "${!load_pids[@]}"; do
@@ -209,11 +221,12 @@ for r in $(seq "$runs"); do
         stop_all
         ((failed == 0)) || exit 1
         python3 - "$out/json" "$name" "$n" "$r" "$gw" "$ld" "$sessions" "$cpu_before" \
-            "$cpu_after" "$t_before" "$t_after" <<'PY'
+            "$cpu_after" "$t_before" "$t_after" "$totals_before" "$totals_after" <<'PY'
 import json, os, sys
 sys.path.insert(0, "scripts")
 from cores import shared
-d, name, n, r, gw, ld, sessions, before, after, t_before, t_after = sys.argv[1:]
+d, name, n, r, gw, ld, sessions, before, after, t_before, t_after = sys.argv[1:12]
+totals_before, totals_after = sys.argv[12:]
 loads = []
 for k in range(int(n)):
     tmp = os.path.join(d, f"{name}-load-{k}.json.tmp")
@@ -228,6 +241,12 @@ busy = [
     for a, b in zip(figures(after), figures(before))
 ]
 gw, ld = [int(c) for c in gw.split(",")], [int(c) for c in ld.split(",")]
+# Over the same span: calls ended, messages between shards, datagrams forwarded.
+spent = [
+    None if a is None or b is None else a - b
+    for a, b in zip(figures(totals_after), figures(totals_before))
+]
+calls, messages, forwarded = spent
 run = {
     "shards": int(n),
     "run": int(r),
@@ -237,6 +256,8 @@ run = {
     "cores_shared": shared(gw + ld),
     "sessions_per_shard": [None if x is None else int(x) for x in figures(sessions)],
     "shard_busy": busy,
+    "shard_messages_per_call": messages / calls if calls and messages is not None else None,
+    "datagrams_forwarded": None if forwarded is None else int(forwarded),
     "loads": loads,
 }
 with open(os.path.join(d, f"{name}.json"), "w") as f:

@@ -110,8 +110,9 @@ def main():
     w()
     w("| shards | calls/s | spread | per shard | efficiency per shard | gateway CPU (cores) "
       "| gateway CPU/call | shards busy, all runs (idlest – busiest) | sessions per shard, all runs "
-      "(fewest – most) | load busy (median) | errors |")
-    w("|---|---|---|---|---|---|---|---|---|---|---|")
+      "(fewest – most) | messages between shards per call | datagrams forwarded | load busy "
+      "(median) | errors |")
+    w("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for n, runs in by_n.items():
         rate = rates[n]
         busy = Figure([gateway_busy(r) for r in runs])
@@ -124,6 +125,9 @@ def main():
         sessions = [s for r in runs for s in r["sessions_per_shard"]]
         loads = Figure([load_busy(s) for r in runs for s in r["loads"]])
         errors = sum(s["errors"] for r in runs for s in r["loads"])
+        messages = Figure([r.get("shard_messages_per_call") for r in runs])
+        forwarded = [r.get("datagrams_forwarded") for r in runs]
+        forwarded = "n/a" if None in forwarded else f"{sum(forwarded):,}"
         eff = efficiency(n)
         eff = "n/a (processes share cores)" if n in sharing else (
             "n/a" if eff is None else pct_of(eff))
@@ -131,6 +135,7 @@ def main():
             f"| {n} | {count(rate.median)} | {rate.spread(count)} | {count(rate.median / n)} "
             f"| {eff} | {'n/a' if busy.median is None else f'{busy.median:.2f}'} "
             f"| {us(per_call.median)} | {span(shard_busy, pct_of)} | {span(sessions, count)} "
+            f"| {'n/a' if messages.median is None else f'{messages.median:.2f}'} | {forwarded} "
             f"| {pct_of(loads.median)} | {errors:,} |"
         )
     w()
@@ -139,7 +144,12 @@ def main():
         "each shard's busy share is its `meshgate_shard_cpu_seconds_total` over the middle half "
         "of the window, and the sessions per shard are the gateway's `meshgate_clients` gauges read "
         "there. A shard holding more sessions than another gets more of the load: each session "
-        "lands on the shard its first connection ID names, a random one."
+        "lands on the shard its first connection ID names, a random one. Messages between shards "
+        "per call (`meshgate_shard_messages_total` over `meshgate_calls_total`, the same span) "
+        "are what a call costs in cross-shard traffic: a call between sessions of two shards "
+        "crosses once each way. Datagrams forwarded (`meshgate_udp_datagrams_forwarded_total`, "
+        "summed over the runs' spans) reached a shard other than their connection's: none while "
+        "the kernel steers by connection ID."
     )
     if sharing:
         w()

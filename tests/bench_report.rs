@@ -358,11 +358,13 @@ fn scaling_run(shards: u64, run: u64, rate: f64, shared: bool) -> String {
     format!(
         r#"{{"shards": {shards}, "run": {run}, "gateway_cores": [{}], "load_cores": [{}],
             "cores_shared": {shared}, "sessions_per_shard": [{}], "shard_busy": [{}],
+            "shard_messages_per_call": {messages}, "datagrams_forwarded": 0,
             "loads": [{loads}]}}"#,
         cores.join(", "),
         load_cores.join(", "),
         vec!["20"; shards as usize].join(", "),
         vec!["0.95"; shards as usize].join(", "),
+        messages = if shards == 1 { 0.0 } else { 1.5 },
     )
 }
 
@@ -407,6 +409,10 @@ fn the_scaling_report_gives_the_efficiency_per_shard_of_the_median_rates() {
     let report = scaling_report("scaling-met", &runs);
     assert!(
         report.contains("| 2 | 180,000 | 176,000 – 190,000 (3 runs) | 90,000 | 90 % |"),
+        "{report}"
+    );
+    assert!(
+        report.contains("| 20 – 20 | 1.50 | 0 | 80 % | 0 |"),
         "{report}"
     );
     assert!(report.contains("| 4 | 348,000 | "), "{report}");

@@ -795,6 +795,8 @@ fn scripts_scaling_sh_runs_each_shard_count_and_reports_it() {
             shards,
             "{run}"
         );
+        assert!(run["shard_messages_per_call"].as_f64().is_some(), "{run}");
+        assert_eq!(u(&run, "datagrams_forwarded"), 0, "{run}");
         assert!(
             report.contains(&format!("\n| {shards} | ")),
             "a row for {shards} shard(s):\n{report}"
