@@ -13,6 +13,8 @@ command -v cc >/dev/null 2>&1 || need+=(build-essential)
 # scripts/bench.sh waits for the gateway with curl.
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+# The benchmark scripts (and the test of scripts/scaling.sh) pin processes with taskset.
+command -v taskset >/dev/null 2>&1 || need+=(util-linux)
 
 if ((${#need[@]})); then
     sudo=""

@@ -287,37 +287,29 @@ fn the_machines_own_stalls_are_reported_before_and_after_the_runs_when_measured(
         .expect("stalls-after.json is written");
 
     let with_stalls = made(report(&raw.dir, "1", "scripts/bench.sh"));
-    assert_eq!(
-        line(&with_stalls, "| the machine's own stalls | "),
-        "before the runs | after the runs |"
-    );
-    assert_eq!(
-        line(&with_stalls, "| longest gap | "),
-        "12.50 ms | 7.25 ms |"
-    );
-    assert_eq!(
-        line(&with_stalls, "| gaps of 1 ms or more (of 5 ms or more) | "),
-        "31 (4) | 1,200 (4) |"
-    );
-    assert_eq!(
-        line(&with_stalls, "| time lost in gaps of 100 µs or more | "),
-        "2.10 % | 0.40 % |"
-    );
-    // A machine whose kernel gave no such figures says so.
-    assert_eq!(
-        line(
-            &with_stalls,
-            "| of which waiting for the core while another thread ran (`schedstat`) | "
+    for (row, cells) in [
+        (
+            "the machine's own stalls",
+            "before the runs | after the runs |",
         ),
-        "0.70 % | n/a |"
-    );
-    assert_eq!(
-        line(
-            &with_stalls,
-            "| of which stolen by the hypervisor (steal, `/proc/stat`) | "
+        ("longest gap", "12.50 ms | 7.25 ms |"),
+        (
+            "gaps of 1 ms or more (of 5 ms or more)",
+            "31 (4) | 1,200 (4) |",
         ),
-        "1.05 % | n/a |"
-    );
+        ("time lost in gaps of 100 µs or more", "2.10 % | 0.40 % |"),
+        // A machine whose kernel gave no such figures says so.
+        (
+            "of which waiting for the core while another thread ran (`schedstat`)",
+            "0.70 % | n/a |",
+        ),
+        (
+            "of which stolen by the hypervisor (steal, `/proc/stat`)",
+            "1.05 % | n/a |",
+        ),
+    ] {
+        assert_eq!(line(&with_stalls, &format!("| {row} | ")), cells, "{row}");
+    }
     assert!(
         with_stalls
             .contains("stalled a busy thread for up to 12.50 ms, and for 2.10 % of the time"),

@@ -483,22 +483,6 @@ async fn a_link_cut_in_the_middle_is_lost_on_both_ends_and_comes_back_when_heale
 // scripts/mesh.sh
 // =========================================================================================
 
-/// `count` consecutive ports from `base`, free on 127.0.0.1 for UDP and TCP now.
-fn consecutive_free_ports(count: u16) -> u16 {
-    for _ in 0..100 {
-        let draw = u16::from_le_bytes([random_node().0[0], random_node().0[1]]);
-        let base = 20_000 + draw % 10_000;
-        let free = (base..base + count).all(|port| {
-            std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
-                && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
-        });
-        if free {
-            return base;
-        }
-    }
-    panic!("no {count} consecutive free ports in 100 draws");
-}
-
 /// The script's process, stopped with SIGTERM (which it passes on to its gateways) if the
 /// test ends early.
 struct Script(Option<std::process::Child>);

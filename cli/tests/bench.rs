@@ -732,7 +732,8 @@ fn scripts_scaling_sh_runs_each_shard_count_and_reports_it() {
     )
     .unwrap();
     let out_dir = bins.with_file_name("scaling-out");
-    let (port, health) = (free_port(), free_port());
+    let port = support::consecutive_free_ports(2);
+    let health = port + 1;
     let core = a_core();
     let out = Command::new("bash")
         .arg(root.join("scripts/scaling.sh"))
@@ -807,15 +808,4 @@ fn scripts_scaling_sh_runs_each_shard_count_and_reports_it() {
         report.contains("| efficiency per shard at the largest shard count ≥ 85 % | n/a | n/a |"),
         "{report}"
     );
-}
-
-/// A port free on 127.0.0.1 for UDP and TCP now.
-fn free_port() -> u16 {
-    loop {
-        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = udp.local_addr().unwrap().port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
 }

@@ -72,6 +72,22 @@ pub fn gateway_bin() -> PathBuf {
     bin
 }
 
+/// The first of `count` consecutive ports, free on 127.0.0.1 for UDP and TCP now.
+pub fn consecutive_free_ports(count: u16) -> u16 {
+    for _ in 0..100 {
+        let draw = u16::from_le_bytes([random_node().0[0], random_node().0[1]]);
+        let base = 20_000 + draw % 10_000;
+        let free = (base..base + count).all(|port| {
+            std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+                && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+        });
+        if free {
+            return base;
+        }
+    }
+    panic!("no {count} consecutive free ports in 100 draws");
+}
+
 /// Waits at most `limit` for a process to exit.
 pub fn wait_for_exit(child: &mut std::process::Child, limit: Duration) -> Option<ExitStatus> {
     let deadline = Instant::now() + limit;
