@@ -3,7 +3,6 @@
 //! (to refuse duplicates), so that a session's end finds its calls without a scan.
 
 use ahash::{AHashMap, RandomState};
-use arrayvec::ArrayVec;
 use hashbrown::HashTable;
 
 use crate::genslab::{GenSlab, SlabKey};
@@ -44,12 +43,23 @@ slab_key!(
     CallKey
 );
 
+/// Bytes of a `call_id` kept inside the call's entry; longer ids (up to [`MAX_CALL_ID_LEN`])
+/// are kept on the heap. 22 bytes hold a UUID or a 20-byte digest, and keep the id 24 bytes
+/// long, so that the table's entries, moved and compared on every call, stay small.
+const INLINE_ID_LEN: usize = 22;
+
 /// A caller's `call_id`, kept to be echoed in its REPLY.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum OwnedCallId {
     Uint(u64),
     Int(i64),
-    Bytes(ArrayVec<u8, MAX_CALL_ID_LEN>),
+    /// An id of at most [`INLINE_ID_LEN`] bytes: its first `len` bytes, the rest zero.
+    Short {
+        len: u8,
+        bytes: [u8; INLINE_ID_LEN],
+    },
+    /// An id longer than [`INLINE_ID_LEN`] bytes.
+    Long(Box<[u8]>),
 }
 
 impl OwnedCallId {
@@ -58,7 +68,16 @@ impl OwnedCallId {
         Some(match id {
             CallIdRef::Uint(v) => OwnedCallId::Uint(v),
             CallIdRef::Int(v) => OwnedCallId::Int(v),
-            CallIdRef::Bytes(b) => OwnedCallId::Bytes(ArrayVec::try_from(b).ok()?),
+            CallIdRef::Bytes(b) if b.len() <= INLINE_ID_LEN => {
+                let mut bytes = [0; INLINE_ID_LEN];
+                bytes[..b.len()].copy_from_slice(b);
+                OwnedCallId::Short {
+                    len: b.len() as u8,
+                    bytes,
+                }
+            }
+            CallIdRef::Bytes(b) if b.len() <= MAX_CALL_ID_LEN => OwnedCallId::Long(b.into()),
+            CallIdRef::Bytes(_) => return None,
         })
     }
 
@@ -66,7 +85,8 @@ impl OwnedCallId {
         match self {
             OwnedCallId::Uint(v) => CallIdRef::Uint(*v),
             OwnedCallId::Int(v) => CallIdRef::Int(*v),
-            OwnedCallId::Bytes(b) => CallIdRef::Bytes(b),
+            OwnedCallId::Short { len, bytes } => CallIdRef::Bytes(&bytes[..usize::from(*len)]),
+            OwnedCallId::Long(b) => CallIdRef::Bytes(b),
         }
     }
 }
@@ -80,6 +100,9 @@ pub struct PendingCall {
     pub deadline: TimerKey,
     /// Calls from a session that went to a peer gateway.
     pub relay: Option<Box<Relay>>,
+    /// The call's hash in [`PendingCalls::by_id`], kept so that neither a removal nor the
+    /// index's growth hashes the id again.
+    id_hash: u64,
     by_caller: Links,
     by_provider: Links,
 }
@@ -88,6 +111,22 @@ pub struct PendingCall {
 struct Links {
     prev: Option<CallKey>,
     next: Option<CallKey>,
+}
+
+/// A call checked against those in flight ([`PendingCalls::check`]), to be made pending
+/// ([`PendingCalls::insert`]): its caller had no call in flight with its id.
+#[derive(Debug)]
+pub struct NewCall {
+    caller: Caller,
+    call_id: OwnedCallId,
+    /// Its hash in [`PendingCalls::by_id`], computed once by the check.
+    id_hash: u64,
+}
+
+impl NewCall {
+    pub fn call_id(&self) -> &OwnedCallId {
+        &self.call_id
+    }
 }
 
 /// Why a call could not be added.
@@ -122,51 +161,50 @@ impl PendingCalls {
         self.calls.is_empty()
     }
 
-    /// The key the next successful [`Self::insert`] returns (so that the deadline timer, which
+    /// The key the next [`Self::insert`] returns (so that the deadline timer, which
     /// names the call, can be made first).
     pub fn vacant_key(&self) -> CallKey {
         self.calls.vacant_key()
     }
 
-    pub fn contains_id(&self, caller: Caller, call_id: &OwnedCallId) -> bool {
-        self.by_id(caller, call_id).is_some()
-    }
-
     /// The call `caller` has in flight with `call_id`.
     pub fn by_id(&self, caller: Caller, call_id: &OwnedCallId) -> Option<CallKey> {
         let id = call_id.as_wire();
-        let hash = id_hash(&self.hasher, caller, id);
-        let calls = &self.calls;
-        self.by_id
-            .find(hash, |&k| is_call(calls, k, caller, id))
-            .copied()
+        self.find_id(id_hash(&self.hasher, caller, id), caller, id)
     }
 
-    pub fn insert(
-        &mut self,
-        caller: Caller,
-        call_id: OwnedCallId,
-        provider: Provider,
-        deadline: TimerKey,
-    ) -> Result<CallKey, Refused> {
-        let key = self.calls.vacant_key();
+    /// Checks that `caller` has no call in flight with `call_id`: the call, ready for
+    /// [`Self::insert`], or why not.
+    pub fn check(&self, caller: Caller, call_id: OwnedCallId) -> Result<NewCall, Refused> {
         let id = call_id.as_wire();
-        let hash = id_hash(&self.hasher, caller, id);
-        let (calls, hasher) = (&self.calls, &self.hasher);
-        match self.by_id.entry(
-            hash,
-            |&k| is_call(calls, k, caller, id),
-            |&k| {
-                calls
-                    .get(k)
-                    .map_or(0, |c| id_hash(hasher, c.caller, c.call_id.as_wire()))
-            },
-        ) {
-            hashbrown::hash_table::Entry::Occupied(_) => return Err(Refused::Duplicate),
-            hashbrown::hash_table::Entry::Vacant(v) => {
-                v.insert(key);
-            }
+        let id_hash = id_hash(&self.hasher, caller, id);
+        if self.find_id(id_hash, caller, id).is_some() {
+            return Err(Refused::Duplicate);
         }
+        Ok(NewCall {
+            caller,
+            call_id,
+            id_hash,
+        })
+    }
+
+    /// Makes a checked call pending: its key is [`Self::vacant_key`]'s.
+    pub fn insert(&mut self, call: NewCall, provider: Provider, deadline: TimerKey) -> CallKey {
+        let NewCall {
+            caller,
+            call_id,
+            id_hash,
+        } = call;
+        // The check and the insert come from one frame's handling, with no other insert
+        // between them.
+        debug_assert!(
+            self.find_id(id_hash, caller, call_id.as_wire()).is_none(),
+            "a call id checked is still free"
+        );
+        let key = self.calls.vacant_key();
+        let calls = &self.calls;
+        self.by_id
+            .insert_unique(id_hash, key, |&k| calls.get(k).map_or(0, |c| c.id_hash));
         let caller_next = self.caller_heads.insert(caller, key);
         let provider_next = self.provider_heads.insert(provider, key);
         let inserted = self.calls.insert(PendingCall {
@@ -175,6 +213,7 @@ impl PendingCalls {
             provider,
             deadline,
             relay: None,
+            id_hash,
             by_caller: Links {
                 prev: None,
                 next: caller_next,
@@ -191,7 +230,7 @@ impl PendingCalls {
         if let Some(next) = provider_next.and_then(|n| self.calls.get_mut(n)) {
             next.by_provider.prev = Some(key);
         }
-        Ok(key)
+        key
     }
 
     pub fn get(&self, key: CallKey) -> Option<&PendingCall> {
@@ -238,8 +277,7 @@ impl PendingCalls {
 
     pub fn remove(&mut self, key: CallKey) -> Option<PendingCall> {
         let call = self.calls.remove(key)?;
-        let hash = id_hash(&self.hasher, call.caller, call.call_id.as_wire());
-        if let Ok(entry) = self.by_id.find_entry(hash, |&k| k == key) {
+        if let Ok(entry) = self.by_id.find_entry(call.id_hash, |&k| k == key) {
             entry.remove();
         }
         unlink(
@@ -285,6 +323,14 @@ impl PendingCalls {
             self.caller_heads.len(),
             self.provider_heads.len(),
         ]
+    }
+
+    /// The call of `caller` with `id`, whose hash is `hash`.
+    fn find_id(&self, hash: u64, caller: Caller, id: CallIdRef<'_>) -> Option<CallKey> {
+        let calls = &self.calls;
+        self.by_id
+            .find(hash, |&k| is_call(calls, k, caller, id))
+            .copied()
     }
 }
 
@@ -349,18 +395,23 @@ mod tests {
         TimerKey::new(0, 0)
     }
 
+    /// Makes `caller`'s call `id` to `provider` pending, or says why not.
+    fn add(
+        p: &mut PendingCalls,
+        caller: Caller,
+        id: OwnedCallId,
+        provider: Provider,
+    ) -> Result<CallKey, Refused> {
+        let call = p.check(caller, id)?;
+        Ok(p.insert(call, provider, timer()))
+    }
+
     #[test]
     fn a_callers_calls_are_found_by_caller_and_by_provider_until_removed() {
         let mut p = PendingCalls::new();
-        let a = p
-            .insert(session(1), OwnedCallId::Uint(1), provider(7), timer())
-            .unwrap();
-        let b = p
-            .insert(session(1), OwnedCallId::Uint(2), provider(8), timer())
-            .unwrap();
-        let c = p
-            .insert(session(2), OwnedCallId::Uint(1), provider(7), timer())
-            .unwrap();
+        let a = add(&mut p, session(1), OwnedCallId::Uint(1), provider(7)).unwrap();
+        let b = add(&mut p, session(1), OwnedCallId::Uint(2), provider(8)).unwrap();
+        let c = add(&mut p, session(2), OwnedCallId::Uint(1), provider(7)).unwrap();
         let mut out = Vec::new();
         p.of_caller(session(1), &mut out);
         out.sort();
@@ -385,41 +436,37 @@ mod tests {
     #[test]
     fn a_call_id_in_flight_is_refused_as_duplicate_until_it_completes() {
         let mut p = PendingCalls::new();
-        let a = p
-            .insert(session(1), OwnedCallId::Uint(1), provider(7), timer())
-            .unwrap();
+        let a = add(&mut p, session(1), OwnedCallId::Uint(1), provider(7)).unwrap();
         assert_eq!(
-            p.insert(session(1), OwnedCallId::Uint(1), provider(8), timer()),
+            add(&mut p, session(1), OwnedCallId::Uint(1), provider(8)),
             Err(Refused::Duplicate)
         );
-        assert!(p
-            .insert(session(2), OwnedCallId::Uint(1), provider(8), timer())
-            .is_ok());
+        assert!(add(&mut p, session(2), OwnedCallId::Uint(1), provider(8)).is_ok());
         p.remove(a);
-        assert!(p
-            .insert(session(1), OwnedCallId::Uint(1), provider(8), timer())
-            .is_ok());
+        assert!(add(&mut p, session(1), OwnedCallId::Uint(1), provider(8)).is_ok());
     }
 
-    /// The id index holds keys only and rehashes through the calls when it grows: every id
-    /// stays found, whatever its form, across growth and removals.
+    /// The id index holds keys only, and grows with the hashes the calls keep: every id stays
+    /// found, whatever its form, across growth and removals.
     #[test]
     fn every_call_stays_found_by_its_id_as_the_index_grows_and_shrinks() {
-        let id = |i: u64| match i % 3 {
+        let id = |i: u64| match i % 4 {
             0 => OwnedCallId::Uint(i),
             1 => OwnedCallId::Int(-(i as i64)),
-            _ => OwnedCallId::from_wire(CallIdRef::Bytes(&i.to_be_bytes())).unwrap(),
+            2 => OwnedCallId::from_wire(CallIdRef::Bytes(&i.to_be_bytes())).unwrap(),
+            // Longer than an entry holds inline.
+            _ => OwnedCallId::from_wire(CallIdRef::Bytes(&[i.to_be_bytes(); 5].concat())).unwrap(),
         };
         let caller = |i: u64| session(i as u32 % 3);
         let mut p = PendingCalls::new();
         let keys: Vec<CallKey> = (0..3_000u64)
-            .map(|i| p.insert(caller(i), id(i), provider(1), timer()).unwrap())
+            .map(|i| add(&mut p, caller(i), id(i), provider(1)).unwrap())
             .collect();
         for (i, &key) in keys.iter().enumerate() {
             let i = i as u64;
             assert_eq!(p.by_id(caller(i), &id(i)), Some(key));
             assert_eq!(
-                p.insert(caller(i), id(i), provider(2), timer()),
+                add(&mut p, caller(i), id(i), provider(2)),
                 Err(Refused::Duplicate)
             );
             // The same id from another caller is another call.
@@ -441,14 +488,29 @@ mod tests {
     }
 
     #[test]
+    fn a_byte_id_is_kept_whole_inline_or_on_the_heap_and_a_too_long_one_is_refused() {
+        for len in [0, 1, INLINE_ID_LEN, INLINE_ID_LEN + 1, MAX_CALL_ID_LEN] {
+            let bytes: Vec<u8> = (1..=len as u8).collect();
+            let id = OwnedCallId::from_wire(CallIdRef::Bytes(&bytes)).unwrap();
+            assert_eq!(id.as_wire(), CallIdRef::Bytes(&bytes), "{len} bytes");
+            let inline = matches!(id, OwnedCallId::Short { .. });
+            assert_eq!(inline, len <= INLINE_ID_LEN, "{len} bytes");
+        }
+        let too_long = [7u8; MAX_CALL_ID_LEN + 1];
+        assert_eq!(OwnedCallId::from_wire(CallIdRef::Bytes(&too_long)), None);
+        // An id is equal to itself only: a shorter prefix, or the same bytes with a trailing
+        // zero, is another id.
+        let a = OwnedCallId::from_wire(CallIdRef::Bytes(b"ab")).unwrap();
+        let b = OwnedCallId::from_wire(CallIdRef::Bytes(b"ab\0")).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(std::mem::size_of::<OwnedCallId>(), 24);
+    }
+
+    #[test]
     fn a_call_moved_to_another_provider_is_found_under_it_only() {
         let mut p = PendingCalls::new();
-        let a = p
-            .insert(session(1), OwnedCallId::Uint(1), provider(7), timer())
-            .unwrap();
-        let b = p
-            .insert(session(1), OwnedCallId::Uint(2), provider(7), timer())
-            .unwrap();
+        let a = add(&mut p, session(1), OwnedCallId::Uint(1), provider(7)).unwrap();
+        let b = add(&mut p, session(1), OwnedCallId::Uint(2), provider(7)).unwrap();
         p.set_provider(a, provider(8));
         let mut out = Vec::new();
         p.of_provider(provider(7), &mut out);
@@ -466,11 +528,11 @@ mod tests {
         let mut p = PendingCalls::new();
         let keys: Vec<CallKey> = (0..5)
             .map(|i| {
-                p.insert(
+                add(
+                    &mut p,
                     session(1),
                     OwnedCallId::Uint(i),
                     provider(i as u32 % 2),
-                    timer(),
                 )
                 .unwrap()
             })

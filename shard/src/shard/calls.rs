@@ -13,7 +13,7 @@ use crate::mesh::choice::{Attempt, Candidate, Choice, Local};
 use crate::mesh::wrr::SmoothWrr;
 use crate::metrics::CallOutcome;
 use crate::names::is_valid_topic;
-use crate::pending::{CallKey, Caller, OwnedCallId, Provider, Relay};
+use crate::pending::{CallKey, Caller, NewCall, OwnedCallId, Provider, Relay};
 use crate::router::{CallError, CallToken, CancelReason, OwnedOutcome, ShardMsg};
 use crate::wire::{
     Call, CallIdRef, Cancel, LinkCall, LinkCancel, LinkReply, Message, Outcome, PeerMessage, Raw,
@@ -53,10 +53,10 @@ impl Shard {
             self.fail(key, c.call_id, CallError::InvalidCall);
             return;
         };
-        if self.pending.contains_id(caller, &call_id) {
+        let Ok(call_id) = self.pending.check(caller, call_id) else {
             self.fail(key, c.call_id, CallError::DuplicateCallId);
             return;
-        }
+        };
         if self.pending.len() >= self.config.limits.max_pending_calls {
             self.fail(key, c.call_id, CallError::Overloaded);
             return;
@@ -75,7 +75,7 @@ impl Shard {
         let (local, provider) = self.pick_local(realm, c.procedure);
         if local == Local::Ready {
             if let Some(provider) = provider {
-                self.call_provider(caller, call_id, provider, &call);
+                self.call_provider(call_id, provider, &call);
             }
             return;
         }
@@ -110,17 +110,8 @@ impl Shard {
     }
 
     /// Makes the call pending and sends it to a provider session, here or on its shard.
-    fn call_provider(
-        &mut self,
-        caller: Caller,
-        call_id: OwnedCallId,
-        provider: SessionRef,
-        call: &Outgoing<'_>,
-    ) {
-        let Some(pending) = self.make_pending(caller, call_id, Provider::Session(provider), call)
-        else {
-            return;
-        };
+    fn call_provider(&mut self, call_id: NewCall, provider: SessionRef, call: &Outgoing<'_>) {
+        let pending = self.make_pending(call_id, Provider::Session(provider), call);
         let token = self.token(pending);
         let mut frame = std::mem::take(&mut self.scratch.frame);
         frame.clear();
@@ -146,26 +137,10 @@ impl Shard {
     }
 
     /// A pending call with its deadline.
-    fn make_pending(
-        &mut self,
-        caller: Caller,
-        call_id: OwnedCallId,
-        provider: Provider,
-        call: &Outgoing<'_>,
-    ) -> Option<CallKey> {
+    fn make_pending(&mut self, call: NewCall, provider: Provider, out: &Outgoing<'_>) -> CallKey {
         let key = self.pending.vacant_key();
-        let deadline = self.wheel.insert(self.now + call.timeout, Timer::Call(key));
-        if self
-            .pending
-            .insert(caller, call_id, provider, deadline)
-            .is_err()
-        {
-            // The duplicate check ran on the same table an instant ago.
-            debug_assert!(false, "duplicate call id after the check");
-            self.wheel.cancel(deadline);
-            return None;
-        }
-        Some(key)
+        let deadline = self.wheel.insert(self.now + out.timeout, Timer::Call(key));
+        self.pending.insert(call, provider, deadline)
     }
 
     /// No local provider can take the call: the peers that advertise the procedure, weighted
@@ -173,7 +148,7 @@ impl Shard {
     fn call_across(
         &mut self,
         key: SessionKey,
-        call_id: OwnedCallId,
+        call_id: NewCall,
         local: Local,
         call: &Outgoing<'_>,
         wire_id: Option<CallIdRef<'_>>,
@@ -194,10 +169,7 @@ impl Shard {
                 return;
             }
         };
-        let caller = Caller::Session(key);
-        let Some(pending) = self.make_pending(caller, call_id, Provider::Link(link), call) else {
-            return;
-        };
+        let pending = self.make_pending(call_id, Provider::Link(link), call);
         let relay = Relay {
             procedure: call.procedure.into(),
             args: call.args.0.into(),
@@ -603,18 +575,17 @@ impl Shard {
             return;
         };
         let caller = Caller::Link(key);
-        let call_id = OwnedCallId::Uint(c.call_id);
-        if self.pending.contains_id(caller, &call_id) {
+        let Ok(call_id) = self.pending.check(caller, OwnedCallId::Uint(c.call_id)) else {
             let message = "a CALL reused a call_id still in flight";
             self.close_link(key, Reason::ProtocolError.into(), message);
             return;
-        }
+        };
         if !is_valid_topic(c.procedure) {
-            self.answer_error(caller, &call_id, CallError::InvalidCall);
+            self.answer_error(caller, call_id.call_id(), CallError::InvalidCall);
             return;
         }
         if self.pending.len() >= self.config.limits.max_pending_calls {
-            self.answer_error(caller, &call_id, CallError::Overloaded);
+            self.answer_error(caller, call_id.call_id(), CallError::Overloaded);
             return;
         }
         let (local, provider) = self.pick_local(realm, c.procedure);
@@ -628,10 +599,12 @@ impl Shard {
                     args: c.args,
                     timeout,
                 };
-                self.call_provider(caller, call_id, provider, &call);
+                self.call_provider(call_id, provider, &call);
             }
-            (Local::OverBound, _) => self.answer_error(caller, &call_id, CallError::Overloaded),
-            _ => self.answer_error(caller, &call_id, CallError::ProcedureNotFound),
+            (Local::OverBound, _) => {
+                self.answer_error(caller, call_id.call_id(), CallError::Overloaded)
+            }
+            _ => self.answer_error(caller, call_id.call_id(), CallError::ProcedureNotFound),
         }
     }
 
