@@ -124,17 +124,17 @@ fn pending_call_insert_complete(c: &mut Criterion) {
     let mut pending = PendingCalls::new();
     for n in 0..10_000u64 {
         let other = Caller::Session(SessionKey::from_u64(1_000 + n));
-        let call = pending
+        let checked = pending
             .check(other, OwnedCallId::Uint(n))
             .expect("a fresh id");
-        pending.insert(call, provider(n), TimerKey::from_u64(0));
+        pending.insert(checked, provider(n), TimerKey::from_u64(0));
     }
     let mut in_flight = std::collections::VecDeque::new();
     let mut next = 0u64;
     let mut call = |pending: &mut PendingCalls, in_flight: &mut std::collections::VecDeque<_>| {
         let (who, id) = (caller(next), OwnedCallId::Uint(next));
-        if let Ok(call) = pending.check(who, id) {
-            in_flight.push_back(pending.insert(call, provider(next), TimerKey::from_u64(0)));
+        if let Ok(checked) = pending.check(who, id) {
+            in_flight.push_back(pending.insert(checked, provider(next), TimerKey::from_u64(0)));
         }
         next += 1;
     };

@@ -53,13 +53,44 @@ const INLINE_ID_LEN: usize = 22;
 pub enum OwnedCallId {
     Uint(u64),
     Int(i64),
-    /// An id of at most [`INLINE_ID_LEN`] bytes: its first `len` bytes, the rest zero.
-    Short {
-        len: u8,
-        bytes: [u8; INLINE_ID_LEN],
-    },
-    /// An id longer than [`INLINE_ID_LEN`] bytes.
-    Long(Box<[u8]>),
+    Bytes(CallIdBytes),
+}
+
+/// A `call_id` of bytes, at most [`MAX_CALL_ID_LEN`] of them: inline up to [`INLINE_ID_LEN`],
+/// on the heap beyond. One length has one form, and the unused inline bytes are zero, so that
+/// the derived comparison and hash are those of the bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct CallIdBytes(IdBytes);
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum IdBytes {
+    Inline { len: u8, bytes: [u8; INLINE_ID_LEN] },
+    Heap(Box<[u8]>),
+}
+
+impl CallIdBytes {
+    /// `None` when `b` is longer than [`MAX_CALL_ID_LEN`].
+    fn new(b: &[u8]) -> Option<CallIdBytes> {
+        Some(CallIdBytes(match b.len() {
+            len @ 0..=INLINE_ID_LEN => {
+                let mut bytes = [0; INLINE_ID_LEN];
+                bytes[..len].copy_from_slice(b);
+                IdBytes::Inline {
+                    len: len as u8,
+                    bytes,
+                }
+            }
+            ..=MAX_CALL_ID_LEN => IdBytes::Heap(b.into()),
+            _ => return None,
+        }))
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        match &self.0 {
+            IdBytes::Inline { len, bytes } => &bytes[..usize::from(*len)],
+            IdBytes::Heap(b) => b,
+        }
+    }
 }
 
 impl OwnedCallId {
@@ -68,16 +99,7 @@ impl OwnedCallId {
         Some(match id {
             CallIdRef::Uint(v) => OwnedCallId::Uint(v),
             CallIdRef::Int(v) => OwnedCallId::Int(v),
-            CallIdRef::Bytes(b) if b.len() <= INLINE_ID_LEN => {
-                let mut bytes = [0; INLINE_ID_LEN];
-                bytes[..b.len()].copy_from_slice(b);
-                OwnedCallId::Short {
-                    len: b.len() as u8,
-                    bytes,
-                }
-            }
-            CallIdRef::Bytes(b) if b.len() <= MAX_CALL_ID_LEN => OwnedCallId::Long(b.into()),
-            CallIdRef::Bytes(_) => return None,
+            CallIdRef::Bytes(b) => OwnedCallId::Bytes(CallIdBytes::new(b)?),
         })
     }
 
@@ -85,8 +107,7 @@ impl OwnedCallId {
         match self {
             OwnedCallId::Uint(v) => CallIdRef::Uint(*v),
             OwnedCallId::Int(v) => CallIdRef::Int(*v),
-            OwnedCallId::Short { len, bytes } => CallIdRef::Bytes(&bytes[..usize::from(*len)]),
-            OwnedCallId::Long(b) => CallIdRef::Bytes(b),
+            OwnedCallId::Bytes(b) => CallIdRef::Bytes(b.as_slice()),
         }
     }
 }
@@ -100,7 +121,7 @@ pub struct PendingCall {
     pub deadline: TimerKey,
     /// Calls from a session that went to a peer gateway.
     pub relay: Option<Box<Relay>>,
-    /// The call's hash in [`PendingCalls::by_id`], kept so that neither a removal nor the
+    /// The call's hash in the table's index of ids, kept so that neither a removal nor the
     /// index's growth hashes the id again.
     id_hash: u64,
     by_caller: Links,
@@ -119,7 +140,7 @@ struct Links {
 pub struct NewCall {
     caller: Caller,
     call_id: OwnedCallId,
-    /// Its hash in [`PendingCalls::by_id`], computed once by the check.
+    /// Its hash in the table's index of ids, computed once by the check.
     id_hash: u64,
 }
 
@@ -140,8 +161,8 @@ pub enum Refused {
 pub struct PendingCalls {
     calls: GenSlab<CallKey, PendingCall>,
     /// Every call by its caller and `call_id`. The table holds only the calls' keys, hashed by
-    /// [`Self::id_hash`] and compared through their entries in `calls`: no id is copied into
-    /// it, and a lookup hashes the id once.
+    /// `id_hash()` and compared through their entries in `calls`: no id is copied into it, and
+    /// each call keeps its hash, for its removal and the table's growth.
     by_id: HashTable<CallKey>,
     caller_heads: AHashMap<Caller, CallKey>,
     provider_heads: AHashMap<Provider, CallKey>,
@@ -188,13 +209,15 @@ impl PendingCalls {
         })
     }
 
-    /// Makes a checked call pending: its key is [`Self::vacant_key`]'s.
-    pub fn insert(&mut self, call: NewCall, provider: Provider, deadline: TimerKey) -> CallKey {
+    /// Makes a checked call pending: its key is [`Self::vacant_key`]'s. `new_call` comes from
+    /// this table's [`Self::check`], with no insert since: the check is what keeps each id in
+    /// flight once, and the hash it carries is this table's.
+    pub fn insert(&mut self, new_call: NewCall, provider: Provider, deadline: TimerKey) -> CallKey {
         let NewCall {
             caller,
             call_id,
             id_hash,
-        } = call;
+        } = new_call;
         // The check and the insert come from one frame's handling, with no other insert
         // between them.
         debug_assert!(
@@ -334,7 +357,7 @@ impl PendingCalls {
     }
 }
 
-/// The hash of a call in [`PendingCalls::by_id`].
+/// The hash of a call in the index of ids.
 fn id_hash(hasher: &RandomState, caller: Caller, id: CallIdRef<'_>) -> u64 {
     hasher.hash_one((caller, id))
 }
@@ -493,7 +516,7 @@ mod tests {
             let bytes: Vec<u8> = (1..=len as u8).collect();
             let id = OwnedCallId::from_wire(CallIdRef::Bytes(&bytes)).unwrap();
             assert_eq!(id.as_wire(), CallIdRef::Bytes(&bytes), "{len} bytes");
-            let inline = matches!(id, OwnedCallId::Short { .. });
+            let inline = matches!(id, OwnedCallId::Bytes(CallIdBytes(IdBytes::Inline { .. })));
             assert_eq!(inline, len <= INLINE_ID_LEN, "{len} bytes");
         }
         let too_long = [7u8; MAX_CALL_ID_LEN + 1];

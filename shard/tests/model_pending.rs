@@ -15,18 +15,24 @@ use proptest::prelude::*;
 const CALLERS: u8 = 4;
 const PROVIDERS: u8 = 3;
 /// Ids of every form a call may have: integers, negative integers, and bytes kept inline (the
-/// shortest and the longest) or on the heap.
-const IDS: u8 = 7;
+/// shortest and the longest) or on the heap; and byte ids that differ only by a trailing zero or
+/// by their length, where the form changes.
+const IDS: u8 = 12;
 
 fn call_id(i: u8) -> OwnedCallId {
-    let bytes = |len: usize| OwnedCallId::from_wire(CallIdRef::Bytes(&vec![i; len])).unwrap();
+    let bytes = |b: &[u8]| OwnedCallId::from_wire(CallIdRef::Bytes(b)).unwrap();
     match i {
         0 | 1 => OwnedCallId::Uint(u64::from(i)),
         2 => OwnedCallId::Int(-2),
-        3 => bytes(1),
-        4 => bytes(22),
-        5 => bytes(23),
-        _ => bytes(64),
+        3 => bytes(&[3]),
+        4 => bytes(&[4; 22]),
+        5 => bytes(&[5; 23]),
+        6 => bytes(&[6; 64]),
+        7 => bytes(&[]),
+        8 => bytes(&[0]),
+        9 => bytes(&[0, 0]),
+        10 => bytes(&[0; 22]),
+        _ => bytes(&[0; 23]),
     }
 }
 
@@ -70,13 +76,14 @@ fn op() -> impl Strategy<Value = Op> {
 /// The calls in flight: (caller, id) to (key, provider).
 type Model = BTreeMap<(u8, u8), (CallKey, u8)>;
 
-/// Removes the calls of `keys` (as a caller's or provider's end does) and checks that they are
-/// exactly the model's calls that `matches`.
+/// Removes the calls of `keys` (as a caller's or provider's end does), checks that they are
+/// exactly the model's calls that `matches`, and adds their keys to `dead`.
 fn end_calls(
     pending: &mut PendingCalls,
     model: &mut Model,
     keys: Vec<CallKey>,
     matches: impl Fn(u8, u8) -> bool,
+    dead: &mut Vec<CallKey>,
 ) -> Result<(), TestCaseError> {
     let found: BTreeSet<CallKey> = keys.iter().copied().collect();
     prop_assert_eq!(found.len(), keys.len(), "a call listed twice");
@@ -88,13 +95,18 @@ fn end_calls(
     prop_assert_eq!(&found, &expected);
     for key in keys {
         prop_assert!(pending.remove(key).is_some());
+        dead.push(key);
     }
     model.retain(|&(c, _), &mut (_, p)| !matches(c, p));
     Ok(())
 }
 
-/// Every answer the table gives about its calls, against the model's.
-fn check(pending: &PendingCalls, model: &Model) -> Result<(), TestCaseError> {
+/// Every answer the table gives about its calls, against the model's; `dead` are the keys of
+/// calls that ended, which find nothing, even once their slots hold new calls.
+fn check(pending: &PendingCalls, model: &Model, dead: &[CallKey]) -> Result<(), TestCaseError> {
+    for &key in dead {
+        prop_assert!(pending.get(key).is_none());
+    }
     for c in 0..CALLERS {
         for i in 0..IDS {
             let expected = model.get(&(c, i)).map(|&(key, _)| key);
@@ -131,6 +143,7 @@ proptest! {
     ) {
         let mut pending = PendingCalls::new();
         let mut model = Model::new();
+        let mut dead = Vec::new();
         for op in ops {
             match op {
                 Op::Call { caller: c, id, provider: p } => {
@@ -155,9 +168,8 @@ proptest! {
                     prop_assert_eq!(&call.call_id, &call_id(id));
                     prop_assert_eq!(call.provider, provider(p));
                     model.remove(&(c, id));
-                    // The key of a call that ended finds nothing, even once its slot is
-                    // reused.
                     prop_assert!(pending.remove(key).is_none());
+                    dead.push(key);
                 }
                 Op::Move(n, p) if !model.is_empty() => {
                     let len = model.len();
@@ -169,15 +181,15 @@ proptest! {
                 Op::CallerGone(c) => {
                     let mut keys = Vec::new();
                     pending.of_caller(caller(c), &mut keys);
-                    end_calls(&mut pending, &mut model, keys, |mc, _| mc == c)?;
+                    end_calls(&mut pending, &mut model, keys, |mc, _| mc == c, &mut dead)?;
                 }
                 Op::ProviderGone(p) => {
                     let mut keys = Vec::new();
                     pending.of_provider(provider(p), &mut keys);
-                    end_calls(&mut pending, &mut model, keys, |_, mp| mp == p)?;
+                    end_calls(&mut pending, &mut model, keys, |_, mp| mp == p, &mut dead)?;
                 }
             }
-            check(&pending, &model)?;
+            check(&pending, &model, &dead)?;
         }
     }
 }

@@ -53,7 +53,7 @@ impl Shard {
             self.fail(key, c.call_id, CallError::InvalidCall);
             return;
         };
-        let Ok(call_id) = self.pending.check(caller, call_id) else {
+        let Ok(new_call) = self.pending.check(caller, call_id) else {
             self.fail(key, c.call_id, CallError::DuplicateCallId);
             return;
         };
@@ -75,12 +75,12 @@ impl Shard {
         let (local, provider) = self.pick_local(realm, c.procedure);
         if local == Local::Ready {
             if let Some(provider) = provider {
-                self.call_provider(call_id, provider, &call);
+                self.call_provider(new_call, provider, &call);
             }
             return;
         }
         if self.mesh_on() {
-            self.call_across(key, call_id, local, &call, c.call_id);
+            self.call_across(key, new_call, local, &call, c.call_id);
             return;
         }
         let error = match local {
@@ -110,8 +110,8 @@ impl Shard {
     }
 
     /// Makes the call pending and sends it to a provider session, here or on its shard.
-    fn call_provider(&mut self, call_id: NewCall, provider: SessionRef, call: &Outgoing<'_>) {
-        let pending = self.make_pending(call_id, Provider::Session(provider), call);
+    fn call_provider(&mut self, new_call: NewCall, provider: SessionRef, call: &Outgoing<'_>) {
+        let pending = self.make_pending(new_call, Provider::Session(provider), call);
         let token = self.token(pending);
         let mut frame = std::mem::take(&mut self.scratch.frame);
         frame.clear();
@@ -137,10 +137,15 @@ impl Shard {
     }
 
     /// A pending call with its deadline.
-    fn make_pending(&mut self, call: NewCall, provider: Provider, out: &Outgoing<'_>) -> CallKey {
+    fn make_pending(
+        &mut self,
+        new_call: NewCall,
+        provider: Provider,
+        call: &Outgoing<'_>,
+    ) -> CallKey {
         let key = self.pending.vacant_key();
-        let deadline = self.wheel.insert(self.now + out.timeout, Timer::Call(key));
-        self.pending.insert(call, provider, deadline)
+        let deadline = self.wheel.insert(self.now + call.timeout, Timer::Call(key));
+        self.pending.insert(new_call, provider, deadline)
     }
 
     /// No local provider can take the call: the peers that advertise the procedure, weighted
@@ -148,7 +153,7 @@ impl Shard {
     fn call_across(
         &mut self,
         key: SessionKey,
-        call_id: NewCall,
+        new_call: NewCall,
         local: Local,
         call: &Outgoing<'_>,
         wire_id: Option<CallIdRef<'_>>,
@@ -169,7 +174,7 @@ impl Shard {
                 return;
             }
         };
-        let pending = self.make_pending(call_id, Provider::Link(link), call);
+        let pending = self.make_pending(new_call, Provider::Link(link), call);
         let relay = Relay {
             procedure: call.procedure.into(),
             args: call.args.0.into(),
@@ -575,17 +580,17 @@ impl Shard {
             return;
         };
         let caller = Caller::Link(key);
-        let Ok(call_id) = self.pending.check(caller, OwnedCallId::Uint(c.call_id)) else {
+        let Ok(new_call) = self.pending.check(caller, OwnedCallId::Uint(c.call_id)) else {
             let message = "a CALL reused a call_id still in flight";
             self.close_link(key, Reason::ProtocolError.into(), message);
             return;
         };
         if !is_valid_topic(c.procedure) {
-            self.answer_error(caller, call_id.call_id(), CallError::InvalidCall);
+            self.answer_error(caller, new_call.call_id(), CallError::InvalidCall);
             return;
         }
         if self.pending.len() >= self.config.limits.max_pending_calls {
-            self.answer_error(caller, call_id.call_id(), CallError::Overloaded);
+            self.answer_error(caller, new_call.call_id(), CallError::Overloaded);
             return;
         }
         let (local, provider) = self.pick_local(realm, c.procedure);
@@ -599,12 +604,12 @@ impl Shard {
                     args: c.args,
                     timeout,
                 };
-                self.call_provider(call_id, provider, &call);
+                self.call_provider(new_call, provider, &call);
             }
             (Local::OverBound, _) => {
-                self.answer_error(caller, call_id.call_id(), CallError::Overloaded)
+                self.answer_error(caller, new_call.call_id(), CallError::Overloaded)
             }
-            _ => self.answer_error(caller, call_id.call_id(), CallError::ProcedureNotFound),
+            _ => self.answer_error(caller, new_call.call_id(), CallError::ProcedureNotFound),
         }
     }
 
