@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use meshgate_shard::metrics::{CallOutcome, DropReason, LinkResult};
 use meshgate_shard::wire::{
-    Entries, FrameType, Interest, LinkStream, Message, PeerMessage, Ping, Reason, Strings, SyncMsg,
-    SyncPhase,
+    Entries, FrameType, Interest, LinkCall, LinkStream, Message, PeerMessage, Ping, Raw, Reason,
+    Strings, SyncMsg, SyncPhase,
 };
 use meshgate_shard::NodeId;
 use sim::mesh::{name, GatewaySpec, MeshSim};
@@ -1543,6 +1543,40 @@ fn mesh_pings_are_answered_between_gateways_of_one_shard() {
         mesh.drive();
         assert_eq!(mesh.gw_ref(1).publishes(sub).len(), 1);
         assert_eq!(mesh.gw_ref(0).publishes(p).len(), 1);
+    });
+}
+
+#[test]
+fn a_peer_call_that_reuses_a_call_id_still_in_flight_closes_the_link_protocol_error() {
+    each_seed(4, |seed| {
+        let mut mesh = full_mesh(seed, 2, 2);
+        let provs = providers(&mut mesh, seed, &[(0, 1)]);
+        let (gw, p) = provs[0];
+        let mut frame = Vec::new();
+        PeerMessage::Call(LinkCall {
+            realm: REALM.as_bytes(),
+            procedure: b"svc",
+            args: Raw(&[0xc0]),
+            call_id: 41,
+            timeout_ms: 60_000,
+            caller: NodeId([9; 32]),
+        })
+        .encode(&mut frame);
+        mesh.inject(1, 0, LinkStream::Data, &frame);
+        mesh.drive();
+        assert_eq!(mesh.gw_ref(gw).calls(p).len(), 1, "the first CALL is taken");
+        assert_eq!(mesh.connections(0, 1), 1);
+        let closes = mesh.closes.len();
+        mesh.inject(1, 0, LinkStream::Data, &frame);
+        mesh.drive();
+        assert_eq!(mesh.connections(0, 1), 0);
+        let protocol_error = (0, 1, Reason::ProtocolError.close_code());
+        assert!(mesh.closes[closes..].contains(&protocol_error));
+        assert_eq!(
+            mesh.gw_ref(gw).calls(p).len(),
+            1,
+            "the second CALL went to no provider"
+        );
     });
 }
 
