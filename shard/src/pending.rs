@@ -218,8 +218,6 @@ impl PendingCalls {
             call_id,
             id_hash,
         } = new_call;
-        // The check and the insert come from one frame's handling, with no other insert
-        // between them.
         debug_assert!(
             self.find_id(id_hash, caller, call_id.as_wire()).is_none(),
             "a call id checked is still free"
