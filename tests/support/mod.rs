@@ -40,6 +40,8 @@ pub struct Gateway {
     /// The health endpoint (TCP) address.
     pub health: SocketAddr,
     log: Arc<Mutex<String>>,
+    /// The thread that copies the gateway's stderr into `log`; it ends at the stream's end.
+    log_reader: Option<std::thread::JoinHandle<()>>,
 }
 
 /// How a gateway process that had to stop on its own ended.
@@ -167,7 +169,7 @@ impl Gateway {
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = mpsc::channel();
         let stderr = child.stderr.take().expect("piped");
-        {
+        let log_reader = {
             let log = log.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stderr).lines() {
@@ -179,8 +181,8 @@ impl Gateway {
                     log.push_str(&line);
                     log.push('\n');
                 }
-            });
-        }
+            })
+        };
         let (addr, health) = match rx.recv_timeout(Duration::from_secs(15)) {
             Ok(addrs) => addrs,
             Err(_) => {
@@ -198,6 +200,7 @@ impl Gateway {
             addr,
             health,
             log,
+            log_reader: Some(log_reader),
         };
         let deadline = Instant::now() + PATIENCE;
         loop {
@@ -258,11 +261,24 @@ impl Gateway {
         let child = self.child.as_mut().expect("running");
         loop {
             if let Some(status) = child.try_wait().expect("wait") {
+                self.finish_log().await;
                 return Some(status);
             }
             if Instant::now() >= deadline {
                 return None;
             }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// After the gateway exited: waits, at most [`PATIENCE`], until everything it wrote to
+    /// stderr is in the log (the reader thread has met the stream's end).
+    async fn finish_log(&mut self) {
+        let Some(reader) = self.log_reader.take() else {
+            return;
+        };
+        let deadline = Instant::now() + PATIENCE;
+        while !reader.is_finished() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
