@@ -126,6 +126,23 @@ def pct_of(x):
     return "n/a" if x is None else f"{x * 100:.0f} %"
 
 
+def handshake_capacity(hs, cpu_per_connection_us):
+    """New connections/s one shard makes at a saturated core (10^6 / its CPU µs per connection),
+    where the load generator's core saturated first (at least 90 % busy and busier than the
+    gateway's) and so set the rate; None where it did not, or a figure is missing.
+
+    A handshake's client half (verifying the certificate's signature) costs more than the
+    server's (making it), so one load core cannot saturate one gateway core."""
+    load_us = hs.get("load_cpu_per_connection_us")
+    gateway_busy = hs.get("gateway_cpu_busy")
+    if not cpu_per_connection_us or load_us is None or gateway_busy is None:
+        return None
+    load_busy = load_us * hs["connections_per_s"] / 1e6
+    if load_busy < 0.9 or load_busy <= gateway_busy:
+        return None
+    return 1e6 / cpu_per_connection_us
+
+
 def load_busy(s):
     """The load generator's busy share of its core, less the time it spent polling an idle
     socket (`--spin`; raw results made before it have no such figure)."""
@@ -764,10 +781,19 @@ def targets(w, a, theirs, rpc_rate, rpc_cpu, rpc_p99, gw_busy, load_busy, ratio,
         f"{kib(idle_per.median)} | ≤ 17 KiB | "
         f"{verdict(idle_per.median is not None and idle_per.median <= 17 * 1024)} |"
     )
+    hs_rate = hs["connections_per_s"]
+    hs_shard = handshake_capacity(hs, hs_cpu)
+    if hs_shard is None:
+        hs_figure = f"{count(hs_rate)} ({us(hs_cpu)} of gateway CPU each)"
+    else:
+        hs_figure = (
+            f"{count(hs_rate)} made, the load generator's core saturated first "
+            f"({us(hs.get('load_cpu_per_connection_us'))} per connection); at the gateway's "
+            f"{us(hs_cpu)} each, a saturated shard makes {count(hs_shard)}"
+        )
     w(
-        f"| new connections/s per shard | {count(hs['connections_per_s'])} "
-        f"({us(hs_cpu)} of gateway CPU each) | ≥ 5,000 | "
-        f"{verdict(hs['connections_per_s'] >= 5000)} |"
+        f"| new connections/s per shard | {hs_figure} | ≥ 5,000 | "
+        f"{verdict(max(hs_rate, hs_shard or 0) >= 5000)} |"
     )
     losses = sum(s["losses"] for s in pubsub)
     w(

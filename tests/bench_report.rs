@@ -436,3 +436,37 @@ fn the_scaling_report_gives_the_efficiency_per_shard_of_the_median_rates() {
     assert!(report.contains("n/a (processes share cores)"), "{report}");
     assert!(report.contains("| n/a | n/a |"), "{report}");
 }
+
+#[test]
+fn a_handshake_rate_the_load_generator_set_is_judged_by_the_gateways_cpu_per_connection() {
+    let raw = RawCopy::new("handshakes");
+    let cases = [
+        // The load generator's core saturated first (240 µs × 4,000/s: 96 % busy), the
+        // gateway's 60 %: one shard makes 10^6 / 150 connections/s.
+        (
+            r#""connections_per_s": 4000.0, "gateway_cpu_per_connection_us": 150.0,
+               "gateway_cpu_busy": 0.6, "load_cpu_per_connection_us": 240.0"#,
+            "4,000 made, the load generator's core saturated first (240.00 µs per connection); \
+             at the gateway's 150.00 µs each, a saturated shard makes 6,667 | ≥ 5,000 | met |",
+        ),
+        // The same, with a gateway too slow for 5,000/s even on a saturated core.
+        (
+            r#""connections_per_s": 3600.0, "gateway_cpu_per_connection_us": 250.0,
+               "gateway_cpu_busy": 0.9, "load_cpu_per_connection_us": 270.0"#,
+            "3,600 made, the load generator's core saturated first (270.00 µs per connection); \
+             at the gateway's 250.00 µs each, a saturated shard makes 4,000 | ≥ 5,000 | **not met** |",
+        ),
+        // The gateway's core saturated first: the rate made is the shard's.
+        (
+            r#""connections_per_s": 4500.0, "gateway_cpu_per_connection_us": 215.0,
+               "gateway_cpu_busy": 0.97, "load_cpu_per_connection_us": 180.0"#,
+            "4,500 (215.00 µs of gateway CPU each) | ≥ 5,000 | **not met** |",
+        ),
+    ];
+    for (fields, row) in cases {
+        // A key given again replaces the first (Python's json keeps the last).
+        append_fields(&raw.json("handshake.json"), fields);
+        let made = made(report(&raw.dir, "1", "scripts/bench.sh"));
+        assert_eq!(line(&made, "| new connections/s per shard | "), row);
+    }
+}
