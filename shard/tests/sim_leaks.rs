@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use meshgate_shard::metrics::CallOutcome;
 use meshgate_shard::wire::{Disconnect, Message, Reason};
-use meshgate_shard::{Occupancy, StreamEnd};
+use meshgate_shard::StreamEnd;
 use sim::{node, seeds, SeedGuard, Sim, REALM};
 
 const PATTERNS: [&str; 8] = ["a", "a.b", "a.*", "a.**", "**", "*.b", "b.c.d", "b.**"];
@@ -159,35 +159,7 @@ fn run(seed: u64, shards: u16, ops: usize) {
             sim.drive();
         }
     }
-    sim.drive();
-    for c in 0..sim.clients.len() {
-        sim.clients[c].reading = true;
-        sim.drop_connection(c);
-    }
-    sim.advance(Duration::from_secs(120));
-    for (i, shard) in sim.shards.iter().enumerate() {
-        assert_eq!(
-            shard.occupancy(),
-            Occupancy::default(),
-            "shard {i} holds state after every client left"
-        );
-        let m = shard.metrics();
-        assert_eq!(
-            (
-                m.clients,
-                m.awaiting_connect,
-                m.pending_calls,
-                m.subscriptions,
-                m.registrations
-            ),
-            (0, 0, 0, 0, 0)
-        );
-    }
-    assert_eq!(
-        (sim.counts().clients.get(), sim.counts().handshakes.get()),
-        (0, 0),
-        "the gateway-wide counts of clients and handshakes after every client left"
-    );
+    sim.assert_empty_once_all_leave();
     let delivered = sim.total(|c| c.deliveries);
     let answered = sim.total(|c| c.calls.iter().sum());
     assert!(

@@ -15,7 +15,8 @@ use meshgate_shard::wire::{
     Strings, Subscribe, Unregister, Unsubscribe,
 };
 use meshgate_shard::{
-    Config, GatewayCounts, Limits, NodeId, RealmConfig, SessionKey, Shard, ShardId, StreamEnd, Time,
+    Config, GatewayCounts, Limits, NodeId, Occupancy, RealmConfig, SessionKey, Shard, ShardId,
+    StreamEnd, Time,
 };
 
 /// A client of the simulated gateway.
@@ -614,5 +615,41 @@ impl Sim {
     /// Sum of a counter over all shards.
     pub fn total(&self, f: impl Fn(&meshgate_shard::metrics::Counters) -> u64) -> u64 {
         self.shards.iter().map(|s| f(s.counters())).sum()
+    }
+
+    /// Every client leaves (taking in what it was sent first), the clock runs on past every
+    /// timeout, and then no shard may hold any state, nor the gateway count any client or
+    /// handshake.
+    pub fn assert_empty_once_all_leave(&mut self) {
+        self.drive();
+        for c in 0..self.clients.len() {
+            self.clients[c].reading = true;
+            self.drop_connection(c);
+        }
+        self.advance(Duration::from_secs(120));
+        for (i, shard) in self.shards.iter().enumerate() {
+            assert_eq!(
+                shard.occupancy(),
+                Occupancy::default(),
+                "shard {i} holds state after every client left"
+            );
+            let m = shard.metrics();
+            assert_eq!(
+                (
+                    m.clients,
+                    m.awaiting_connect,
+                    m.pending_calls,
+                    m.subscriptions,
+                    m.registrations
+                ),
+                (0, 0, 0, 0, 0),
+                "shard {i}'s gauges after every client left"
+            );
+        }
+        assert_eq!(
+            (self.counts().clients.get(), self.counts().handshakes.get()),
+            (0, 0),
+            "the gateway-wide counts of clients and handshakes after every client left"
+        );
     }
 }
