@@ -124,6 +124,7 @@ fuzz_target!(|data: &[u8]| {
                     });
                 }
             }
+            // Stream bytes: two op values of the eight, so the likeliest operation.
             1 | 2 => {
                 let target = pick(&run, input.next());
                 let len = usize::from(input.next().unwrap_or(0));

@@ -13,7 +13,6 @@
 
 mod sim;
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use meshgate_shard::metrics::reason_index;
@@ -44,6 +43,10 @@ fn valid_frame(rng: &mut fastrand::Rng) -> Vec<u8> {
             capabilities: None,
             token: None,
         }),
+        1 => Message::Disconnect(Disconnect {
+            reason: b"normal",
+            message: None,
+        }),
         2..=5 => Message::Subscribe(Subscribe {
             topics: Strings::List(&list),
             qos: None,
@@ -70,10 +73,6 @@ fn valid_frame(rng: &mut fastrand::Rng) -> Vec<u8> {
         26..=27 => Message::Cancel(Cancel {
             call_id: CallIdRef::Uint(rng.u64(..64)),
             reason: b"timeout",
-        }),
-        1 => Message::Disconnect(Disconnect {
-            reason: b"normal",
-            message: None,
         }),
         _ => Message::Ping(Ping::new(rng.u64(..))),
     };
@@ -127,8 +126,8 @@ struct Good {
     provider: ClientId,
     published: Vec<Vec<u8>>,
     called: u64,
-    /// The gateway's call ids the provider has answered.
-    answered: HashSet<u64>,
+    /// The CALLs the provider has answered: the first ones it received.
+    answered: usize,
 }
 
 impl Good {
@@ -140,7 +139,7 @@ impl Good {
             provider: sim.connect(1, node(4)),
             published: Vec::new(),
             called: 0,
-            answered: HashSet::new(),
+            answered: 0,
         };
         sim.subscribe(good.subscriber, &[GOOD_TOPIC]);
         sim.register(good.provider, GOOD_PROCEDURE, None);
@@ -162,11 +161,11 @@ impl Good {
 
     /// The provider answers each CALL it has received, once.
     fn answer(&mut self, sim: &mut Sim) {
-        for (_, id, _) in sim.calls(self.provider) {
-            if self.answered.insert(id) {
-                sim.reply(self.provider, id, &[0x2a]);
-            }
+        let calls = sim.calls(self.provider);
+        for (_, id, _) in &calls[self.answered..] {
+            sim.reply(self.provider, *id, &[0x2a]);
         }
+        self.answered = calls.len();
     }
 
     fn ids(&self) -> [ClientId; 4] {
