@@ -7,8 +7,10 @@
 //! the endpoint and feed the control stream's bytes to the shard; drain a budget of the inbox
 //! (messages from other shards, datagrams forwarded to this shard, requests from the main
 //! thread); fire the due timers of the shard's wheel, QUIC timers included; hand the shard's
-//! output to the streams; send every packet quiche has ready (`sendmmsg`, many per call); move
-//! the shard's outbox to the other shards' channels; then sleep.
+//! output to the streams; read the clock again and send every packet quiche has ready
+//! (`sendmmsg`, many per call); move the shard's outbox to the other shards' channels; then
+//! sleep. quiche is given those two times (the patched `recv_at` and `send_at`) rather than
+//! reading the clock for every packet it receives and every `send` call.
 //!
 //! # Delayed acknowledgements
 //!
@@ -188,6 +190,9 @@ struct Io {
     tx: BatchTx,
     /// `--pmtud-max`: the largest UDP payload a connection that fills its packets probes for.
     pmtud_max: usize,
+    /// The time the packets being made are sent at: read once when the turn starts sending,
+    /// and again after a wait for room in the socket.
+    sending_at: Instant,
 }
 
 impl Io {
@@ -215,6 +220,7 @@ impl Io {
                     let packet = packet.to_vec();
                     let _ = self.socket.send_to(&packet, to).await;
                     self.tx.drop_front(1);
+                    self.sending_at = Instant::now();
                 }
                 Err(e) => {
                     log::warn!("sendmmsg: {e}");
@@ -230,7 +236,7 @@ impl Io {
             if self.tx.is_full() {
                 self.flush().await;
             }
-            match c.send(self.tx.next_slot(), self.pmtud_max) {
+            match c.send(self.tx.next_slot(), self.sending_at, self.pmtud_max) {
                 Ok(Some((len, to))) => self.tx.commit(len, to),
                 Ok(None) => return,
                 Err(e) => {
@@ -377,6 +383,7 @@ impl Driver {
             rx: BatchRx::new(fd, start.max_udp_payload),
             tx: BatchTx::new(start.max_udp_payload),
             pmtud_max: start.pmtud_max,
+            sending_at: start.origin,
         };
         let _ = start.ready.send(id);
         Some((d, io))
@@ -442,6 +449,7 @@ impl Driver {
     /// Sends what the turn produced: the connections' packets, then the shard's outbox; and
     /// logs the shard's events.
     async fn flush(&mut self, now: Now, io: &mut Io) {
+        io.sending_at = Instant::now();
         self.flush_connections(now, io).await;
         io.flush().await;
         self.mailbox.flush_outbox(&mut self.shard);
@@ -558,7 +566,7 @@ impl Driver {
             }
         };
         if let Some(conn) = conn {
-            self.on_packet(now.time, conn, buf, from);
+            self.on_packet(now, conn, buf, from);
         }
     }
 
@@ -611,10 +619,11 @@ impl Driver {
 
     /// Feeds a datagram to its connection; opens the connection's session when its handshake
     /// ends, and hands the session the control stream's bytes.
-    fn on_packet(&mut self, now: Time, conn: ConnHandle, buf: &mut [u8], from: SocketAddr) {
-        if !self.endpoint.recv(now, conn, buf, from) {
+    fn on_packet(&mut self, now: Now, conn: ConnHandle, buf: &mut [u8], from: SocketAddr) {
+        if !self.endpoint.recv(now.time, now.at, conn, buf, from) {
             return;
         }
+        let now = now.time;
         if self.endpoint.needs_session(conn) {
             let key = self.shard.handle_session_open(now);
             self.endpoint.attach(conn, key);

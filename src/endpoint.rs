@@ -484,8 +484,8 @@ impl Conn {
         }
     }
 
-    /// Writes the connection's next packet into `out`: its length and destination, `None`
-    /// when it has nothing to send. A failure closes the connection. A packet as large as the
+    /// Writes the connection's next packet, sent at `at`, into `out`: its length and
+    /// destination, `None` when it has nothing to send. A failure closes the connection. A packet as large as the
     /// connection sends now, once the handshake is done, starts path MTU discovery up to
     /// `pmtud_max` (0: never): a connection with that much to send gains from larger packets,
     /// and one that never fills a packet (an idle session, a short-lived one) spends nothing
@@ -493,9 +493,10 @@ impl Conn {
     pub fn send(
         &mut self,
         out: &mut [u8],
+        at: Instant,
         pmtud_max: usize,
     ) -> Result<Option<(usize, SocketAddr)>, QuicError> {
-        match self.q.send(out) {
+        match self.q.send_at(out, at) {
             Ok((len, info)) => {
                 if len >= MIN_INITIAL_DATAGRAM
                     && pmtud_max > len
@@ -701,15 +702,23 @@ impl Endpoint {
         self.handshakes
     }
 
-    /// Feeds a datagram to a connection; a packet that is undecryptable or stray is dropped,
-    /// and a fatal error closes the connection, which its next flush notices. Notes when the
-    /// client was heard from. False when there is no such connection.
-    pub fn recv(&mut self, now: Time, conn: ConnHandle, buf: &mut [u8], from: SocketAddr) -> bool {
+    /// Feeds a datagram that arrived by `at` (the turn's time) to a connection; a packet that
+    /// is undecryptable or stray is dropped, and a fatal error closes the connection, which its
+    /// next flush notices. Notes when the client was heard from. False when there is no such
+    /// connection.
+    pub fn recv(
+        &mut self,
+        now: Time,
+        at: Instant,
+        conn: ConnHandle,
+        buf: &mut [u8],
+        from: SocketAddr,
+    ) -> bool {
         let to = self.local;
         let Some(c) = slot_mut(&mut self.conns, conn) else {
             return false;
         };
-        if c.q.recv(buf, quiche::RecvInfo { from, to }).is_ok() {
+        if c.q.recv_at(buf, quiche::RecvInfo { from, to }, at).is_ok() {
             c.heard = now;
             c.shrunk = false;
         }

@@ -309,9 +309,9 @@ impl Udp {
         self.largest_received
     }
 
-    /// Sends what a connection has ready: each run of equal-sized packets as one GSO
+    /// Sends what a connection has ready at `at`: each run of equal-sized packets as one GSO
     /// datagram.
-    pub fn send(&mut self, quic: &mut quiche::Connection) {
+    pub fn send(&mut self, quic: &mut quiche::Connection, at: Instant) {
         let max_segments = self.state.max_gso_segments().clamp(1, 32);
         let tx = &mut self.tx;
         let mut more = true;
@@ -325,7 +325,7 @@ impl Udp {
                 } else {
                     segment
                 };
-                let Ok((len, info)) = quic.send(&mut tx[used..used + room]) else {
+                let Ok((len, info)) = quic.send_at(&mut tx[used..used + room], at) else {
                     more = false;
                     break;
                 };
@@ -477,7 +477,7 @@ impl Engine {
         let mut old = std::mem::replace(&mut self.sessions[i], s);
         if !old.quic.is_closed() {
             let _ = old.quic.close(true, 0, b"");
-            self.udp.send(&mut old.quic);
+            self.udp.send(&mut old.quic, Instant::now());
         }
         self.touched = true;
         Ok(())
@@ -634,7 +634,7 @@ impl Engine {
         let now = Instant::now();
         self.busy = self.udp.receive(|datagram, info| {
             if let Some(s) = session_of(sessions, datagram) {
-                let _ = s.quic.recv(datagram, info);
+                let _ = s.quic.recv_at(datagram, info, now);
                 s.unacked = s.unacked.saturating_add(1);
                 s.ack_by.get_or_insert(now + ACK_DELAY);
             }
@@ -674,6 +674,7 @@ impl Engine {
 
     /// Writes every session's output to its stream and sends every connection's packets.
     pub fn flush(&mut self) {
+        let now = Instant::now();
         for s in &mut self.sessions {
             // The stream opens once the handshake is done and the gateway's limits are known.
             if s.queued() > 0 && s.quic.is_established() && !s.quic.is_closed() {
@@ -691,7 +692,7 @@ impl Engine {
                 }
             }
             if std::mem::take(&mut s.send_now) {
-                self.udp.send(&mut s.quic);
+                self.udp.send(&mut s.quic, now);
                 s.unacked = 0;
                 s.ack_by = None;
             }

@@ -206,6 +206,7 @@ fn serve(mut udp: Udp, mut config: quiche::Config, stop: &AtomicBool) {
             udp.wait(Some(quic.map_or(tick, |q| q.min(tick))));
         }
         let local = udp.local();
+        let arrived = Instant::now();
         busy = udp.receive(|datagram, info| {
             let Ok(hdr) = quiche::Header::from_slice(datagram, CID_LEN) else {
                 return;
@@ -225,7 +226,7 @@ fn serve(mut udp: Udp, mut config: quiche::Config, stop: &AtomicBool) {
                 }
                 None => return,
             };
-            let _ = conns[i].recv(datagram, info);
+            let _ = conns[i].recv_at(datagram, info, arrived);
         });
         let now = Instant::now();
         for c in &mut conns {
@@ -239,7 +240,7 @@ fn serve(mut udp: Udp, mut config: quiche::Config, stop: &AtomicBool) {
                     let _ = c.stream_send(stream, &buf[..n], false);
                 }
             }
-            udp.send(c);
+            udp.send(c, now);
         }
     }
 }

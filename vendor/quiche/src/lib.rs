@@ -2830,6 +2830,20 @@ impl<F: BufFactory> Connection<F> {
     /// # Ok::<(), quiche::Error>(())
     /// ```
     pub fn recv(&mut self, buf: &mut [u8], info: RecvInfo) -> Result<usize> {
+        self.recv_at(buf, info, Instant::now())
+    }
+
+    /// Processes QUIC packets received from the peer at `now`.
+    ///
+    /// The same as [`recv()`], with the time of arrival given instead of read
+    /// from the clock: an application that reads the clock once for a batch of
+    /// datagrams passes that time. `now` must not go back from the time given
+    /// to an earlier call of this connection, or read by one.
+    ///
+    /// [`recv()`]: struct.Connection.html#method.recv
+    pub fn recv_at(
+        &mut self, buf: &mut [u8], info: RecvInfo, now: Instant,
+    ) -> Result<usize> {
         let len = buf.len();
 
         if len == 0 {
@@ -2876,6 +2890,7 @@ impl<F: BufFactory> Connection<F> {
                 &mut buf[len - left..len],
                 &info,
                 recv_pid,
+                now,
             ) {
                 Ok(v) => v,
 
@@ -2971,9 +2986,8 @@ impl<F: BufFactory> Connection<F> {
     /// [`Done`]: enum.Error.html#variant.Done
     fn recv_single(
         &mut self, buf: &mut [u8], info: &RecvInfo, recv_pid: Option<usize>,
+        now: Instant,
     ) -> Result<usize> {
-        let now = Instant::now();
-
         if buf.is_empty() {
             return Err(Error::Done);
         }
@@ -3892,6 +3906,20 @@ impl<F: BufFactory> Connection<F> {
         self.send_on_path(out, None, None)
     }
 
+    /// Writes a single QUIC packet to be sent to the peer at `now`.
+    ///
+    /// The same as [`send()`], with the time given instead of read from the
+    /// clock: an application that reads the clock once for a batch of packets
+    /// passes that time. `now` must not go back from the time given to an
+    /// earlier call of this connection, or read by one.
+    ///
+    /// [`send()`]: struct.Connection.html#method.send
+    pub fn send_at(
+        &mut self, out: &mut [u8], now: Instant,
+    ) -> Result<(usize, SendInfo)> {
+        self.send_on_path_at(out, None, None, now)
+    }
+
     /// Writes a single QUIC packet to be sent to the peer from the specified
     /// local address `from` to the destination address `to`.
     ///
@@ -3979,6 +4007,18 @@ impl<F: BufFactory> Connection<F> {
         &mut self, out: &mut [u8], from: Option<SocketAddr>,
         to: Option<SocketAddr>,
     ) -> Result<(usize, SendInfo)> {
+        self.send_on_path_at(out, from, to, Instant::now())
+    }
+
+    /// [`send_on_path()`] at `now`, as [`send_at()`] is [`send()`] at `now`.
+    ///
+    /// [`send_on_path()`]: struct.Connection.html#method.send_on_path
+    /// [`send_at()`]: struct.Connection.html#method.send_at
+    /// [`send()`]: struct.Connection.html#method.send
+    pub fn send_on_path_at(
+        &mut self, out: &mut [u8], from: Option<SocketAddr>,
+        to: Option<SocketAddr>, now: Instant,
+    ) -> Result<(usize, SendInfo)> {
         if out.is_empty() {
             return Err(Error::BufferTooShort);
         }
@@ -3986,8 +4026,6 @@ impl<F: BufFactory> Connection<F> {
         if self.is_closed() || self.is_draining() {
             return Err(Error::Done);
         }
-
-        let now = Instant::now();
 
         if self.local_error.is_none() {
             self.do_handshake(now)?;

@@ -12468,6 +12468,35 @@ fn pmtud_started_after_the_handshake() {
     assert_eq!(pipe.server.max_send_udp_payload_size(), 3000);
 }
 
+#[test]
+fn send_at_and_recv_at_take_the_time_given() {
+    let mut pipe = test_utils::Pipe::new("cubic").unwrap();
+    assert_eq!(pipe.handshake(), Ok(()));
+    assert_eq!(pipe.advance(), Ok(()));
+
+    // Sent a second from now, acknowledged 100 ms later: a 100 ms round trip,
+    // whatever the clock reads meanwhile.
+    let sent = Instant::now() + Duration::from_secs(1);
+    assert_eq!(pipe.server.stream_send(1, b"hello", false), Ok(5));
+    let mut buf = [0; 1500];
+    let (len, _) = pipe.server.send_at(&mut buf, sent).unwrap();
+    assert_eq!(pipe.client_recv(&mut buf[..len]), Ok(len));
+    let (len, _) = pipe.client.send(&mut buf).unwrap();
+    let client_path = pipe.client.paths.get_active().unwrap();
+    let info = RecvInfo {
+        to: client_path.peer_addr(),
+        from: client_path.local_addr(),
+    };
+    let acked = sent + Duration::from_millis(100);
+    let before = pipe.server.path_stats().next().unwrap().rtt;
+    assert_eq!(pipe.server.recv_at(&mut buf[..len], info, acked), Ok(len));
+    let after = pipe.server.path_stats().next().unwrap().rtt;
+    // The smoothed round trip takes an eighth of the new sample (RFC 9002,
+    // section 5.3).
+    let sample = (after.as_secs_f64() - before.as_secs_f64() * 7.0 / 8.0) * 8.0;
+    assert!((0.095..=0.101).contains(&sample), "{before:?} -> {after:?}");
+}
+
 #[rstest]
 /// This test verifies that multiple send() calls after handshake completion
 /// only generate one PMTUD probe packet, not multiple identical probes.
