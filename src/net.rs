@@ -12,8 +12,13 @@ use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 /// Bytes per datagram slot at the least: room for a client's Initial, which it may send larger
 /// than the gateway's `--max-udp-payload` before it has learnt that limit.
 const MIN_SLOT: usize = 1500;
-/// Datagrams per `recvmmsg`/`sendmmsg` call.
+/// Buffers per `recvmmsg` call.
 pub const BATCH: usize = 32;
+/// Datagrams one `sendmmsg` call sends at most.
+const TX_BATCH: usize = 128;
+/// Bytes the send batch holds at the least: the datagrams of a turn are packed in it one after
+/// another, so that a burst of small ones and a few large ones take the same memory.
+const TX_BYTES: usize = 256 * 1024;
 /// Bytes of one GSO message at most: its segments travel as one UDP datagram as far as the
 /// kernel can carry them, so together they must fit in one (65,507 bytes over IPv4).
 const GSO_MAX_BYTES: usize = 65_000;
@@ -532,14 +537,19 @@ fn gro_segment(h: &libc::msghdr) -> Option<usize> {
 /// Room for one control message carrying a `u16` (UDP_SEGMENT), 8-byte aligned.
 type Cmsg = [u64; 4];
 
-/// Collects outgoing datagrams in fixed slots and sends them with `sendmmsg`. Consecutive
+/// Collects outgoing datagrams, packed one after another in one buffer, and sends them with
+/// `sendmmsg`; it is full at [`TX_BATCH`] datagrams or when the next might not fit. Consecutive
 /// datagrams to one destination, all of one size but the last (a connection's burst), go as
 /// one message with UDP_SEGMENT (GSO), up to [`GSO_MAX_BYTES`]: the kernel then carries them as
 /// one buffer as far as it can, and a receiver with GRO gets them in one read.
 pub struct BatchTx {
-    /// Bytes per datagram slot.
+    /// Bytes of one datagram at most.
     slot: usize,
     buf: Box<[u8]>,
+    /// Bytes of `buf` the queued datagrams take.
+    used: usize,
+    /// Where each queued datagram starts in `buf`, and its length.
+    starts_at: Vec<usize>,
     lens: Vec<usize>,
     /// Each queued datagram's destination; converted to the kernel's form once per message
     /// (`names`), not once per datagram.
@@ -567,17 +577,19 @@ impl BatchTx {
         let slot = slot_for(max_payload);
         BatchTx {
             slot,
-            buf: vec![0u8; slot * BATCH].into_boxed_slice(),
-            lens: Vec::with_capacity(BATCH),
-            dst: Vec::with_capacity(BATCH),
-            names: (0..BATCH)
+            buf: vec![0u8; TX_BYTES.max(8 * slot)].into_boxed_slice(),
+            used: 0,
+            starts_at: Vec::with_capacity(TX_BATCH),
+            lens: Vec::with_capacity(TX_BATCH),
+            dst: Vec::with_capacity(TX_BATCH),
+            names: (0..TX_BATCH)
                 .map(|_| SockAddr::from(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))))
                 .collect(),
             // SAFETY: these C structs are plain data, valid when zeroed.
-            iov: (0..BATCH).map(|_| unsafe { zeroed() }).collect(),
-            hdrs: (0..BATCH).map(|_| unsafe { zeroed() }).collect(),
-            cmsgs: vec![[0u64; 4]; BATCH].into_boxed_slice(),
-            starts: Vec::with_capacity(BATCH + 1),
+            iov: (0..TX_BATCH).map(|_| unsafe { zeroed() }).collect(),
+            hdrs: (0..TX_BATCH).map(|_| unsafe { zeroed() }).collect(),
+            cmsgs: vec![[0u64; 4]; TX_BATCH].into_boxed_slice(),
+            starts: Vec::with_capacity(TX_BATCH + 1),
             gso: true,
             unsegmented_to: 0,
             datagrams: 0,
@@ -585,19 +597,21 @@ impl BatchTx {
     }
 
     pub fn is_full(&self) -> bool {
-        self.lens.len() == BATCH
+        self.lens.len() == TX_BATCH || self.buf.len() - self.used < self.slot
     }
 
-    /// The free slot the next datagram is written into.
+    /// The free room the next datagram is written into: room for the largest.
     pub fn next_slot(&mut self) -> &mut [u8] {
-        let i = self.lens.len();
-        &mut self.buf[i * self.slot..(i + 1) * self.slot]
+        &mut self.buf[self.used..self.used + self.slot]
     }
 
     /// Queues the `len` bytes written into [`Self::next_slot`] for `to`.
     pub fn commit(&mut self, len: usize, to: SocketAddr) {
-        self.lens.push(len.min(self.slot));
+        let len = len.min(self.slot);
+        self.starts_at.push(self.used);
+        self.lens.push(len);
         self.dst.push(to);
+        self.used += len;
     }
 
     /// The first queued datagram.
@@ -640,7 +654,7 @@ impl BatchTx {
                 for s in 0..k {
                     let i = entry + s;
                     self.iov[i] = libc::iovec {
-                        iov_base: self.buf[i * self.slot..].as_mut_ptr().cast(),
+                        iov_base: self.buf[self.starts_at[i]..].as_mut_ptr().cast(),
                         iov_len: self.lens[i],
                     };
                 }
@@ -684,6 +698,8 @@ impl BatchTx {
             self.datagrams += (taken - off) as u64;
             off = taken;
         }
+        self.used = 0;
+        self.starts_at.clear();
         self.lens.clear();
         self.dst.clear();
         self.unsegmented_to = 0;
@@ -701,9 +717,12 @@ impl BatchTx {
         if k == 0 {
             return;
         }
-        for j in 0..self.lens.len() - k {
-            let (src, dst, len) = ((k + j) * self.slot, j * self.slot, self.lens[k + j]);
-            self.buf.copy_within(src..src + len, dst);
+        let from = self.starts_at.get(k).copied().unwrap_or(self.used);
+        self.buf.copy_within(from..self.used, 0);
+        self.used -= from;
+        self.starts_at.drain(..k);
+        for at in &mut self.starts_at {
+            *at -= from;
         }
         self.lens.drain(..k);
         self.dst.drain(..k);
@@ -822,6 +841,72 @@ mod tests {
         // 7 × 8952 = 62,664 bytes fit in one UDP datagram; 8 would not.
         assert_eq!(tx.run_from(0), 7);
         assert_eq!(tx.run_from(7), 3, "the rest of the run");
+    }
+
+    /// The queued datagrams, as `first` would hand each out after the ones before it left.
+    fn queued(tx: &BatchTx) -> Vec<(Vec<u8>, SocketAddr)> {
+        (0..tx.lens.len())
+            .map(|i| {
+                let at = tx.starts_at[i];
+                (tx.buf[at..at + tx.lens[i]].to_vec(), tx.dst[i])
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_send_batch_packs_datagrams_and_fills_by_count_or_by_bytes() {
+        let a: SocketAddr = "127.0.0.1:1000".parse().unwrap();
+        let mut small = BatchTx::new(8952);
+        while !small.is_full() {
+            queue(&mut small, 100, a);
+        }
+        assert_eq!(
+            small.lens.len(),
+            TX_BATCH,
+            "small datagrams fill it by count"
+        );
+        assert_eq!(small.used, 100 * TX_BATCH, "packed one after another");
+
+        let mut large = BatchTx::new(8952);
+        while !large.is_full() {
+            assert!(large.used + 8952 <= large.buf.len(), "room for the largest");
+            queue(&mut large, 8952, a);
+        }
+        assert_eq!(
+            large.lens.len(),
+            large.buf.len() / 8952,
+            "large ones by bytes"
+        );
+        assert!(large.lens.len() < TX_BATCH);
+    }
+
+    #[test]
+    fn dropping_the_front_of_the_send_batch_keeps_the_rest_whole_and_in_order() {
+        let a: SocketAddr = "127.0.0.1:1000".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:2000".parse().unwrap();
+        let mut tx = BatchTx::new(1350);
+        for (len, to) in [(1350, a), (40, b), (700, a), (1350, b), (90, a)] {
+            queue(&mut tx, len, to);
+        }
+        let before = queued(&tx);
+        tx.drop_front(2);
+        assert_eq!(queued(&tx), before[2..], "the rest, moved to the front");
+        assert_eq!(
+            tx.first().map(|(d, to)| (d.to_vec(), to)),
+            Some(before[2].clone())
+        );
+        queue(&mut tx, 300, b);
+        assert_eq!(queued(&tx).last().map(|(d, _)| d.len()), Some(300));
+        assert_eq!(
+            tx.used,
+            700 + 1350 + 90 + 300,
+            "a datagram queued after the drop packs on"
+        );
+        tx.drop_front(10);
+        assert!(
+            tx.first().is_none() && tx.used == 0,
+            "dropping more than queued empties it"
+        );
     }
 
     fn mtu_discover(s: &Socket, level: libc::c_int, name: libc::c_int) -> libc::c_int {
