@@ -57,6 +57,10 @@ use crate::net::{BatchRx, BatchTx, BATCH};
 
 /// Datagrams handled per turn before other work gets its turn (eight full batches).
 const RX_DATAGRAMS_PER_TURN: usize = 8 * BATCH;
+/// Queued datagrams past which the batch is sent once a connection's packets are all in it:
+/// the first connections' packets leave while the turn makes the others', and a connection's
+/// run of packets is never cut in two by a send.
+const TX_SEND_AT: usize = 32;
 /// Inbox messages handled per turn.
 const INBOX_PER_TURN: usize = 1024;
 /// New connections accepted per turn. A connection's first flight (key exchange, signature)
@@ -238,6 +242,7 @@ impl Io {
             }
             match c.send(self.tx.next_slot(), self.sending_at, self.pmtud_max) {
                 Ok(Some((len, to))) => self.tx.commit(len, to),
+                Ok(None) if self.tx.len() >= TX_SEND_AT => return self.flush().await,
                 Ok(None) => return,
                 Err(e) => {
                     log::debug!("quiche send: {e}");

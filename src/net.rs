@@ -596,6 +596,11 @@ impl BatchTx {
         }
     }
 
+    /// Datagrams queued.
+    pub fn len(&self) -> usize {
+        self.lens.len()
+    }
+
     pub fn is_full(&self) -> bool {
         self.lens.len() == TX_BATCH || self.buf.len() - self.used < self.slot
     }
