@@ -485,11 +485,11 @@ impl Conn {
     }
 
     /// Writes the connection's next packet, sent at `at`, into `out`: its length and
-    /// destination, `None` when it has nothing to send. A failure closes the connection. A packet as large as the
-    /// connection sends now, once the handshake is done, starts path MTU discovery up to
-    /// `pmtud_max` (0: never): a connection with that much to send gains from larger packets,
-    /// and one that never fills a packet (an idle session, a short-lived one) spends nothing
-    /// on probes.
+    /// destination, `None` when it has nothing to send. A failure closes the connection. A
+    /// packet as large as the connection sends now, once the handshake is done, starts path MTU
+    /// discovery up to `pmtud_max` (0: never): a connection with that much to send gains from
+    /// larger packets, and one that never fills a packet (an idle session, a short-lived one)
+    /// spends nothing on probes.
     pub fn send(
         &mut self,
         out: &mut [u8],
