@@ -12492,9 +12492,11 @@ fn send_at_and_recv_at_take_the_time_given() {
     assert_eq!(pipe.server.recv_at(&mut buf[..len], info, acked), Ok(len));
     let after = pipe.server.path_stats().next().unwrap().rtt;
     // The smoothed round trip takes an eighth of the new sample (RFC 9002,
-    // section 5.3).
+    // section 5.3), less the ACK delay the client reports: read from its
+    // clock, and at most the 25 ms of max_ack_delay however long the machine
+    // stalls between the two calls.
     let sample = (after.as_secs_f64() - before.as_secs_f64() * 7.0 / 8.0) * 8.0;
-    assert!((0.095..=0.101).contains(&sample), "{before:?} -> {after:?}");
+    assert!((0.074..=0.101).contains(&sample), "{before:?} -> {after:?}");
 }
 
 #[rstest]
