@@ -220,6 +220,15 @@ pub struct ServeArgs {
     /// at 1350; a path of Ethernet frames settles at 1452 to 1472.
     #[arg(long, value_name = "BYTES", default_value_t = 8952, value_parser = parse_pmtud_max)]
     pub pmtud_max: u16,
+    /// How long an idle shard polls its socket and inbox before it sleeps (0s: it sleeps at
+    /// once). A datagram that comes while a shard polls is read at once; one that comes while it
+    /// sleeps must wake it, which delays the answer and costs the sender's core too. A shard
+    /// polls only while traffic flows: after an idle spell longer than this, the next one
+    /// starts asleep. The time spent polling is CPU time that handles nothing, reported as
+    /// meshgate_shard_spin_seconds_total; set 0s where shards share their cores with other
+    /// busy processes.
+    #[arg(long, value_name = "DURATION", default_value = "50us", value_parser = parse_duration)]
+    pub spin: Duration,
     /// How long a connection may wait before sending CONNECT.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub connect_timeout: Duration,

@@ -3,8 +3,9 @@
 //!
 //! # One turn
 //!
-//! Read the clock once; receive a budget of datagram batches (`recvmmsg`), route each through
-//! the endpoint and feed the control stream's bytes to the shard; drain a budget of the inbox
+//! Read the clock once; receive datagram batches (`recvmmsg`) until the socket is empty or a
+//! budget is spent, routing each datagram through the endpoint and feeding the control
+//! stream's bytes to the shard as it comes; drain a budget of the inbox
 //! (messages from other shards, datagrams forwarded to this shard, requests from the main
 //! thread); fire the due timers of the shard's wheel, QUIC timers included; hand the shard's
 //! output to the streams; read the clock again and send every packet quiche has ready
@@ -21,6 +22,16 @@
 //! travels alone, that spares a packet each way per call, on each connection the call crosses.
 //!
 //! # Sleeping and waking
+//!
+//! The turn reads on while datagrams keep arriving: a client's burst sent over several system
+//! calls, or the datagrams of several clients answering the last turn together, is handled in
+//! one turn, so that the shard's answers share packets rather than leave in many small ones.
+//!
+//! An idle shard first polls its socket and inbox for a while (`--spin`), so that the next
+//! datagram is read at once rather than after a wake-up, which costs both the sender and the
+//! shard. It polls only while its idle spells are short: once one lasts past the spin, the
+//! next starts with sleep, until a short one shows traffic again. The time spent polling is
+//! counted apart (`meshgate_shard_spin_seconds_total`).
 //!
 //! A shard sleeps until the earliest of: its socket becomes readable, the next deadline of its
 //! wheel, or its doorbell's eventfd is written (see [`crate::mailbox`]): one `ppoll` on the
@@ -55,7 +66,8 @@ use crate::health::{IoCounts, ShardReport};
 use crate::mailbox::{Body, Envelope, Mailbox, Shared};
 use crate::net::{BatchRx, BatchTx, BATCH};
 
-/// Datagrams handled per turn before other work gets its turn (eight full batches).
+/// Datagrams handled per turn before other work gets its turn (eight full batches), however
+/// many more keep arriving.
 const RX_DATAGRAMS_PER_TURN: usize = 8 * BATCH;
 /// Queued datagrams past which the batch is sent once a connection's packets are all in it:
 /// the first connections' packets leave while the turn makes the others', and a connection's
@@ -105,6 +117,8 @@ pub struct ShardStart {
     pub pmtud_max: usize,
     /// `--idle-timeout`: a connection that has not been heard from for this long is dropped.
     pub idle_timeout: Duration,
+    /// `--spin`: how long an idle shard polls before it sleeps.
+    pub spin: Duration,
     /// quiche's configuration of dials to peers; `None` without the gateway mesh.
     pub dial_quic: Option<quiche::Config>,
     /// `--peer-idle-timeout`: the idle timeout of a peer link's connection.
@@ -132,6 +146,7 @@ pub async fn run(start: ShardStart) {
             datagrams_sent: io.tx.datagrams(),
             datagrams_forwarded: d.forwarded,
             turns: d.io_counts.turns + 1,
+            spun: io.spin.spun,
         };
         if d.is_done(now) {
             break;
@@ -197,6 +212,44 @@ struct Io {
     /// The time the packets being made are sent at: read once when the turn starts sending,
     /// and again after a wait for room in the socket.
     sending_at: Instant,
+    /// How the shard polls while idle.
+    spin: Spin,
+}
+
+/// How an idle shard waits: polling for `--spin` at most, while its idle spells are short.
+#[derive(Clone, Copy, Debug)]
+struct Spin {
+    /// `--spin`: the longest an idle spell polls before the shard sleeps.
+    limit: Duration,
+    /// Whether the next idle spell starts polling: the last one was shorter than `limit`.
+    next: bool,
+    /// Time spent polling, so far.
+    spun: Duration,
+}
+
+impl Spin {
+    fn new(limit: Duration) -> Spin {
+        Spin {
+            limit,
+            next: true,
+            spun: Duration::ZERO,
+        }
+    }
+
+    /// How long the idle spell that starts now polls before the shard sleeps.
+    fn budget(&self) -> Duration {
+        if self.next {
+            self.limit
+        } else {
+            Duration::ZERO
+        }
+    }
+
+    /// The idle spell ended after `idle`, `polled` of it polling.
+    fn ended(&mut self, idle: Duration, polled: Duration) {
+        self.spun += polled;
+        self.next = idle < self.limit;
+    }
 }
 
 impl Io {
@@ -252,11 +305,50 @@ impl Io {
         }
     }
 
+    /// Waits until a datagram arrives, the inbox has a message or `deadline` passes: polling
+    /// first, for `--spin` at most, if the last idle spell was shorter than that; then asleep.
+    fn sleep(&mut self, mailbox: &Mailbox, deadline: Option<Instant>) {
+        let start = Instant::now();
+        let budget = self.spin.budget();
+        if !budget.is_zero() {
+            let until = deadline.map_or(start + budget, |at| at.min(start + budget));
+            let woken = self.poll_until(mailbox, until);
+            let polled = start.elapsed();
+            if woken {
+                self.spin.ended(polled, polled);
+                return;
+            }
+            self.wait(mailbox, deadline);
+            self.spin.ended(start.elapsed(), polled);
+            return;
+        }
+        self.wait(mailbox, deadline);
+        self.spin.ended(start.elapsed(), Duration::ZERO);
+    }
+
+    /// Polls the socket and the inbox until either has something (true) or `until` passes.
+    fn poll_until(&self, mailbox: &Mailbox, until: Instant) -> bool {
+        let mut fd = libc::pollfd {
+            fd: self.fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        loop {
+            // SAFETY: one valid pollfd for the call's duration; a zero timeout returns at once.
+            if unsafe { libc::poll(&mut fd, 1, 0) } > 0 || !mailbox.is_empty() {
+                return true;
+            }
+            if Instant::now() >= until {
+                return false;
+            }
+        }
+    }
+
     /// Sleeps until a datagram arrives, the doorbell rings or `deadline` passes: one `ppoll`
     /// on the socket and the doorbell's eventfd. The shard's loop is its executor's only task,
     /// so blocking the thread here holds nothing else up, and a sleep costs one system call
     /// (and a wake-up).
-    fn sleep(&mut self, mailbox: &Mailbox, deadline: Option<Instant>) {
+    fn wait(&mut self, mailbox: &Mailbox, deadline: Option<Instant>) {
         if mailbox.arm_bell() {
             mailbox.disarm_bell(false);
             return;
@@ -389,13 +481,15 @@ impl Driver {
             tx: BatchTx::new(start.max_udp_payload),
             pmtud_max: start.pmtud_max,
             sending_at: start.origin,
+            spin: Spin::new(start.spin),
         };
         let _ = start.ready.send(id);
         Some((d, io))
     }
 
-    /// Handles the Initials left over from earlier turns, then a budget of datagrams; true when
-    /// the budget ran out before the socket did.
+    /// Handles the Initials left over from earlier turns, then the datagrams that wait and those
+    /// that arrive meanwhile, up to a budget; true when the budget ran out before the socket
+    /// did.
     fn receive(&mut self, now: Now, io: &mut Io) -> bool {
         self.accepted = 0;
         while self.accepted < ACCEPTS_PER_TURN {
@@ -407,7 +501,6 @@ impl Driver {
         // The budget counts datagrams, not buffers: with GRO one buffer carries up to 64. What
         // a batch holds beyond the budget waits in it for the next turn.
         let mut left = RX_DATAGRAMS_PER_TURN;
-        let mut received = false;
         while left > 0 {
             if let Some((datagram, from)) = io.rx.next() {
                 self.on_datagram(now, datagram, from, false, &mut io.tx);
@@ -415,10 +508,6 @@ impl Driver {
                 continue;
             }
             // This turn's batch is handed out: if it was not full, it emptied the socket.
-            if received && !io.rx.was_full() {
-                return false;
-            }
-            received = true;
             if io.recv_batch(self.id) == 0 {
                 return false;
             }
@@ -913,5 +1002,41 @@ impl Driver {
                 ),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMIT: Duration = Duration::from_micros(50);
+
+    #[test]
+    fn a_shard_polls_while_its_idle_spells_are_short_and_sleeps_at_once_after_a_long_one() {
+        let mut spin = Spin::new(LIMIT);
+        assert_eq!(spin.budget(), LIMIT, "the first idle spell polls");
+        // A datagram came while polling: the next spell polls too.
+        spin.ended(Duration::from_micros(20), Duration::from_micros(20));
+        assert_eq!(spin.budget(), LIMIT);
+        // Nothing came: the spell polled its whole budget, then slept.
+        spin.ended(Duration::from_millis(3), LIMIT);
+        assert_eq!(spin.budget(), Duration::ZERO, "the next one sleeps at once");
+        // A sleep that a datagram soon ended shows traffic again.
+        spin.ended(Duration::from_micros(10), Duration::ZERO);
+        assert_eq!(spin.budget(), LIMIT);
+        assert_eq!(
+            spin.spun,
+            Duration::from_micros(70),
+            "only the polling is counted"
+        );
+    }
+
+    #[test]
+    fn with_no_spin_a_shard_never_polls() {
+        let mut spin = Spin::new(Duration::ZERO);
+        assert_eq!(spin.budget(), Duration::ZERO);
+        spin.ended(Duration::from_nanos(1), Duration::ZERO);
+        assert_eq!(spin.budget(), Duration::ZERO);
+        assert_eq!(spin.spun, Duration::ZERO);
     }
 }

@@ -231,6 +231,7 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
             max_udp_payload: args.largest_udp_payload().into(),
             pmtud_max: args.pmtud_max.into(),
             idle_timeout: args.idle_timeout,
+            spin: args.spin,
             dial_quic,
             peer_idle_timeout: args.peer_idle_timeout,
             origin,

@@ -57,6 +57,8 @@ pub struct IoCounts {
     pub datagrams_forwarded: u64,
     /// Turns of the loop: each reads the socket, handles the inbox and the timers, and sends.
     pub turns: u64,
+    /// Time the idle loop spent polling the socket and the inbox before sleeping (`--spin`).
+    pub spun: Duration,
 }
 
 /// Reads one figure off a shard's report.
@@ -1056,23 +1058,38 @@ fn up_peers(known: &[Known<'_>]) -> u64 {
     known.iter().filter(|k| k.state == "up").count() as u64
 }
 
+/// Reads a time off a shard's report.
+type Seconds = fn(&ShardReport) -> Duration;
+
 /// The shards' CPU time, gateway-wide and per shard, in seconds: how evenly the shards share
-/// the work, and how busy each core is, without reading `/proc` per thread.
+/// the work, and how busy each core is, without reading `/proc` per thread; and the part of it
+/// spent polling while idle.
 fn cpu_seconds(out: &mut String, reports: &[ShardReport]) {
-    let name = "meshgate_shard_cpu_seconds_total";
-    let _ = writeln!(
-        out,
-        "# HELP {name} CPU time of the shards' threads (user and system).\n# TYPE {name} counter"
-    );
-    let total: Duration = reports.iter().map(|r| r.cpu_time).sum();
-    let _ = writeln!(out, "{name} {:.6}", total.as_secs_f64());
-    for r in reports {
-        let _ = writeln!(
-            out,
-            "{name}{{shard=\"{}\"}} {:.6}",
-            r.shard,
-            r.cpu_time.as_secs_f64()
-        );
+    let figures: [(&str, &str, Seconds); 2] = [
+        (
+            "meshgate_shard_cpu_seconds_total",
+            "CPU time of the shards' threads (user and system).",
+            |r| r.cpu_time,
+        ),
+        (
+            "meshgate_shard_spin_seconds_total",
+            "Time the shards' threads spent polling while idle, before sleeping (--spin): part \
+             of their CPU time that handled nothing.",
+            |r| r.io.spun,
+        ),
+    ];
+    for (name, help, f) in figures {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        let total: Duration = reports.iter().map(f).sum();
+        let _ = writeln!(out, "{name} {:.6}", total.as_secs_f64());
+        for r in reports {
+            let _ = writeln!(
+                out,
+                "{name}{{shard=\"{}\"}} {:.6}",
+                r.shard,
+                f(r).as_secs_f64()
+            );
+        }
     }
 }
 
@@ -1118,10 +1135,13 @@ mod tests {
         };
         b.metrics.clients = 4;
         b.cpu_time = Duration::from_micros(2_500_001);
+        b.io.spun = Duration::from_micros(1_250_000);
         let text = render(&[a, b], 1234);
         assert!(text.contains("\nmeshgate_shard_cpu_seconds_total 2.500001\n"));
         assert!(text.contains("\nmeshgate_shard_cpu_seconds_total{shard=\"0\"} 0.000000\n"));
         assert!(text.contains("\nmeshgate_shard_cpu_seconds_total{shard=\"1\"} 2.500001\n"));
+        assert!(text.contains("\nmeshgate_shard_spin_seconds_total 1.250000\n"));
+        assert!(text.contains("\nmeshgate_shard_spin_seconds_total{shard=\"0\"} 0.000000\n"));
         assert!(text.contains("\nmeshgate_clients 7\n"));
         assert!(text.contains("\nmeshgate_clients{shard=\"0\"} 3\n"));
         assert!(text.contains("\nmeshgate_clients{shard=\"1\"} 4\n"));

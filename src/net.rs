@@ -497,11 +497,6 @@ impl BatchRx {
         Some((from, i * self.slot + len, segment))
     }
 
-    /// Whether the last batch filled every entry (so more may be waiting in the socket).
-    pub fn was_full(&self) -> bool {
-        self.received == BATCH
-    }
-
     /// Datagrams handed out by [`Self::next`] since the start.
     pub fn datagrams(&self) -> u64 {
         self.datagrams

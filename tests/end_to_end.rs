@@ -1732,6 +1732,34 @@ async fn the_health_endpoint_answers_health_ready_live_and_404() {
     assert_eq!(gw.get("/").await.0, 404);
 }
 
+/// A gateway-wide series in seconds.
+fn seconds(m: &Metrics, name: &str) -> f64 {
+    let line = m
+        .text
+        .lines()
+        .find(|l| l.starts_with(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name}"));
+    line.rsplit_once(' ')
+        .and_then(|(_, v)| v.parse().ok())
+        .expect("seconds")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_shard_polls_after_traffic_by_default_and_never_with_spin_0s() {
+    for (flags, polls) in [(&[][..], true), (&["--spin", "0s"][..], false)] {
+        let gw = Gateway::start(flags);
+        let mut raw = Raw::open(gw.addr).await.expect("handshake");
+        raw.write(&connect_frame(REALM, random_node(), None)).await;
+        raw.expect(FrameType::Pong).await;
+        let m = gw.metrics().await;
+        // The shard turned for the handshake and the CONNECT, then went idle: with a spin,
+        // its first idle spell polls (50 µs at most, a microsecond at least: the figure has
+        // six decimals).
+        let spun = seconds(&m, "meshgate_shard_spin_seconds_total");
+        assert_eq!(spun > 0.0, polls, "{flags:?}: {spun}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_has_every_metric_of_the_protocol_gateway_wide_and_per_shard() {
     let gw = Gateway::start(&[]);
@@ -1770,6 +1798,21 @@ async fn metrics_has_every_metric_of_the_protocol_gateway_wide_and_per_shard() {
     }
     for name in counters {
         assert!(m.text.contains(&format!("# TYPE {name} counter")), "{name}");
+    }
+    // Seconds, with a fraction: each gateway-wide and per shard.
+    for name in [
+        "meshgate_shard_cpu_seconds_total",
+        "meshgate_shard_spin_seconds_total",
+    ] {
+        assert!(m.text.contains(&format!("# TYPE {name} counter")), "{name}");
+        for series in [name.to_owned(), format!("{name}{{shard=\"1\"}}")] {
+            let line = m
+                .text
+                .lines()
+                .find(|l| l.starts_with(&format!("{series} ")));
+            let value = line.and_then(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok());
+            assert!(value.is_some_and(|v| v >= 0.0), "{series}: {line:?}");
+        }
     }
     let labelled = [
         (
