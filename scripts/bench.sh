@@ -292,7 +292,8 @@ say "handshake: new connections as fast as they come"
 fresh handshake -- handshake --duration "${duration}s"
 
 # The gateway mesh: gateways of one shard each, all pinned to the gateway core (on two cores
-# they share it: a forwarded call costs both of them, on the same core).
+# they share it: a forwarded call costs both of them, on the same core). Gateways that share a
+# core do not poll while idle (--spin 0s): one polling would hold the core the other needs.
 mesh_pids=()
 mesh_port() { echo $((port + 10 + $1)); }
 mesh_health() { echo $((health + 10 + $1)); }
@@ -318,7 +319,7 @@ start_mesh() {
         ((i == 0)) || seed=(--peer "127.0.0.1:$(mesh_port 0)")
         taskset -c "$gateway_cpu" "$bin" serve --shards 1 --listen "127.0.0.1:$(mesh_port "$i")" \
             --health-listen "127.0.0.1:$(mesh_health "$i")" --node-name "m$i" \
-            --cluster-token-file "$token" "${seed[@]}" >"$out/logs/$name-m$i.log" 2>&1 &
+            --cluster-token-file "$token" --spin 0s "${seed[@]}" >"$out/logs/$name-m$i.log" 2>&1 &
         mesh_pids+=($!)
     done
     for _ in $(seq 300); do

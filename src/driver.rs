@@ -507,7 +507,8 @@ impl Driver {
                 left -= 1;
                 continue;
             }
-            // This turn's batch is handed out: if it was not full, it emptied the socket.
+            // This turn's batch is handed out: read again, for what came meanwhile, until a
+            // read finds the socket empty.
             if io.recv_batch(self.id) == 0 {
                 return false;
             }

@@ -3,6 +3,11 @@
 
 use std::time::Duration;
 
+use super::metrics::{scrape_blocking, MetricsUrl};
+
+/// The gateway's series of the time its shards spent polling while idle (its `--spin`).
+const SPIN_SERIES: &str = "meshgate_shard_spin_seconds_total";
+
 /// CPU time (user and system) this process has used so far.
 pub fn own() -> Duration {
     // SAFETY: rusage is plain data and getrusage only writes it.
@@ -89,31 +94,60 @@ pub fn allowed(cpu: usize) -> Result<(), String> {
     }
 }
 
+/// What the gateway's process spent over a window.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GatewayCpu {
+    /// Its CPU time.
+    pub cpu: Duration,
+    /// The part of it its shards spent polling while idle; `None` when its metrics page did
+    /// not say.
+    pub spun: Option<Duration>,
+}
+
 /// CPU use of both sides over a window.
 #[derive(Clone, Copy, Debug)]
 pub struct Window {
     own: Duration,
     gateway: Option<Duration>,
+    /// The gateway's polling time so far, in seconds, as its metrics page gave it.
+    gateway_spun: Option<f64>,
 }
 
 impl Window {
-    /// Starts a window now.
-    pub fn start(gateway: Option<u32>) -> Window {
+    /// Starts a window now; the gateway's is process `gateway`, its metrics page at `metrics`.
+    pub fn start(gateway: Option<u32>, metrics: &MetricsUrl) -> Window {
+        let gateway = gateway.and_then(of_process);
         Window {
             own: own(),
-            gateway: gateway.and_then(of_process),
+            gateway_spun: gateway.and_then(|_| spun_so_far(metrics)),
+            gateway,
         }
     }
 
-    /// CPU time each side used since the window started: (this process, the gateway's).
-    pub fn spent(&self, gateway: Option<u32>) -> (Duration, Option<Duration>) {
+    /// CPU time each side used since the window started: this process's, and the gateway's.
+    pub fn spent(
+        &self,
+        gateway: Option<u32>,
+        metrics: &MetricsUrl,
+    ) -> (Duration, Option<GatewayCpu>) {
         let own = own().saturating_sub(self.own);
         let theirs = match (self.gateway, gateway.and_then(of_process)) {
-            (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+            (Some(a), Some(b)) => Some(GatewayCpu {
+                cpu: b.saturating_sub(a),
+                spun: self.gateway_spun.and_then(|before| {
+                    let after = spun_so_far(metrics)?;
+                    Some(Duration::from_secs_f64((after - before).max(0.0)))
+                }),
+            }),
             _ => None,
         };
         (own, theirs)
     }
+}
+
+/// The time the gateway's shards have spent polling while idle so far, in seconds.
+fn spun_so_far(metrics: &MetricsUrl) -> Option<f64> {
+    scrape_blocking(metrics).ok()?.float(SPIN_SERIES)
 }
 
 #[cfg(test)]

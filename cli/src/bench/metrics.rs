@@ -74,6 +74,12 @@ impl Scrape {
         self.series.get(series).map_or(0, |v| v.max(0.0) as u64)
     }
 
+    /// The value of a series as the page gives it, fractions kept; `None` when the page has
+    /// none.
+    pub fn float(&self, series: &str) -> Option<f64> {
+        self.series.get(series).copied()
+    }
+
     /// `meshgate_resident_memory_bytes`.
     pub fn resident(&self) -> u64 {
         self.value("meshgate_resident_memory_bytes")

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde_json::{Map, Value};
 
+use super::cpu::GatewayCpu;
+
 /// The largest latency a histogram holds: longer ones are recorded as this.
 const LATENCY_CAP_NS: u64 = 3_600_000_000_000;
 
@@ -218,8 +220,33 @@ impl Summary {
     /// which `spun` polling an idle socket: its share of the core (`load_cpu_busy`, polling
     /// included) and the polling's (`load_cpu_spinning`). Returns the CPU time that did work.
     pub fn set_load_cpu(&mut self, cpu: Duration, spun: Duration, window_s: f64) -> Duration {
-        self.set("load_cpu_busy", round(cpu.as_secs_f64() / window_s, 3))
-            .set("load_cpu_spinning", round(spun.as_secs_f64() / window_s, 3));
+        self.set_cpu("load", cpu, Some(spun), window_s)
+    }
+
+    /// The same of the gateway (`gateway_cpu_busy`, and `gateway_cpu_spinning` where its
+    /// metrics gave the time its shards spent polling while idle).
+    pub fn set_gateway_cpu(&mut self, g: GatewayCpu, window_s: f64) -> Duration {
+        self.set_cpu("gateway", g.cpu, g.spun, window_s)
+    }
+
+    fn set_cpu(
+        &mut self,
+        side: &str,
+        cpu: Duration,
+        spun: Option<Duration>,
+        window_s: f64,
+    ) -> Duration {
+        self.set(
+            &format!("{side}_cpu_busy"),
+            round(cpu.as_secs_f64() / window_s, 3),
+        );
+        let Some(spun) = spun else {
+            return cpu;
+        };
+        self.set(
+            &format!("{side}_cpu_spinning"),
+            round(spun.as_secs_f64() / window_s, 3),
+        );
         cpu.saturating_sub(spun)
     }
 

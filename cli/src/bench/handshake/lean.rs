@@ -23,7 +23,7 @@ pub fn run(a: &HandshakeArgs, progress: Arc<Progress>) -> Result<Summary, String
     let start = Instant::now();
     let mut began = vec![start; a.concurrency];
     let end = start + a.common.duration;
-    let window = cpu::Window::start(a.gateway_pid);
+    let window = cpu::Window::start(a.gateway_pid, &a.common.metrics);
     let spun_before = engine.spun();
     let mut admitted = 0u64;
     let mut refusals: BTreeMap<String, u64> = BTreeMap::new();
@@ -57,7 +57,7 @@ pub fn run(a: &HandshakeArgs, progress: Arc<Progress>) -> Result<Summary, String
             began[i] = now;
         }
     }
-    let (load_cpu, gateway_cpu) = window.spent(a.gateway_pid);
+    let (load_cpu, gateway_cpu) = window.spent(a.gateway_pid, &a.common.metrics);
     let spun = engine.spun().saturating_sub(spun_before);
     let elapsed = start.elapsed();
     engine.close(Duration::from_secs(1));
@@ -87,11 +87,8 @@ pub fn run(a: &HandshakeArgs, progress: Arc<Progress>) -> Result<Summary, String
             per(load_cpu.saturating_sub(spun)),
         );
     if let Some(g) = gateway_cpu {
-        s.set(
-            "gateway_cpu_busy",
-            round(g.as_secs_f64() / elapsed.as_secs_f64(), 3),
-        )
-        .set("gateway_cpu_per_connection_us", per(g));
+        let work = s.set_gateway_cpu(g, elapsed.as_secs_f64());
+        s.set("gateway_cpu_per_connection_us", per(work));
     }
     Ok(s)
 }

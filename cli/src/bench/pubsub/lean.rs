@@ -90,11 +90,19 @@ pub fn run(a: &PubsubArgs, progress: Arc<Progress>) -> Result<Summary, String> {
     loop {
         let now = Instant::now();
         if window.is_none() && now >= measure_from {
-            window = Some((cpu::Window::start(a.gateway_pid), engine.spun()));
+            window = Some((
+                cpu::Window::start(a.gateway_pid, &a.common.metrics),
+                engine.spun(),
+            ));
         }
         if now >= end {
             spent.get_or_insert_with(|| {
-                window.map(|(w, spun)| (w.spent(a.gateway_pid), engine.spun().saturating_sub(spun)))
+                window.map(|(w, spun)| {
+                    (
+                        w.spent(a.gateway_pid, &a.common.metrics),
+                        engine.spun().saturating_sub(spun),
+                    )
+                })
             });
             // The deliveries still on their way: wait while they keep coming, at most
             // --drain, and a second without progress.
@@ -179,8 +187,8 @@ pub fn run(a: &PubsubArgs, progress: Arc<Progress>) -> Result<Summary, String> {
         let load_work = s.set_load_cpu(load_cpu, spun, window);
         s.set("load_cpu_per_delivery_us", per(load_work));
         if let Some(g) = gateway_cpu {
-            s.set("gateway_cpu_busy", round(g.as_secs_f64() / window, 3))
-                .set("gateway_cpu_per_delivery_us", per(g));
+            let work = s.set_gateway_cpu(g, window);
+            s.set("gateway_cpu_per_delivery_us", per(work));
         }
     }
     Ok(s)

@@ -110,12 +110,19 @@ pub fn run(a: &RpcArgs, progress: Arc<Progress>) -> Result<Summary, String> {
     loop {
         let now = Instant::now();
         if window.is_none() && now >= plan.measure_from {
-            window = Some((cpu::Window::start(a.gateway_pid), engine.spun()));
+            window = Some((
+                cpu::Window::start(a.gateway_pid, &a.common.metrics),
+                engine.spun(),
+            ));
         }
         if now >= plan.end {
             if spent.is_none() {
-                spent = window
-                    .map(|(w, spun)| (w.spent(a.gateway_pid), engine.spun().saturating_sub(spun)));
+                spent = window.map(|(w, spun)| {
+                    (
+                        w.spent(a.gateway_pid, &a.common.metrics),
+                        engine.spun().saturating_sub(spun),
+                    )
+                });
             }
             let waiting = callers.iter().any(|c| c.free.len() < c.sent.len());
             if !waiting || now >= plan.end + a.call_timeout + Duration::from_secs(1) {
@@ -186,8 +193,8 @@ pub fn run(a: &RpcArgs, progress: Arc<Progress>) -> Result<Summary, String> {
     let load_work = s.set_load_cpu(load_cpu, spun, window);
     s.set("load_cpu_per_call_us", per_call(load_work));
     if let Some(g) = gateway_cpu {
-        s.set("gateway_cpu_busy", round(g.as_secs_f64() / window, 3))
-            .set("gateway_cpu_per_call_us", per_call(g));
+        let work = s.set_gateway_cpu(g, window);
+        s.set("gateway_cpu_per_call_us", per_call(work));
     }
     if let Some(why) = lost {
         return Err(format!("a session ended during the run: {why}"));
