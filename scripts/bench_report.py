@@ -581,7 +581,7 @@ def main():
                 f"| {name} {i} | {count(s['calls_per_s'])} | {ms(lat.get('p50'))} | "
                 f"{ms(lat.get('p90'))} | {ms(lat.get('p99'))} | {ms(lat.get('p99.9'))} | "
                 f"{ms(lat.get('max'))} | {s['errors']} | {us(window_cpu_per_call(s))} | "
-                f"{pct_of(s.get('gateway_cpu_busy'))} | {pct_of(load_busy(s))} |"
+                f"{pct_of(gateway_busy(s))} | {pct_of(load_busy(s))} |"
             )
     w("")
     w(
