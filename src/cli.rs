@@ -226,7 +226,7 @@ pub struct ServeArgs {
     /// polls only while traffic flows: after an idle spell longer than this, the next one
     /// starts asleep. The time spent polling is CPU time that handles nothing, reported as
     /// meshgate_shard_spin_seconds_total; set 0s where shards share their cores with other
-    /// busy processes.
+    /// busy processes (with more shards than cores, the shards share them, and none polls).
     #[arg(long, value_name = "DURATION", default_value = "50us", value_parser = parse_duration)]
     pub spin: Duration,
     /// How long a connection may wait before sending CONNECT.

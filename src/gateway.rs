@@ -83,6 +83,13 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
             .unwrap_or(u16::MAX)
             .min(meshgate_shard::router::MAX_SHARDS),
     );
+    let spin = spin_of(args.spin, shards, cores.len());
+    if spin != args.spin {
+        log::info!(
+            "{shards} shards on {} cores share them: no shard polls while idle (--spin 0s)",
+            cores.len()
+        );
+    }
     let realms = realms(&args)?;
     let limits = Limits {
         max_clients: args.max_clients,
@@ -231,7 +238,7 @@ pub fn serve(args: ServeArgs) -> Result<(), StartError> {
             max_udp_payload: args.largest_udp_payload().into(),
             pmtud_max: args.pmtud_max.into(),
             idle_timeout: args.idle_timeout,
-            spin: args.spin,
+            spin,
             dial_quic,
             peer_idle_timeout: args.peer_idle_timeout,
             origin,
@@ -459,6 +466,16 @@ fn dial_config(identity: &Identity, args: &ServeArgs) -> Result<quiche::Config, 
 /// The ALPNs the gateway accepts, `macula` first; `meshgate-peer` only with `--node-name`.
 const SERVER_ALPNS: [&[u8]; 2] = [b"macula", PEER_ALPN];
 
+/// `--spin` as the shards use it: none where shards share cores (more shards than cores), as a
+/// polling shard would hold the core its neighbour needs.
+fn spin_of(spin: Duration, shards: u16, cores: usize) -> Duration {
+    if usize::from(shards) > cores {
+        Duration::ZERO
+    } else {
+        spin
+    }
+}
+
 fn bad(e: quiche::Error) -> StartError {
     StartError::Config(format!("QUIC configuration: {e}"))
 }
@@ -618,5 +635,19 @@ impl HealthSource for Reports {
         }
         reports.sort_by_key(|r| r.shard);
         reports
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shards_poll_while_each_has_a_core_of_its_own_and_not_when_they_share() {
+        let spin = Duration::from_micros(50);
+        assert_eq!(spin_of(spin, 1, 2), spin);
+        assert_eq!(spin_of(spin, 2, 2), spin);
+        assert_eq!(spin_of(spin, 3, 2), Duration::ZERO);
+        assert_eq!(spin_of(Duration::ZERO, 1, 2), Duration::ZERO);
     }
 }
