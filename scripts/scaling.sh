@@ -10,8 +10,8 @@
 # --runs rounds, and the report gives the medians: calls/s, calls/s per shard, and the
 # efficiency per shard, the rate of N shards over N times the rate of one (target: at least
 # 85 % at the largest N). It also gives the gateway's CPU (all shards, and its busiest and
-# idlest shard, from the gateway's meshgate_shard_cpu_seconds_total) and the sessions each
-# shard holds, so that an uneven spread shows.
+# idlest shard, from the gateway's meshgate_shard_cpu_seconds_total less its polling while
+# idle) and the sessions each shard holds, so that an uneven spread shows.
 #
 # The load's default shape is 16 callers x 16 calls in flight and 4 providers per load
 # generator, 64-byte payloads: 20 connections each, enough to spread over the shards as the
@@ -202,11 +202,13 @@ for r in $(seq "$runs"); do
         # fraction of a second to connect); the shards' CPU is read over its middle half.
         sleep $((warmup + quarter))
         cpu_before=$(per_shard meshgate_shard_cpu_seconds_total "$n")
+        spin_before=$(per_shard meshgate_shard_spin_seconds_total "$n")
         totals_before=$(totals)
         t_before=$(date +%s.%N)
         sessions=$(per_shard meshgate_clients "$n")
         sleep "$half"
         cpu_after=$(per_shard meshgate_shard_cpu_seconds_total "$n")
+        spin_after=$(per_shard meshgate_shard_spin_seconds_total "$n")
         totals_after=$(totals)
         t_after=$(date +%s.%N)
         failed=0
@@ -221,12 +223,13 @@ for r in $(seq "$runs"); do
         stop_all
         ((failed == 0)) || exit 1
         python3 - "$out/json" "$name" "$n" "$r" "$gw" "$ld" "$sessions" "$cpu_before" \
-            "$cpu_after" "$t_before" "$t_after" "$totals_before" "$totals_after" <<'PY'
+            "$cpu_after" "$t_before" "$t_after" "$totals_before" "$totals_after" \
+            "$spin_before" "$spin_after" <<'PY'
 import json, os, sys
 sys.path.insert(0, "scripts")
 from cores import shared
 d, name, n, r, gw, ld, sessions, before, after, t_before, t_after = sys.argv[1:12]
-totals_before, totals_after = sys.argv[12:]
+totals_before, totals_after, spin_before, spin_after = sys.argv[12:]
 loads = []
 for k in range(int(n)):
     tmp = os.path.join(d, f"{name}-load-{k}.json.tmp")
@@ -236,9 +239,14 @@ for k in range(int(n)):
 def figures(text):
     return [None if x == "-" else float(x) for x in text.split()]
 seconds = float(t_after) - float(t_before)
+# A shard's busy share leaves out the time it spent polling while idle (its --spin).
+spun = [
+    0 if a is None or b is None else a - b
+    for a, b in zip(figures(spin_after), figures(spin_before))
+]
 busy = [
-    None if a is None or b is None else (a - b) / seconds
-    for a, b in zip(figures(after), figures(before))
+    None if a is None or b is None else (a - b - s) / seconds
+    for a, b, s in zip(figures(after), figures(before), spun)
 ]
 gw, ld = [int(c) for c in gw.split(",")], [int(c) for c in ld.split(",")]
 # Over the same span: calls ended, messages between shards, datagrams forwarded.

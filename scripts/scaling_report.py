@@ -39,9 +39,14 @@ def calls_per_s(run):
 
 
 def gateway_busy(run):
-    """The gateway's CPU over the load's window, in cores: the mean of what each load
-    generator read of the whole process over its own window."""
-    values = [s["gateway_cpu_busy"] for s in run["loads"] if "gateway_cpu_busy" in s]
+    """The gateway's CPU over the load's window, in cores, less the time its shards spent
+    polling while idle: the mean of what each load generator read of the whole process over
+    its own window."""
+    values = [
+        s["gateway_cpu_busy"] - s.get("gateway_cpu_spinning", 0)
+        for s in run["loads"]
+        if "gateway_cpu_busy" in s
+    ]
     return sum(values) / len(values) if values else None
 
 
@@ -141,7 +146,8 @@ def main():
     w()
     w(
         "The gateway's CPU is the whole process's over each load generator's window (`/proc`); "
-        "each shard's busy share is its `meshgate_shard_cpu_seconds_total` over the middle half "
+        "each shard's busy share is its `meshgate_shard_cpu_seconds_total` less its "
+        "`meshgate_shard_spin_seconds_total` (time spent polling while idle) over the middle half "
         "of the window, and the sessions per shard are the gateway's `meshgate_clients` gauges read "
         "there. A shard holding more sessions than another gets more of the load: each session "
         "lands on the shard its first connection ID names, a random one. Messages between shards "
