@@ -145,7 +145,8 @@ def main():
         )
     w()
     w(
-        "The gateway's CPU is the whole process's over each load generator's window (`/proc`); "
+        "The gateway's CPU is the whole process's over each load generator's window (`/proc`), "
+        "less the time its shards spent polling while idle (`--spin`); "
         "each shard's busy share is its `meshgate_shard_cpu_seconds_total` less its "
         "`meshgate_shard_spin_seconds_total` (time spent polling while idle) over the middle half "
         "of the window, and the sessions per shard are the gateway's `meshgate_clients` gauges read "
