@@ -1747,7 +1747,9 @@ fn seconds(m: &Metrics, name: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_shard_polls_after_traffic_by_default_and_never_with_spin_0s() {
     for (flags, polls) in [(&[][..], true), (&["--spin", "0s"][..], false)] {
-        let gw = Gateway::start(flags);
+        // One shard: a core of its own on any machine (with more shards than cores, none
+        // polls).
+        let gw = Gateway::start_with_shards(1, flags);
         let mut raw = Raw::open(gw.addr).await.expect("handshake");
         raw.write(&connect_frame(REALM, random_node(), None)).await;
         raw.expect(FrameType::Pong).await;
