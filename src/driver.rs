@@ -310,20 +310,18 @@ impl Io {
     fn sleep(&mut self, mailbox: &Mailbox, deadline: Option<Instant>) {
         let start = Instant::now();
         let budget = self.spin.budget();
+        let mut polled = Duration::ZERO;
         if !budget.is_zero() {
             let until = deadline.map_or(start + budget, |at| at.min(start + budget));
             let woken = self.poll_until(mailbox, until);
-            let polled = start.elapsed();
+            polled = start.elapsed();
             if woken {
                 self.spin.ended(polled, polled);
                 return;
             }
-            self.wait(mailbox, deadline);
-            self.spin.ended(start.elapsed(), polled);
-            return;
         }
         self.wait(mailbox, deadline);
-        self.spin.ended(start.elapsed(), Duration::ZERO);
+        self.spin.ended(start.elapsed(), polled);
     }
 
     /// Polls the socket and the inbox until either has something (true) or `until` passes.

@@ -543,8 +543,7 @@ pub struct BatchTx {
     buf: Box<[u8]>,
     /// Bytes of `buf` the queued datagrams take.
     used: usize,
-    /// Where each queued datagram starts in `buf`, and its length.
-    starts_at: Vec<usize>,
+    /// Each queued datagram's length; each starts where the one before it ends.
     lens: Vec<usize>,
     /// Each queued datagram's destination; converted to the kernel's form once per message
     /// (`names`), not once per datagram.
@@ -574,7 +573,6 @@ impl BatchTx {
             slot,
             buf: vec![0u8; TX_BYTES.max(8 * slot)].into_boxed_slice(),
             used: 0,
-            starts_at: Vec::with_capacity(TX_BATCH),
             lens: Vec::with_capacity(TX_BATCH),
             dst: Vec::with_capacity(TX_BATCH),
             names: (0..TX_BATCH)
@@ -608,7 +606,6 @@ impl BatchTx {
     /// Queues the `len` bytes written into [`Self::next_slot`] for `to`.
     pub fn commit(&mut self, len: usize, to: SocketAddr) {
         let len = len.min(self.slot);
-        self.starts_at.push(self.used);
         self.lens.push(len);
         self.dst.push(to);
         self.used += len;
@@ -647,6 +644,7 @@ impl BatchTx {
         while off < self.lens.len() {
             self.starts.clear();
             let mut entry = off;
+            let mut at: usize = self.lens[..off].iter().sum();
             while entry < self.lens.len() {
                 let j = self.starts.len();
                 self.starts.push(entry);
@@ -654,9 +652,10 @@ impl BatchTx {
                 for s in 0..k {
                     let i = entry + s;
                     self.iov[i] = libc::iovec {
-                        iov_base: self.buf[self.starts_at[i]..].as_mut_ptr().cast(),
+                        iov_base: self.buf[at..].as_mut_ptr().cast(),
                         iov_len: self.lens[i],
                     };
+                    at += self.lens[i];
                 }
                 let h = &mut self.hdrs[j];
                 // SAFETY: msghdr is plain data.
@@ -699,7 +698,6 @@ impl BatchTx {
             off = taken;
         }
         self.used = 0;
-        self.starts_at.clear();
         self.lens.clear();
         self.dst.clear();
         self.unsegmented_to = 0;
@@ -717,13 +715,9 @@ impl BatchTx {
         if k == 0 {
             return;
         }
-        let from = self.starts_at.get(k).copied().unwrap_or(self.used);
+        let from: usize = self.lens[..k].iter().sum();
         self.buf.copy_within(from..self.used, 0);
         self.used -= from;
-        self.starts_at.drain(..k);
-        for at in &mut self.starts_at {
-            *at -= from;
-        }
         self.lens.drain(..k);
         self.dst.drain(..k);
         self.unsegmented_to = self.unsegmented_to.saturating_sub(k);
@@ -845,10 +839,11 @@ mod tests {
 
     /// The queued datagrams, as `first` would hand each out after the ones before it left.
     fn queued(tx: &BatchTx) -> Vec<(Vec<u8>, SocketAddr)> {
+        let mut at = 0;
         (0..tx.lens.len())
             .map(|i| {
-                let at = tx.starts_at[i];
-                (tx.buf[at..at + tx.lens[i]].to_vec(), tx.dst[i])
+                at += tx.lens[i];
+                (tx.buf[at - tx.lens[i]..at].to_vec(), tx.dst[i])
             })
             .collect()
     }
