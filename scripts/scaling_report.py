@@ -16,7 +16,10 @@ import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_report import Figure, commit, count, load, load_busy, machine, pct_of, us, verdict  # noqa: E402
+from bench_report import (  # noqa: E402
+    Figure, commit, count, load, load_busy, machine, pct_of, us, verdict,
+    gateway_busy as gateway_busy_of,
+)
 
 # The efficiency per shard the largest shard count must reach.
 TARGET = 0.85
@@ -42,11 +45,7 @@ def gateway_busy(run):
     """The gateway's CPU over the load's window, in cores, less the time its shards spent
     polling while idle: the mean of what each load generator read of the whole process over
     its own window."""
-    values = [
-        s["gateway_cpu_busy"] - s.get("gateway_cpu_spinning", 0)
-        for s in run["loads"]
-        if "gateway_cpu_busy" in s
-    ]
+    values = [gateway_busy_of(s) for s in run["loads"] if "gateway_cpu_busy" in s]
     return sum(values) / len(values) if values else None
 
 
