@@ -18,7 +18,7 @@
 # Usage: scripts/bench.sh [--out DIR] [--runs N] [--duration SECONDS] [--gateway-cpu N]
 #                         [--load-cpu N] [--churn-cycles N] [--churn-rate N] [--idle-clients N]
 #                         [--pubsub-rate N] [--pubsub-burst-rate N] [--pubsub-tick MS]
-#                         [--fixed-payload N] [--mesh-rate N] [--nats NATSBENCH_DIR] [--quick]
+#                         [--fixed-payload N] [--mesh-rate N] [--mesh-pairs N] [--nats NATSBENCH_DIR] [--quick]
 #   --pubsub-rate  the publisher's rate in the pub/sub runs paced message by message (150,000)
 #   --pubsub-burst-rate, --pubsub-tick  the pub/sub runs whose publisher writes the messages
 #             of each tick together, as a client flushing its buffer on a timer does (300,000
@@ -31,6 +31,8 @@
 #   --mesh-rate  the paced rate (calls/s) at which a forwarded call's CPU on each gateway is
 #             compared with a local call's, both on the same two gateways (default 5,000: low
 #             enough that neither run saturates the core the gateways share)
+#   --mesh-pairs  forwarded and local paced runs per run, alternating which goes first (3):
+#             at a paced rate a call's CPU varies from run to run by more than the two differ
 #   --quick   a short pass (1 run, 3 s windows, 2,000 churn cycles, 500 idle clients) that
 #             checks the script and the scenarios, not figures to quote.
 set -euo pipefail
@@ -50,6 +52,7 @@ pubsub_burst_rate=300000
 pubsub_tick=1
 fixed_payload=1350
 mesh_rate=5000
+mesh_pairs=3
 nats=""
 while (($#)); do
     case "$1" in
@@ -66,6 +69,7 @@ while (($#)); do
         --pubsub-tick) pubsub_tick=$2; shift 2 ;;
         --fixed-payload) fixed_payload=$2; shift 2 ;;
         --mesh-rate) mesh_rate=$2; shift 2 ;;
+        --mesh-pairs) mesh_pairs=$2; shift 2 ;;
         --nats) nats=$2; shift 2 ;;
         --quick) runs=1; duration=3; churn_cycles=2000; idle_clients=500; shift ;;
         -h|--help) sed -n '2,/^set /{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
@@ -73,10 +77,11 @@ while (($#)); do
     esac
 done
 for n in "$runs" "$duration" "$gateway_cpu" "$load_cpu" "$churn_cycles" "$churn_rate" "$idle_clients" \
-    "$pubsub_rate" "$pubsub_burst_rate" "$pubsub_tick" "$fixed_payload" "$mesh_rate"; do
+    "$pubsub_rate" "$pubsub_burst_rate" "$pubsub_tick" "$fixed_payload" "$mesh_rate" "$mesh_pairs"; do
     [[ "$n" =~ ^[0-9]+$ ]] || { echo "bench: '$n' is not a whole number" >&2; exit 2; }
 done
-((runs >= 1 && duration >= 1)) || { echo "bench: --runs and --duration must be at least 1" >&2; exit 2; }
+((runs >= 1 && duration >= 1 && mesh_pairs >= 1)) ||
+    { echo "bench: --runs, --duration and --mesh-pairs must be at least 1" >&2; exit 2; }
 ((fixed_payload >= 1200 && fixed_payload <= 16383)) ||
     { echo "bench: --fixed-payload must be 1200 to 16383 bytes" >&2; exit 2; }
 out=$(realpath -m "$out")
@@ -402,13 +407,23 @@ for r in $(seq "$runs"); do
     # A gateway's CPU per call depends on the rate (at a low one, each packet carries one
     # call): the cost of a forwarded call on each side against a local call's is measured at
     # one paced rate, on the same two gateways, the local calls' callers and provider on m0.
-    say "mesh rpc: forwarded calls at $mesh_rate/s, run $r of $runs"
-    mesh_load "mesh-rpc-paced-$r" 2 rpc --callers 4 --providers 2 \
-        --payload 64 --rate "$mesh_rate" --provider-server "127.0.0.1:$(mesh_port 1)" \
-        --duration "${duration}s" --warmup 2s
-    say "mesh rpc: local calls on m0 at $mesh_rate/s, run $r of $runs"
-    mesh_load "mesh-rpc-local-$r" 2 rpc --callers 4 --providers 2 \
-        --payload 64 --rate "$mesh_rate" --duration "${duration}s" --warmup 2s
+    # The two alternate, so that neither always follows the unpaced run or the other.
+    for p in $(seq "$mesh_pairs"); do
+        order=(forwarded local)
+        ((p % 2)) || order=(local forwarded)
+        for kind in "${order[@]}"; do
+            if [[ $kind == forwarded ]]; then
+                say "mesh rpc: forwarded calls at $mesh_rate/s, run $r of $runs, pair $p of $mesh_pairs"
+                mesh_load "mesh-rpc-paced-$r-$p" 2 rpc --callers 4 --providers 2 \
+                    --payload 64 --rate "$mesh_rate" --provider-server "127.0.0.1:$(mesh_port 1)" \
+                    --duration "${duration}s" --warmup 2s
+            else
+                say "mesh rpc: local calls on m0 at $mesh_rate/s, run $r of $runs, pair $p of $mesh_pairs"
+                mesh_load "mesh-rpc-local-$r-$p" 2 rpc --callers 4 --providers 2 \
+                    --payload 64 --rate "$mesh_rate" --duration "${duration}s" --warmup 2s
+            fi
+        done
+    done
     stop_mesh
 done
 

@@ -122,6 +122,10 @@ def pct(x):
     return "n/a" if x is None else f"{x:+.1f} %"
 
 
+def signed_us(v):
+    return "n/a" if v is None else f"{v:+.2f} µs"
+
+
 def pct_of(x):
     return "n/a" if x is None else f"{x * 100:.0f} %"
 
@@ -825,8 +829,9 @@ def targets(w, a, theirs, rpc_rate, rpc_cpu, rpc_p99, gw_busy, load_busy, ratio,
         f"{a.pubsub_burst_rate:,}/s in bursts, with either datagram size) | {losses:,} losses | 0 | "
         f"{verdict(losses == 0)} |"
     )
-    if os.path.exists(os.path.join(d, "json", "mesh-rpc-paced-1.json")):
-        sides, local = paced_mesh_cpu(d, runs)
+    sides, local = paced_mesh_cpu(d, runs)
+    if local:
+        sides, local = [Figure(f) for f in sides], Figure(local)
         worst = max([f.median for f in sides if f.median is not None], default=None)
         w(
             f"| CPU per forwarded call, each side ≤ a local call's (both at {a.mesh_rate:,} "
@@ -836,15 +841,32 @@ def targets(w, a, theirs, rpc_rate, rpc_cpu, rpc_p99, gw_busy, load_busy, ratio,
         )
 
 
+def paced_mesh_runs(d, name, runs):
+    """The summaries of the paced mesh runs `name` over the runs, pair by pair (`name-R-P.json`)."""
+    found = []
+    for r in runs:
+        p = 1
+        while os.path.exists(os.path.join(d, "json", f"{name}-{r}-{p}.json")):
+            found.append(load(d, f"{name}-{r}-{p}"))
+            p += 1
+    return found
+
+
 def paced_mesh_cpu(d, runs):
-    """Gateway CPU per call at --mesh-rate: forwarded (m0's and m1's) and local (m0's)."""
+    """Gateway CPU per call (µs) at --mesh-rate, pair by pair: forwarded (m0's and m1's) and
+    local (m0's); None where a run ended no call. Empty lists when the runs measured none."""
     def side(name, i):
-        runs_ = [load(d, f"{name}-{r}") for r in runs]
-        return Figure(
-            [s["gateway_cpu_s"][i] * 1e6 / s["gateway_calls"] for s in runs_ if s["gateway_calls"]]
-        )
+        return [
+            s["gateway_cpu_s"][i] * 1e6 / s["gateway_calls"] if s["gateway_calls"] else None
+            for s in paced_mesh_runs(d, name, runs)
+        ]
 
     return [side("mesh-rpc-paced", 0), side("mesh-rpc-paced", 1)], side("mesh-rpc-local", 0)
+
+
+def paired_excess(forwarded, local):
+    """A forwarded call's CPU less the local call's of the same pair, pair by pair."""
+    return Figure([f - l for f, l in zip(forwarded, local) if f is not None and l is not None])
 
 
 def nats_section(w, theirs, d):
@@ -913,14 +935,21 @@ def mesh_section(w, d, runs, rpc_rate, rpc_p99, rpc_cpu, mesh_rate):
     w(f"| CPU per forwarded call, caller's gateway (m0) | {us(sides[0])} | {sides[0].spread(lambda v: f'{v:.2f} µs')} |")
     w(f"| CPU per forwarded call, provider's gateway (m1) | {us(sides[1])} | {sides[1].spread(lambda v: f'{v:.2f} µs')} |")
     w(f"| CPU per local call (single gateway) | {us(rpc_cpu)} | {rpc_cpu.spread(lambda v: f'{v:.2f} µs')} |")
-    if os.path.exists(os.path.join(d, "json", "mesh-rpc-paced-1.json")):
-        paced, local = paced_mesh_cpu(d, runs)
+    paced, local = paced_mesh_cpu(d, runs)
+    if local:
+        excess = [paired_excess(f, local) for f in paced]
+        paced, local = [Figure(f) for f in paced], Figure(local)
         for name, f in (
             (f"CPU per forwarded call at {mesh_rate:,}/s, m0", paced[0]),
             (f"CPU per forwarded call at {mesh_rate:,}/s, m1", paced[1]),
             (f"CPU per local call at {mesh_rate:,}/s, m0 (callers and provider on m0)", local),
         ):
             w(f"| {name} | {us(f)} | {f.spread(lambda v: f'{v:.2f} µs')} |")
+        for side, f in zip(("m0", "m1"), excess):
+            w(
+                f"| a forwarded call's CPU on {side} less the local call's, pair by pair | "
+                f"{signed_us(f.median)} | {f.spread(signed_us)} |"
+            )
         if None not in (paced[0].median, paced[1].median, local.median):
             both = (paced[0].median + paced[1].median) * mesh_rate / 1e6
             w(
@@ -933,7 +962,11 @@ def mesh_section(w, d, runs, rpc_rate, rpc_p99, rpc_cpu, mesh_rate):
         f"paced at {mesh_rate:,} calls/s, most packets carry one. The target compares a "
         "forwarded call with a local call at that one paced rate, on the same two gateways "
         "sharing the gateway core (m1 idle in the local runs), at a rate low enough that "
-        "neither saturates it (the busy row)."
+        "neither saturates it (the busy row). At such a rate a call's CPU is mostly the "
+        "gateway's wake-ups, and it drifts from one run to the next by more than the two "
+        "differ: each run therefore measures them in pairs, one right after the other, "
+        "alternating which goes first. The medians are over all pairs; the rows pair by pair "
+        "give the difference within each pair, which that drift moves less."
     )
     w("")
 

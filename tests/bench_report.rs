@@ -481,3 +481,84 @@ fn a_handshake_rate_the_load_generator_set_is_judged_by_the_gateways_cpu_per_con
         assert_eq!(line(&made, "| new connections/s per shard | "), row);
     }
 }
+
+/// Writes the paced mesh runs of `pairs` (forwarded m0, forwarded m1, local m0: µs per call)
+/// as run `run`'s pairs, in place of the committed ones.
+fn paced_mesh_pairs(raw: &RawCopy, run: u64, pairs: &[(f64, f64, f64)]) {
+    for (p, (m0, m1, local)) in pairs.iter().enumerate() {
+        let summary = |m0: f64, m1: f64| {
+            format!(
+                r#"{{"gateway_cpu_s": [{}, {}], "gateway_calls": 1000}}"#,
+                m0 / 1000.0,
+                m1 / 1000.0
+            )
+        };
+        let p = p + 1;
+        std::fs::write(
+            raw.json(&format!("mesh-rpc-paced-{run}-{p}.json")),
+            summary(*m0, *m1),
+        )
+        .expect("a paced run is written");
+        std::fs::write(
+            raw.json(&format!("mesh-rpc-local-{run}-{p}.json")),
+            summary(*local, 0.0),
+        )
+        .expect("a local run is written");
+    }
+}
+
+#[test]
+fn forwarded_and_local_calls_are_compared_over_every_pair_and_within_each() {
+    let raw = RawCopy::new("mesh-pairs");
+    for entry in std::fs::read_dir(raw.dir.join("json")).expect("the copy") {
+        let path = entry.expect("a raw result").path();
+        let name = path.file_name().expect("a name").to_string_lossy();
+        if name.starts_with("mesh-rpc-paced-") || name.starts_with("mesh-rpc-local-") {
+            std::fs::remove_file(&path).expect("a committed paced run is removed");
+        }
+    }
+    // The runs drift (run 2 costs more throughout); within each pair the forwarded call on
+    // m0 costs 1 µs less than the local one but once.
+    paced_mesh_pairs(&raw, 1, &[(20.0, 10.0, 21.0), (22.0, 10.0, 23.0)]);
+    paced_mesh_pairs(&raw, 2, &[(30.0, 10.0, 29.0), (28.0, 10.0, 29.0)]);
+    paced_mesh_pairs(&raw, 3, &[(24.0, 10.0, 25.0), (26.0, 10.0, 27.0)]);
+
+    let pairs = made(report(&raw.dir, "1", "scripts/bench.sh"));
+    assert_eq!(
+        line(
+            &pairs,
+            "| CPU per forwarded call, each side ≤ a local call's (both at 5,000 calls/s on the same two gateways) | "
+        ),
+        "m0 25.00 µs, m1 10.00 µs | 26.00 µs | met |"
+    );
+    assert_eq!(
+        line(&pairs, "| CPU per forwarded call at 5,000/s, m0 | "),
+        "25.00 µs | 20.00 µs – 30.00 µs (6 runs) |"
+    );
+    assert_eq!(
+        line(
+            &pairs,
+            "| a forwarded call's CPU on m0 less the local call's, pair by pair | "
+        ),
+        "-1.00 µs | -1.00 µs – +1.00 µs (6 runs) |"
+    );
+    assert_eq!(
+        line(
+            &pairs,
+            "| a forwarded call's CPU on m1 less the local call's, pair by pair | "
+        ),
+        "-16.00 µs | -19.00 µs – -11.00 µs (6 runs) |"
+    );
+
+    // A forwarded call dearer on m0 than a local one is not met.
+    paced_mesh_pairs(&raw, 2, &[(30.0, 10.0, 22.0), (28.0, 10.0, 22.0)]);
+    let dearer = made(report(&raw.dir, "1", "scripts/bench.sh"));
+    assert!(
+        line(
+            &dearer,
+            "| CPU per forwarded call, each side ≤ a local call's "
+        )
+        .ends_with("| **not met** |"),
+        "{dearer}"
+    );
+}
