@@ -125,23 +125,29 @@ gateway_ticks() {
 }
 
 step=0
-steps=$((runs * 12 + 11))
+steps=$((runs * (10 + 2 * mesh_pairs) + 11))
 [[ -n "$nats" ]] && steps=$((steps + runs))
 say() {
     step=$((step + 1))
     echo "bench: [$step/$steps] $*" >&2
 }
 
-# The gateway's calls ended, messages delivered, UDP datagrams received and sent, and turns of
-# its shards' loops so far, from its metrics.
-gateway_counts() {
-    curl -sf "$metrics" | awk '
+# counts_of URL: a gateway's calls ended, messages delivered, UDP datagrams received and sent,
+# turns of its shards' loops and messages published so far, from its metrics at URL.
+counts_of() {
+    curl -sf "$1" | awk '
         /^meshgate_calls_total\{outcome=/ && !/shard=/ { calls += $2 }
         /^meshgate_deliveries_total / { deliveries = $2 }
         /^meshgate_udp_datagrams_received_total / { received = $2 }
         /^meshgate_udp_datagrams_sent_total / { sent = $2 }
         /^meshgate_shard_turns_total / { turns = $2 }
-        END { printf "%d %d %d %d %d\n", calls, deliveries, received, sent, turns }'
+        /^meshgate_publishes_total / { publishes = $2 }
+        END { printf "%d %d %d %d %d %d\n", calls, deliveries, received, sent, turns, publishes }'
+}
+
+# The gateway's counts (counts_of) so far.
+gateway_counts() {
+    counts_of "$metrics"
 }
 
 # load NAME SCENARIO [flags]: runs one scenario pinned to the load core, its summary as JSON.
@@ -347,18 +353,19 @@ start_mesh() {
     exit 1
 }
 
-# mesh_counts N: calls ended (on the callers' gateway, m0) and publishes (all gateways) so far.
+# mesh_counts N: calls ended (on the callers' gateway, m0) and publishes (all gateways) so far,
+# then each gateway's UDP datagrams received and sent and turns of its loop.
 mesh_counts() {
     local i
-    for i in $(seq 0 $(($1 - 1))); do curl -sf "http://127.0.0.1:$(mesh_health "$i")/metrics"; done |
+    for i in $(seq 0 $(($1 - 1))); do counts_of "http://127.0.0.1:$(mesh_health "$i")/metrics"; done |
         awk '
-        /^meshgate_calls_total\{outcome=/ && !/shard=/ { calls += $2 }
-        /^meshgate_publishes_total / { publishes += $2 }
-        END { printf "%d %d\n", calls, publishes }'
+        { calls += $1; publishes += $6; each = each " " $3 " " $4 " " $5 }
+        END { print calls, publishes each }'
 }
 
 # mesh_load NAME N SCENARIO [flags]: the scenario against m0 (the flags say where else its
-# sessions go); adds each gateway's CPU time and PUBLISH frames sent per peer to the JSON.
+# sessions go); adds each gateway's CPU time, UDP datagrams and loop turns over the run and
+# PUBLISH frames sent per peer to the JSON.
 mesh_load() {
     local name=$1 n=$2 scenario=$3 i
     shift 3
@@ -382,6 +389,10 @@ summary["gateway_cpu_s"] = [(y - x) / int(tck) for x, y in zip(b, a)]
 cb, ca = [int(x) for x in counts_before.split()], [int(x) for x in counts_after.split()]
 summary["gateway_calls"] = ca[0] - cb[0]
 summary["gateway_publishes"] = ca[1] - cb[1]
+each = [y - x for x, y in zip(cb[2:], ca[2:])]
+summary["gateway_datagrams_received"] = each[0::3]
+summary["gateway_datagrams_sent"] = each[1::3]
+summary["gateway_turns"] = each[2::3]
 # Each gateway is fresh: its counters cover this scenario alone.
 sent, publishes = {}, {}
 for i in range(int(n)):

@@ -864,6 +864,15 @@ def paced_mesh_cpu(d, runs):
     return [side("mesh-rpc-paced", 0), side("mesh-rpc-paced", 1)], side("mesh-rpc-local", 0)
 
 
+def paced_mesh_counts(d, runs, name, i, key):
+    """Gateway `i`'s `key` count (datagrams received or sent, turns) per call at --mesh-rate
+    over the pairs of the paced mesh runs `name`; None when the runs did not count them."""
+    found = [s for s in paced_mesh_runs(d, name, runs) if s["gateway_calls"]]
+    if not found or any(key not in s for s in found):
+        return None
+    return Figure([s[key][i] / s["gateway_calls"] for s in found])
+
+
 def paired_excess(forwarded, local):
     """A forwarded call's CPU less the local call's of the same pair, pair by pair."""
     return Figure([f - l for f, l in zip(forwarded, local) if f is not None and l is not None])
@@ -950,6 +959,22 @@ def mesh_section(w, d, runs, rpc_rate, rpc_p99, rpc_cpu, mesh_rate):
                 f"| a forwarded call's CPU on {side} less the local call's, pair by pair | "
                 f"{signed_us(f.median)} | {f.spread(signed_us)} |"
             )
+        keys = ("gateway_datagrams_received", "gateway_datagrams_sent", "gateway_turns")
+        counts = {
+            side: [paced_mesh_counts(d, runs, name, i, key) for key in keys]
+            for side, name, i in (
+                ("forwarded, m0", "mesh-rpc-paced", 0),
+                ("forwarded, m1", "mesh-rpc-paced", 1),
+                ("local, m0", "mesh-rpc-local", 0),
+            )
+        }
+        for side, (received, sent, turns) in counts.items():
+            if None not in (received, sent, turns):
+                w(
+                    f"| UDP datagrams received / sent and turns of the loop per call at "
+                    f"{mesh_rate:,}/s, {side} | {received.median:.2f} / {sent.median:.2f}, "
+                    f"{turns.median:.2f} | |"
+                )
         if None not in (paced[0].median, paced[1].median, local.median):
             both = (paced[0].median + paced[1].median) * mesh_rate / 1e6
             w(

@@ -121,64 +121,69 @@ fn the_committed_report_is_regenerated_from_its_raw_results() {
     let made = made(report(Path::new("docs/bench"), elapsed, command));
     assert_eq!(without_date(&made), without_date(&committed));
     for figure in [
-        "626,632",
-        "146,405",
-        "167,610",
-        "1.27 µs",
-        "6.56 µs",
+        "694,747",
+        "174,852",
+        "157,268",
+        "1.15 µs",
+        "5.55 µs",
         "0.20 ms",
-        "1.40 ms",
-        "1.35 ms",
-        "2,249,456",
-        "0.55",
-        "gateway 80 %, load generator 78 %",
-        "609,598 – 669,524",
-        "1.24 µs",
+        "1.13 ms",
+        "1.49 ms",
+        "2,097,251",
+        "0.66",
+        "gateway 80 %, load generator 79 %",
+        "593,776 – 716,475",
+        "1.12 µs",
         "19 % of its core",
         "20 % of its core",
-        "0.16 / 0.18",
-        "19.42",
-        "1,471,226",
-        "0.56 µs",
-        "83 % / 70 %",
-        "313,316",
-        "2.93 µs",
-        "3.03 µs",
-        "3.31 ms",
-        "5.70 ms",
-        "14.9 KiB",
-        "6,765",
-        "113.50 µs",
-        "146.30 µs",
-        "77 %",
+        "0.16 / 0.17",
+        "20.89",
+        "1,399,526",
+        "0.58 µs",
+        "82 % / 68 %",
+        "347,374",
+        "2.66 µs",
+        "2.72 µs",
+        "1.57 ms",
+        "2.55 ms",
+        "15.0 KiB",
+        "6,428",
+        "125.30 µs",
+        "153.10 µs",
+        "81 %",
         "600,000",
         "1,200,000",
-        "0.16 µs",
-        "0.25 µs",
-        "1.43 µs",
+        "0.17 µs",
         "0.24 µs",
-        "19 %",
-        "29 %",
-        "+0.1 %",
-        "0.27 ms",
-        "15.51 µs",
-        "10.09 ms",
-        "317,140",
-        "0.33 ms",
-        "1.49 µs",
-        "1.16 µs",
-        "26.83 µs",
-        "16.67 µs",
-        "20.17 µs",
-        "18.50 µs – 27.17 µs",
-        "19.67 µs – 25.83 µs",
-        "22%, 10%",
+        "1.45 µs",
+        "21 %",
+        "28 %",
+        "+0.3 %",
+        "0.22 ms",
+        "0.89 ms",
+        "18.75 µs",
+        "7.20 ms",
+        "302,997",
+        "0.34 ms",
+        "1.56 µs",
+        "1.24 µs",
+        "22.00 µs",
+        "14.83 µs",
+        "21.50 µs",
+        "19.50 µs – 26.83 µs",
+        "19.67 µs – 29.50 µs",
+        "+0.17 µs",
+        "-3.83 µs – +4.50 µs",
+        "-6.50 µs",
+        "18%, 11%",
         "0.60 ms",
-        "4.13 ms",
-        "5.1 MiB",
-        "12.4 ms",
+        "5.10 ms",
+        "5.2 MiB",
+        "11.5 ms",
         "59,999/s with 0 losses",
-        "0.94 ms",
+        "0.68 ms",
+        "1.14 ms",
+        "0.74 ms",
     ] {
         assert!(made.contains(figure), "the report gives {figure}");
     }
@@ -483,12 +488,14 @@ fn a_handshake_rate_the_load_generator_set_is_judged_by_the_gateways_cpu_per_con
 }
 
 /// Writes the paced mesh runs of `pairs` (forwarded m0, forwarded m1, local m0: µs per call)
-/// as run `run`'s pairs, in place of the committed ones.
+/// as run `run`'s pairs, in place of the committed ones: 1,000 calls each, in which m0 received
+/// 2,100 datagrams, sent 2,200 and turned 900 times forwarding (m1: 1,000, 1,000 and 700), and
+/// 2,400, 2,450 and 750 times with the calls local.
 fn paced_mesh_pairs(raw: &RawCopy, run: u64, pairs: &[(f64, f64, f64)]) {
     for (p, (m0, m1, local)) in pairs.iter().enumerate() {
-        let summary = |m0: f64, m1: f64| {
+        let summary = |m0: f64, m1: f64, counts: &str| {
             format!(
-                r#"{{"gateway_cpu_s": [{}, {}], "gateway_calls": 1000}}"#,
+                r#"{{"gateway_cpu_s": [{}, {}], "gateway_calls": 1000, {counts}}}"#,
                 m0 / 1000.0,
                 m1 / 1000.0
             )
@@ -496,12 +503,22 @@ fn paced_mesh_pairs(raw: &RawCopy, run: u64, pairs: &[(f64, f64, f64)]) {
         let p = p + 1;
         std::fs::write(
             raw.json(&format!("mesh-rpc-paced-{run}-{p}.json")),
-            summary(*m0, *m1),
+            summary(
+                *m0,
+                *m1,
+                r#""gateway_datagrams_received": [2100, 1000],
+                   "gateway_datagrams_sent": [2200, 1000], "gateway_turns": [900, 700]"#,
+            ),
         )
         .expect("a paced run is written");
         std::fs::write(
             raw.json(&format!("mesh-rpc-local-{run}-{p}.json")),
-            summary(*local, 0.0),
+            summary(
+                *local,
+                0.0,
+                r#""gateway_datagrams_received": [2400, 0],
+                   "gateway_datagrams_sent": [2450, 0], "gateway_turns": [750, 0]"#,
+            ),
         )
         .expect("a local run is written");
     }
@@ -549,6 +566,21 @@ fn forwarded_and_local_calls_are_compared_over_every_pair_and_within_each() {
         ),
         "-16.00 µs | -19.00 µs – -11.00 µs (6 runs) |"
     );
+    for (side, figures) in [
+        ("forwarded, m0", "2.10 / 2.20, 0.90"),
+        ("forwarded, m1", "1.00 / 1.00, 0.70"),
+        ("local, m0", "2.40 / 2.45, 0.75"),
+    ] {
+        assert_eq!(
+            line(
+                &pairs,
+                &format!(
+                    "| UDP datagrams received / sent and turns of the loop per call at 5,000/s, {side} | "
+                ),
+            ),
+            format!("{figures} | |")
+        );
+    }
 
     // A forwarded call dearer on m0 than a local one is not met.
     paced_mesh_pairs(&raw, 2, &[(30.0, 10.0, 22.0), (28.0, 10.0, 22.0)]);
