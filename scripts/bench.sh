@@ -418,7 +418,10 @@ for r in $(seq "$runs"); do
     # A gateway's CPU per call depends on the rate (at a low one, each packet carries one
     # call): the cost of a forwarded call on each side against a local call's is measured at
     # one paced rate, on the same two gateways, the local calls' callers and provider on m0.
-    # The two alternate, so that neither always follows the unpaced run or the other.
+    # The two alternate, so that neither always follows the unpaced run or the other. The load
+    # generator sleeps between datagrams as the gateways do (--spin 0s): over the loopback the
+    # sender of a datagram pays for waking its receiver, so a load generator that polls would
+    # spare a local call's sends what a forwarded call's sends to the other gateway pay.
     for p in $(seq "$mesh_pairs"); do
         order=(forwarded local)
         ((p % 2)) || order=(local forwarded)
@@ -427,11 +430,12 @@ for r in $(seq "$runs"); do
                 say "mesh rpc: forwarded calls at $mesh_rate/s, run $r of $runs, pair $p of $mesh_pairs"
                 mesh_load "mesh-rpc-paced-$r-$p" 2 rpc --callers 4 --providers 2 \
                     --payload 64 --rate "$mesh_rate" --provider-server "127.0.0.1:$(mesh_port 1)" \
-                    --duration "${duration}s" --warmup 2s
+                    --spin 0s --duration "${duration}s" --warmup 2s
             else
                 say "mesh rpc: local calls on m0 at $mesh_rate/s, run $r of $runs, pair $p of $mesh_pairs"
                 mesh_load "mesh-rpc-local-$r-$p" 2 rpc --callers 4 --providers 2 \
-                    --payload 64 --rate "$mesh_rate" --duration "${duration}s" --warmup 2s
+                    --payload 64 --rate "$mesh_rate" --spin 0s --duration "${duration}s" \
+                    --warmup 2s
             fi
         done
     done

@@ -488,14 +488,15 @@ fn a_handshake_rate_the_load_generator_set_is_judged_by_the_gateways_cpu_per_con
 }
 
 /// Writes the paced mesh runs of `pairs` (forwarded m0, forwarded m1, local m0: µs per call)
-/// as run `run`'s pairs, in place of the committed ones: 1,000 calls each, in which m0 received
-/// 2,100 datagrams, sent 2,200 and turned 900 times forwarding (m1: 1,000, 1,000 and 700), and
-/// 2,400, 2,450 and 750 times with the calls local.
+/// as run `run`'s pairs, in place of the committed ones, the load generator not polling. Each
+/// run ends 1,000 calls: forwarding them m0 received 2,100 datagrams, sent 2,200 and turned 900
+/// times (m1: 1,000, 1,000 and 700); with the calls local, 2,400, 2,450 and 750.
 fn paced_mesh_pairs(raw: &RawCopy, run: u64, pairs: &[(f64, f64, f64)]) {
     for (p, (m0, m1, local)) in pairs.iter().enumerate() {
         let summary = |m0: f64, m1: f64, counts: &str| {
             format!(
-                r#"{{"gateway_cpu_s": [{}, {}], "gateway_calls": 1000, {counts}}}"#,
+                r#"{{"gateway_cpu_s": [{}, {}], "gateway_calls": 1000, "load_cpu_spinning": 0,
+                    {counts}}}"#,
                 m0 / 1000.0,
                 m1 / 1000.0
             )
@@ -581,6 +582,11 @@ fn forwarded_and_local_calls_are_compared_over_every_pair_and_within_each() {
             format!("{figures} | |")
         );
     }
+
+    assert!(
+        pairs.contains("The load generator slept between datagrams in these runs"),
+        "the report says the load generator did not poll: {pairs}"
+    );
 
     // A forwarded call dearer on m0 than a local one is not met.
     paced_mesh_pairs(&raw, 2, &[(30.0, 10.0, 22.0), (28.0, 10.0, 22.0)]);
