@@ -175,7 +175,7 @@ src, dst, before, after, tck, counts_before, counts_after = sys.argv[1:]
 summary = json.load(open(src))
 summary["gateway_cpu_s"] = (int(after) - int(before)) / int(tck)
 b, a = [int(x) for x in counts_before.split()], [int(x) for x in counts_after.split()]
-names = ["calls", "deliveries", "datagrams_received", "datagrams_sent", "turns"]
+names = ["calls", "deliveries", "datagrams_received", "datagrams_sent", "turns", "publishes"]
 for name, after, before in zip(names, a, b):
     summary[f"gateway_{name}"] = after - before
 json.dump(summary, open(dst, "w"), indent=1)
@@ -357,7 +357,10 @@ start_mesh() {
 # then each gateway's UDP datagrams received and sent and turns of its loop.
 mesh_counts() {
     local i
-    for i in $(seq 0 $(($1 - 1))); do counts_of "http://127.0.0.1:$(mesh_health "$i")/metrics"; done |
+    for i in $(seq 0 $(($1 - 1))); do
+        counts_of "http://127.0.0.1:$(mesh_health "$i")/metrics" ||
+            { echo "bench: m$i's metrics cannot be read" >&2; exit 1; }
+    done |
         awk '
         { calls += $1; publishes += $6; each = each " " $3 " " $4 " " $5 }
         END { print calls, publishes each }'
@@ -418,13 +421,14 @@ for r in $(seq "$runs"); do
     # A gateway's CPU per call depends on the rate (at a low one, each packet carries one
     # call): the cost of a forwarded call on each side against a local call's is measured at
     # one paced rate, on the same two gateways, the local calls' callers and provider on m0.
-    # The two alternate, so that neither always follows the unpaced run or the other. The load
+    # Which goes first alternates from pair to pair, counting on across the runs, so that
+    # neither always goes first or always follows the unpaced run. The load
     # generator sleeps between datagrams as the gateways do (--spin 0s): over the loopback the
     # sender of a datagram pays for waking its receiver, so a load generator that polls would
     # spare a local call's sends what a forwarded call's sends to the other gateway pay.
     for p in $(seq "$mesh_pairs"); do
         order=(forwarded local)
-        ((p % 2)) || order=(local forwarded)
+        ((((r - 1) * mesh_pairs + p) % 2)) || order=(local forwarded)
         for kind in "${order[@]}"; do
             if [[ $kind == forwarded ]]; then
                 say "mesh rpc: forwarded calls at $mesh_rate/s, run $r of $runs, pair $p of $mesh_pairs"

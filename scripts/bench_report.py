@@ -16,6 +16,7 @@ import datetime
 import json
 import math
 import os
+import re
 import statistics
 import sys
 import types
@@ -831,7 +832,7 @@ def targets(w, a, theirs, rpc_rate, rpc_cpu, rpc_p99, gw_busy, load_busy, ratio,
     )
     sides, local = paced_mesh_cpu(d, runs)
     if local:
-        sides, local = [Figure(f) for f in sides], Figure(local)
+        sides, local = [Figure(f.values()) for f in sides], Figure(local.values())
         worst = max([f.median for f in sides if f.median is not None], default=None)
         w(
             f"| CPU per forwarded call, each side ≤ a local call's (both at {a.mesh_rate:,} "
@@ -842,24 +843,25 @@ def targets(w, a, theirs, rpc_rate, rpc_cpu, rpc_p99, gw_busy, load_busy, ratio,
 
 
 def paced_mesh_runs(d, name, runs):
-    """The summaries of the paced mesh runs `name` over the runs, pair by pair (`name-R-P.json`)."""
-    found = []
-    for r in runs:
-        p = 1
-        while os.path.exists(os.path.join(d, "json", f"{name}-{r}-{p}.json")):
-            found.append(load(d, f"{name}-{r}-{p}"))
-            p += 1
-    return found
+    """The summaries of the paced mesh runs `name` over the runs, by (run, pair)
+    (`name-R-P.json`), in that order."""
+    pattern = re.compile(re.escape(name) + r"-(\d+)-(\d+)\.json")
+    keys = sorted(
+        (int(m.group(1)), int(m.group(2)))
+        for m in map(pattern.fullmatch, os.listdir(os.path.join(d, "json")))
+        if m and int(m.group(1)) in runs
+    )
+    return {(r, p): load(d, f"{name}-{r}-{p}") for r, p in keys}
 
 
 def paced_mesh_cpu(d, runs):
-    """Gateway CPU per call (µs) at --mesh-rate, pair by pair: forwarded (m0's and m1's) and
-    local (m0's); None where a run ended no call. Empty lists when the runs measured none."""
+    """Gateway CPU per call (µs) at --mesh-rate by (run, pair): forwarded (m0's and m1's) and
+    local (m0's); None where a run ended no call. Empty when the runs measured none."""
     def side(name, i):
-        return [
-            s["gateway_cpu_s"][i] * 1e6 / s["gateway_calls"] if s["gateway_calls"] else None
-            for s in paced_mesh_runs(d, name, runs)
-        ]
+        return {
+            key: s["gateway_cpu_s"][i] * 1e6 / s["gateway_calls"] if s["gateway_calls"] else None
+            for key, s in paced_mesh_runs(d, name, runs).items()
+        }
 
     return [side("mesh-rpc-paced", 0), side("mesh-rpc-paced", 1)], side("mesh-rpc-local", 0)
 
@@ -867,7 +869,7 @@ def paced_mesh_cpu(d, runs):
 def paced_mesh_counts(d, runs, name, i, key):
     """Gateway `i`'s `key` count (datagrams received or sent, turns) per call at --mesh-rate
     over the pairs of the paced mesh runs `name`; None when the runs did not count them."""
-    found = [s for s in paced_mesh_runs(d, name, runs) if s["gateway_calls"]]
+    found = [s for s in paced_mesh_runs(d, name, runs).values() if s["gateway_calls"]]
     if not found or any(key not in s for s in found):
         return None
     return Figure([s[key][i] / s["gateway_calls"] for s in found])
@@ -879,7 +881,7 @@ def paced_mesh_polling(d, runs):
         [
             s.get("load_cpu_spinning")
             for name in ("mesh-rpc-paced", "mesh-rpc-local")
-            for s in paced_mesh_runs(d, name, runs)
+            for s in paced_mesh_runs(d, name, runs).values()
         ]
     )
     if not polled.values:
@@ -887,12 +889,12 @@ def paced_mesh_polling(d, runs):
     why = "over the loopback the sender of a datagram pays for waking its receiver, so "
     if max(polled.values) == 0:
         return (
-            "The load generator slept between datagrams in these runs, as the gateways do "
+            " The load generator slept between datagrams in these runs, as the gateways do "
             f"(`--spin 0s`): {why}a load generator that polled would spare a local call's "
             "sends to it what a forwarded call's sends to the other gateway pay."
         )
     return (
-        "The load generator polled its socket between datagrams in these runs "
+        " The load generator polled its socket between datagrams in these runs "
         f"({pct_of(polled.median)} of its core, median), while the gateways slept: {why}its "
         "polling spared a local call's sends to it what a forwarded call's sends to the other "
         "gateway paid."
@@ -900,8 +902,15 @@ def paced_mesh_polling(d, runs):
 
 
 def paired_excess(forwarded, local):
-    """A forwarded call's CPU less the local call's of the same pair, pair by pair."""
-    return Figure([f - l for f, l in zip(forwarded, local) if f is not None and l is not None])
+    """A forwarded call's CPU less the local call's of the same run and pair, where both
+    ended calls."""
+    return Figure(
+        [
+            f - local[key]
+            for key, f in forwarded.items()
+            if f is not None and local.get(key) is not None
+        ]
+    )
 
 
 def nats_section(w, theirs, d):
@@ -973,7 +982,7 @@ def mesh_section(w, d, runs, rpc_rate, rpc_p99, rpc_cpu, mesh_rate):
     paced, local = paced_mesh_cpu(d, runs)
     if local:
         excess = [paired_excess(f, local) for f in paced]
-        paced, local = [Figure(f) for f in paced], Figure(local)
+        paced, local = [Figure(f.values()) for f in paced], Figure(local.values())
         for name, f in (
             (f"CPU per forwarded call at {mesh_rate:,}/s, m0", paced[0]),
             (f"CPU per forwarded call at {mesh_rate:,}/s, m1", paced[1]),
@@ -1017,7 +1026,7 @@ def mesh_section(w, d, runs, rpc_rate, rpc_p99, rpc_cpu, mesh_rate):
         "gateway's wake-ups, and it drifts from one run to the next by more than the two "
         "differ: each run therefore measures them in pairs, one right after the other, "
         "alternating which goes first. The medians are over all pairs; the rows pair by pair "
-        "give the difference within each pair, which that drift moves less. "
+        "give the difference within each pair, which that drift moves less."
         + paced_mesh_polling(d, runs)
     )
     w("")
