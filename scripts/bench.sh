@@ -31,8 +31,10 @@
 #   --mesh-rate  the paced rate (calls/s) at which a forwarded call's CPU on each gateway is
 #             compared with a local call's, both on the same two gateways (default 5,000: low
 #             enough that neither run saturates the core the gateways share)
-#   --mesh-pairs  forwarded and local paced runs per run, alternating which goes first (3):
-#             at a paced rate a call's CPU varies from run to run by more than the two differ
+#   --mesh-pairs  pairs of a forwarded and a local paced run per run (3), which goes first
+#             alternating: at a paced rate a call's CPU varies from run to run by more than
+#             the two differ. In those runs the load generator sleeps between datagrams, as
+#             the gateways do (over the loopback a sender pays for waking its receiver)
 #   --quick   a short pass (1 run, 3 s windows, 2,000 churn cycles, 500 idle clients) that
 #             checks the script and the scenarios, not figures to quote.
 set -euo pipefail
