@@ -13,6 +13,7 @@ so a report made again from the same files says the same.
 
 import argparse
 import datetime
+import functools
 import json
 import math
 import os
@@ -842,9 +843,10 @@ def targets(w, a, theirs, rpc_rate, rpc_cpu, rpc_p99, gw_busy, load_busy, ratio,
         )
 
 
+@functools.lru_cache(maxsize=None)
 def paced_mesh_runs(d, name, runs):
     """The summaries of the paced mesh runs `name` over the runs, by (run, pair)
-    (`name-R-P.json`), in that order."""
+    (`name-R-P.json`), in that order; read once, the callers only read them."""
     pattern = re.compile(re.escape(name) + r"-(\d+)-(\d+)\.json")
     keys = sorted(
         (int(m.group(1)), int(m.group(2)))
