@@ -79,6 +79,22 @@ def nats(d, runs):
     }
 
 
+def burst_basis(d):
+    """How the runs in bursts' rate was chosen, as the report says it: nats-server's delivery
+    rate over its subscribers, or "" where the rate was given or is the default."""
+    path = os.path.join(d, "json", "pubsub-burst-rate.json")
+    if not os.path.exists(path):
+        return ""
+    record = load(d, "pubsub-burst-rate")
+    if record.get("basis") != "nats":
+        return ""
+    return (
+        f", the rate at which nats-server delivered to each of its {record['subscribers']} "
+        f"subscribers in this run ({count(record['nats_delivered_per_s'])} deliveries/s, "
+        "median)"
+    )
+
+
 def dig(summary, *path):
     value = summary
     for key in path:
@@ -338,7 +354,6 @@ def main():
     p.add_argument("--churn-rate", type=int, required=True)
     p.add_argument("--idle-clients", type=int, required=True)
     p.add_argument("--pubsub-rate", type=int, required=True)
-    p.add_argument("--pubsub-burst-rate", type=int, required=True)
     p.add_argument("--pubsub-tick", type=int, required=True)
     p.add_argument("--fixed-payload", type=int, required=True)
     p.add_argument("--mesh-rate", type=int, required=True)
@@ -359,6 +374,8 @@ def main():
     ]
     pubsub = [load(d, f"pubsub-{r}") for r in runs]
     burst = [load(d, f"pubsub-burst-{r}") for r in runs]
+    a.pubsub_burst_rate = round(burst[0]["rate_target"])
+    a.burst_basis = burst_basis(d)
     fixed = [load(d, f"pubsub-fixed-{r}") for r in runs]
     unpaced = load(d, "pubsub-unpaced")
     idle = [load(d, f"idle-{r}") for r in runs]
@@ -621,9 +638,11 @@ def main():
     )
     w("")
     w(
-        f"Runs in bursts (the publisher at {a.pubsub_burst_rate:,}/s writes the messages of each "
-        f"{a.pubsub_tick} ms tick together, as a client flushing its buffer on a timer does, and "
-        "as the nats-server runs' publisher does (unpaced, writing through its client's buffer)): "
+        f"Runs in bursts (the publisher at {a.pubsub_burst_rate:,}/s"
+        f"{a.burst_basis + ',' if a.burst_basis else ''} writes the "
+        f"messages of each {a.pubsub_tick} ms tick together, as a client flushing its buffer on a "
+        "timer does, and as the nats-server runs' publisher does (unpaced, writing through its "
+        "client's buffer)): "
         "gateway core "
         f"{pct_of(pb.gw_busy.median)} busy, load generator core {pct_of(pb.load_busy.median)}, "
         f"gateway CPU per delivery {us(pb.cpu.median)}, delivered {count(pb.rate.median)}/s, "
@@ -783,7 +802,8 @@ def targets(w, a, theirs, rpc_rate, rpc_cpu, rpc_p99, gw_busy, load_busy, ratio,
         )
         w(
             f"| gateway CPU per pub/sub delivery ≤ nats-server's (plain, 1 → 4; meshgate at "
-            f"{a.pubsub_burst_rate:,}/s in {a.pubsub_tick} ms bursts, with the defaults: path MTU "
+            f"{a.pubsub_burst_rate:,}/s in {a.pubsub_tick} ms bursts{a.burst_basis}, with the "
+            "defaults: path MTU "
             f"discovery up to 8,952 bytes) | "
             f"{us(ps_cpu.median)} | {us(theirs['ps_cpu'].median)} | "
             f"{verdict(theirs['ps_cpu'].median is not None and ps_cpu.median is not None and ps_cpu.median <= theirs['ps_cpu'].median)} |"

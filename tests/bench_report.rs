@@ -34,8 +34,6 @@ fn report(dir: &Path, elapsed: &str, command: &str) -> Output {
             "5000",
             "--pubsub-rate",
             "150000",
-            "--pubsub-burst-rate",
-            "300000",
             "--pubsub-tick",
             "1",
             "--fixed-payload",
@@ -621,5 +619,123 @@ fn forwarded_and_local_calls_are_compared_over_every_pair_and_within_each() {
              core, median)"
         ),
         "{dearer}"
+    );
+}
+
+/// Copies the committed natsbench results (`nats/run-N/`) into `raw`'s directory.
+fn copy_nats_runs(raw: &RawCopy) {
+    for run in std::fs::read_dir(root().join("docs/bench/nats")).expect("docs/bench/nats") {
+        let from = run.expect("a natsbench run").path();
+        let to = raw.dir.join("nats").join(from.file_name().expect("a name"));
+        std::fs::create_dir_all(&to).expect("a run's directory");
+        for file in std::fs::read_dir(&from).expect("a run's files") {
+            let file = file.expect("a file").path();
+            std::fs::copy(&file, to.join(file.file_name().expect("a name"))).expect("copied");
+        }
+    }
+}
+
+/// Runs `scripts/pubsub_burst_rate.py` on `raw`'s directory: the rate it printed and the record
+/// it wrote.
+fn burst_rate(raw: &RawCopy, given: &str) -> (String, String) {
+    let out = Command::new("python3")
+        .current_dir(root())
+        .arg("scripts/pubsub_burst_rate.py")
+        .arg(&raw.dir)
+        .args(["3", given])
+        .output()
+        .expect("python3 runs");
+    assert!(
+        out.status.success(),
+        "pubsub_burst_rate.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let record = std::fs::read_to_string(raw.json("pubsub-burst-rate.json")).expect("recorded");
+    (String::from_utf8(out.stdout).expect("UTF-8"), record)
+}
+
+#[test]
+fn the_runs_in_bursts_publish_at_nats_servers_rate_per_subscriber_unless_given() {
+    let raw = RawCopy::new("burst-rate");
+    // Without nats-server's results: the default.
+    let (rate, record) = burst_rate(&raw, "");
+    assert_eq!(rate, "300000\n");
+    assert!(record.contains(r#""basis": "default""#), "{record}");
+
+    // With them: the median of its deliveries/s over its 4 subscribers, in whole thousands
+    // (the committed runs 1 to 3 delivered 2,418,477.5, 2,440,398.7 and 2,298,182.7 a second).
+    // A run whose result has no usage (it failed) counts for nothing.
+    copy_nats_runs(&raw);
+    let (rate, record) = burst_rate(&raw, "");
+    assert_eq!(rate, "604000\n");
+    assert!(record.contains(r#""basis": "nats""#), "{record}");
+    assert!(
+        record.contains(r#""nats_delivered_per_s": 2418477.5"#),
+        "{record}"
+    );
+    std::fs::write(
+        raw.dir.join("nats/run-2/ps-1to4.json"),
+        r#"{"label": "ps-1to4", "error": "the server did not start"}"#,
+    )
+    .expect("a failed run is written");
+    let (rate, _) = burst_rate(&raw, "");
+    assert_eq!(rate, "589000\n", "the median of runs 1 and 3 over 4");
+
+    // A rate given is kept, whatever nats-server did.
+    let (rate, record) = burst_rate(&raw, "250000");
+    assert_eq!(rate, "250000\n");
+    assert!(record.contains(r#""basis": "given""#), "{record}");
+}
+
+#[test]
+fn the_report_gives_the_rate_of_the_runs_in_bursts_and_how_it_was_chosen() {
+    let raw = RawCopy::new("burst-basis");
+    copy_nats_runs(&raw);
+    for r in 1..=3 {
+        for kind in ["burst", "fixed"] {
+            append_fields(
+                &raw.json(&format!("pubsub-{kind}-{r}.json")),
+                r#""rate_target": 604000.0"#,
+            );
+        }
+    }
+    std::fs::write(
+        raw.json("pubsub-burst-rate.json"),
+        r#"{"basis": "nats", "rate": 604000, "nats_delivered_per_s": 2418477.5, "subscribers": 4}"#,
+    )
+    .expect("the record is written");
+    let matched = made(report(&raw.dir, "1", "scripts/bench.sh"));
+    let basis = "the rate at which nats-server delivered to each of its 4 subscribers in this \
+                 run (2,418,478 deliveries/s, median)";
+    line(
+        &matched,
+        &format!(
+            "| gateway CPU per pub/sub delivery ≤ nats-server's (plain, 1 → 4; meshgate at \
+             604,000/s in 1 ms bursts, {basis}, with the defaults: path MTU discovery up to \
+             8,952 bytes) | "
+        ),
+    );
+    assert!(
+        matched.contains(&format!(
+            "Runs in bursts (the publisher at 604,000/s, {basis}, writes the messages"
+        )),
+        "{matched}"
+    );
+    line(
+        &matched,
+        "| pub/sub deliveries/s (1 publisher at 604,000/s in 1 ms bursts, 4 subscribers, 64 B) | ",
+    );
+
+    // A rate given is stated as such.
+    std::fs::write(
+        raw.json("pubsub-burst-rate.json"),
+        r#"{"basis": "given", "rate": 604000}"#,
+    )
+    .expect("the record is written");
+    let given = made(report(&raw.dir, "1", "scripts/bench.sh"));
+    assert!(!given.contains("nats-server delivered to each"), "{given}");
+    assert!(
+        given.contains("Runs in bursts (the publisher at 604,000/s writes the messages"),
+        "{given}"
     );
 }
