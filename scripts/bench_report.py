@@ -80,19 +80,25 @@ def nats(d, runs):
 
 
 def burst_basis(d):
-    """How the runs in bursts' rate was chosen, as the report says it: nats-server's delivery
-    rate over its subscribers, or "" where the rate was given or is the default."""
+    """How the runs in bursts' rate was chosen (json/pubsub-burst-rate.json, from
+    scripts/pubsub_burst_rate.py), as words to follow the rate; "" for raw results made before
+    the rate was recorded."""
     path = os.path.join(d, "json", "pubsub-burst-rate.json")
     if not os.path.exists(path):
         return ""
     record = load(d, "pubsub-burst-rate")
-    if record.get("basis") != "nats":
-        return ""
-    return (
-        f", the rate at which nats-server delivered to each of its {record['subscribers']} "
-        f"subscribers in this run ({count(record['nats_delivered_per_s'])} deliveries/s, "
-        "median)"
-    )
+    basis = record.get("basis")
+    if basis == "nats" and record.get("nats_delivered_per_s") and record.get("subscribers"):
+        return (
+            f", nats-server's median delivery rate in this run "
+            f"({count(record['nats_delivered_per_s'])}/s) over its {record['subscribers']} "
+            "subscribers, rounded down to thousands"
+        )
+    if basis == "given":
+        return ", the rate bench.sh was given"
+    if basis == "default":
+        return f", the default ({record.get('reason', 'no rate given')})"
+    return ""
 
 
 def dig(summary, *path):
@@ -638,12 +644,10 @@ def main():
     )
     w("")
     w(
-        f"Runs in bursts (the publisher at {a.pubsub_burst_rate:,}/s"
-        f"{a.burst_basis + ',' if a.burst_basis else ''} writes the "
-        f"messages of each {a.pubsub_tick} ms tick together, as a client flushing its buffer on a "
-        "timer does, and as the nats-server runs' publisher does (unpaced, writing through its "
-        "client's buffer)): "
-        "gateway core "
+        f"Runs in bursts: the publisher writes the messages of each {a.pubsub_tick} ms tick "
+        "together, as a client flushing its buffer on a timer does, and as the nats-server "
+        "runs' publisher does (unpaced, writing through its client's buffer), at "
+        f"{a.pubsub_burst_rate:,}/s{a.burst_basis}. Gateway core "
         f"{pct_of(pb.gw_busy.median)} busy, load generator core {pct_of(pb.load_busy.median)}, "
         f"gateway CPU per delivery {us(pb.cpu.median)}, delivered {count(pb.rate.median)}/s, "
         f"delivery p99 {ms_fig(pb.p99)}, losses {pb.losses}. This is the shape the target "

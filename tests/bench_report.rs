@@ -636,14 +636,15 @@ fn copy_nats_runs(raw: &RawCopy) {
     }
 }
 
-/// Runs `scripts/pubsub_burst_rate.py` on `raw`'s directory: the rate it printed and the record
-/// it wrote.
-fn burst_rate(raw: &RawCopy, given: &str) -> (String, String) {
+/// Runs `scripts/pubsub_burst_rate.py` on `raw`'s directory with `args`: the rate it printed,
+/// what it said on standard error and the record it wrote.
+fn burst_rate(raw: &RawCopy, args: &[&str]) -> (String, String, String) {
     let out = Command::new("python3")
         .current_dir(root())
         .arg("scripts/pubsub_burst_rate.py")
         .arg(&raw.dir)
-        .args(["3", given])
+        .arg("3")
+        .args(args)
         .output()
         .expect("python3 runs");
     assert!(
@@ -652,33 +653,54 @@ fn burst_rate(raw: &RawCopy, given: &str) -> (String, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     let record = std::fs::read_to_string(raw.json("pubsub-burst-rate.json")).expect("recorded");
-    (String::from_utf8(out.stdout).expect("UTF-8"), record)
+    (
+        String::from_utf8(out.stdout).expect("UTF-8"),
+        String::from_utf8(out.stderr).expect("UTF-8"),
+        record,
+    )
+}
+
+/// Writes nats-server's pub/sub result of run `run`: `delivered` messages/s to `subscribers`.
+fn nats_pubsub_run(raw: &RawCopy, run: u64, delivered: f64, subscribers: u64) {
+    let dir = raw.dir.join(format!("nats/run-{run}"));
+    std::fs::create_dir_all(&dir).expect("a run's directory");
+    std::fs::write(
+        dir.join("ps-1to4.json"),
+        format!(
+            r#"{{"label": "ps-1to4", "subscribers": {subscribers},
+                "delivered_msg_per_s": {delivered}, "usage": {{"server_cpu_pct": 50.0}}}}"#
+        ),
+    )
+    .expect("a run is written");
 }
 
 #[test]
 fn the_runs_in_bursts_publish_at_nats_servers_rate_per_subscriber_unless_given() {
     let raw = RawCopy::new("burst-rate");
-    // Without nats-server's results: the default.
-    let (rate, record) = burst_rate(&raw, "");
+    // nats-server not measured: the default, quietly.
+    let (rate, said, record) = burst_rate(&raw, &[]);
     assert_eq!(rate, "300000\n");
+    assert_eq!(said, "");
+    assert!(record.contains(r#""basis": "default""#), "{record}");
+    assert!(record.contains("nats-server was not measured"), "{record}");
+
+    // To be matched, but without a result: the default, and a line saying why.
+    let (rate, said, record) = burst_rate(&raw, &["--match-nats"]);
+    assert_eq!(rate, "300000\n");
+    assert!(
+        said.contains("no run of nats-server's pub/sub gave a result"),
+        "{said}"
+    );
     assert!(record.contains(r#""basis": "default""#), "{record}");
 
-    // With them: the median of its deliveries/s over its 4 subscribers, in whole thousands.
-    // A run whose result has no usage (it failed) counts for nothing.
+    // With results: the median of its deliveries/s over its 4 subscribers, rounded down to
+    // thousands. A run whose result has no usage (it failed) counts for nothing.
     for (run, delivered) in [(1, 2_418_477.5), (2, 2_440_398.7), (3, 2_298_182.7)] {
-        let dir = raw.dir.join(format!("nats/run-{run}"));
-        std::fs::create_dir_all(&dir).expect("a run's directory");
-        std::fs::write(
-            dir.join("ps-1to4.json"),
-            format!(
-                r#"{{"label": "ps-1to4", "subscribers": 4, "delivered_msg_per_s": {delivered},
-                    "usage": {{"server_cpu_pct": 50.0}}}}"#
-            ),
-        )
-        .expect("a run is written");
+        nats_pubsub_run(&raw, run, delivered, 4);
     }
-    let (rate, record) = burst_rate(&raw, "");
+    let (rate, said, record) = burst_rate(&raw, &["--match-nats"]);
     assert_eq!(rate, "604000\n");
+    assert_eq!(said, "");
     assert!(record.contains(r#""basis": "nats""#), "{record}");
     assert!(
         record.contains(r#""nats_delivered_per_s": 2418477.5"#),
@@ -689,11 +711,17 @@ fn the_runs_in_bursts_publish_at_nats_servers_rate_per_subscriber_unless_given()
         r#"{"label": "ps-1to4", "error": "the server did not start"}"#,
     )
     .expect("a failed run is written");
-    let (rate, _) = burst_rate(&raw, "");
+    let (rate, _, _) = burst_rate(&raw, &["--match-nats"]);
     assert_eq!(rate, "589000\n", "the median of runs 1 and 3 over 4");
 
+    // Runs with different numbers of subscribers give no one rate per subscriber.
+    nats_pubsub_run(&raw, 2, 1_200_000.0, 2);
+    let (rate, said, _) = burst_rate(&raw, &["--match-nats"]);
+    assert_eq!(rate, "300000\n");
+    assert!(said.contains("different numbers of subscribers"), "{said}");
+
     // A rate given is kept, whatever nats-server did.
-    let (rate, record) = burst_rate(&raw, "250000");
+    let (rate, _, record) = burst_rate(&raw, &["--rate", "250000", "--match-nats"]);
     assert_eq!(rate, "250000\n");
     assert!(record.contains(r#""basis": "given""#), "{record}");
 }
@@ -702,22 +730,26 @@ fn the_runs_in_bursts_publish_at_nats_servers_rate_per_subscriber_unless_given()
 fn the_report_gives_the_rate_of_the_runs_in_bursts_and_how_it_was_chosen() {
     let raw = RawCopy::new("burst-basis");
     copy_nats_runs(&raw);
-    for r in 1..=3 {
-        for kind in ["burst", "fixed"] {
-            append_fields(
-                &raw.json(&format!("pubsub-{kind}-{r}.json")),
-                r#""rate_target": 604000.0"#,
-            );
+    let rate_target = |rate: &str| {
+        for r in 1..=3 {
+            for kind in ["burst", "fixed"] {
+                append_fields(
+                    &raw.json(&format!("pubsub-{kind}-{r}.json")),
+                    &format!(r#""rate_target": {rate}"#),
+                );
+            }
         }
-    }
+    };
+    // The rate is the runs' own; the record gives only its basis.
+    rate_target("604000.0");
     std::fs::write(
         raw.json("pubsub-burst-rate.json"),
-        r#"{"basis": "nats", "rate": 604000, "nats_delivered_per_s": 2418477.5, "subscribers": 4}"#,
+        r#"{"basis": "nats", "rate": 999000, "nats_delivered_per_s": 2418477.5, "subscribers": 4}"#,
     )
     .expect("the record is written");
     let matched = made(report(&raw.dir, "1", "scripts/bench.sh"));
-    let basis = "the rate at which nats-server delivered to each of its 4 subscribers in this \
-                 run (2,418,478 deliveries/s, median)";
+    let basis = "nats-server's median delivery rate in this run (2,418,478/s) over its 4 \
+                 subscribers, rounded down to thousands";
     line(
         &matched,
         &format!(
@@ -727,26 +759,40 @@ fn the_report_gives_the_rate_of_the_runs_in_bursts_and_how_it_was_chosen() {
         ),
     );
     assert!(
-        matched.contains(&format!(
-            "Runs in bursts (the publisher at 604,000/s, {basis}, writes the messages"
-        )),
+        matched.contains(&format!("at 604,000/s, {basis}. Gateway core")),
         "{matched}"
     );
     line(
         &matched,
         "| pub/sub deliveries/s (1 publisher at 604,000/s in 1 ms bursts, 4 subscribers, 64 B) | ",
     );
+    assert!(!matched.contains("999,000"), "{matched}");
 
-    // A rate given is stated as such.
+    // A rate given, or the default, is stated as such.
     std::fs::write(
         raw.json("pubsub-burst-rate.json"),
         r#"{"basis": "given", "rate": 604000}"#,
     )
     .expect("the record is written");
     let given = made(report(&raw.dir, "1", "scripts/bench.sh"));
-    assert!(!given.contains("nats-server delivered to each"), "{given}");
     assert!(
-        given.contains("Runs in bursts (the publisher at 604,000/s writes the messages"),
+        given.contains("at 604,000/s, the rate bench.sh was given. Gateway core"),
         "{given}"
     );
+    std::fs::write(
+        raw.json("pubsub-burst-rate.json"),
+        r#"{"basis": "default", "rate": 300000, "reason": "nats-server was not measured"}"#,
+    )
+    .expect("the record is written");
+    rate_target("300000.0");
+    let default = made(report(&raw.dir, "1", "scripts/bench.sh"));
+    assert!(
+        default.contains("at 300,000/s, the default (nats-server was not measured). Gateway"),
+        "{default}"
+    );
+
+    // Raw results made before the rate was recorded say nothing of how it was chosen.
+    std::fs::remove_file(raw.json("pubsub-burst-rate.json")).expect("the record is removed");
+    let before = made(report(&raw.dir, "1", "scripts/bench.sh"));
+    assert!(before.contains("at 300,000/s. Gateway core"), "{before}");
 }
