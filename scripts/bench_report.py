@@ -36,21 +36,28 @@ def baseline(d, run):
     return load(d, f"baseline-{run}")["round_trips_per_s"]
 
 
+def natsbench_results(d, runs, label):
+    """natsbench's results of scenario `label` (d/nats/run-R/label.json) over the runs, those
+    that measured: a run that failed has no file, or no usage."""
+    lines = []
+    for r in runs:
+        path = os.path.join(d, "nats", f"run-{r}", f"{label}.json")
+        try:
+            with open(path) as f:
+                line = json.load(f)
+        except (OSError, ValueError):
+            continue
+        if isinstance(line, dict) and "usage" in line:
+            lines.append(line)
+    return lines
+
+
 def nats(d, runs):
     """natsbench's figures over the runs, by label; None when the run did not measure NATS."""
-    found = {}
-    for label in ("rr-c4k16", "rr-c4k16-tls", "ps-1to4"):
-        lines = []
-        for r in runs:
-            path = os.path.join(d, "nats", f"run-{r}", f"{label}.json")
-            try:
-                with open(path) as f:
-                    line = json.load(f)
-            except (OSError, ValueError):
-                continue
-            if "usage" in line:
-                lines.append(line)
-        found[label] = lines
+    found = {
+        label: natsbench_results(d, runs, label)
+        for label in ("rr-c4k16", "rr-c4k16-tls", "ps-1to4")
+    }
     if not any(found.values()):
         return None
 

@@ -22,22 +22,15 @@ import os
 import statistics
 import sys
 
+from bench_report import natsbench_results
+
 DEFAULT = 300_000
 
 
 def nats_runs(out, runs):
-    """nats-server's deliveries/s and subscribers in each run whose pub/sub result is usable
-    (a run that failed has no usage)."""
+    """nats-server's deliveries/s and subscribers in each run whose pub/sub result is usable."""
     found = []
-    for r in range(1, runs + 1):
-        path = os.path.join(out, "nats", f"run-{r}", "ps-1to4.json")
-        try:
-            with open(path) as f:
-                line = json.load(f)
-        except (OSError, ValueError):
-            continue
-        if not isinstance(line, dict) or "usage" not in line:
-            continue
+    for line in natsbench_results(out, range(1, runs + 1), "ps-1to4"):
         delivered, subscribers = line.get("delivered_msg_per_s"), line.get("subscribers")
         if (
             isinstance(delivered, (int, float))
